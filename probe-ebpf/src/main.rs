@@ -1,0 +1,386 @@
+//! synack's kernel side: tc classifiers that timestamp the packets of tracked
+//! TCP connections and report a few meaningful events per connection.
+//!
+//! Where a packet becomes an event: `parse` reads the headers (one
+//! bounds-checked helper, `read`), `on_egress` / `on_ingress` update the
+//! connection's `FlowState` and decide whether the packet is worth an event,
+//! `emit` writes it to the ring buffer (a failed reserve is counted).
+//!
+//! The classifiers never change, drop or redirect a packet: they always return
+//! TC_ACT_UNSPEC (TCX_NEXT), so other tc/tcx programs still run after them.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::__sk_buff,
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns},
+    macros::{classifier, map},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::TcContext,
+};
+use probe_common::{
+    CFG_TRACK_ALL_OUT, DIR_IN, DIR_OUT, EV_ACK_COVER, EV_DATA, EV_FIN, EV_RST, EV_SYN, EV_SYNACK,
+    EVF_RETRANS, Event, FlowKey, FlowState, MAX_FLOWS, MAX_REGISTERED, RINGBUF_BYTES, STAT_COUNT,
+    STAT_FLOW_INSERT_FAILED, STAT_PARSE_SKIPPED, STAT_RINGBUF_FULL, flow,
+};
+
+/// Lets the next tc/tcx program run and the packet continue unchanged.
+const TC_ACT_UNSPEC: i32 = -1;
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const IPPROTO_TCP: u8 = 6;
+
+/// Connections being followed, keyed from this host's point of view.
+#[map]
+static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// Socket cookies user space registered before connect(): their SYN starts a flow.
+#[map]
+static REGISTERED: HashMap<u64, u8> = HashMap::with_max_entries(MAX_REGISTERED, 0);
+
+/// Bytes of link-layer header per interface index (14 for Ethernet and
+/// loopback, 0 for raw-IP devices such as WireGuard or tun). Missing = 14.
+#[map]
+static L2_LEN: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+
+/// `CONFIG[0]`: `CFG_*` bits.
+#[map]
+static CONFIG: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Loss and skip counters, indexed by `STAT_*`.
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(RINGBUF_BYTES, 0);
+
+#[classifier]
+pub fn synack_egress(ctx: TcContext) -> i32 {
+    let _ = try_egress(&ctx);
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn synack_ingress(ctx: TcContext) -> i32 {
+    let _ = try_ingress(&ctx);
+    TC_ACT_UNSPEC
+}
+
+/// The header fields one packet contributes.
+struct Pkt {
+    src: [u8; 16],
+    dst: [u8; 16],
+    sport: u16,
+    dport: u16,
+    ip_version: u8,
+    ttl: u8,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    window: u16,
+    payload_len: u32,
+    /// Offset of the TCP options in the packet, and their length.
+    opt_off: usize,
+    opt_len: usize,
+}
+
+/// The one way this program reads packet bytes: `bpf_skb_load_bytes`, which
+/// checks bounds and also works on non-linear skbs.
+#[inline(always)]
+fn read<T>(ctx: &TcContext, off: usize) -> Result<T, ()> {
+    ctx.load::<T>(off).map_err(|_| ())
+}
+
+#[inline(always)]
+fn skb(ctx: &TcContext) -> *mut __sk_buff {
+    ctx.skb.skb
+}
+
+#[inline(always)]
+fn ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: the context pointer is valid for the whole program run.
+    unsafe { (*skb(ctx)).ifindex }
+}
+
+fn count(stat: u32) {
+    if let Some(p) = STATS.get_ptr_mut(stat) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Result<Pkt, ()> {
+    let ifx = ifindex(ctx);
+    // SAFETY: plain map lookup; the value is a u32 copied out at once.
+    let l2 = unsafe { L2_LEN.get(ifx) }.copied().unwrap_or(14) as usize;
+    let l2 = if l2 > 64 { 14 } else { l2 };
+    // skb->protocol is the ethertype in network byte order for every device type.
+    let proto = u16::from_be(ctx.skb.protocol() as u16);
+
+    let mut p = Pkt {
+        src: [0; 16],
+        dst: [0; 16],
+        sport: 0,
+        dport: 0,
+        ip_version: 0,
+        ttl: 0,
+        seq: 0,
+        ack: 0,
+        flags: 0,
+        window: 0,
+        payload_len: 0,
+        opt_off: 0,
+        opt_len: 0,
+    };
+    let tcp_off;
+    let ip_payload_len: usize;
+    if proto == ETH_P_IP {
+        let vihl: u8 = read(ctx, l2)?;
+        if vihl >> 4 != 4 {
+            return Err(());
+        }
+        let ihl = ((vihl & 0x0f) as usize) * 4;
+        if ihl < 20 {
+            return Err(());
+        }
+        let tot_len = u16::from_be(read::<u16>(ctx, l2 + 2)?) as usize;
+        let frag = u16::from_be(read::<u16>(ctx, l2 + 6)?);
+        // Any fragment but an unfragmented packet: headers may be missing.
+        if frag & 0x3fff != 0 {
+            return Err(());
+        }
+        p.ttl = read(ctx, l2 + 8)?;
+        let ip_proto: u8 = read(ctx, l2 + 9)?;
+        if ip_proto != IPPROTO_TCP {
+            return Err(());
+        }
+        let s: [u8; 4] = read(ctx, l2 + 12)?;
+        let d: [u8; 4] = read(ctx, l2 + 16)?;
+        p.src[..4].copy_from_slice(&s);
+        p.dst[..4].copy_from_slice(&d);
+        p.ip_version = 4;
+        tcp_off = l2 + ihl;
+        ip_payload_len = tot_len.saturating_sub(ihl);
+    } else if proto == ETH_P_IPV6 {
+        let v: u8 = read(ctx, l2)?;
+        if v >> 4 != 6 {
+            return Err(());
+        }
+        let plen = u16::from_be(read::<u16>(ctx, l2 + 4)?) as usize;
+        let mut next: u8 = read(ctx, l2 + 6)?;
+        p.ttl = read(ctx, l2 + 7)?;
+        p.src = read(ctx, l2 + 8)?;
+        p.dst = read(ctx, l2 + 24)?;
+        p.ip_version = 6;
+        let mut off = l2 + 40;
+        let mut ext = 0usize;
+        // Skip up to four extension headers (hop-by-hop, routing, destination).
+        for _ in 0..4 {
+            if next == IPPROTO_TCP {
+                break;
+            }
+            if next != 0 && next != 43 && next != 60 {
+                count(STAT_PARSE_SKIPPED);
+                return Err(());
+            }
+            let nh: u8 = read(ctx, off)?;
+            let hl: u8 = read(ctx, off + 1)?;
+            let len = (hl as usize + 1) * 8;
+            next = nh;
+            off += len;
+            ext += len;
+        }
+        if next != IPPROTO_TCP {
+            return Err(());
+        }
+        tcp_off = off;
+        ip_payload_len = plen.saturating_sub(ext);
+    } else {
+        return Err(());
+    }
+
+    p.sport = u16::from_be(read::<u16>(ctx, tcp_off)?);
+    p.dport = u16::from_be(read::<u16>(ctx, tcp_off + 2)?);
+    p.seq = u32::from_be(read::<u32>(ctx, tcp_off + 4)?);
+    p.ack = u32::from_be(read::<u32>(ctx, tcp_off + 8)?);
+    let doff_byte: u8 = read(ctx, tcp_off + 12)?;
+    p.flags = read(ctx, tcp_off + 13)?;
+    p.window = u16::from_be(read::<u16>(ctx, tcp_off + 14)?);
+    let doff = ((doff_byte >> 4) as usize) * 4;
+    if doff < 20 {
+        return Err(());
+    }
+    p.payload_len = ip_payload_len.saturating_sub(doff) as u32;
+    p.opt_off = tcp_off + 20;
+    p.opt_len = doff - 20;
+    Ok(p)
+}
+
+#[inline(always)]
+fn emit(ctx: &TcContext, p: &Pkt, key: &FlowKey, cookie: u64, kind: u8, dir: u8, ev_flags: u8) {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(STAT_RINGBUF_FULL);
+        return;
+    };
+    let ev = Event {
+        // SAFETY: helper without preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        cookie,
+        key: *key,
+        seq: p.seq,
+        ack: p.ack,
+        payload_len: p.payload_len,
+        ifindex: ifindex(ctx),
+        window: p.window,
+        kind,
+        dir,
+        tcp_flags: p.flags,
+        ttl: p.ttl,
+        ev_flags,
+        opt_len: 0,
+        options: [0; 40],
+    };
+    entry.write(ev);
+    // SAFETY: the entry was fully initialised just above.
+    let ev = unsafe { entry.assume_init_mut() };
+    if kind == EV_SYN || kind == EV_SYNACK {
+        // Options are read 4 bytes at a time (their length is a multiple of 4)
+        // so every load has a constant size the verifier can check.
+        let mut n = 0u8;
+        for i in 0..10usize {
+            if i * 4 >= p.opt_len {
+                break;
+            }
+            match read::<[u8; 4]>(ctx, p.opt_off + i * 4) {
+                Ok(b) => {
+                    ev.options[i * 4..i * 4 + 4].copy_from_slice(&b);
+                    n += 4;
+                }
+                Err(()) => break,
+            }
+        }
+        ev.opt_len = n;
+    }
+    entry.submit(0);
+}
+
+#[inline(always)]
+fn is_registered(ctx: &TcContext) -> (bool, u64) {
+    // SAFETY: valid context pointer; the helper returns 0 when there is no socket.
+    let cookie = unsafe { bpf_get_socket_cookie(skb(ctx) as *mut _) };
+    if cookie != 0 {
+        // SAFETY: plain lookup, value not kept.
+        if unsafe { REGISTERED.get(cookie) }.is_some() {
+            return (true, cookie);
+        }
+    }
+    let all = CONFIG.get(0).copied().unwrap_or(0) & CFG_TRACK_ALL_OUT != 0;
+    (all, cookie)
+}
+
+fn try_egress(ctx: &TcContext) -> Result<(), ()> {
+    let p = parse(ctx)?;
+    let key = FlowKey {
+        local_addr: p.src,
+        remote_addr: p.dst,
+        local_port: p.sport,
+        remote_port: p.dport,
+        ip_version: p.ip_version,
+        _pad: [0; 3],
+    };
+    let ifx = ifindex(ctx);
+
+    if flow::is_syn(p.flags) {
+        if let Some(st) = FLOWS.get_ptr_mut(key) {
+            // SAFETY: pointer into the map value, valid for this program run.
+            let st = unsafe { &mut *st };
+            if flow::syn_again(st, p.seq) {
+                emit(ctx, &p, &key, st.cookie, EV_SYN, DIR_OUT, EVF_RETRANS);
+                return Ok(());
+            }
+            // Same 4-tuple, new ISN: a new connection reusing the port.
+        }
+        let (tracked, cookie) = is_registered(ctx);
+        if !tracked {
+            return Ok(());
+        }
+        let st = flow::new_flow(cookie, p.seq, ifx);
+        if FLOWS.insert(key, st, 0).is_err() {
+            count(STAT_FLOW_INSERT_FAILED);
+            return Ok(());
+        }
+        emit(ctx, &p, &key, cookie, EV_SYN, DIR_OUT, 0);
+        return Ok(());
+    }
+
+    let Some(st) = FLOWS.get_ptr_mut(key) else {
+        return Ok(());
+    };
+    // SAFETY: pointer into the map value, valid for this program run.
+    let st = unsafe { &mut *st };
+    let e = flow::egress_step(st, &seg(&p, ifx));
+    emit_all(ctx, &p, &key, st.cookie, DIR_OUT, &e);
+    Ok(())
+}
+
+fn try_ingress(ctx: &TcContext) -> Result<(), ()> {
+    let p = parse(ctx)?;
+    let key = FlowKey {
+        local_addr: p.dst,
+        remote_addr: p.src,
+        local_port: p.dport,
+        remote_port: p.sport,
+        ip_version: p.ip_version,
+        _pad: [0; 3],
+    };
+    let Some(st) = FLOWS.get_ptr_mut(key) else {
+        return Ok(());
+    };
+    // SAFETY: pointer into the map value, valid for this program run.
+    let st = unsafe { &mut *st };
+    let e = flow::ingress_step(st, &seg(&p, ifindex(ctx)));
+    emit_all(ctx, &p, &key, st.cookie, DIR_IN, &e);
+    Ok(())
+}
+
+#[inline(always)]
+fn seg(p: &Pkt, ifindex: u32) -> flow::Seg {
+    flow::Seg {
+        seq: p.seq,
+        ack: p.ack,
+        flags: p.flags,
+        payload_len: p.payload_len,
+        ifindex,
+    }
+}
+
+#[inline(always)]
+fn emit_all(ctx: &TcContext, p: &Pkt, key: &FlowKey, cookie: u64, dir: u8, e: &flow::Emits) {
+    if let Some(f) = e.synack {
+        emit(ctx, p, key, cookie, EV_SYNACK, dir, f);
+    }
+    if e.rst {
+        emit(ctx, p, key, cookie, EV_RST, dir, 0);
+    }
+    if e.ack_cover {
+        emit(ctx, p, key, cookie, EV_ACK_COVER, dir, 0);
+    }
+    if let Some(f) = e.data {
+        emit(ctx, p, key, cookie, EV_DATA, dir, f);
+    }
+    if e.fin {
+        emit(ctx, p, key, cookie, EV_FIN, dir, 0);
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

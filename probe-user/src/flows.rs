@@ -1,0 +1,309 @@
+//! Where events become a flow: the wire history of one TCP connection, built
+//! from the kernel's events, with the lookups the request timeline needs
+//! (which segment carried byte N, which ACK covered it).
+//!
+//! Offsets are byte offsets in one direction's stream, counted from the first
+//! payload byte (sequence number ISN + 1), exactly like the byte counts user
+//! space keeps on its own socket.
+
+use crate::tcp::{TcpOptions, parse_options};
+use probe_common::{
+    DIR_IN, DIR_OUT, EV_ACK_COVER, EV_DATA, EV_FIN, EV_RST, EV_SYN, EV_SYNACK, EVF_RETRANS,
+    EVF_TURN_START, Event, FlowKey,
+};
+
+/// A payload segment as the classifier saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seg {
+    /// CLOCK_MONOTONIC ns at the classifier.
+    pub ts_ns: u64,
+    /// Raw sequence number.
+    pub seq: u32,
+    /// Payload bytes.
+    pub len: u32,
+    /// Started below the highest sequence already seen (retransmission or reordering).
+    pub retrans: bool,
+    /// First payload after the other side spoke.
+    pub turn_start: bool,
+}
+
+/// The peer's SYN-ACK.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SynAck {
+    pub ts_ns: u64,
+    /// IPv4 TTL or IPv6 hop limit as received.
+    pub ttl: u8,
+    /// Raw window field (SYN-ACK windows are never scaled).
+    pub window: u16,
+    /// Decoded options, or why they could not be decoded.
+    pub options: Result<TcpOptions, String>,
+}
+
+/// Everything the kernel reported about one connection.
+#[derive(Clone, Debug)]
+pub struct Flow {
+    pub key: FlowKey,
+    pub cookie: u64,
+    out_isn: Option<u32>,
+    in_isn: Option<u32>,
+    /// CLOCK_MONOTONIC ns of each SYN sent (first one, then retransmissions).
+    pub syns: Vec<u64>,
+    pub synack: Option<SynAck>,
+    /// SYN-ACKs received again (the peer retransmitted).
+    pub synack_dups: u32,
+    pub out: Vec<Seg>,
+    pub inb: Vec<Seg>,
+    /// Incoming ACKs that covered everything sent so far: (ts, raw ack).
+    pub acks: Vec<(u64, u32)>,
+    /// FINs: (direction, ts).
+    pub fins: Vec<(u8, u64)>,
+    /// RSTs: (direction, ts).
+    pub rsts: Vec<(u8, u64)>,
+    /// Every event in arrival order.
+    pub events: Vec<Event>,
+}
+
+impl Flow {
+    pub fn new(key: FlowKey, cookie: u64) -> Self {
+        Flow {
+            key,
+            cookie,
+            out_isn: None,
+            in_isn: None,
+            syns: Vec::new(),
+            synack: None,
+            synack_dups: 0,
+            out: Vec::new(),
+            inb: Vec::new(),
+            acks: Vec::new(),
+            fins: Vec::new(),
+            rsts: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// Adds one kernel event.
+    pub fn push(&mut self, ev: &Event) {
+        self.events.push(*ev);
+        match ev.kind {
+            EV_SYN => {
+                if self.out_isn != Some(ev.seq) {
+                    // A new ISN on the same socket cannot happen; on a reused
+                    // 4-tuple it is a new connection: start over.
+                    if self.out_isn.is_some() {
+                        *self = Flow::new(ev.key, ev.cookie);
+                        self.events.push(*ev);
+                    }
+                    self.out_isn = Some(ev.seq);
+                }
+                self.syns.push(ev.ts_ns);
+            }
+            EV_SYNACK => {
+                if ev.ev_flags & EVF_RETRANS != 0 || self.synack.is_some() {
+                    self.synack_dups += 1;
+                    return;
+                }
+                self.in_isn = Some(ev.seq);
+                let n = (ev.opt_len as usize).min(ev.options.len());
+                self.synack = Some(SynAck {
+                    ts_ns: ev.ts_ns,
+                    ttl: ev.ttl,
+                    window: ev.window,
+                    options: parse_options(&ev.options[..n]).map_err(|e| e.to_string()),
+                });
+            }
+            EV_DATA => {
+                let s = Seg {
+                    ts_ns: ev.ts_ns,
+                    seq: ev.seq,
+                    len: ev.payload_len,
+                    retrans: ev.ev_flags & EVF_RETRANS != 0,
+                    turn_start: ev.ev_flags & EVF_TURN_START != 0,
+                };
+                if ev.dir == DIR_OUT {
+                    self.out.push(s);
+                } else {
+                    self.inb.push(s);
+                }
+            }
+            EV_ACK_COVER => self.acks.push((ev.ts_ns, ev.ack)),
+            EV_FIN => self.fins.push((ev.dir, ev.ts_ns)),
+            EV_RST => self.rsts.push((ev.dir, ev.ts_ns)),
+            _ => {}
+        }
+    }
+
+    /// Stream offset of a raw sequence number in the given direction.
+    fn offset(&self, dir: u8, seq: u32) -> Option<u32> {
+        let isn = if dir == DIR_OUT {
+            self.out_isn
+        } else {
+            self.in_isn
+        }?;
+        Some(seq.wrapping_sub(isn.wrapping_add(1)))
+    }
+
+    /// The SYN the SYN-ACK answered (the last one sent before it) and the SYN-ACK.
+    pub fn handshake(&self) -> Option<(u64, u64)> {
+        let sa = self.synack.as_ref()?;
+        let syn = self.syns.iter().copied().filter(|&t| t <= sa.ts_ns).max()?;
+        Some((syn, sa.ts_ns))
+    }
+
+    /// SYNs sent after the first.
+    pub fn syn_retransmits(&self) -> u32 {
+        self.syns.len().saturating_sub(1) as u32
+    }
+
+    fn covering<'a>(&self, dir: u8, segs: &'a [Seg], off: u32) -> Option<&'a Seg> {
+        // The first transmission of the byte; a retransmission only if the
+        // original was not reported.
+        let hit = |s: &&Seg| {
+            self.offset(dir, s.seq)
+                .is_some_and(|o| off.wrapping_sub(o) < s.len)
+        };
+        segs.iter()
+            .filter(|s| !s.retrans)
+            .find(hit)
+            .or_else(|| segs.iter().find(hit))
+    }
+
+    /// The outgoing segment that first carried stream byte `off`.
+    pub fn out_covering(&self, off: u32) -> Option<&Seg> {
+        self.covering(DIR_OUT, &self.out, off)
+    }
+
+    /// The incoming segment that first carried stream byte `off`.
+    pub fn in_covering(&self, off: u32) -> Option<&Seg> {
+        self.covering(DIR_IN, &self.inb, off)
+    }
+
+    /// Time of the first ACK, not before `not_before`, that acknowledged every
+    /// outgoing byte below offset `end` (exclusive end of a request).
+    pub fn ack_covering(&self, end: u32, not_before: u64) -> Option<u64> {
+        self.acks.iter().find_map(|&(ts, ack)| {
+            let o = self.offset(DIR_OUT, ack)?;
+            // `o` is the next byte the peer expects; covered when o >= end.
+            (ts >= not_before && (o.wrapping_sub(end) as i32) >= 0).then_some(ts)
+        })
+    }
+
+    /// Retransmitted (or reordered) payload segments in [from, to], per direction (out, in).
+    pub fn retransmits_between(&self, from: u64, to: u64) -> (u32, u32) {
+        let n = |v: &[Seg]| {
+            v.iter()
+                .filter(|s| s.retrans && s.ts_ns >= from && s.ts_ns <= to)
+                .count() as u32
+        };
+        (n(&self.out), n(&self.inb))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use probe_common::EVF_RETRANS;
+
+    pub(crate) fn ev(kind: u8, dir: u8, ts: u64, seq: u32, ack: u32, len: u32, f: u8) -> Event {
+        Event {
+            ts_ns: ts,
+            cookie: 5,
+            key: FlowKey::default(),
+            seq,
+            ack,
+            payload_len: len,
+            ifindex: 1,
+            window: 65535,
+            kind,
+            dir,
+            tcp_flags: 0,
+            ttl: 61,
+            ev_flags: f,
+            opt_len: 4,
+            options: {
+                let mut o = [0u8; 40];
+                o[..4].copy_from_slice(&[2, 4, 0x05, 0xb4]);
+                o
+            },
+        }
+    }
+
+    /// SYN at 0 (retransmitted at 1000), SYN-ACK at 1100; request of 200 bytes
+    /// in two segments; ACK; response; a retransmitted response segment.
+    pub(crate) fn sample_flow() -> Flow {
+        let mut f = Flow::new(FlowKey::default(), 5);
+        for e in [
+            ev(EV_SYN, DIR_OUT, 0, 100, 0, 0, 0),
+            ev(EV_SYN, DIR_OUT, 1000, 100, 0, 0, EVF_RETRANS),
+            ev(EV_SYNACK, DIR_IN, 1100, 7000, 101, 0, 0),
+            ev(EV_DATA, DIR_OUT, 2000, 101, 7001, 150, EVF_TURN_START),
+            ev(EV_DATA, DIR_OUT, 2010, 251, 7001, 50, 0),
+            ev(EV_ACK_COVER, DIR_IN, 2100, 7001, 251, 0, 0),
+            ev(EV_ACK_COVER, DIR_IN, 2200, 7001, 301, 0, 0),
+            ev(EV_DATA, DIR_IN, 3000, 7001, 301, 1000, EVF_TURN_START),
+            ev(EV_DATA, DIR_IN, 3500, 7001, 301, 1000, EVF_RETRANS),
+            ev(EV_FIN, DIR_IN, 4000, 8001, 301, 0, 0),
+        ] {
+            f.push(&e);
+        }
+        f
+    }
+
+    #[test]
+    fn handshake_uses_the_syn_that_was_answered() {
+        let f = sample_flow();
+        assert_eq!(f.handshake(), Some((1000, 1100)));
+        assert_eq!(f.syn_retransmits(), 1);
+        let sa = f.synack.as_ref().unwrap();
+        assert_eq!(sa.ttl, 61);
+        assert_eq!(sa.options.as_ref().unwrap().mss, Some(1460));
+    }
+
+    #[test]
+    fn segments_by_offset() {
+        let f = sample_flow();
+        assert_eq!(f.out_covering(0).unwrap().ts_ns, 2000);
+        assert_eq!(f.out_covering(149).unwrap().ts_ns, 2000);
+        assert_eq!(f.out_covering(150).unwrap().ts_ns, 2010);
+        assert!(f.out_covering(200).is_none());
+        // the original, not the retransmission
+        assert_eq!(f.in_covering(0).unwrap().ts_ns, 3000);
+        assert_eq!(f.in_covering(999).unwrap().ts_ns, 3000);
+    }
+
+    #[test]
+    fn ack_covering_needs_the_whole_request() {
+        let f = sample_flow();
+        assert_eq!(f.ack_covering(200, 2000), Some(2200));
+        assert_eq!(f.ack_covering(150, 2000), Some(2100));
+        assert_eq!(f.ack_covering(150, 2150), Some(2200));
+        assert_eq!(f.ack_covering(201, 0), None);
+    }
+
+    #[test]
+    fn retransmits_and_fin() {
+        let f = sample_flow();
+        assert_eq!(f.retransmits_between(0, 10_000), (0, 1));
+        assert_eq!(f.retransmits_between(0, 3400), (0, 0));
+        assert_eq!(f.fins, vec![(DIR_IN, 4000)]);
+    }
+
+    #[test]
+    fn duplicate_synack_and_rst() {
+        let mut f = sample_flow();
+        f.push(&ev(EV_SYNACK, DIR_IN, 5000, 7000, 101, 0, EVF_RETRANS));
+        f.push(&ev(EV_RST, DIR_OUT, 6000, 301, 0, 0, 0));
+        assert_eq!(f.synack_dups, 1);
+        assert_eq!(f.synack.as_ref().unwrap().ts_ns, 1100);
+        assert_eq!(f.rsts, vec![(DIR_OUT, 6000)]);
+    }
+
+    #[test]
+    fn no_synack_no_offsets() {
+        let mut f = Flow::new(FlowKey::default(), 1);
+        f.push(&ev(EV_SYN, DIR_OUT, 0, 100, 0, 0, 0));
+        f.push(&ev(EV_DATA, DIR_IN, 10, 5, 0, 10, EVF_TURN_START));
+        assert!(f.handshake().is_none());
+        assert!(f.in_covering(0).is_none());
+    }
+}

@@ -1,0 +1,11 @@
+pub mod bpf;
+pub mod clock;
+pub mod events;
+pub mod flows;
+pub mod io;
+pub mod netif;
+pub mod output;
+pub mod prober;
+pub mod record;
+pub mod tcp;
+pub mod timeline;

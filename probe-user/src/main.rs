@@ -1,0 +1,321 @@
+//! `synack`: where the time of an HTTP request goes.
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use clap::Parser;
+use http::{HeaderName, HeaderValue, Method};
+use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
+use synack::{
+    bpf::{Kernel, KernelError},
+    output,
+    prober::{self, Family, Options, Prober, Resolve},
+};
+
+/// Times an HTTP(S) request on the wire and in user space, side by side.
+///
+/// synack makes the request itself, on a socket whose SYN, SYN-ACK, request
+/// and response segments are timestamped in the kernel by tc classifiers
+/// (eBPF), so you see the network's share (handshake RTT, SYN-ACK TTL and
+/// hops, data RTT, retransmissions), the server's (wire TTFB) and your local
+/// stack's (user minus wire) for every request.
+///
+/// Needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or root): run it with sudo.
+///
+/// Examples:
+///   sudo synack https://example.com/
+///   sudo synack --count 5 --interval 1s --json http://10.0.0.2:8080/health
+///   sudo synack --reuse 2 --resolve api.internal:443:10.0.0.7 https://api.internal/
+#[derive(Parser, Debug)]
+#[command(name = "synack", version, verbatim_doc_comment)]
+struct Cli {
+    /// URLs to request (http:// or https://), one after the other.
+    #[arg(required = true, value_name = "URL")]
+    urls: Vec<String>,
+
+    /// HTTP method (default GET, or POST with --data).
+    #[arg(short = 'X', long = "request", value_name = "METHOD")]
+    method: Option<String>,
+
+    /// Extra request header, "Name: value"; may be repeated.
+    #[arg(short = 'H', long = "header", value_name = "HEADER")]
+    headers: Vec<String>,
+
+    /// Request body; "@FILE" reads it from a file.
+    #[arg(short = 'd', long = "data", value_name = "DATA")]
+    data: Option<String>,
+
+    /// Give up on a connection (DNS to last byte) after this long, e.g. 5, 2.5s, 300ms.
+    #[arg(short = 'm', long = "max-time", value_name = "TIME", value_parser = parse_duration)]
+    max_time: Option<Duration>,
+
+    /// Follow redirects; each hop gets its own timeline.
+    #[arg(short = 'L', long = "location")]
+    follow: bool,
+
+    /// Most redirects to follow with -L.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    max_redirs: u32,
+
+    /// Repeat each URL N times, each on a fresh connection.
+    #[arg(short = 'n', long, default_value_t = 1, value_name = "N")]
+    count: u32,
+
+    /// Pause between repetitions of --count, e.g. 1s, 250ms.
+    #[arg(long, default_value = "0", value_name = "TIME", value_parser = parse_duration)]
+    interval: Duration,
+
+    /// Send N requests on one keep-alive connection; the first pays for the
+    /// handshake, the others show what a warm connection costs.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    reuse: u32,
+
+    /// Use ADDR for HOST:PORT instead of DNS (as curl's --resolve); repeatable.
+    #[arg(long, value_name = "HOST:PORT:ADDR")]
+    resolve: Vec<Resolve>,
+
+    /// Use IPv4 addresses only.
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    ipv4: bool,
+
+    /// Use IPv6 addresses only.
+    #[arg(short = '6', long = "ipv6")]
+    ipv6: bool,
+
+    /// Trust only the CA certificates in this PEM file (replaces the system roots).
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<PathBuf>,
+
+    /// Do not verify the server's certificate.
+    #[arg(short = 'k', long)]
+    insecure: bool,
+
+    /// Attach to these interfaces only (default: every interface that is up); repeatable.
+    #[arg(short = 'i', long = "interface", value_name = "IFACE")]
+    interfaces: Vec<String>,
+
+    /// Print one JSON object per request, one per line (see docs/json.md).
+    #[arg(long)]
+    json: bool,
+
+    /// Treat HTTP statuses >= 400 as failures (exit status 1).
+    #[arg(short = 'f', long)]
+    fail: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mul) = if let Some(v) = s.strip_suffix("ms") {
+        (v, 1e-3)
+    } else if let Some(v) = s.strip_suffix('s') {
+        (v, 1.0)
+    } else if let Some(v) = s.strip_suffix('m') {
+        (v, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (examples: 5, 2.5s, 300ms, 1m)"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("{s:?} must be a non-negative duration"));
+    }
+    Ok(Duration::from_secs_f64(v * mul))
+}
+
+fn parse_header(h: &str) -> Result<(HeaderName, HeaderValue)> {
+    let (n, v) = h
+        .split_once(':')
+        .with_context(|| format!("header {h:?} must look like \"Name: value\""))?;
+    let name = HeaderName::from_bytes(n.trim().as_bytes())
+        .with_context(|| format!("{:?} is not a valid header name", n.trim()))?;
+    let value = HeaderValue::from_str(v.trim())
+        .with_context(|| format!("the value of header {:?} is not valid", n.trim()))?;
+    Ok((name, value))
+}
+
+fn options(cli: &Cli) -> Result<Options> {
+    let method = cli
+        .method
+        .as_deref()
+        .map(|m| {
+            Method::from_bytes(m.as_bytes()).with_context(|| format!("{m:?} is not an HTTP method"))
+        })
+        .transpose()?;
+    let body = match cli.data.as_deref() {
+        Some(d) if d.starts_with('@') => {
+            Some(Bytes::from(std::fs::read(&d[1..]).with_context(|| {
+                format!("cannot read request body from {}", &d[1..])
+            })?))
+        }
+        Some(d) => Some(Bytes::from(d.to_string())),
+        None => None,
+    };
+    if cli.count == 0 || cli.reuse == 0 {
+        bail!("--count and --reuse must be at least 1");
+    }
+    Ok(Options {
+        method,
+        headers: cli
+            .headers
+            .iter()
+            .map(|h| parse_header(h))
+            .collect::<Result<_>>()?,
+        body,
+        max_time: cli.max_time,
+        follow: cli.follow,
+        max_redirs: cli.max_redirs,
+        reuse: cli.reuse,
+        resolve: cli.resolve.clone(),
+        family: if cli.ipv4 {
+            Family::V4
+        } else if cli.ipv6 {
+            Family::V6
+        } else {
+            Family::Any
+        },
+        cacert: cli.cacert.clone(),
+        insecure: cli.insecure,
+    })
+}
+
+fn kernel_help(e: &KernelError) -> String {
+    if e.is_permission() {
+        format!(
+            "{e}\n\nsynack loads eBPF programs and needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON \
+             (or root). Run it with sudo, or in a container with those capabilities."
+        )
+    } else {
+        e.to_string()
+    }
+}
+
+fn raise_memlock() {
+    // Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones ignore it.
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain setrlimit with a valid struct; failure only matters on old kernels.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let opts = options(&cli)?;
+    let tls = prober::tls_config(opts.cacert.as_ref(), opts.insecure)
+        .context("cannot set up TLS (check --cacert)")?;
+    raise_memlock();
+    let kernel = Kernel::load_and_attach(&cli.interfaces)
+        .map_err(|e| anyhow::anyhow!(kernel_help(&e)))
+        .context("cannot start the kernel side")?;
+    let mut prober = Prober::new(Some(kernel), tls, opts);
+
+    let mut all = Vec::new();
+    let mut ok = true;
+    let stdout = std::io::stdout();
+    for url in &cli.urls {
+        for attempt in 0..cli.count {
+            if attempt > 0 && !cli.interval.is_zero() {
+                tokio::time::sleep(cli.interval).await;
+            }
+            for r in prober.run(url, attempt).await {
+                let failed =
+                    r.error.is_some() || (cli.fail && r.http_status.is_some_and(|s| s >= 400));
+                ok &= !failed;
+                let text = if cli.json {
+                    output::json_line(&r) + "\n"
+                } else {
+                    output::human(&r) + "\n"
+                };
+                let mut out = stdout.lock();
+                out.write_all(text.as_bytes())
+                    .and_then(|_| out.flush())
+                    .context("cannot write to stdout")?;
+                all.push(r);
+            }
+        }
+    }
+    if !cli.json
+        && let Some(s) = output::summary(&all)
+    {
+        println!("{s}");
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("synack: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    rt.block_on(async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("synack: cannot install a SIGTERM handler: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+        // On SIGINT/SIGTERM the run future is dropped, which drops the Kernel
+        // and with it every link and program: nothing stays attached.
+        tokio::select! {
+            r = run(cli) => match r {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("synack: {e:#}");
+                    ExitCode::from(2)
+                }
+            },
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("synack: interrupted, detached");
+                ExitCode::from(130)
+            }
+            _ = term.recv() => {
+                eprintln!("synack: terminated, detached");
+                ExitCode::from(143)
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("2.5s").unwrap(), Duration::from_millis(2500));
+        assert_eq!(parse_duration("300ms").unwrap(), Duration::from_millis(300));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn headers() {
+        let (n, v) = parse_header("X-Test:  a b ").unwrap();
+        assert_eq!(n.as_str(), "x-test");
+        assert_eq!(v.to_str().unwrap(), "a b");
+        assert!(parse_header("nocolon").is_err());
+        assert!(parse_header("bad name: x").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,293 @@
+//! Where records become text: the human waterfall and JSON lines.
+
+use crate::record::Record;
+use crate::tcp::hops_from_ttl;
+use std::fmt::Write as _;
+
+fn f(ms: Option<f64>) -> String {
+    match ms {
+        Some(v) if v.abs() >= 100.0 => format!("{v:.1} ms"),
+        Some(v) => format!("{v:.3} ms"),
+        None => "-".to_string(),
+    }
+}
+
+/// One JSON object, one line.
+pub fn json_line(r: &Record) -> String {
+    serde_json::to_string(r).unwrap_or_else(|e| {
+        format!(r#"{{"error":{{"kind":"internal","message":"cannot serialise record: {e}"}}}}"#)
+    })
+}
+
+/// The human breakdown of one request.
+pub fn human(r: &Record) -> String {
+    let mut s = String::new();
+    let status = r
+        .http_status
+        .map(|c| format!("HTTP/1.1 {c}"))
+        .unwrap_or_else(|| "no response".into());
+    let remote = r.remote_addr.as_deref().unwrap_or("-");
+    let _ = write!(
+        s,
+        "{} {}  {}  {}  mode {}",
+        r.method, r.url, remote, status, r.mode
+    );
+    if r.connection_reused {
+        let _ = write!(
+            s,
+            "  (request {} on a reused connection)",
+            r.request_index + 1
+        );
+    }
+    if r.redirect_hop > 0 {
+        let _ = write!(s, "  (redirect hop {})", r.redirect_hop);
+    }
+    s.push('\n');
+    if let Some(e) = &r.error {
+        let _ = writeln!(s, "  error ({}): {}", e.kind, e.message);
+    }
+    let u = &r.user;
+    let w = &r.wire;
+    let _ = writeln!(s, "\n  {:<22}{:<14}wire", "", "user");
+    if !r.connection_reused {
+        let _ = writeln!(s, "  {:<22}{:<14}", "DNS", f(u.dns_ms));
+        let mut wire = String::new();
+        if let Some(h) = w.handshake_rtt_ms {
+            let _ = write!(wire, "SYN -> SYN-ACK {}", f(Some(h)));
+        }
+        if let Some(ttl) = w.synack_ttl {
+            let (_, hops) = hops_from_ttl(ttl);
+            let hop_word = if hops == 1 { "hop" } else { "hops" };
+            let _ = write!(wire, "   TTL {ttl} ({hops} {hop_word})");
+        }
+        if let Some(n) = w.syn_retransmits.filter(|&n| n > 0) {
+            let _ = write!(
+                wire,
+                "   {n} SYN retransmission{}, waited {}",
+                if n == 1 { "" } else { "s" },
+                f(w.connect_wait_ms)
+            );
+        }
+        let _ = writeln!(s, "  {:<22}{:<14}{}", "TCP connect", f(u.connect_ms), wire);
+        if u.tls_ms.is_some() || w.tls_rtt_ms.is_some() {
+            let wire = w
+                .tls_rtt_ms
+                .map(|t| format!("ClientHello -> ServerHello {}", f(Some(t))))
+                .unwrap_or_default();
+            let _ = writeln!(s, "  {:<22}{:<14}{}", "TLS handshake", f(u.tls_ms), wire);
+        }
+    }
+    let mut wire = f(w.ttfb_ms);
+    if let Some(d) = w.data_rtt_ms {
+        let _ = write!(wire, "  (request ACKed after {})", f(Some(d)));
+    }
+    let _ = writeln!(
+        s,
+        "  {:<22}{:<14}{}",
+        "request -> 1st byte",
+        f(u.ttfb_ms),
+        wire
+    );
+    let retrans = match (w.retransmits, w.syn_retransmits) {
+        (Some(n), Some(syn)) if !r.connection_reused => format!("retransmissions {n} (+{syn} SYN)"),
+        (Some(n), _) => format!("retransmissions {n}"),
+        _ => String::new(),
+    };
+    let _ = writeln!(s, "  {:<22}{:<14}{}", "total", f(u.total_ms), retrans);
+    if let Some(bar) = waterfall(r, 60) {
+        let _ = writeln!(s, "\n  {bar}");
+    }
+    if let Some(sa) = synack_line(r) {
+        let _ = writeln!(s, "  {sa}");
+    }
+    let d = &r.drops;
+    if d.total() == 0 {
+        let _ = writeln!(s, "  lost events 0");
+    } else {
+        let _ = writeln!(
+            s,
+            "  LOST: ring buffer full {}, flow table full {}, flows evicted {}, unparsable packets {}, undecodable {}",
+            d.ringbuf_full, d.flow_insert_failed, d.flows_evicted, d.parse_skipped, d.undecodable
+        );
+    }
+    s
+}
+
+fn synack_line(r: &Record) -> Option<String> {
+    let w = &r.wire;
+    if r.connection_reused {
+        return None;
+    }
+    let ttl = w.synack_ttl?;
+    let mut s = format!("SYN-ACK: TTL {ttl}");
+    if let Some(init) = w.synack_initial_ttl {
+        let _ = write!(s, " (from {init})");
+    }
+    if let Some(win) = w.synack_window {
+        let _ = write!(s, ", window {win}");
+    }
+    if let Some(m) = w.synack_mss {
+        let _ = write!(s, ", MSS {m}");
+    }
+    if let Some(ws) = w.synack_wscale {
+        let _ = write!(s, ", wscale {ws}");
+    }
+    if w.synack_sack_permitted == Some(true) {
+        s.push_str(", SACK");
+    }
+    if w.synack_timestamps == Some(true) {
+        s.push_str(", timestamps");
+    }
+    Some(s)
+}
+
+/// `|DNS|TCP|=== TLS ===|=== wait ===|body|`, each phase's width
+/// proportional to its user-space duration.
+pub fn waterfall(r: &Record, width: usize) -> Option<String> {
+    let u = &r.user;
+    let total = u.total_ms?;
+    if total <= 0.0 {
+        return None;
+    }
+    let ttfb_end = [u.dns_ms, u.connect_ms, u.tls_ms, u.ttfb_ms]
+        .iter()
+        .flatten()
+        .sum::<f64>();
+    let rest = (total - ttfb_end).max(0.0);
+    let phases = [
+        ("DNS", u.dns_ms),
+        ("TCP", u.connect_ms),
+        ("TLS", u.tls_ms),
+        ("wait", u.ttfb_ms),
+        ("rest", Some(rest)),
+    ];
+    let mut out = String::from("|");
+    for (name, ms) in phases {
+        let Some(ms) = ms else { continue };
+        if ms <= 0.0 {
+            continue;
+        }
+        let n = ((ms / total) * width as f64).round().max(1.0) as usize;
+        let cell = if n >= name.len() + 2 {
+            let pad = n - name.len();
+            format!(
+                "{}{}{}",
+                "=".repeat(pad / 2),
+                name,
+                "=".repeat(pad - pad / 2)
+            )
+        } else {
+            "=".repeat(n)
+        };
+        out.push_str(&cell);
+        out.push('|');
+    }
+    Some(out)
+}
+
+/// Medians over several records, for the end of a `--count`/`--reuse` run.
+pub fn summary(records: &[Record]) -> Option<String> {
+    if records.len() < 2 {
+        return None;
+    }
+    fn med(mut v: Vec<f64>) -> Option<f64> {
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(|a, b| a.total_cmp(b));
+        Some(v[v.len() / 2])
+    }
+    let col = |g: &dyn Fn(&Record) -> Option<f64>| med(records.iter().filter_map(g).collect());
+    let failed = records.iter().filter(|r| r.error.is_some()).count();
+    Some(format!(
+        "{} requests, {} failed. medians: handshake RTT {}, wire TTFB {}, user TTFB {}, total {}",
+        records.len(),
+        failed,
+        f(col(&|r| r.wire.handshake_rtt_ms)),
+        f(col(&|r| r.wire.ttfb_ms)),
+        f(col(&|r| r.user.ttfb_ms)),
+        f(col(&|r| r.user.total_ms)),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{ErrorInfo, Record};
+
+    fn rec() -> Record {
+        let mut r = Record::new("http://h/", "GET", "ebpf");
+        r.http_status = Some(200);
+        r.remote_addr = Some("10.0.0.2:80".into());
+        r.user.dns_ms = Some(1.0);
+        r.user.connect_ms = Some(2.0);
+        r.user.ttfb_ms = Some(6.0);
+        r.user.total_ms = Some(10.0);
+        r.wire.handshake_rtt_ms = Some(1.5);
+        r.wire.synack_ttl = Some(63);
+        r.wire.ttfb_ms = Some(5.5);
+        r.wire.retransmits = Some(0);
+        r.wire.syn_retransmits = Some(0);
+        r
+    }
+
+    #[test]
+    fn human_output_has_both_columns_and_hops() {
+        let s = human(&rec());
+        assert!(
+            s.contains("GET http://h/  10.0.0.2:80  HTTP/1.1 200  mode ebpf"),
+            "{s}"
+        );
+        assert!(
+            s.contains("SYN -> SYN-ACK 1.500 ms   TTL 63 (1 hop)"),
+            "{s}"
+        );
+        assert!(s.contains("5.500 ms"), "{s}");
+        assert!(s.contains("lost events 0"), "{s}");
+        let mut r = rec();
+        r.error = Some(ErrorInfo::new(
+            "timeout",
+            "--max-time reached during response",
+        ));
+        assert!(human(&r).contains("error (timeout): --max-time reached"));
+    }
+
+    #[test]
+    fn waterfall_is_proportional() {
+        let bar = waterfall(&rec(), 50).unwrap();
+        assert!(bar.starts_with("|=DNS=|"), "{bar}"); // DNS: 1/10 of 50 = 5 cells
+        assert!(bar.contains("wait"));
+        assert_eq!(bar.matches('|').count(), 5);
+    }
+
+    #[test]
+    fn json_has_contract_fields() {
+        let v: serde_json::Value = serde_json::from_str(&json_line(&rec())).unwrap();
+        for k in [
+            "url",
+            "remote_addr",
+            "local_addr",
+            "ip_version",
+            "http_status",
+            "mode",
+            "error",
+            "timeline",
+            "drops",
+        ] {
+            assert!(v.get(k).is_some(), "missing {k}");
+        }
+        assert_eq!(v["user"]["ttfb_ms"], 6.0);
+        assert_eq!(v["wire"]["handshake_rtt_ms"], 1.5);
+        assert!(v["error"].is_null());
+    }
+
+    #[test]
+    fn summary_medians() {
+        let mut a = rec();
+        a.user.total_ms = Some(30.0);
+        let s = summary(&[rec(), a, rec()]).unwrap();
+        assert!(s.contains("3 requests, 0 failed"), "{s}");
+        assert!(s.contains("total 10.000 ms"), "{s}");
+        assert!(summary(&[rec()]).is_none());
+    }
+}

@@ -1,0 +1,836 @@
+//! The active prober: makes HTTP(S) requests on sockets of its own, so each
+//! connection's socket cookie is registered with the kernel before its SYN
+//! leaves, and records the user-space marks of every phase.
+
+use crate::{
+    bpf::Kernel,
+    clock::mono_ns,
+    flows::Flow,
+    io::{AppStream, IoLog, RawStream, SharedLog},
+    record::{ErrorInfo, Record},
+    timeline::{self, ConnMarks, RequestMarks},
+};
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, Request, Uri, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use probe_common::{FlowKey, flow::TCP_SYN};
+use rustls::{
+    ClientConfig, RootCertStore,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject},
+};
+use std::{
+    net::{IpAddr, SocketAddr},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use thiserror::Error;
+use tokio::{net::TcpSocket, time::Instant};
+
+/// Which address family to use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Family {
+    #[default]
+    Any,
+    V4,
+    V6,
+}
+
+/// A `--resolve HOST:PORT:ADDR` override.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolve {
+    pub host: String,
+    pub port: u16,
+    pub addr: IpAddr,
+}
+
+impl std::str::FromStr for Resolve {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let err = || format!("expected HOST:PORT:ADDR (as curl's --resolve), got {s:?}");
+        let (host, rest) = s.split_once(':').ok_or_else(err)?;
+        let (port, addr) = rest.split_once(':').ok_or_else(err)?;
+        let addr = addr.trim_start_matches('[').trim_end_matches(']');
+        Ok(Resolve {
+            host: host.to_ascii_lowercase(),
+            port: port.parse().map_err(|_| err())?,
+            addr: addr.parse().map_err(|_| err())?,
+        })
+    }
+}
+
+/// Everything that shapes the requests.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub method: Option<Method>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Option<Bytes>,
+    pub max_time: Option<Duration>,
+    pub follow: bool,
+    pub max_redirs: u32,
+    pub reuse: u32,
+    pub resolve: Vec<Resolve>,
+    pub family: Family,
+    pub cacert: Option<PathBuf>,
+    pub insecure: bool,
+}
+
+#[derive(Debug, Error)]
+pub enum TlsSetupError {
+    #[error("cannot read CA certificates from {path}: {source}")]
+    CaFile {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{path} holds no usable CA certificate")]
+    NoCa { path: PathBuf },
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The TLS client configuration: `--cacert` replaces the system roots (as in
+/// curl); without system roots the bundled webpki roots are used.
+pub fn tls_config(cacert: Option<&PathBuf>, insecure: bool) -> Result<ClientConfig, TlsSetupError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    if let Some(path) = cacert {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|source| TlsSetupError::CaFile {
+                path: path.clone(),
+                source,
+            })?;
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(TlsSetupError::NoCa { path: path.clone() });
+        }
+    } else {
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
+        if roots.is_empty() {
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        }
+    }
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let mut cfg = if insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+            .with_no_client_auth()
+    } else {
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// `--insecure`: accepts any certificate, still checks handshake signatures.
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A request target after URL parsing.
+#[derive(Clone, Debug)]
+struct Target {
+    url: url::Url,
+    tls: bool,
+    host: String,
+    port: u16,
+}
+
+fn parse_target(s: &str) -> Result<Target, ErrorInfo> {
+    let url = url::Url::parse(s)
+        .map_err(|e| ErrorInfo::new("invalid_url", format!("cannot parse URL {s:?}: {e}")))?;
+    let tls = match url.scheme() {
+        "http" => false,
+        "https" => true,
+        other => {
+            return Err(ErrorInfo::new(
+                "unsupported_scheme",
+                format!("scheme {other:?} is not supported: use http:// or https://"),
+            ));
+        }
+    };
+    let host = match url.host() {
+        Some(url::Host::Ipv6(a)) => a.to_string(),
+        Some(h) => h.to_string(),
+        None => {
+            return Err(ErrorInfo::new(
+                "invalid_url",
+                format!("URL {s:?} has no host"),
+            ));
+        }
+    };
+    let port = url
+        .port_or_known_default()
+        .unwrap_or(if tls { 443 } else { 80 });
+    Ok(Target {
+        url,
+        tls,
+        host,
+        port,
+    })
+}
+
+/// The prober and the kernel side it registers its sockets with.
+pub struct Prober {
+    pub kernel: Option<Kernel>,
+    tls: Arc<ClientConfig>,
+    opts: Options,
+    mode: &'static str,
+}
+
+/// A request that completed.
+struct Done {
+    marks: RequestMarks,
+    status: u16,
+    request_bytes: u64,
+    response_bytes: u64,
+}
+
+/// Why a connection stopped early, with the marks of the request in flight.
+struct Failed {
+    error: ErrorInfo,
+    marks: Option<RequestMarks>,
+}
+
+impl Failed {
+    fn with(error: ErrorInfo, marks: RequestMarks) -> Self {
+        Failed {
+            error,
+            marks: Some(marks),
+        }
+    }
+}
+
+impl From<ErrorInfo> for Failed {
+    fn from(error: ErrorInfo) -> Self {
+        Failed { error, marks: None }
+    }
+}
+
+fn http_error(e: &hyper::Error) -> ErrorInfo {
+    use std::error::Error as _;
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    let kind = if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
+        "io"
+    } else if e.is_parse() || e.is_parse_status() {
+        "http"
+    } else {
+        "io"
+    };
+    ErrorInfo::new(kind, msg)
+}
+
+/// What one connection produced before it ended.
+struct ConnOutcome {
+    records: Vec<Record>,
+    /// Location of a redirect to follow, if the last response asked for one.
+    redirect: Option<String>,
+}
+
+impl Prober {
+    pub fn new(kernel: Option<Kernel>, tls: ClientConfig, opts: Options) -> Self {
+        Prober {
+            kernel,
+            tls: Arc::new(tls),
+            opts,
+            mode: "ebpf",
+        }
+    }
+
+    /// One run over a URL: its requests, and the redirect hops after them with `-L`.
+    pub async fn run(&mut self, url: &str, attempt: u32) -> Vec<Record> {
+        let mut out = Vec::new();
+        let mut current = url.to_string();
+        for hop in 0..=self.opts.max_redirs {
+            let o = self.connection(&current, hop).await;
+            let redirect = o.redirect.clone();
+            out.extend(o.records.into_iter().map(|mut r| {
+                r.attempt = attempt;
+                r
+            }));
+            match redirect {
+                Some(next) if self.opts.follow => {
+                    if hop == self.opts.max_redirs {
+                        let mut r = Record::new(&next, self.method_for(&next).as_str(), self.mode);
+                        r.attempt = attempt;
+                        r.redirect_hop = hop + 1;
+                        r.error = Some(ErrorInfo::new(
+                            "http",
+                            format!(
+                                "more than {} redirects (raise --max-redirs)",
+                                self.opts.max_redirs
+                            ),
+                        ));
+                        out.push(r);
+                        break;
+                    }
+                    current = next;
+                }
+                _ => break,
+            }
+        }
+        out
+    }
+
+    fn method_for(&self, _url: &str) -> Method {
+        self.opts.method.clone().unwrap_or_else(|| {
+            if self.opts.body.is_some() {
+                Method::POST
+            } else {
+                Method::GET
+            }
+        })
+    }
+
+    fn fail(&self, url: &str, hop: u32, e: ErrorInfo) -> ConnOutcome {
+        let mut r = Record::new(url, self.method_for(url).as_str(), self.mode);
+        r.redirect_hop = hop;
+        r.error = Some(e);
+        if let Some(k) = &self.kernel {
+            r.drops = k.drops();
+        }
+        ConnOutcome {
+            records: vec![r],
+            redirect: None,
+        }
+    }
+
+    async fn resolve(
+        &self,
+        t: &Target,
+        deadline: Option<Instant>,
+    ) -> Result<SocketAddr, ErrorInfo> {
+        let fam_ok = |a: &IpAddr| match self.opts.family {
+            Family::Any => true,
+            Family::V4 => a.is_ipv4(),
+            Family::V6 => a.is_ipv6(),
+        };
+        let host = t.host.to_ascii_lowercase();
+        if let Some(r) = self
+            .opts
+            .resolve
+            .iter()
+            .find(|r| r.host == host && r.port == t.port && fam_ok(&r.addr))
+        {
+            return Ok(SocketAddr::new(r.addr, t.port));
+        }
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return if fam_ok(&ip) {
+                Ok(SocketAddr::new(ip, t.port))
+            } else {
+                Err(ErrorInfo::new(
+                    "dns",
+                    format!("{ip} does not match the address family asked for (-4/-6)"),
+                ))
+            };
+        }
+        let lookup = tokio::net::lookup_host((host.clone(), t.port));
+        let addrs = with_deadline(deadline, "dns", lookup)
+            .await?
+            .map_err(|e| ErrorInfo::new("dns", format!("cannot resolve {host}: {e}")))?;
+        let all: Vec<SocketAddr> = addrs.collect();
+        all.iter()
+            .copied()
+            .find(|a| fam_ok(&a.ip()))
+            .ok_or_else(|| {
+                ErrorInfo::new(
+                    "dns",
+                    format!(
+                        "{host} has no {} address (found {})",
+                        match self.opts.family {
+                            Family::V4 => "IPv4",
+                            Family::V6 => "IPv6",
+                            Family::Any => "usable",
+                        },
+                        all.len()
+                    ),
+                )
+            })
+    }
+
+    /// One connection: DNS, connect, TLS, then `--reuse` requests on it.
+    async fn connection(&mut self, url: &str, hop: u32) -> ConnOutcome {
+        let t = match parse_target(url) {
+            Ok(t) => t,
+            Err(e) => return self.fail(url, hop, e),
+        };
+        let deadline = self.opts.max_time.map(|d| Instant::now() + d);
+        let method = self.method_for(url);
+        let mut conn = ConnMarks {
+            tls: t.tls,
+            ..Default::default()
+        };
+        let mut base = Record::new(url, method.as_str(), self.mode);
+        base.redirect_hop = hop;
+
+        conn.dns_start = Some(mono_ns());
+        let addr = match self.resolve(&t, deadline).await {
+            Ok(a) => a,
+            Err(e) => return self.fail(url, hop, e),
+        };
+        conn.dns_done = Some(mono_ns());
+        base.remote_addr = Some(addr.to_string());
+        base.ip_version = Some(if addr.is_ipv4() { 4 } else { 6 });
+
+        let sock = match if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        } {
+            Ok(s) => s,
+            Err(e) => return self.fail(url, hop, ErrorInfo::new("io", format!("socket: {e}"))),
+        };
+        let cookie = socket_cookie(sock.as_raw_fd());
+        base.socket_cookie = cookie;
+        if let (Some(k), Some(c)) = (self.kernel.as_mut(), cookie)
+            && let Err(e) = k.register(c)
+        {
+            return self.fail(url, hop, ErrorInfo::new("kernel", e.to_string()));
+        }
+
+        let mut records = Vec::new();
+        let mut redirect = None;
+        let mut key = None;
+        let log: SharedLog = Arc::new(Mutex::new(IoLog::default()));
+        let mut done: Vec<Done> = Vec::new();
+
+        let result = self
+            .exchange(
+                &t,
+                &method,
+                addr,
+                sock,
+                deadline,
+                &mut conn,
+                &log,
+                &mut base,
+                &mut done,
+                &mut key,
+                &mut redirect,
+            )
+            .await;
+        let n_done = done.len();
+
+        // The socket is closed now (FIN or RST sent): collect what the kernel saw.
+        let flow = self.collect(cookie, key.as_ref());
+        for (i, d) in done.iter().enumerate() {
+            let mut r = base.clone();
+            r.request_index = i as u32;
+            r.connection_reused = i > 0;
+            r.http_status = Some(d.status);
+            r.request_bytes = Some(d.request_bytes);
+            r.response_bytes = Some(d.response_bytes);
+            self.finish(
+                &mut r,
+                flow.as_ref(),
+                (i == 0).then_some(&conn),
+                t.tls,
+                &d.marks,
+            );
+            records.push(r);
+        }
+        if let Err(Failed { error, marks }) = result {
+            // The request that failed (or the connection that never got to one).
+            let mut r = base.clone();
+            r.request_index = n_done as u32;
+            r.connection_reused = n_done > 0;
+            let m = marks.unwrap_or_default();
+            self.finish(
+                &mut r,
+                flow.as_ref(),
+                (n_done == 0).then_some(&conn),
+                t.tls,
+                &m,
+            );
+            r.error = Some(error);
+            records.push(r);
+            redirect = None;
+        }
+        ConnOutcome { records, redirect }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange(
+        &mut self,
+        t: &Target,
+        method: &Method,
+        addr: SocketAddr,
+        sock: TcpSocket,
+        deadline: Option<Instant>,
+        conn: &mut ConnMarks,
+        log: &SharedLog,
+        base: &mut Record,
+        done: &mut Vec<Done>,
+        key: &mut Option<FlowKey>,
+        redirect: &mut Option<String>,
+    ) -> Result<(), Failed> {
+        conn.connect_call = Some(mono_ns());
+        let stream = with_deadline(deadline, "connect", sock.connect(addr))
+            .await?
+            .map_err(|e| connect_error(addr, e))?;
+        conn.connect_done = Some(mono_ns());
+        // Requests go out in one segment as soon as they are written, as with curl.
+        let _ = stream.set_nodelay(true);
+        if let Ok(local) = stream.local_addr() {
+            base.local_addr = Some(local.to_string());
+            *key = Some(flow_key(local, addr));
+        }
+
+        let raw = RawStream::new(stream, log.clone(), t.tls);
+        let io: Box<dyn AsyncStream> = if t.tls {
+            let name = ServerName::try_from(t.host.clone()).map_err(|e| {
+                ErrorInfo::new(
+                    "invalid_url",
+                    format!("bad TLS server name {}: {e}", t.host),
+                )
+            })?;
+            conn.tls_start = Some(mono_ns());
+            let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
+            let s = with_deadline(deadline, "tls", connector.connect(name, raw))
+                .await?
+                .map_err(|e| {
+                    ErrorInfo::new("tls", format!("TLS handshake with {}: {e}", t.host))
+                })?;
+            conn.tls_done = Some(mono_ns());
+            Box::new(s)
+        } else {
+            Box::new(raw)
+        };
+        let app = AppStream::new(io, log.clone());
+        let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+            .handshake::<_, Full<Bytes>>(TokioIo::new(app))
+            .await
+            .map_err(|e| Failed::from(ErrorInfo::new("http", format!("HTTP/1.1 setup: {e}"))))?;
+        let driver = tokio::spawn(connection);
+
+        let n = self.opts.reuse.max(1);
+        let mut result = Ok(());
+        for i in 0..n {
+            let req = self.build_request(t, method)?;
+            {
+                let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
+                l.arm();
+            }
+            let request_start = mono_ns();
+            let mut m = RequestMarks {
+                request_start: Some(request_start),
+                ..Default::default()
+            };
+            let step = async {
+                let resp = sender.send_request(req).await?;
+                let status = resp.status();
+                let location = resp
+                    .headers()
+                    .get(header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let mut body = resp.into_body();
+                while let Some(frame) = body.frame().await {
+                    frame?;
+                }
+                Ok::<_, hyper::Error>((status, location))
+            };
+            let r = with_deadline(deadline, "response", step).await;
+            m.done = Some(mono_ns());
+            let io = {
+                let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
+                l.disarm()
+            };
+            m.first_write = io.first_write_ns;
+            m.request_written = io.last_write_ns;
+            m.first_byte_read = io.first_read_ns;
+            m.out_start = io.out_start;
+            m.out_end = io.out_start.map(|_| io.out_end);
+            m.in_start = io.in_start;
+            match r {
+                Ok(Ok((status, location))) => {
+                    done.push(Done {
+                        marks: m,
+                        status: status.as_u16(),
+                        request_bytes: io.app_out,
+                        response_bytes: io.app_in,
+                    });
+                    if i + 1 == n && status.is_redirection() {
+                        *redirect = location.map(|l| join_location(&t.url, &l));
+                    }
+                }
+                Ok(Err(e)) => {
+                    result = Err(Failed::with(http_error(&e), m));
+                    break;
+                }
+                Err(e) => {
+                    result = Err(Failed::with(e, m));
+                    break;
+                }
+            }
+        }
+        drop(sender);
+        // Let hyper close the connection so the FIN is on the record.
+        let _ = tokio::time::timeout(Duration::from_millis(200), driver).await;
+        result
+    }
+
+    fn build_request(
+        &self,
+        t: &Target,
+        method: &Method,
+    ) -> Result<Request<Full<Bytes>>, ErrorInfo> {
+        let path = match t.url.query() {
+            Some(q) => format!("{}?{q}", t.url.path()),
+            None => t.url.path().to_string(),
+        };
+        let uri: Uri = path.parse().map_err(|e| {
+            ErrorInfo::new("invalid_url", format!("bad request path {path:?}: {e}"))
+        })?;
+        let host = match (t.url.port(), t.url.host()) {
+            (Some(p), Some(url::Host::Ipv6(a))) => format!("[{a}]:{p}"),
+            (None, Some(url::Host::Ipv6(a))) => format!("[{a}]"),
+            (Some(p), _) => format!("{}:{p}", t.host),
+            (None, _) => t.host.clone(),
+        };
+        let mut b = Request::builder().method(method.clone()).uri(uri);
+        let has = |n: &HeaderName| self.opts.headers.iter().any(|(h, _)| h == n);
+        if !has(&header::HOST) {
+            b = b.header(header::HOST, host);
+        }
+        if !has(&header::USER_AGENT) {
+            b = b.header(
+                header::USER_AGENT,
+                concat!("synack/", env!("CARGO_PKG_VERSION")),
+            );
+        }
+        if !has(&header::ACCEPT) {
+            b = b.header(header::ACCEPT, "*/*");
+        }
+        for (k, v) in &self.opts.headers {
+            b = b.header(k, v);
+        }
+        let body = self.opts.body.clone().unwrap_or_default();
+        b.body(Full::new(body))
+            .map_err(|e| ErrorInfo::new("invalid_url", format!("cannot build request: {e}")))
+    }
+
+    /// Drains the kernel's events and builds the flow of this connection.
+    fn collect(&mut self, cookie: Option<u64>, key: Option<&FlowKey>) -> Option<Flow> {
+        let k = self.kernel.as_mut()?;
+        let cookie = cookie?;
+        let mut flow: Option<Flow> = None;
+        for ev in k.drain() {
+            if ev.cookie != cookie {
+                continue;
+            }
+            flow.get_or_insert_with(|| Flow::new(ev.key, ev.cookie))
+                .push(&ev);
+        }
+        if let Some(key) = key {
+            let saw_syn = flow
+                .as_ref()
+                .is_some_and(|f| f.events.iter().any(|e| e.tcp_flags & TCP_SYN != 0));
+            if saw_syn && !k.has_flow(key) {
+                k.note_evicted();
+            }
+        }
+        k.forget(cookie, key);
+        flow
+    }
+
+    fn finish(
+        &self,
+        r: &mut Record,
+        flow: Option<&Flow>,
+        conn: Option<&ConnMarks>,
+        tls: bool,
+        m: &RequestMarks,
+    ) {
+        r.user = timeline::user_times(conn, m);
+        let (w, tl) = timeline::assemble(flow, conn, tls, m);
+        r.wire = w;
+        r.timeline = tl;
+        if let Some(k) = &self.kernel {
+            r.drops = k.drops();
+        }
+    }
+}
+
+trait AsyncStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> AsyncStream for T {}
+
+fn join_location(base: &url::Url, loc: &str) -> String {
+    base.join(loc)
+        .map(|u| u.to_string())
+        .unwrap_or_else(|_| loc.to_string())
+}
+
+async fn with_deadline<F: std::future::Future>(
+    deadline: Option<Instant>,
+    phase: &str,
+    f: F,
+) -> Result<F::Output, ErrorInfo> {
+    match deadline {
+        None => Ok(f.await),
+        Some(d) => tokio::time::timeout_at(d, f)
+            .await
+            .map_err(|_| ErrorInfo::new("timeout", format!("--max-time reached during {phase}"))),
+    }
+}
+
+fn connect_error(addr: SocketAddr, e: std::io::Error) -> ErrorInfo {
+    if e.kind() == std::io::ErrorKind::ConnectionRefused {
+        ErrorInfo::new(
+            "connect_refused",
+            format!("{addr} refused the connection (RST to our SYN)"),
+        )
+    } else {
+        ErrorInfo::new("connect", format!("connect to {addr}: {e}"))
+    }
+}
+
+/// The socket's cookie (SO_COOKIE), the id the kernel side tracks it by.
+fn socket_cookie(fd: i32) -> Option<u64> {
+    let mut v: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: fd is a live socket we own; v and len are valid for writes of the stated size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&mut v as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && v != 0).then_some(v)
+}
+
+/// The kernel's key for a connection from `local` to `remote`.
+pub fn flow_key(local: SocketAddr, remote: SocketAddr) -> FlowKey {
+    fn bytes(ip: IpAddr) -> ([u8; 16], u8) {
+        match ip {
+            IpAddr::V4(a) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&a.octets());
+                (b, 4)
+            }
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                // A v6 socket talking to a v4-mapped address puts IPv4 on the wire.
+                Some(v4) => bytes(IpAddr::V4(v4)),
+                None => (a.octets(), 6),
+            },
+        }
+    }
+    let (l, v) = bytes(local.ip());
+    let (r, _) = bytes(remote.ip());
+    FlowKey {
+        local_addr: l,
+        remote_addr: r,
+        local_port: local.port(),
+        remote_port: remote.port(),
+        ip_version: v,
+        _pad: [0; 3],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_override_parses_like_curl() {
+        let r: Resolve = "Example.com:443:10.0.0.1".parse().unwrap();
+        assert_eq!(r.host, "example.com");
+        assert_eq!(r.port, 443);
+        assert_eq!(r.addr, "10.0.0.1".parse::<IpAddr>().unwrap());
+        let r: Resolve = "h:80:[fd00::1]".parse().unwrap();
+        assert_eq!(r.addr, "fd00::1".parse::<IpAddr>().unwrap());
+        assert!("h:80".parse::<Resolve>().is_err());
+        assert!("h:x:1.2.3.4".parse::<Resolve>().is_err());
+    }
+
+    #[test]
+    fn targets_and_their_errors() {
+        let t = parse_target("https://[fd00::2]:8443/x?y=1").unwrap();
+        assert!(t.tls);
+        assert_eq!(t.host, "fd00::2");
+        assert_eq!(t.port, 8443);
+        assert_eq!(parse_target("http://h/").unwrap().port, 80);
+        assert_eq!(
+            parse_target("ftp://h/").unwrap_err().kind,
+            "unsupported_scheme"
+        );
+        assert_eq!(parse_target("not a url").unwrap_err().kind, "invalid_url");
+    }
+
+    #[test]
+    fn flow_keys_match_the_kernel_layout() {
+        let k = flow_key(
+            "10.0.0.1:5000".parse().unwrap(),
+            "10.0.0.2:80".parse().unwrap(),
+        );
+        assert_eq!(&k.local_addr[..4], &[10, 0, 0, 1]);
+        assert_eq!(&k.local_addr[4..], &[0; 12]);
+        assert_eq!((k.local_port, k.remote_port, k.ip_version), (5000, 80, 4));
+        let k = flow_key(
+            "[::ffff:10.0.0.1]:5000".parse().unwrap(),
+            "[::ffff:10.0.0.2]:80".parse().unwrap(),
+        );
+        assert_eq!(k.ip_version, 4);
+        assert_eq!(&k.remote_addr[..4], &[10, 0, 0, 2]);
+        let k = flow_key(
+            "[fd00::1]:5000".parse().unwrap(),
+            "[fd00::2]:80".parse().unwrap(),
+        );
+        assert_eq!(k.ip_version, 6);
+        assert_eq!(k.remote_addr[15], 2);
+    }
+
+    #[test]
+    fn redirects_resolve_against_the_url() {
+        let b = url::Url::parse("http://h:8080/a/b").unwrap();
+        assert_eq!(join_location(&b, "/c"), "http://h:8080/c");
+        assert_eq!(join_location(&b, "https://x/"), "https://x/");
+    }
+}

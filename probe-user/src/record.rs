@@ -1,0 +1,141 @@
+//! The output contract: one `Record` per HTTP request. Field names here are
+//! the JSON field names users script against (see docs/json.md).
+
+use crate::bpf::Drops;
+use serde::Serialize;
+
+/// Why a request failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ErrorInfo {
+    /// Machine-readable class: invalid_url, unsupported_scheme, dns,
+    /// connect_refused, connect, timeout, tls, http, io, kernel.
+    pub kind: String,
+    /// What happened, for a person.
+    pub message: String,
+}
+
+impl ErrorInfo {
+    pub fn new(kind: &str, message: impl Into<String>) -> Self {
+        ErrorInfo {
+            kind: kind.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// User-space times, milliseconds. Null where the phase did not happen (a
+/// reused connection has no DNS, connect or TLS) or did not complete.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct UserTimes {
+    /// Name resolution.
+    pub dns_ms: Option<f64>,
+    /// connect() call to connection established.
+    pub connect_ms: Option<f64>,
+    /// TLS handshake.
+    pub tls_ms: Option<f64>,
+    /// Request fully written to the first response byte read.
+    pub ttfb_ms: Option<f64>,
+    /// Start (DNS, or the request on a reused connection) to the last response byte read.
+    pub total_ms: Option<f64>,
+}
+
+/// Times and facts from the kernel's packet timestamps, milliseconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct WireTimes {
+    /// SYN out to SYN-ACK in (the SYN that was answered).
+    pub handshake_rtt_ms: Option<f64>,
+    /// First SYN out to SYN-ACK in, including retransmission waits.
+    pub connect_wait_ms: Option<f64>,
+    /// SYNs sent again before the SYN-ACK.
+    pub syn_retransmits: Option<u32>,
+    /// TTL (IPv4) or hop limit (IPv6) of the SYN-ACK.
+    pub synack_ttl: Option<u8>,
+    /// The initial TTL the SYN-ACK most likely started with (64, 128 or 255).
+    pub synack_initial_ttl: Option<u8>,
+    /// Hops between this host and whatever answered the SYN.
+    pub synack_hops: Option<u8>,
+    /// SYN-ACK window (unscaled), MSS, window scale, SACK-permitted, timestamps.
+    pub synack_window: Option<u16>,
+    pub synack_mss: Option<u16>,
+    pub synack_wscale: Option<u8>,
+    pub synack_sack_permitted: Option<bool>,
+    pub synack_timestamps: Option<bool>,
+    /// ClientHello out to the first server payload in.
+    pub tls_rtt_ms: Option<f64>,
+    /// Request's first segment out to the ACK covering all of it.
+    pub data_rtt_ms: Option<f64>,
+    /// Request's first segment out to the response's first segment in.
+    pub ttfb_ms: Option<f64>,
+    /// Retransmitted (or reordered) payload segments during the request, both directions.
+    pub retransmits: Option<u32>,
+    pub retransmits_out: Option<u32>,
+    pub retransmits_in: Option<u32>,
+}
+
+/// One point of the request's timeline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TimelineEntry {
+    /// dns_start, syn_out, synack_in, request_out, response_in, ...
+    pub event: &'static str,
+    /// "wire" (kernel packet timestamp) or "user" (user-space clock).
+    pub source: &'static str,
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub t_ns: u64,
+}
+
+/// One HTTP request, as printed.
+#[derive(Clone, Debug, Serialize)]
+pub struct Record {
+    pub url: String,
+    pub method: String,
+    pub remote_addr: Option<String>,
+    pub local_addr: Option<String>,
+    pub ip_version: Option<u8>,
+    pub http_status: Option<u16>,
+    /// "ebpf": kernel packet timestamps from tc classifiers.
+    pub mode: &'static str,
+    pub error: Option<ErrorInfo>,
+    /// Which of --count's runs this is (0-based).
+    pub attempt: u32,
+    /// Redirect hop (0 = the URL given).
+    pub redirect_hop: u32,
+    /// Position on its connection (0 = first request, which paid for the handshake).
+    pub request_index: u32,
+    pub connection_reused: bool,
+    /// Socket cookie (SO_COOKIE) of the connection.
+    pub socket_cookie: Option<u64>,
+    pub request_bytes: Option<u64>,
+    pub response_bytes: Option<u64>,
+    pub user: UserTimes,
+    pub wire: WireTimes,
+    /// Every event, wire and user, sorted by time.
+    pub timeline: Vec<TimelineEntry>,
+    /// Loss counters for the whole run so far.
+    pub drops: Drops,
+}
+
+impl Record {
+    pub fn new(url: &str, method: &str, mode: &'static str) -> Self {
+        Record {
+            url: url.to_string(),
+            method: method.to_string(),
+            remote_addr: None,
+            local_addr: None,
+            ip_version: None,
+            http_status: None,
+            mode,
+            error: None,
+            attempt: 0,
+            redirect_hop: 0,
+            request_index: 0,
+            connection_reused: false,
+            socket_cookie: None,
+            request_bytes: None,
+            response_bytes: None,
+            user: UserTimes::default(),
+            wire: WireTimes::default(),
+            timeline: Vec::new(),
+            drops: Drops::default(),
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! Where a flow becomes a request's timeline: the user-space marks of one
+//! request lined up with the kernel's wire events of its connection, and the
+//! wire intervals derived from them.
+
+use crate::{
+    clock::ms_between,
+    flows::Flow,
+    record::{TimelineEntry, UserTimes, WireTimes},
+    tcp::hops_from_ttl,
+};
+use probe_common::DIR_OUT;
+
+/// User-space marks of a connection (CLOCK_MONOTONIC ns).
+#[derive(Clone, Debug, Default)]
+pub struct ConnMarks {
+    pub dns_start: Option<u64>,
+    pub dns_done: Option<u64>,
+    pub connect_call: Option<u64>,
+    pub connect_done: Option<u64>,
+    pub tls_start: Option<u64>,
+    pub tls_done: Option<u64>,
+    pub tls: bool,
+}
+
+/// User-space marks and stream offsets of one request.
+#[derive(Clone, Debug, Default)]
+pub struct RequestMarks {
+    pub request_start: Option<u64>,
+    /// First and last write of the request.
+    pub first_write: Option<u64>,
+    pub request_written: Option<u64>,
+    pub first_byte_read: Option<u64>,
+    pub done: Option<u64>,
+    /// Raw stream offsets: request [out_start, out_end), response starts at in_start.
+    pub out_start: Option<u64>,
+    pub out_end: Option<u64>,
+    pub in_start: Option<u64>,
+}
+
+fn ms(a: Option<u64>, b: Option<u64>) -> Option<f64> {
+    Some(ms_between(a?, b?))
+}
+
+/// User-space phase durations. `conn` is given for the first request on a
+/// connection only.
+pub fn user_times(conn: Option<&ConnMarks>, req: &RequestMarks) -> UserTimes {
+    let start = conn
+        .and_then(|c| c.dns_start.or(c.connect_call))
+        .or(req.request_start);
+    UserTimes {
+        dns_ms: conn.and_then(|c| ms(c.dns_start, c.dns_done)),
+        connect_ms: conn.and_then(|c| ms(c.connect_call, c.connect_done)),
+        tls_ms: conn.and_then(|c| ms(c.tls_start, c.tls_done)),
+        ttfb_ms: ms(req.request_written, req.first_byte_read),
+        total_ms: ms(start, req.done),
+    }
+}
+
+/// Wire intervals and the merged timeline of one request.
+pub fn assemble(
+    flow: Option<&Flow>,
+    conn: Option<&ConnMarks>,
+    tls: bool,
+    req: &RequestMarks,
+) -> (WireTimes, Vec<TimelineEntry>) {
+    let mut w = WireTimes::default();
+    let mut tl: Vec<TimelineEntry> = Vec::new();
+    let mut user = |event: &'static str, t: Option<u64>| {
+        if let Some(t_ns) = t {
+            tl.push(TimelineEntry {
+                event,
+                source: "user",
+                t_ns,
+            });
+        }
+    };
+    if let Some(c) = conn {
+        user("dns_start", c.dns_start);
+        user("dns_done", c.dns_done);
+        user("connect_call", c.connect_call);
+        user("connect_done", c.connect_done);
+        user("tls_start", c.tls_start);
+        user("tls_done", c.tls_done);
+    }
+    user("request_start", req.request_start);
+    user("request_written", req.request_written);
+    user("first_byte_read", req.first_byte_read);
+    user("done", req.done);
+
+    let Some(f) = flow else {
+        tl.sort_by_key(|e| e.t_ns);
+        return (w, tl);
+    };
+    let mut wire = |event: &'static str, t: u64| {
+        tl.push(TimelineEntry {
+            event,
+            source: "wire",
+            t_ns: t,
+        })
+    };
+
+    if let Some((syn, sa)) = f.handshake() {
+        w.handshake_rtt_ms = Some(ms_between(syn, sa));
+    }
+    if let (Some(first), Some(sa)) = (f.syns.first(), f.synack.as_ref()) {
+        w.connect_wait_ms = Some(ms_between(*first, sa.ts_ns));
+    }
+    if !f.syns.is_empty() {
+        w.syn_retransmits = Some(f.syn_retransmits());
+    }
+    if let Some(sa) = &f.synack {
+        let (init, hops) = hops_from_ttl(sa.ttl);
+        w.synack_ttl = Some(sa.ttl);
+        w.synack_initial_ttl = Some(init);
+        w.synack_hops = Some(hops);
+        w.synack_window = Some(sa.window);
+        if let Ok(o) = &sa.options {
+            w.synack_mss = o.mss;
+            w.synack_wscale = o.wscale;
+            w.synack_sack_permitted = Some(o.sack_permitted);
+            w.synack_timestamps = Some(o.timestamps.is_some());
+        }
+    }
+
+    // Handshake packets belong to the first request's timeline only.
+    if conn.is_some() {
+        for &t in &f.syns {
+            wire("syn_out", t);
+        }
+        if let Some(sa) = &f.synack {
+            wire("synack_in", sa.ts_ns);
+        }
+        if tls {
+            let ch = f.out_covering(0);
+            let sh = f.in_covering(0);
+            if let Some(s) = ch {
+                wire("client_hello_out", s.ts_ns);
+            }
+            if let Some(s) = sh {
+                wire("server_hello_in", s.ts_ns);
+            }
+            if let (Some(a), Some(b)) = (ch, sh) {
+                w.tls_rtt_ms = Some(ms_between(a.ts_ns, b.ts_ns));
+            }
+        }
+    }
+
+    let req_out = req
+        .out_start
+        .and_then(|o| f.out_covering(o as u32))
+        .map(|s| s.ts_ns);
+    if let Some(t) = req_out {
+        wire("request_out", t);
+        if let Some(end) = req.out_end
+            && let Some(a) = f.ack_covering(end as u32, t)
+        {
+            wire("request_acked", a);
+            w.data_rtt_ms = Some(ms_between(t, a));
+        }
+    }
+    let resp_in = req
+        .in_start
+        .and_then(|o| f.in_covering(o as u32))
+        .map(|s| s.ts_ns);
+    if let Some(t) = resp_in {
+        wire("response_in", t);
+    }
+    if let (Some(a), Some(b)) = (req_out, resp_in) {
+        w.ttfb_ms = Some(ms_between(a, b));
+    }
+
+    // Retransmissions inside this request's window of time.
+    let from = if conn.is_some() {
+        f.syns.first().copied()
+    } else {
+        req.request_start
+    };
+    if let (Some(from), Some(to)) = (from, req.done.or(req.first_byte_read)) {
+        let (o, i) = f.retransmits_between(from, to);
+        w.retransmits = Some(o + i);
+        w.retransmits_out = Some(o);
+        w.retransmits_in = Some(i);
+        for s in f.out.iter().chain(f.inb.iter()) {
+            if s.retrans && s.ts_ns >= from && s.ts_ns <= to {
+                wire(
+                    if f.out.contains(s) {
+                        "retransmit_out"
+                    } else {
+                        "retransmit_in"
+                    },
+                    s.ts_ns,
+                );
+            }
+        }
+    }
+    for &(dir, t) in &f.fins {
+        if req
+            .done
+            .is_none_or(|d| t >= req.request_start.unwrap_or(0) && t <= d + 1_000_000_000)
+        {
+            wire(if dir == DIR_OUT { "fin_out" } else { "fin_in" }, t);
+        }
+    }
+    for &(dir, t) in &f.rsts {
+        wire(if dir == DIR_OUT { "rst_out" } else { "rst_in" }, t);
+    }
+    tl.sort_by_key(|e| e.t_ns);
+    (w, tl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flows::tests::sample_flow;
+
+    fn marks() -> RequestMarks {
+        RequestMarks {
+            request_start: Some(1900),
+            first_write: Some(1950),
+            request_written: Some(1990),
+            first_byte_read: Some(3100),
+            done: Some(3600),
+            out_start: Some(0),
+            out_end: Some(200),
+            in_start: Some(0),
+        }
+    }
+
+    #[test]
+    fn wire_intervals_from_a_recorded_flow() {
+        let f = sample_flow();
+        let conn = ConnMarks {
+            dns_start: Some(0),
+            dns_done: Some(0),
+            connect_call: Some(0),
+            connect_done: Some(1150),
+            ..Default::default()
+        };
+        let (w, tl) = assemble(Some(&f), Some(&conn), false, &marks());
+        assert_eq!(w.handshake_rtt_ms, Some(100e-6));
+        assert_eq!(w.connect_wait_ms, Some(1100e-6));
+        assert_eq!(w.syn_retransmits, Some(1));
+        assert_eq!(w.synack_ttl, Some(61));
+        assert_eq!(w.synack_hops, Some(3));
+        assert_eq!(w.synack_mss, Some(1460));
+        assert_eq!(w.data_rtt_ms, Some(200e-6));
+        assert_eq!(w.ttfb_ms, Some(1000e-6));
+        assert_eq!(w.retransmits, Some(1));
+        assert_eq!(w.tls_rtt_ms, None);
+        let names: Vec<_> = tl.iter().map(|e| e.event).collect();
+        assert_eq!(
+            names,
+            [
+                "dns_start",
+                "dns_done",
+                "connect_call",
+                "syn_out",
+                "syn_out",
+                "synack_in",
+                "connect_done",
+                "request_start",
+                "request_written",
+                "request_out",
+                "request_acked",
+                "response_in",
+                "first_byte_read",
+                "retransmit_in",
+                "done",
+                "fin_in"
+            ]
+        );
+        assert!(tl.windows(2).all(|p| p[0].t_ns <= p[1].t_ns));
+    }
+
+    #[test]
+    fn tls_rtt_uses_stream_offset_zero() {
+        let f = sample_flow();
+        let (w, _) = assemble(Some(&f), Some(&ConnMarks::default()), true, &marks());
+        assert_eq!(w.tls_rtt_ms, Some(1000e-6));
+    }
+
+    #[test]
+    fn reused_connection_has_no_handshake_events_and_no_flow_means_no_wire() {
+        let f = sample_flow();
+        let (_, tl) = assemble(Some(&f), None, false, &marks());
+        assert!(!tl.iter().any(|e| e.event == "syn_out"));
+        let (w, tl) = assemble(None, None, false, &marks());
+        assert_eq!(w, WireTimes::default());
+        assert!(tl.iter().all(|e| e.source == "user"));
+    }
+
+    #[test]
+    fn user_times_per_phase() {
+        let conn = ConnMarks {
+            dns_start: Some(0),
+            dns_done: Some(1_000_000),
+            connect_call: Some(1_000_000),
+            connect_done: Some(3_000_000),
+            tls_start: None,
+            tls_done: None,
+            tls: false,
+        };
+        let r = RequestMarks {
+            request_written: Some(4_000_000),
+            first_byte_read: Some(9_000_000),
+            done: Some(10_000_000),
+            ..Default::default()
+        };
+        let u = user_times(Some(&conn), &r);
+        assert_eq!(u.dns_ms, Some(1.0));
+        assert_eq!(u.connect_ms, Some(2.0));
+        assert_eq!(u.tls_ms, None);
+        assert_eq!(u.ttfb_ms, Some(5.0));
+        assert_eq!(u.total_ms, Some(10.0));
+        let u = user_times(
+            None,
+            &RequestMarks {
+                request_start: Some(8_000_000),
+                ..r
+            },
+        );
+        assert_eq!(u.dns_ms, None);
+        assert_eq!(u.total_ms, Some(2.0));
+    }
+}

@@ -1,0 +1,181 @@
+//! The test and lab origin: HTTP and HTTPS on the same code path, with a
+//! think time chosen per request (`/delay/30` answers after 30 ms).
+//!
+//! It writes each response in one write with TCP_NODELAY: an origin that
+//! writes headers and body separately stalls ~40 ms on reused connections
+//! (Nagle against delayed ACK) and would blur every measurement.
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::Full;
+use hyper::{Request, Response, body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use tokio::net::TcpListener;
+
+/// A small origin for synack's tests and lab.
+#[derive(Parser)]
+struct Cli {
+    /// Plain HTTP listen address; repeatable (e.g. 0.0.0.0:80 and [::]:80).
+    #[arg(long)]
+    http: Vec<SocketAddr>,
+    /// HTTPS listen address; repeatable.
+    #[arg(long)]
+    https: Vec<SocketAddr>,
+    /// Names and IPs the certificate is valid for.
+    #[arg(long = "san", default_value = "localhost")]
+    sans: Vec<String>,
+    /// Where to write the CA certificate (PEM) that signed the server's.
+    #[arg(long, default_value = "origin-ca.pem")]
+    ca_out: PathBuf,
+    /// TLS 1.3 session tickets sent after each handshake.
+    #[arg(long, default_value_t = 2)]
+    tickets: usize,
+    /// Bytes of body in each response.
+    #[arg(long, default_value_t = 64)]
+    body_bytes: usize,
+    /// File to touch once every listener is bound (readiness for tests).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+fn think_time(path: &str) -> Duration {
+    path.strip_prefix("/delay/")
+        .and_then(|ms| ms.split(['/', '?']).next())
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map(Duration::from_millis)
+        .unwrap_or_default()
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    body: Bytes,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let d = think_time(req.uri().path());
+    if !d.is_zero() {
+        tokio::time::sleep(d).await;
+    }
+    if let Some(to) = req.uri().path().strip_prefix("/redirect/") {
+        return Ok(Response::builder()
+            .status(302)
+            .header("location", format!("/{to}"))
+            .body(Full::new(Bytes::new()))
+            .expect("static response"));
+    }
+    Ok(Response::builder()
+        .header("content-type", "text/plain")
+        .body(Full::new(body))
+        .expect("static response"))
+}
+
+fn tls_config(cli: &Cli) -> Result<rustls::ServerConfig> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "synack test CA");
+    let ca = ca_params.self_signed(&ca_key)?;
+    let key = rcgen::KeyPair::generate()?;
+    let params = rcgen::CertificateParams::new(cli.sans.clone())?;
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let cert = params.signed_by(&key, &issuer)?;
+    std::fs::write(&cli.ca_out, ca.pem())
+        .with_context(|| format!("writing {}", cli.ca_out.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone(), ca.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.send_tls13_tickets = cli.tickets;
+    Ok(cfg)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let body = Bytes::from(vec![b'x'; cli.body_bytes]);
+    let acceptor = if cli.https.is_empty() {
+        None
+    } else {
+        Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&cli)?)))
+    };
+    let mut tasks = Vec::new();
+    for (addr, tls) in cli
+        .http
+        .iter()
+        .map(|a| (*a, false))
+        .chain(cli.https.iter().map(|a| (*a, true)))
+    {
+        let l = bind(addr)?;
+        let acceptor = if tls { acceptor.clone() } else { None };
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = l.accept().await else {
+                    continue;
+                };
+                let _ = s.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |r| handle(r, body.clone()));
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match acceptor {
+                        Some(a) => {
+                            if let Ok(t) = a.accept(s).await {
+                                let _ = http.serve_connection(TokioIo::new(t), svc).await;
+                            }
+                        }
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(s), svc).await;
+                        }
+                    }
+                });
+            }
+        }));
+    }
+    if let Some(f) = &cli.ready_file {
+        std::fs::write(f, b"ready").with_context(|| format!("writing {}", f.display()))?;
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    for t in tasks {
+        t.abort();
+    }
+    Ok(())
+}
+
+fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    let s = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    s.set_reuseaddr(true)?;
+    if addr.is_ipv6() {
+        // One listener per family, as the lab binds both.
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
+        let one: libc::c_int = 1;
+        // SAFETY: valid socket fd and a c_int option value.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_V6ONLY,
+                (&one as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
+    s.bind(addr).with_context(|| format!("binding {addr}"))?;
+    Ok(s.listen(1024)?)
+}

@@ -1,0 +1,517 @@
+//! Helpers for synack's end-to-end tests: network namespaces and processes
+//! that clean up after themselves (RAII, also on panic), tcpdump as ground
+//! truth, and a pcap reader.
+//!
+//! Every name a test creates carries this process's pid and a counter, so two
+//! runs (or two tests of one run) never collide.
+
+use anyhow::{Context, Result, bail};
+use std::{
+    fs,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A short name unique to this process and call: `<prefix><pid36><n36>`,
+/// at most 11 characters so interface names built on it fit in 15.
+pub fn unique(prefix: &str) -> String {
+    fn b36(mut n: u32) -> String {
+        let d = b"0123456789abcdefghijklmnopqrstuvwxyz";
+        let mut s = Vec::new();
+        loop {
+            s.push(d[(n % 36) as usize]);
+            n /= 36;
+            if n == 0 {
+                break;
+            }
+        }
+        s.reverse();
+        String::from_utf8(s).unwrap_or_default()
+    }
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}{}", b36(std::process::id()), b36(n))
+}
+
+/// Runs a command, failing with its output when it fails.
+pub fn sh(args: &[&str]) -> Result<String> {
+    let o = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("cannot run {}", args.join(" ")))?;
+    if !o.status.success() {
+        bail!(
+            "{} failed ({}): {}{}",
+            args.join(" "),
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// Waits until `f` returns Some, or fails after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if Instant::now() > end {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// True when running as root (the end-to-end tests need it).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: &str) -> Result<Self> {
+        sh(&["ip", "netns", "add", name])?;
+        let ns = Netns {
+            name: name.to_string(),
+        };
+        ns.exec(&["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Runs a command inside the namespace and waits for it.
+    pub fn exec(&self, args: &[&str]) -> Result<String> {
+        let mut v = vec!["ip", "netns", "exec", &self.name];
+        v.extend_from_slice(args);
+        sh(&v)
+    }
+
+    /// A Command that runs inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A child process, stopped by its pid on drop (SIGTERM, then SIGKILL).
+pub struct Proc {
+    pub child: Child,
+    pub label: String,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command, label: &str) -> Result<Self> {
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {label}"))?;
+        Ok(Proc {
+            child,
+            label: label.to_string(),
+        })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on the pid of a child we started and have not reaped.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let label = self.label.clone();
+        wait_for(timeout, &format!("{label} to exit"), || {
+            self.child.try_wait().ok().flatten()
+        })
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(libc::SIGTERM);
+            let end = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < end {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Two namespaces joined by a veth pair, IPv4 and IPv6, offloads off so
+/// every packet is wire-sized.
+pub struct Pair {
+    // Field order: the namespaces go last, after the processes in them.
+    pub client: Netns,
+    pub server: Netns,
+    pub client_if: String,
+    pub server_if: String,
+    pub client_v4: IpAddr,
+    pub server_v4: IpAddr,
+    pub client_v6: IpAddr,
+    pub server_v6: IpAddr,
+}
+
+impl Pair {
+    pub fn new() -> Result<Self> {
+        let id = unique("sk");
+        let client = Netns::new(&format!("{id}c"))?;
+        let server = Netns::new(&format!("{id}s"))?;
+        let (ci, si) = (format!("{id}a"), format!("{id}b"));
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &ci,
+            "netns",
+            &client.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &si,
+            "netns",
+            &server.name,
+        ])?;
+        let p = Pair {
+            client,
+            server,
+            client_if: ci,
+            server_if: si,
+            client_v4: "10.231.0.1".parse()?,
+            server_v4: "10.231.0.2".parse()?,
+            client_v6: "fd00:231::1".parse()?,
+            server_v6: "fd00:231::2".parse()?,
+        };
+        for (ns, ifn, v4, v6) in [
+            (&p.client, &p.client_if, p.client_v4, p.client_v6),
+            (&p.server, &p.server_if, p.server_v4, p.server_v6),
+        ] {
+            ns.exec(&["ip", "addr", "add", &format!("{v4}/24"), "dev", ifn])?;
+            ns.exec(&[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                ifn,
+                "nodad",
+            ])?;
+            ns.exec(&["ip", "link", "set", ifn, "up"])?;
+            wire_sized(ns, ifn)?;
+        }
+        Ok(p)
+    }
+}
+
+/// Turns off segmentation offloads and spreads receive processing the same
+/// way for every packet (plain veth otherwise reorders TCP segments).
+pub fn wire_sized(ns: &Netns, ifn: &str) -> Result<()> {
+    ns.exec(&[
+        "ethtool", "-K", ifn, "tso", "off", "gso", "off", "gro", "off",
+    ])?;
+    let cmd = format!("for q in /sys/class/net/{ifn}/queues/rx-*/rps_cpus; do echo 1 > $q; done");
+    ns.exec(&["sh", "-c", &cmd])?;
+    Ok(())
+}
+
+/// The synack binary under test (`cargo xtask test` sets SYNACK_BIN).
+pub fn synack_bin() -> PathBuf {
+    std::env::var_os("SYNACK_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/synack"))
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Result<Self> {
+        let p = std::env::temp_dir().join(unique("synack-test-"));
+        fs::create_dir_all(&p)?;
+        Ok(TempDir(p))
+    }
+    pub fn join(&self, s: &str) -> PathBuf {
+        self.0.join(s)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The origin server running in a namespace, ready to serve.
+pub fn start_origin(ns: &Netns, bin: &Path, dir: &TempDir, args: &[&str]) -> Result<Proc> {
+    let ready = dir.join(&unique("ready"));
+    let mut c = ns.command(bin.to_str().context("origin path is not UTF-8")?);
+    c.args(args)
+        .arg("--ready-file")
+        .arg(&ready)
+        .stdout(Stdio::null());
+    let p = Proc::spawn(c, "synack-origin")?;
+    wait_for(Duration::from_secs(10), "the origin to listen", || {
+        ready.exists().then_some(())
+    })?;
+    Ok(p)
+}
+
+/// A tcpdump capture in a namespace, nanosecond timestamps, every packet
+/// written as it comes (--immediate-mode, -U).
+pub struct Capture {
+    proc: Proc,
+    pub file: PathBuf,
+}
+
+impl Capture {
+    pub fn start(ns: &Netns, ifn: &str, dir: &TempDir) -> Result<Self> {
+        let file = dir.join(&format!("{}.pcap", unique("cap")));
+        let log = dir.join(&format!("{}.log", unique("tcpdump")));
+        let err = fs::File::create(&log)?;
+        let mut c = ns.command("tcpdump");
+        c.args([
+            "-i",
+            ifn,
+            "-n",
+            "-U",
+            "--immediate-mode",
+            "--time-stamp-precision=nano",
+            "-w",
+        ])
+        .arg(&file)
+        .arg("tcp")
+        .stdout(Stdio::null())
+        .stderr(err);
+        let proc = Proc::spawn(c, "tcpdump")?;
+        wait_for(Duration::from_secs(10), "tcpdump to listen", || {
+            fs::read_to_string(&log)
+                .ok()
+                .filter(|s| s.contains("listening on"))
+                .map(|_| ())
+        })?;
+        Ok(Capture { proc, file })
+    }
+
+    /// Stops tcpdump (SIGINT, so it flushes) and reads the capture.
+    pub fn finish(mut self) -> Result<Vec<Packet>> {
+        self.proc.signal(libc::SIGINT);
+        self.proc.wait_exit(Duration::from_secs(10))?;
+        read_pcap(&self.file)
+    }
+}
+
+/// One TCP packet of a capture.
+#[derive(Clone, Debug)]
+pub struct Packet {
+    /// Capture timestamp, ns since the epoch (CLOCK_REALTIME: compare intervals only).
+    pub ts_ns: u64,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub syn: bool,
+    pub ack_flag: bool,
+    pub fin: bool,
+    pub rst: bool,
+    pub seq: u32,
+    pub ack: u32,
+    pub payload_len: usize,
+}
+
+/// Reads the TCP packets of an Ethernet pcap file (etherparse decodes the
+/// headers: an implementation independent of synack's own parser).
+pub fn read_pcap(path: &Path) -> Result<Vec<Packet>> {
+    let f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut r = pcap_file::pcap::PcapReader::new(f).context("reading the pcap header")?;
+    let mut out = Vec::new();
+    while let Some(p) = r.next_packet() {
+        let p = p.context("reading a pcap record")?;
+        let ts_ns = p.timestamp.as_nanos() as u64;
+        let Ok(h) = etherparse::SlicedPacket::from_ethernet(&p.data) else {
+            continue;
+        };
+        let (src, dst): (IpAddr, IpAddr) = match &h.net {
+            Some(etherparse::NetSlice::Ipv4(v4)) => (
+                v4.header().source_addr().into(),
+                v4.header().destination_addr().into(),
+            ),
+            Some(etherparse::NetSlice::Ipv6(v6)) => (
+                v6.header().source_addr().into(),
+                v6.header().destination_addr().into(),
+            ),
+            _ => continue,
+        };
+        let Some(etherparse::TransportSlice::Tcp(t)) = &h.transport else {
+            continue;
+        };
+        out.push(Packet {
+            ts_ns,
+            src,
+            dst,
+            sport: t.source_port(),
+            dport: t.destination_port(),
+            syn: t.syn(),
+            ack_flag: t.ack(),
+            fin: t.fin(),
+            rst: t.rst(),
+            seq: t.sequence_number(),
+            ack: t.acknowledgment_number(),
+            payload_len: t.payload().len(),
+        });
+    }
+    Ok(out)
+}
+
+/// Intervals of one connection as tcpdump saw them, from the client's side.
+#[derive(Clone, Debug, Default)]
+pub struct Truth {
+    /// The SYN the SYN-ACK answered, to the SYN-ACK (ns).
+    pub handshake_ns: Option<u64>,
+    /// Request's first segment to the response's first segment (ns).
+    pub ttfb_ns: Option<u64>,
+}
+
+/// Ground truth for the connection `local` -> `remote` in a capture.
+///
+/// The response is the first payload from the server that comes after at
+/// least `quiet` of silence on the connection (TLS session tickets arrive
+/// right after the handshake; a response to `/delay/D`, with D well above the
+/// path RTT and `quiet` below D, comes after a silence); the request is the
+/// client's last payload segment before it.
+pub fn truth(
+    pkts: &[Packet],
+    local: (IpAddr, u16),
+    remote: (IpAddr, u16),
+    quiet: Duration,
+) -> Truth {
+    let out = |p: &&Packet| (p.src, p.sport) == local && (p.dst, p.dport) == remote;
+    let inb = |p: &&Packet| (p.src, p.sport) == remote && (p.dst, p.dport) == local;
+    let mut t = Truth::default();
+    let synack = pkts.iter().filter(inb).find(|p| p.syn && p.ack_flag);
+    if let Some(sa) = synack {
+        let syn = pkts
+            .iter()
+            .filter(out)
+            .rfind(|p| p.syn && !p.ack_flag && p.ts_ns <= sa.ts_ns);
+        if let Some(s) = syn {
+            t.handshake_ns = Some(sa.ts_ns - s.ts_ns);
+        }
+    }
+    let conn: Vec<&Packet> = pkts.iter().filter(|p| out(p) || inb(p)).collect();
+    let resp = conn.windows(2).find_map(|w| {
+        let (prev, p) = (w[0], w[1]);
+        (inb(&p) && p.payload_len > 0 && p.ts_ns - prev.ts_ns >= quiet.as_nanos() as u64)
+            .then_some(p)
+    });
+    if let Some(r) = resp {
+        let req = pkts
+            .iter()
+            .filter(out)
+            .rfind(|p| p.payload_len > 0 && p.ts_ns <= r.ts_ns);
+        if let Some(q) = req {
+            t.ttfb_ns = Some(r.ts_ns - q.ts_ns);
+        }
+    }
+    t
+}
+
+/// Median and max of absolute values.
+pub fn median_max(v: &[f64]) -> (f64, f64) {
+    let mut a: Vec<f64> = v.iter().map(|x| x.abs()).collect();
+    a.sort_by(|x, y| x.total_cmp(y));
+    if a.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    (a[a.len() / 2], a[a.len() - 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pk(ts: u64, out: bool, syn: bool, ack: bool, len: usize) -> Packet {
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let (src, dst, sport, dport) = if out {
+            (a, b, 5000, 80)
+        } else {
+            (b, a, 80, 5000)
+        };
+        Packet {
+            ts_ns: ts,
+            src,
+            dst,
+            sport,
+            dport,
+            syn,
+            ack_flag: ack,
+            fin: false,
+            rst: false,
+            seq: 0,
+            ack: 0,
+            payload_len: len,
+        }
+    }
+
+    #[test]
+    fn truth_skips_early_server_payload_and_retransmitted_syn() {
+        let l = ("10.0.0.1".parse().unwrap(), 5000);
+        let r = ("10.0.0.2".parse().unwrap(), 80);
+        let pkts = vec![
+            pk(0, true, true, false, 0),
+            pk(1_000_000, true, true, false, 0), // SYN retransmission
+            pk(1_200_000, false, true, true, 0),
+            pk(2_000_000, true, false, true, 300), // ClientHello
+            pk(3_000_000, false, false, true, 2000), // server flight
+            pk(4_000_000, true, false, true, 80),  // Finished
+            pk(4_100_000, true, false, true, 120), // request
+            pk(5_000_000, false, false, true, 200), // ticket (not quiet enough)
+            pk(30_000_000, false, false, true, 500), // response after the think time
+        ];
+        let t = truth(&pkts, l, r, Duration::from_millis(10));
+        assert_eq!(t.handshake_ns, Some(200_000));
+        assert_eq!(t.ttfb_ns, Some(25_900_000));
+    }
+
+    #[test]
+    fn unique_names_differ_and_fit_interfaces() {
+        let a = unique("sk");
+        let b = unique("sk");
+        assert_ne!(a, b);
+        assert!(a.len() < 15, "{a} plus one letter must fit IFNAMSIZ");
+    }
+
+    #[test]
+    fn median_max_of_abs() {
+        assert_eq!(median_max(&[-3.0, 1.0, 2.0]), (2.0, 3.0));
+    }
+}
