@@ -1,0 +1,248 @@
+//! The classifiers run by the kernel on synthetic frames (BPF_PROG_TEST_RUN):
+//! header parsing for IPv4 and IPv6, the flow state machine as the verifier
+//! accepted it, the events it submits, and that it never touches a packet.
+
+use anyhow::{Context, Result};
+use aya::{
+    Ebpf,
+    maps::{Array, MapData, RingBuf},
+    programs::{SchedClassifier, TestRun, TestRunOptions},
+};
+use etherparse::{PacketBuilder, TcpOptionElement};
+use probe_common::{
+    CFG_TRACK_ALL_OUT, DIR_IN, DIR_OUT, EV_ACK_COVER, EV_DATA, EV_SYN, EV_SYNACK, EVF_RETRANS,
+    EVF_TURN_START, Event,
+};
+use std::path::PathBuf;
+use synack::{events::decode, tcp::parse_options};
+
+fn object() -> Result<Vec<u8>> {
+    let p = std::env::var_os("SYNACK_EBPF_OBJECT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/bpf/bpfel-unknown-none/release/probe-ebpf")
+        });
+    std::fs::read(&p).with_context(|| format!("{}: build it with `cargo xtask build`", p.display()))
+}
+
+struct Harness {
+    ebpf: Ebpf,
+    ring: RingBuf<MapData>,
+}
+
+impl Harness {
+    fn new() -> Result<Self> {
+        assert!(
+            synack_tests::is_root(),
+            "BPF_PROG_TEST_RUN needs root (cargo xtask test)"
+        );
+        let mut ebpf = Ebpf::load(&object()?)?;
+        for name in ["synack_egress", "synack_ingress"] {
+            let p: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
+            p.load()?;
+        }
+        // No socket in a test run, so no cookie: follow every outgoing SYN.
+        let mut cfg: Array<_, u32> = Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG")?)?;
+        cfg.set(0, CFG_TRACK_ALL_OUT, 0)?;
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS")?)?;
+        Ok(Harness { ebpf, ring })
+    }
+
+    /// Runs one direction's classifier on a frame; returns the events it submitted.
+    fn run(&mut self, egress: bool, frame: &[u8]) -> Result<Vec<Event>> {
+        let name = if egress { "synack_egress" } else { "synack_ingress" };
+        let p: &SchedClassifier = self.ebpf.program(name).context(name)?.try_into()?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = p.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })?;
+        assert_eq!(r.return_value as i32, -1, "must return TC_ACT_UNSPEC");
+        assert_eq!(&out[..r.data_size_out as usize], frame, "the packet must not change");
+        let mut evs = Vec::new();
+        while let Some(item) = self.ring.next() {
+            evs.push(decode(&item)?);
+        }
+        Ok(evs)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Ip {
+    V4([u8; 4], [u8; 4]),
+    V6([u8; 16], [u8; 16]),
+}
+
+impl Ip {
+    fn rev(self) -> Self {
+        match self {
+            Ip::V4(a, b) => Ip::V4(b, a),
+            Ip::V6(a, b) => Ip::V6(b, a),
+        }
+    }
+}
+
+struct Tcp<'a> {
+    ip: Ip,
+    ttl: u8,
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    ack: Option<u32>,
+    syn: bool,
+    payload: &'a [u8],
+    options: &'a [TcpOptionElement],
+}
+
+fn frame(t: Tcp) -> Result<Vec<u8>> {
+    let eth = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+    let ip = match t.ip {
+        Ip::V4(s, d) => eth.ipv4(s, d, t.ttl),
+        Ip::V6(s, d) => eth.ipv6(s, d, t.ttl),
+    };
+    let mut tcp = ip.tcp(t.sport, t.dport, t.seq, 64240);
+    if t.syn {
+        tcp = tcp.syn();
+    }
+    if let Some(a) = t.ack {
+        tcp = tcp.ack(a);
+    }
+    if !t.options.is_empty() {
+        tcp = tcp.options(t.options).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    }
+    let mut buf = Vec::new();
+    tcp.write(&mut buf, t.payload)?;
+    Ok(buf)
+}
+
+const SYN_OPTS: [TcpOptionElement; 5] = [
+    TcpOptionElement::MaximumSegmentSize(1460),
+    TcpOptionElement::SelectiveAcknowledgementPermitted,
+    TcpOptionElement::Timestamp(11, 0),
+    TcpOptionElement::Noop,
+    TcpOptionElement::WindowScale(7),
+];
+
+fn conversation(h: &mut Harness, ip: Ip, sport: u16) -> Result<()> {
+    let out = |seq, ack, syn, payload: &'static [u8], opts: &'static [TcpOptionElement]| Tcp {
+        ip,
+        ttl: 64,
+        sport,
+        dport: 443,
+        seq,
+        ack,
+        syn,
+        payload,
+        options: opts,
+    };
+    let inb = |seq, ack, syn, payload: &'static [u8], opts: &'static [TcpOptionElement]| Tcp {
+        ip: ip.rev(),
+        ttl: 57,
+        sport: 443,
+        dport: sport,
+        seq,
+        ack,
+        syn,
+        payload,
+        options: opts,
+    };
+
+    // SYN, then its retransmission
+    let ev = h.run(true, &frame(out(1000, None, true, b"", &SYN_OPTS))?)?;
+    assert_eq!(ev.len(), 1);
+    assert_eq!((ev[0].kind, ev[0].dir, ev[0].seq), (EV_SYN, DIR_OUT, 1000));
+    assert_eq!(ev[0].key.local_port, sport);
+    assert_eq!(ev[0].key.remote_port, 443);
+    let o = parse_options(&ev[0].options[..ev[0].opt_len as usize])?;
+    assert_eq!(o.mss, Some(1460));
+    assert_eq!(o.wscale, Some(7));
+    let ev = h.run(true, &frame(out(1000, None, true, b"", &SYN_OPTS))?)?;
+    assert_eq!((ev[0].kind, ev[0].ev_flags), (EV_SYN, EVF_RETRANS));
+
+    // SYN-ACK with its TTL and options
+    let ev = h.run(false, &frame(inb(5000, Some(1001), true, b"", &SYN_OPTS))?)?;
+    assert_eq!(ev.len(), 1);
+    assert_eq!((ev[0].kind, ev[0].dir, ev[0].ttl), (EV_SYNACK, DIR_IN, 57));
+    assert_eq!(ev[0].window, 64240);
+    let o = parse_options(&ev[0].options[..ev[0].opt_len as usize])?;
+    assert!(o.sack_permitted);
+    assert_eq!(o.timestamps, Some((11, 0)));
+
+    // the request: a new turn
+    let ev = h.run(true, &frame(out(1001, Some(5001), false, &[7; 100], &[]))?)?;
+    assert_eq!(ev.len(), 1);
+    assert_eq!((ev[0].kind, ev[0].ev_flags, ev[0].payload_len), (EV_DATA, EVF_TURN_START, 100));
+    // its retransmission
+    let ev = h.run(true, &frame(out(1001, Some(5001), false, &[7; 100], &[]))?)?;
+    assert_eq!((ev[0].kind, ev[0].ev_flags), (EV_DATA, EVF_RETRANS));
+
+    // the response, carrying the ACK that covers the request
+    let ev = h.run(false, &frame(inb(5001, Some(1101), false, &[8; 60], &[]))?)?;
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    assert_eq!((ev[0].kind, ev[0].ack), (EV_ACK_COVER, 1101));
+    assert_eq!((ev[1].kind, ev[1].ev_flags, ev[1].payload_len), (EV_DATA, EVF_TURN_START, 60));
+
+    // a pure ACK from our side: nothing to report
+    assert!(h.run(true, &frame(out(1101, Some(5061), false, b"", &[]))?)?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn ipv4_conversation() -> Result<()> {
+    let mut h = Harness::new()?;
+    conversation(&mut h, Ip::V4([10, 9, 0, 1], [10, 9, 0, 2]), 40001)
+}
+
+#[test]
+fn ipv6_conversation() -> Result<()> {
+    let mut h = Harness::new()?;
+    let mut a = [0u8; 16];
+    a[0] = 0xfd;
+    a[15] = 1;
+    let mut b = a;
+    b[15] = 2;
+    conversation(&mut h, Ip::V6(a, b), 40002)
+}
+
+#[test]
+fn untracked_and_non_tcp_traffic_is_ignored() -> Result<()> {
+    let mut h = Harness::new()?;
+    let ip = Ip::V4([10, 9, 1, 1], [10, 9, 1, 2]);
+    // data on a connection whose SYN was never seen
+    let f = frame(Tcp {
+        ip,
+        ttl: 64,
+        sport: 40003,
+        dport: 80,
+        seq: 1,
+        ack: Some(1),
+        syn: false,
+        payload: b"GET / HTTP/1.1\r\n\r\n",
+        options: &[],
+    })?;
+    assert!(h.run(true, &f)?.is_empty());
+    assert!(h.run(false, &f)?.is_empty());
+    // an incoming SYN (someone connecting to us) starts nothing in active mode
+    let f = frame(Tcp {
+        ip,
+        ttl: 64,
+        sport: 40004,
+        dport: 80,
+        seq: 1,
+        ack: None,
+        syn: true,
+        payload: b"",
+        options: &[],
+    })?;
+    assert!(h.run(false, &f)?.is_empty());
+    // UDP
+    let mut udp = Vec::new();
+    PacketBuilder::ethernet2([0; 6], [0; 6])
+        .ipv4([10, 9, 1, 1], [10, 9, 1, 2], 64)
+        .udp(5353, 53)
+        .write(&mut udp, b"dns")?;
+    assert!(h.run(true, &udp)?.is_empty());
+    Ok(())
+}
