@@ -143,6 +143,11 @@ impl Flow {
         Some(seq.wrapping_sub(isn.wrapping_add(1)))
     }
 
+    /// Stream offset of an incoming sequence number.
+    pub fn in_offset(&self, seq: u32) -> Option<u32> {
+        self.offset(DIR_IN, seq)
+    }
+
     /// The SYN the SYN-ACK answered (the last one sent before it) and the SYN-ACK.
     pub fn handshake(&self) -> Option<(u64, u64)> {
         let sa = self.synack.as_ref()?;

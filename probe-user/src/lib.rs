@@ -9,3 +9,4 @@ pub mod prober;
 pub mod record;
 pub mod tcp;
 pub mod timeline;
+pub mod verdict;

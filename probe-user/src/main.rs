@@ -97,6 +97,16 @@ struct Cli {
     #[arg(long)]
     json: bool,
 
+    /// After each connection, send TTL-limited SYNs (TTL 1, 2, ...) to find
+    /// how many hops away the TCP endpoint is: a middlebox answers before
+    /// the origin could. A few extra connection attempts per URL.
+    #[arg(long)]
+    path_probe: bool,
+
+    /// Print every kernel event of synack's connections to stderr (debugging).
+    #[arg(long, hide = true)]
+    dump_events: bool,
+
     /// Treat HTTP statuses >= 400 as failures (exit status 1).
     #[arg(short = 'f', long)]
     fail: bool,
@@ -176,6 +186,8 @@ fn options(cli: &Cli) -> Result<Options> {
         },
         cacert: cli.cacert.clone(),
         insecure: cli.insecure,
+        dump_events: cli.dump_events,
+        path_probe: cli.path_probe,
     })
 }
 

@@ -61,6 +61,82 @@ pub fn list() -> io::Result<Vec<Interface>> {
         .collect()
 }
 
+/// An address this host has, with its prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalNet {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+/// Every address with its netmask in this network namespace.
+pub fn local_nets() -> io::Result<Vec<LocalNet>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a linked list that we walk and free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut p = head;
+    while !p.is_null() {
+        // SAFETY: p is a node of the list getifaddrs returned.
+        let ifa = unsafe { &*p };
+        // SAFETY: addresses point to sockaddr structures of the family they name.
+        if let (Some(a), Some(m)) = unsafe { (sockaddr_ip(ifa.ifa_addr), sockaddr_ip(ifa.ifa_netmask)) } {
+            let prefix = match m {
+                std::net::IpAddr::V4(m) => u32::from(m).count_ones() as u8,
+                std::net::IpAddr::V6(m) => u128::from(m).count_ones() as u8,
+            };
+            out.push(LocalNet { addr: a, prefix });
+        }
+        p = ifa.ifa_next;
+    }
+    // SAFETY: head came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
+/// # Safety
+/// `sa` must be null or point to a valid sockaddr of the family it names.
+unsafe fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<std::net::IpAddr> {
+    if sa.is_null() {
+        return None;
+    }
+    // SAFETY: per the caller's contract.
+    unsafe {
+        match (*sa).sa_family as i32 {
+            libc::AF_INET => {
+                let s = &*(sa as *const libc::sockaddr_in);
+                Some(std::net::Ipv4Addr::from(u32::from_be(s.sin_addr.s_addr)).into())
+            }
+            libc::AF_INET6 => {
+                let s = &*(sa as *const libc::sockaddr_in6);
+                Some(std::net::Ipv6Addr::from(s.sin6_addr.s6_addr).into())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// True when `ip` is on one of this host's own subnets (reached without a
+/// gateway), or is one of its addresses.
+pub fn on_link(ip: std::net::IpAddr, nets: &[LocalNet]) -> bool {
+    let ip = match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(Into::into).unwrap_or(ip),
+        v4 => v4,
+    };
+    nets.iter().any(|n| match (n.addr, ip) {
+        (std::net::IpAddr::V4(a), std::net::IpAddr::V4(b)) => {
+            let m = if n.prefix == 0 { 0 } else { u32::MAX << (32 - n.prefix.min(32)) };
+            u32::from(a) & m == u32::from(b) & m
+        }
+        (std::net::IpAddr::V6(a), std::net::IpAddr::V6(b)) => {
+            let m = if n.prefix == 0 { 0 } else { u128::MAX << (128 - n.prefix.min(128)) };
+            u128::from(a) & m == u128::from(b) & m
+        }
+        _ => false,
+    })
+}
+
 struct Socket(i32);
 
 impl Socket {
@@ -127,6 +203,23 @@ mod tests {
         assert_eq!(lo.link_type, 772);
         assert_eq!(lo.l2_len(), 14);
         assert_eq!(lo.index, 1);
+    }
+
+    #[test]
+    fn on_link_by_prefix() {
+        let nets = [
+            LocalNet { addr: "10.10.1.1".parse().unwrap(), prefix: 24 },
+            LocalNet { addr: "fd00:1::1".parse().unwrap(), prefix: 64 },
+            LocalNet { addr: "127.0.0.1".parse().unwrap(), prefix: 8 },
+        ];
+        assert!(on_link("10.10.1.254".parse().unwrap(), &nets));
+        assert!(!on_link("10.10.2.1".parse().unwrap(), &nets));
+        assert!(on_link("fd00:1::fe".parse().unwrap(), &nets));
+        assert!(!on_link("fd00:2::1".parse().unwrap(), &nets));
+        assert!(on_link("::ffff:127.0.0.2".parse().unwrap(), &nets));
+        // this namespace's loopback is always there
+        let here = local_nets().unwrap();
+        assert!(on_link("127.0.0.1".parse().unwrap(), &here));
     }
 
     #[test]

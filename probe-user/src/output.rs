@@ -100,6 +100,28 @@ pub fn human(r: &Record) -> String {
     if let Some(sa) = synack_line(r) {
         let _ = writeln!(s, "  {sa}");
     }
+    if let Some(v) = &r.verdict {
+        let a = crate::verdict::Analysis {
+            verdict: v.clone(),
+            phases: r.phases.clone(),
+            middlebox: r.middlebox.clone(),
+        };
+        let _ = writeln!(s, "\n  verdict: {}", crate::verdict::sentence(&a, &r.facts()));
+        let p = &r.phases;
+        if p.network_ms.is_some() || p.local_stack_ms.is_some() {
+            let _ = writeln!(
+                s,
+                "  phases:  network {}  |  middlebox {}  |  server {}  |  local stack {}",
+                f(p.network_ms),
+                f(p.middlebox_ms),
+                f(p.server_ms),
+                f(p.local_stack_ms)
+            );
+        }
+        for why in &v.reasons {
+            let _ = writeln!(s, "    - {why}");
+        }
+    }
     let d = &r.drops;
     if d.total() == 0 {
         let _ = writeln!(s, "  lost events 0");

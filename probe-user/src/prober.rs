@@ -76,6 +76,10 @@ pub struct Options {
     pub family: Family,
     pub cacert: Option<PathBuf>,
     pub insecure: bool,
+    /// Print every kernel event of our connections to stderr.
+    pub dump_events: bool,
+    /// After each connection, find the TCP endpoint's distance with TTL-limited SYNs.
+    pub path_probe: bool,
 }
 
 #[derive(Debug, Error)]
@@ -220,6 +224,7 @@ pub struct Prober {
 struct Done {
     marks: RequestMarks,
     status: u16,
+    via: Option<String>,
     request_bytes: u64,
     response_bytes: u64,
 }
@@ -414,6 +419,9 @@ impl Prober {
         };
         conn.dns_done = Some(mono_ns());
         base.remote_addr = Some(addr.to_string());
+        base.remote_on_link = crate::netif::local_nets()
+            .ok()
+            .map(|nets| crate::netif::on_link(addr.ip(), &nets));
         base.ip_version = Some(if addr.is_ipv4() { 4 } else { 6 });
 
         let sock = match if addr.is_ipv4() {
@@ -462,6 +470,7 @@ impl Prober {
             r.request_index = i as u32;
             r.connection_reused = i > 0;
             r.http_status = Some(d.status);
+            r.via = d.via.clone();
             r.request_bytes = Some(d.request_bytes);
             r.response_bytes = Some(d.response_bytes);
             self.finish(
@@ -489,6 +498,21 @@ impl Prober {
             r.error = Some(error);
             records.push(r);
             redirect = None;
+        }
+        if self.opts.path_probe
+            && let Some(first) = records.first()
+            && first.wire.handshake_rtt_ms.is_some()
+        {
+            let ttl = path_probe(addr, &first.wire, deadline).await;
+            for r in &mut records {
+                r.path_probe_ttl = ttl;
+            }
+        }
+        let facts: Vec<_> = records.iter().map(Record::facts).collect();
+        for (r, a) in records.iter_mut().zip(crate::verdict::analyze(&facts)) {
+            r.verdict = Some(a.verdict);
+            r.phases = a.phases;
+            r.middlebox = a.middlebox;
         }
         ConnOutcome { records, redirect }
     }
@@ -568,11 +592,16 @@ impl Prober {
                     .get(header::LOCATION)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
+                let via = resp
+                    .headers()
+                    .get(header::VIA)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
                 let mut body = resp.into_body();
                 while let Some(frame) = body.frame().await {
                     frame?;
                 }
-                Ok::<_, hyper::Error>((status, location))
+                Ok::<_, hyper::Error>((status, location, via))
             };
             let r = with_deadline(deadline, "response", step).await;
             m.done = Some(mono_ns());
@@ -587,10 +616,11 @@ impl Prober {
             m.out_end = io.out_start.map(|_| io.out_end);
             m.in_start = io.in_start;
             match r {
-                Ok(Ok((status, location))) => {
+                Ok(Ok((status, location, via))) => {
                     done.push(Done {
                         marks: m,
                         status: status.as_u16(),
+                        via,
                         request_bytes: io.app_out,
                         response_bytes: io.app_in,
                     });
@@ -663,6 +693,13 @@ impl Prober {
             if ev.cookie != cookie {
                 continue;
             }
+            if self.opts.dump_events {
+                eprintln!(
+                    "event t={} kind={} dir={} seq={} ack={} len={} flags={:#x} evf={} ttl={}",
+                    ev.ts_ns, ev.kind, ev.dir, ev.seq, ev.ack, ev.payload_len, ev.tcp_flags,
+                    ev.ev_flags, ev.ttl
+                );
+            }
             flow.get_or_insert_with(|| Flow::new(ev.key, ev.cookie))
                 .push(&ev);
         }
@@ -727,6 +764,55 @@ fn connect_error(addr: SocketAddr, e: std::io::Error) -> ErrorInfo {
     } else {
         ErrorInfo::new("connect", format!("connect to {addr}: {e}"))
     }
+}
+
+/// TTL-limited SYNs: the smallest TTL (hop limit) at which the destination's
+/// port answers, trying 1 up to one more than the SYN-ACK's hops (at most 8).
+/// These connections are not tracked and are closed at once.
+async fn path_probe(
+    addr: SocketAddr,
+    w: &crate::record::WireTimes,
+    deadline: Option<Instant>,
+) -> Option<u8> {
+    let max = w.synack_hops.unwrap_or(7).saturating_add(1).min(8);
+    // A SYN that is answered comes back within a few handshake RTTs.
+    let wait = Duration::from_secs_f64(
+        (w.handshake_rtt_ms.unwrap_or(100.0) * 3.0 / 1000.0).clamp(0.05, 2.0),
+    );
+    for ttl in 1..=max {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return None;
+        }
+        let sock = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .ok()?;
+        let (level, opt) = if addr.is_ipv4() {
+            (libc::IPPROTO_IP, libc::IP_TTL)
+        } else {
+            (libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS)
+        };
+        let v: libc::c_int = ttl as libc::c_int;
+        // SAFETY: valid socket fd and a c_int option value of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                level,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return None;
+        }
+        if let Ok(Ok(_)) = tokio::time::timeout(wait, sock.connect(addr)).await {
+            return Some(ttl);
+        }
+    }
+    None
 }
 
 /// The socket's cookie (SO_COOKIE), the id the kernel side tracks it by.

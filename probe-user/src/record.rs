@@ -1,7 +1,10 @@
 //! The output contract: one `Record` per HTTP request. Field names here are
 //! the JSON field names users script against (see docs/json.md).
 
-use crate::bpf::Drops;
+use crate::{
+    bpf::Drops,
+    verdict::{Middlebox, Phases, Verdict},
+};
 use serde::Serialize;
 
 /// Why a request failed.
@@ -62,6 +65,11 @@ pub struct WireTimes {
     pub synack_timestamps: Option<bool>,
     /// ClientHello out to the first server payload in.
     pub tls_rtt_ms: Option<f64>,
+    /// Our second TLS flight (Finished) out to the server's next bytes in (a
+    /// TLS 1.3 session ticket, or the TLS 1.2 Finished), when those came
+    /// before the response: a round trip to the TLS endpoint with no server
+    /// think time in it.
+    pub tls_round2_ms: Option<f64>,
     /// Request's first segment out to the ACK covering all of it.
     pub data_rtt_ms: Option<f64>,
     /// Request's first segment out to the response's first segment in.
@@ -70,6 +78,9 @@ pub struct WireTimes {
     pub retransmits: Option<u32>,
     pub retransmits_out: Option<u32>,
     pub retransmits_in: Option<u32>,
+    /// First SYN (or, on a reused connection, the request) out to the
+    /// response in: the wire span the phases below divide up.
+    pub span_ms: Option<f64>,
 }
 
 /// One point of the request's timeline.
@@ -102,6 +113,14 @@ pub struct Record {
     /// Position on its connection (0 = first request, which paid for the handshake).
     pub request_index: u32,
     pub connection_reused: bool,
+    /// https:// (TLS) or not.
+    pub tls: bool,
+    /// The destination is on one of this host's subnets (no gateway between).
+    pub remote_on_link: Option<bool>,
+    /// The response's Via header (a hint of a proxy, never the proof).
+    pub via: Option<String>,
+    /// With --path-probe: the smallest SYN TTL that got a SYN-ACK.
+    pub path_probe_ttl: Option<u8>,
     /// Socket cookie (SO_COOKIE) of the connection.
     pub socket_cookie: Option<u64>,
     pub request_bytes: Option<u64>,
@@ -110,11 +129,51 @@ pub struct Record {
     pub wire: WireTimes,
     /// Every event, wire and user, sorted by time.
     pub timeline: Vec<TimelineEntry>,
+    /// Is there a middlebox on the path, and why synack thinks so.
+    pub verdict: Option<Verdict>,
+    /// Where the wire time went.
+    pub phases: Phases,
+    /// The TCP-terminating middlebox, when one was found.
+    pub middlebox: Option<Middlebox>,
     /// Loss counters for the whole run so far.
     pub drops: Drops,
 }
 
 impl Record {
+    /// CLOCK_MONOTONIC ns of the first timeline entry with this name.
+    pub fn at(&self, event: &str) -> Option<u64> {
+        self.timeline.iter().find(|e| e.event == event).map(|e| e.t_ns)
+    }
+
+    /// The verdict's inputs.
+    pub fn facts(&self) -> crate::verdict::Facts {
+        let w = &self.wire;
+        let user_span = if self.connection_reused {
+            self.at("request_start").zip(self.at("first_byte_read"))
+        } else {
+            self.at("connect_call").zip(self.at("first_byte_read"))
+        }
+        .map(|(a, b)| crate::clock::ms_between(a, b));
+        crate::verdict::Facts {
+            index: self.request_index,
+            tls: self.tls,
+            handshake: w.handshake_rtt_ms,
+            ttl: w.synack_ttl,
+            initial_ttl: w.synack_initial_ttl,
+            hops: w.synack_hops,
+            tls_rtt: w.tls_rtt_ms,
+            tls_round2: w.tls_round2_ms,
+            ttfb: w.ttfb_ms,
+            retransmits: w.retransmits.unwrap_or(0),
+            span: w.span_ms,
+            user_span,
+            on_link: self.remote_on_link,
+            probe_ttl: self.path_probe_ttl,
+            via: self.via.clone(),
+            remote: self.remote_addr.clone().unwrap_or_default(),
+        }
+    }
+
     pub fn new(url: &str, method: &str, mode: &'static str) -> Self {
         Record {
             url: url.to_string(),
@@ -129,12 +188,19 @@ impl Record {
             redirect_hop: 0,
             request_index: 0,
             connection_reused: false,
+            tls: url.starts_with("https:"),
+            remote_on_link: None,
+            via: None,
+            path_probe_ttl: None,
             socket_cookie: None,
             request_bytes: None,
             response_bytes: None,
             user: UserTimes::default(),
             wire: WireTimes::default(),
             timeline: Vec::new(),
+            verdict: None,
+            phases: Phases::default(),
+            middlebox: None,
             drops: Drops::default(),
         }
     }

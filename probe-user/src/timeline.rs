@@ -37,6 +37,21 @@ pub struct RequestMarks {
     pub in_start: Option<u64>,
 }
 
+/// Our second TLS flight (the first outgoing segment of our second turn) and
+/// the first incoming payload after it, when that payload lies before the
+/// response (offset below `response_at`): the TLS endpoint answered at once.
+fn tls_round2(f: &Flow, response_at: Option<u64>) -> Option<(u64, u64)> {
+    let second = f.out.iter().filter(|s| s.turn_start && !s.retrans).nth(1)?;
+    let reply = f.inb.iter().find(|s| !s.retrans && s.ts_ns > second.ts_ns)?;
+    let reply_off = f.in_offset(reply.seq)? as u64;
+    if reply_off >= response_at? {
+        // That is the response itself: think time is in it.
+        return None;
+    }
+    let (ro, ri) = f.retransmits_between(second.ts_ns, reply.ts_ns);
+    (ro + ri == 0).then_some((second.ts_ns, reply.ts_ns))
+}
+
 fn ms(a: Option<u64>, b: Option<u64>) -> Option<f64> {
     Some(ms_between(a?, b?))
 }
@@ -142,6 +157,11 @@ pub fn assemble(
             if let (Some(a), Some(b)) = (ch, sh) {
                 w.tls_rtt_ms = Some(ms_between(a.ts_ns, b.ts_ns));
             }
+            if let Some((a, b)) = tls_round2(f, req.in_start) {
+                wire("client_finished_out", a);
+                wire("tls_round2_in", b);
+                w.tls_round2_ms = Some(ms_between(a, b));
+            }
         }
     }
 
@@ -167,6 +187,14 @@ pub fn assemble(
     }
     if let (Some(a), Some(b)) = (req_out, resp_in) {
         w.ttfb_ms = Some(ms_between(a, b));
+    }
+    let span_start = if conn.is_some() {
+        f.syns.first().copied()
+    } else {
+        req_out
+    };
+    if let (Some(a), Some(b)) = (span_start, resp_in) {
+        w.span_ms = Some(ms_between(a, b));
     }
 
     // Retransmissions inside this request's window of time.

@@ -6,7 +6,6 @@ use serde_json::Value;
 use std::{net::IpAddr, process::Stdio, time::Duration};
 use synack_tests::*;
 
-const ORIGIN: &str = env!("CARGO_BIN_EXE_synack-origin");
 const INSPECT: &str = env!("CARGO_BIN_EXE_synack-inspect");
 
 fn need_root() {
@@ -69,7 +68,7 @@ impl Lab {
         let (v4, v6) = (pair.server_v4.to_string(), pair.server_v6.to_string());
         let origin = start_origin(
             &pair.server,
-            ORIGIN.as_ref(),
+            &sibling_bin("synack-origin"),
             &dir,
             &[
                 "--http",

@@ -51,6 +51,213 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The lab demo: brings the lab up, times HTTPS requests to the same
+    /// origin directly and through a transparent TCP proxy, prints both
+    /// breakdowns and verdicts side by side, and tears the lab down (root).
+    Demo {
+        /// Think time of the origin per request, ms.
+        #[arg(long, default_value_t = 20)]
+        think: u32,
+        /// Round-trip time added on the client - mid link, ms.
+        #[arg(long, default_value_t = 4.0)]
+        client_rtt: f64,
+        /// Round-trip time added on the mid - server link, ms.
+        #[arg(long, default_value_t = 40.0)]
+        server_rtt: f64,
+    },
+    /// The lab: client, mid and server namespaces with a delay line, haproxy
+    /// and squid in mid, and the origin (needs root).
+    Lab {
+        #[command(subcommand)]
+        cmd: LabCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Build and start a lab that stays up until `lab down`.
+    Up {
+        /// Round-trip time added on the client - mid link, ms.
+        #[arg(long, default_value_t = 4.0)]
+        client_rtt: f64,
+        /// Round-trip time added on the mid - server link, ms.
+        #[arg(long, default_value_t = 40.0)]
+        server_rtt: f64,
+        /// Drop the client's first N SYNs in mid.
+        #[arg(long, default_value_t = 0)]
+        drop_syns: u32,
+    },
+    /// Stop the lab's processes and remove its namespaces.
+    Down,
+    /// Show the running lab and how to use it.
+    Status,
+}
+
+fn lab_state_file() -> PathBuf {
+    root().join("target/lab/state.json")
+}
+
+fn ms(v: f64) -> Result<std::time::Duration> {
+    if !(0.0..=60_000.0).contains(&v) {
+        bail!("{v} ms is out of range (0 to 60000)");
+    }
+    Ok(std::time::Duration::from_secs_f64(v / 1000.0))
+}
+
+fn lab(cmd: LabCmd) -> Result<()> {
+    use synack_lab::topo;
+    let file = lab_state_file();
+    let read = || -> Result<topo::State> {
+        let s = std::fs::read_to_string(&file)
+            .with_context(|| format!("no lab is up ({} missing)", file.display()))?;
+        Ok(serde_json::from_str(&s)?)
+    };
+    match cmd {
+        LabCmd::Up {
+            client_rtt,
+            server_rtt,
+            drop_syns,
+        } => {
+            if file.exists() {
+                bail!("a lab is already up ({}): run `cargo xtask lab down` first", file.display());
+            }
+            let bin = build(false)?;
+            unsafe_env_for_lab(&bin);
+            let delays = topo::Delays {
+                client_rtt: ms(client_rtt)?,
+                server_rtt: ms(server_rtt)?,
+                drop_syns,
+            };
+            let lab = topo::Lab::up(&topo::Bins::beside_synack(), delays, true)
+                .context("bringing the lab up (root needed)")?;
+            let ca = lab.ca_path();
+            let st = lab.persist();
+            std::fs::create_dir_all(file.parent().context("state dir")?)?;
+            std::fs::write(&file, serde_json::to_string_pretty(&st)?)?;
+            print_lab(&st, &bin, &ca);
+            Ok(())
+        }
+        LabCmd::Down => {
+            let st = read()?;
+            topo::down(&st)?;
+            std::fs::remove_file(&file)?;
+            eprintln!("lab down: removed {}", st.namespaces.join(", "));
+            Ok(())
+        }
+        LabCmd::Status => {
+            let st = read()?;
+            let bin = root().join("target/debug/synack");
+            print_lab(&st, &bin, &st.dir.join("origin-ca.pem"));
+            for (pid, name) in &st.pids {
+                let alive = Path::new(&format!("/proc/{pid}")).exists();
+                println!("  {name:<14} pid {pid:<8} {}", if alive { "running" } else { "GONE" });
+            }
+            Ok(())
+        }
+    }
+}
+
+fn demo(think: u32, client_rtt: f64, server_rtt: f64) -> Result<()> {
+    use synack_lab::topo::{self, Via};
+    let bin = build(false)?;
+    unsafe_env_for_lab(&bin);
+    if output(Command::new("id").arg("-u")).as_deref() != Some("0") {
+        bail!("the demo builds network namespaces and loads eBPF programs: run it as root");
+    }
+    let delays = topo::Delays {
+        client_rtt: ms(client_rtt)?,
+        server_rtt: ms(server_rtt)?,
+        drop_syns: 0,
+    };
+    eprintln!(
+        "demo: lab up (client link RTT {client_rtt} ms, mid-to-origin RTT {server_rtt} ms, origin think time {think} ms)"
+    );
+    let lab = topo::Lab::up(&topo::Bins::beside_synack(), delays, true)
+        .context("bringing the lab up")?;
+    let ca = lab.ca_path();
+    let path = format!("/delay/{think}");
+    let runs = [
+        ("direct", topo::url(Via::Direct, true, false, &path)),
+        ("through haproxy (transparent)", topo::url(Via::TcpProxy, true, false, &path)),
+    ];
+    let mut recs = Vec::new();
+    for (what, url) in &runs {
+        let human = lab
+            .client
+            .command(bin.to_str().context("path")?)
+            .arg("--cacert")
+            .arg(&ca)
+            .arg(url)
+            .output()?;
+        println!("=== {what}: {url}\n{}", String::from_utf8_lossy(&human.stdout));
+        let json = lab
+            .client
+            .command(bin.to_str().context("path")?)
+            .arg("--json")
+            .arg("--cacert")
+            .arg(&ca)
+            .arg(url)
+            .output()?;
+        let v: serde_json::Value = serde_json::from_slice(&json.stdout)
+            .with_context(|| format!("synack said: {}", String::from_utf8_lossy(&json.stderr)))?;
+        recs.push(v);
+    }
+    let msv = |v: &serde_json::Value| -> String {
+        v.as_f64().map(|x| format!("{x:.2} ms")).unwrap_or_else(|| "-".into())
+    };
+    let rows: Vec<(&str, Box<dyn Fn(&serde_json::Value) -> String>)> = vec![
+        ("handshake RTT (wire)", Box::new(move |r| msv(&r["wire"]["handshake_rtt_ms"]))),
+        (
+            "SYN-ACK TTL (hops)",
+            Box::new(|r| format!("{} ({})", r["wire"]["synack_ttl"], r["wire"]["synack_hops"])),
+        ),
+        ("TLS RTT (wire)", Box::new(move |r| msv(&r["wire"]["tls_rtt_ms"]))),
+        ("TTFB (wire)", Box::new(move |r| msv(&r["wire"]["ttfb_ms"]))),
+        ("TTFB (user)", Box::new(move |r| msv(&r["user"]["ttfb_ms"]))),
+        ("total (user)", Box::new(move |r| msv(&r["user"]["total_ms"]))),
+        ("verdict", Box::new(|r| r["verdict"]["path"].as_str().unwrap_or("-").to_string())),
+        ("origin RTT beyond it", Box::new(move |r| msv(&r["middlebox"]["origin_rtt_ms"]))),
+        ("network", Box::new(move |r| msv(&r["phases"]["network_ms"]))),
+        ("middlebox", Box::new(move |r| msv(&r["phases"]["middlebox_ms"]))),
+        ("server", Box::new(move |r| msv(&r["phases"]["server_ms"]))),
+        ("local stack", Box::new(move |r| msv(&r["phases"]["local_stack_ms"]))),
+    ];
+    println!("=== side by side (lab: set server think time {think} ms, mid-to-origin RTT {server_rtt} ms)");
+    println!("  {:<24}{:<18}{}", "", runs[0].0, runs[1].0);
+    for (name, f) in &rows {
+        println!("  {:<24}{:<18}{}", name, f(&recs[0]), f(&recs[1]));
+    }
+    drop(lab);
+    eprintln!("demo: lab down");
+    Ok(())
+}
+
+/// Lab helpers find their binaries next to the synack binary.
+fn unsafe_env_for_lab(bin: &Path) {
+    // SAFETY: single-threaded here, before any thread is spawned.
+    unsafe { env::set_var("SYNACK_BIN", bin) };
+}
+
+fn print_lab(st: &synack_lab::topo::State, bin: &Path, ca: &Path) {
+    use synack_lab::topo::{Via, url};
+    println!(
+        "lab: client {}  mid {}  server {}  (client link RTT {:?}, server link RTT {:?}, drop first {} SYNs)",
+        st.client, st.mid, st.server, st.delays.client_rtt, st.delays.server_rtt, st.delays.drop_syns
+    );
+    println!("try:");
+    for (what, u) in [
+        ("direct", url(Via::Direct, true, false, "/delay/20")),
+        ("through haproxy", url(Via::TcpProxy, true, false, "/delay/20")),
+        ("through squid", url(Via::HttpProxy, false, false, "/delay/20")),
+        ("IPv6 through haproxy", url(Via::TcpProxy, true, true, "/delay/20")),
+    ] {
+        println!(
+            "  # {what}\n  ip netns exec {} {} --cacert {} {u}",
+            st.client,
+            bin.display(),
+            ca.display()
+        );
+    }
 }
 
 fn root() -> PathBuf {
@@ -282,6 +489,12 @@ fn main() -> ExitCode {
             let st = c.args(&args).status().context("starting synack")?;
             std::process::exit(st.code().unwrap_or(1));
         }),
+        Cmd::Lab { cmd } => lab(cmd),
+        Cmd::Demo {
+            think,
+            client_rtt,
+            server_rtt,
+        } => demo(think, client_rtt, server_rtt),
         Cmd::Test { args } => build(false).and_then(|bin| {
             let obj = root().join("target/bpf/bpfel-unknown-none/release/probe-ebpf");
             let mut c = Command::new("cargo");

@@ -1,0 +1,171 @@
+//! The lab's delay line: holds every packet of an NFQUEUE queue for a set
+//! time, in arrival order (one FIFO per queue, so packets never reorder), and
+//! can drop the first N TCP SYNs of a queue. The kernel here has no netem;
+//! iptables -j NFQUEUE and this program stand in for it.
+//!
+//!   synack-delay --queue 0=2ms --queue 1=2ms --queue 2=20ms --queue 3=20ms \
+//!                --drop-syns 1 --drop-queue 0 --ready-file /tmp/ready
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use nfq::{Queue, Verdict};
+use std::{
+    collections::HashSet,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+use synack_lab::delay::{DelayLine, is_tcp_syn};
+
+/// Delays (and optionally drops) the packets of NFQUEUE queues.
+#[derive(Parser)]
+struct Cli {
+    /// QUEUE=DELAY, e.g. 0=20ms or 3=0; repeatable, one thread per queue.
+    #[arg(long = "queue", value_parser = parse_queue, required = true)]
+    queues: Vec<(u16, Duration)>,
+    /// Drop the first N TCP SYNs (without ACK) seen on --drop-queue.
+    #[arg(long, default_value_t = 0)]
+    drop_syns: u32,
+    /// The queue whose SYNs are dropped.
+    #[arg(long, default_value_t = 0)]
+    drop_queue: u16,
+    /// File written once every queue is bound.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+fn parse_queue(s: &str) -> Result<(u16, Duration), String> {
+    let (q, d) = s.split_once('=').ok_or("expected QUEUE=DELAY, e.g. 0=20ms")?;
+    let q: u16 = q.parse().map_err(|_| format!("bad queue number {q:?}"))?;
+    let d = d.trim();
+    let us: f64 = if let Some(v) = d.strip_suffix("ms") {
+        v.parse::<f64>().map_err(|_| format!("bad delay {d:?}"))? * 1000.0
+    } else if let Some(v) = d.strip_suffix("us") {
+        v.parse::<f64>().map_err(|_| format!("bad delay {d:?}"))?
+    } else {
+        d.parse::<f64>().map_err(|_| format!("bad delay {d:?}"))? * 1000.0
+    };
+    if !(0.0..=60e6).contains(&us) {
+        return Err(format!("delay {d:?} out of range"));
+    }
+    Ok((q, Duration::from_nanos((us * 1000.0) as u64)))
+}
+
+/// The fd of the netlink socket `Queue::open` just made: nfq does not expose
+/// it, and we need it to sleep in ppoll until a packet or a due time.
+fn open_queue() -> Result<(Queue, i32)> {
+    let before = fds()?;
+    let q = Queue::open().context("opening an NFQUEUE netlink socket (needs CAP_NET_ADMIN)")?;
+    let new: Vec<i32> = fds()?.difference(&before).copied().collect();
+    match new.as_slice() {
+        [fd] => Ok((q, *fd)),
+        _ => bail!("cannot tell the queue's socket apart: new fds {new:?}"),
+    }
+}
+
+/// This process's socket fds (the directory listing's own fd is not a socket).
+fn fds() -> Result<HashSet<i32>> {
+    Ok(std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let link = std::fs::read_link(e.path()).ok()?;
+            link.to_str()?
+                .starts_with("socket:")
+                .then(|| e.file_name().to_str()?.parse().ok())?
+        })
+        .collect())
+}
+
+fn wait_readable(fd: i32, timeout: Duration) {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: one valid pollfd and a valid timespec; no signal mask change.
+    unsafe { libc::ppoll(&mut p, 1, &ts, std::ptr::null()) };
+}
+
+fn serve(mut q: Queue, fd: i32, delay: Duration, mut drop_syns: u32) -> Result<()> {
+    let mut line = DelayLine::new(delay);
+    loop {
+        let wait = line
+            .next_due()
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_millis(200));
+        wait_readable(fd, wait);
+        loop {
+            match q.recv() {
+                Ok(mut msg) => {
+                    if drop_syns > 0 && is_tcp_syn(msg.get_payload()) {
+                        drop_syns -= 1;
+                        msg.set_verdict(Verdict::Drop);
+                        q.verdict(msg)?;
+                        continue;
+                    }
+                    line.push(Instant::now(), msg);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e).context("receiving from the queue"),
+            }
+        }
+        for mut msg in line.pop_due(Instant::now()) {
+            msg.set_verdict(Verdict::Accept);
+            q.verdict(msg)?;
+        }
+    }
+}
+
+/// Opening is serialised so the new-fd trick above sees one socket at a time.
+static OPEN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn start(num: u16, delay: Duration, drop: u32, ready: std::sync::mpsc::Sender<Result<()>>) -> Result<()> {
+    let setup = || -> Result<(Queue, i32)> {
+        let _g = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut q, fd) = open_queue()?;
+        q.bind(num)
+            .with_context(|| format!("binding queue {num} (is another delay line bound to it?)"))?;
+        // Let the kernel keep enough packets while we hold them.
+        q.set_queue_max_len(num, 65536)?;
+        q.set_nonblocking(true);
+        Ok((q, fd))
+    };
+    match setup() {
+        Ok((q, fd)) => {
+            let _ = ready.send(Ok(()));
+            serve(q, fd, delay, drop)
+        }
+        Err(e) => {
+            let msg = format!("{e:#}");
+            let _ = ready.send(Err(e));
+            bail!(msg)
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut threads = Vec::new();
+    for &(num, delay) in &cli.queues {
+        let drop = if num == cli.drop_queue { cli.drop_syns } else { 0 };
+        let tx = tx.clone();
+        threads.push(std::thread::spawn(move || start(num, delay, drop, tx)));
+    }
+    for _ in &cli.queues {
+        rx.recv().context("a queue thread died while starting")??;
+    }
+    if let Some(f) = &cli.ready_file {
+        std::fs::write(f, b"ready")?;
+    }
+    for t in threads {
+        match t.join() {
+            Ok(r) => r?,
+            Err(_) => bail!("a queue thread panicked"),
+        }
+    }
+    Ok(())
+}

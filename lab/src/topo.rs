@@ -1,0 +1,478 @@
+//! The three-namespace lab: client - mid - server, IPv4 and IPv6, with the
+//! delay line, a transparent TCP-terminating proxy (haproxy) and an
+//! intercepting HTTP proxy (squid) in mid, and the origin in server.
+//!
+//! ```text
+//!  client                 mid                               server
+//!  10.10.1.1  ---------- 10.10.1.254 | 10.10.2.254 -------- 10.10.2.1
+//!  fd00:1::1             fd00:1::fe  | fd00:2::fe            fd00:2::1
+//!             queue 0 -> (raw PREROUTING in)
+//!             queue 1 <- (mangle POSTROUTING out)
+//!                                      queue 3 -> / <- queue 2
+//! ```
+//!
+//! Ports on the origin: 8080 (HTTP) and 8443 (HTTPS) go straight through
+//! mid; 9080 and 9443 are intercepted by haproxy (mode tcp, original
+//! destination: nat REDIRECT for IPv4, TPROXY for IPv6); 10080 by squid
+//! (intercept, HTTP only).
+
+use crate::{Netns, Proc, TempDir, sh, sibling_bin, unique, wait_for, wire_sized};
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+pub const HTTP: u16 = 8080;
+pub const HTTPS: u16 = 8443;
+pub const PROXY_HTTP: u16 = 9080;
+pub const PROXY_HTTPS: u16 = 9443;
+pub const SQUID_HTTP: u16 = 10080;
+const HAPROXY_PORT: u16 = 15001;
+const SQUID_INTERCEPT_PORT: u16 = 3129;
+const SQUID_PLAIN_PORT: u16 = 3128;
+
+pub const CLIENT_V4: &str = "10.10.1.1";
+pub const MID_C_V4: &str = "10.10.1.254";
+pub const MID_S_V4: &str = "10.10.2.254";
+pub const SERVER_V4: &str = "10.10.2.1";
+pub const CLIENT_V6: &str = "fd00:1::1";
+pub const MID_C_V6: &str = "fd00:1::fe";
+pub const MID_S_V6: &str = "fd00:2::fe";
+pub const SERVER_V6: &str = "fd00:2::1";
+
+/// What the delay line in mid does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delays {
+    /// Round-trip time added on the client - mid link (half each way).
+    pub client_rtt: Duration,
+    /// Round-trip time added on the mid - server link (half each way).
+    pub server_rtt: Duration,
+    /// Drop this many of the client's first SYNs in mid.
+    pub drop_syns: u32,
+}
+
+/// Which way a request goes through mid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// Routed straight through.
+    Direct,
+    /// Terminated by haproxy (transparent, mode tcp), which connects on.
+    TcpProxy,
+    /// Intercepted by squid (HTTP only).
+    HttpProxy,
+}
+
+/// Where the lab's helper programs are.
+#[derive(Clone, Debug)]
+pub struct Bins {
+    pub origin: PathBuf,
+    pub delay: PathBuf,
+}
+
+impl Bins {
+    /// The ones built next to the synack binary.
+    pub fn beside_synack() -> Self {
+        Bins {
+            origin: sibling_bin("synack-origin"),
+            delay: sibling_bin("synack-delay"),
+        }
+    }
+}
+
+/// What `Lab::persist` leaves behind for `lab down`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct State {
+    pub namespaces: Vec<String>,
+    /// (pid, program name) of every process the lab started.
+    pub pids: Vec<(i32, String)>,
+    pub dir: PathBuf,
+    pub client: String,
+    pub mid: String,
+    pub server: String,
+    pub delays: Delays,
+}
+
+/// A running lab. Dropping it stops its processes and removes its
+/// namespaces and files.
+pub struct Lab {
+    // Drop order: processes, then namespaces, then files.
+    delay: Option<Proc>,
+    procs: Vec<Proc>,
+    pub client: Netns,
+    pub mid: Netns,
+    pub server: Netns,
+    pub dir: TempDir,
+    pub client_if: String,
+    pub mid_c_if: String,
+    pub mid_s_if: String,
+    pub server_if: String,
+    pub delays: Delays,
+    bins: Bins,
+}
+
+impl Lab {
+    /// Builds the lab, starts the delay line and the origin, and the proxies
+    /// when `proxies` is set.
+    pub fn up(bins: &Bins, delays: Delays, proxies: bool) -> Result<Lab> {
+        for (what, p) in [("synack-origin", &bins.origin), ("synack-delay", &bins.delay)] {
+            if !p.exists() {
+                bail!("{what} not found at {}: build with `cargo xtask build`", p.display());
+            }
+        }
+        let id = unique("sl");
+        let client = Netns::new(&format!("{id}c"))?;
+        let mid = Netns::new(&format!("{id}m"))?;
+        let server = Netns::new(&format!("{id}s"))?;
+        let dir = TempDir::new()?;
+        let mut lab = Lab {
+            delay: None,
+            procs: Vec::new(),
+            client,
+            mid,
+            server,
+            dir,
+            client_if: format!("{id}cm"),
+            mid_c_if: format!("{id}mc"),
+            mid_s_if: format!("{id}ms"),
+            server_if: format!("{id}sm"),
+            delays,
+            bins: bins.clone(),
+        };
+        lab.wire()?;
+        lab.queues()?;
+        lab.set_delays(delays)?;
+        lab.origin()?;
+        if proxies {
+            lab.haproxy()?;
+            lab.squid()?;
+        }
+        Ok(lab)
+    }
+
+    fn wire(&self) -> Result<()> {
+        let (c, m, s) = (&self.client.name, &self.mid.name, &self.server.name);
+        sh(&[
+            "ip", "link", "add", &self.client_if, "netns", c, "type", "veth", "peer", "name",
+            &self.mid_c_if, "netns", m,
+        ])?;
+        sh(&[
+            "ip", "link", "add", &self.mid_s_if, "netns", m, "type", "veth", "peer", "name",
+            &self.server_if, "netns", s,
+        ])?;
+        let addr = |ns: &Netns, ifn: &str, v4: &str, v6: &str| -> Result<()> {
+            ns.exec(&["ip", "addr", "add", &format!("{v4}/24"), "dev", ifn])?;
+            ns.exec(&["ip", "-6", "addr", "add", &format!("{v6}/64"), "dev", ifn, "nodad"])?;
+            ns.exec(&["ip", "link", "set", ifn, "up"])?;
+            wire_sized(ns, ifn)
+        };
+        addr(&self.client, &self.client_if, CLIENT_V4, CLIENT_V6)?;
+        addr(&self.mid, &self.mid_c_if, MID_C_V4, MID_C_V6)?;
+        addr(&self.mid, &self.mid_s_if, MID_S_V4, MID_S_V6)?;
+        addr(&self.server, &self.server_if, SERVER_V4, SERVER_V6)?;
+        self.client.exec(&["ip", "route", "add", "default", "via", MID_C_V4])?;
+        self.client.exec(&["ip", "-6", "route", "add", "default", "via", MID_C_V6])?;
+        self.server.exec(&["ip", "route", "add", "default", "via", MID_S_V4])?;
+        self.server.exec(&["ip", "-6", "route", "add", "default", "via", MID_S_V6])?;
+        self.mid.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        self.mid.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+        // A proxy's segments held in the NFQUEUE delay line still count as
+        // in flight on its socket, and TCP autocorking then holds its next
+        // small write until the held one leaves: one extra one-way delay per
+        // write that a real NIC (which frees packets in microseconds) would
+        // never cause. Measured: +20 ms on every HTTPS request through
+        // haproxy at 40 ms RTT. See docs/lab.md.
+        self.mid.exec(&["sysctl", "-qw", "net.ipv4.tcp_autocorking=0"])?;
+        Ok(())
+    }
+
+    /// NFQUEUE hooks in mid: raw/PREROUTING for packets coming in and
+    /// mangle/POSTROUTING for packets going out, so forwarded and proxied
+    /// traffic are delayed alike. --queue-bypass lets packets through while
+    /// no delay line is bound (between restarts).
+    fn queues(&self) -> Result<()> {
+        for ipt in ["iptables", "ip6tables"] {
+            for (table, chain, dir, ifn, q) in [
+                ("raw", "PREROUTING", "-i", &self.mid_c_if, "0"),
+                ("mangle", "POSTROUTING", "-o", &self.mid_c_if, "1"),
+                ("raw", "PREROUTING", "-i", &self.mid_s_if, "2"),
+                ("mangle", "POSTROUTING", "-o", &self.mid_s_if, "3"),
+            ] {
+                self.mid.exec(&[
+                    ipt, "-t", table, "-A", chain, dir, ifn, "-j", "NFQUEUE", "--queue-num", q,
+                    "--queue-bypass",
+                ])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// (Re)starts the delay line with new settings.
+    pub fn set_delays(&mut self, d: Delays) -> Result<()> {
+        self.delay = None;
+        let half = |rtt: Duration| format!("{}us", rtt.as_micros() / 2);
+        let ready = self.dir.join(&unique("delay-ready"));
+        let mut c = self.mid.command(self.bins.delay.to_str().context("path")?);
+        c.args(["--queue", &format!("0={}", half(d.client_rtt))])
+            .args(["--queue", &format!("1={}", half(d.client_rtt))])
+            .args(["--queue", &format!("2={}", half(d.server_rtt))])
+            .args(["--queue", &format!("3={}", half(d.server_rtt))])
+            .args(["--drop-syns", &d.drop_syns.to_string(), "--drop-queue", "0"])
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdout(Stdio::null())
+            .stderr(self.log("synack-delay")?);
+        let mut p = Proc::spawn(c, "synack-delay")?;
+        wait_for(Duration::from_secs(10), "the delay line to bind its queues", || {
+            if let Ok(Some(st)) = p.child.try_wait() {
+                return Some(Err(anyhow::anyhow!("synack-delay exited: {st}")));
+            }
+            ready.exists().then_some(Ok(()))
+        })??;
+        self.delay = Some(p);
+        self.delays = d;
+        Ok(())
+    }
+
+    fn origin(&mut self) -> Result<()> {
+        let ca = self.ca_path();
+        let ready = self.dir.join("origin-ready");
+        let mut c = self.server.command(self.bins.origin.to_str().context("path")?);
+        for port in [HTTP, PROXY_HTTP, SQUID_HTTP] {
+            c.args(["--http", &format!("0.0.0.0:{port}"), "--http", &format!("[::]:{port}")]);
+        }
+        for port in [HTTPS, PROXY_HTTPS] {
+            c.args(["--https", &format!("0.0.0.0:{port}"), "--https", &format!("[::]:{port}")]);
+        }
+        c.args(["--san", SERVER_V4, "--san", SERVER_V6, "--san", "origin.lab"])
+            .arg("--ca-out")
+            .arg(&ca)
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdout(Stdio::null())
+            .stderr(self.log("synack-origin")?);
+        let p = Proc::spawn(c, "synack-origin")?;
+        wait_for(Duration::from_secs(10), "the origin to listen", || ready.exists().then_some(()))?;
+        self.procs.push(p);
+        Ok(())
+    }
+
+    fn wait_listen(&self, ns: &Netns, port: u16, what: &str) -> Result<()> {
+        wait_for(Duration::from_secs(15), what, || {
+            ns.exec(&["ss", "-Hltn", &format!("sport = :{port}")])
+                .ok()
+                .filter(|s| !s.trim().is_empty())
+                .map(|_| ())
+        })
+    }
+
+    /// haproxy in mid, terminating TCP for ports 9080/9443 and connecting to
+    /// the original destination.
+    fn haproxy(&mut self) -> Result<()> {
+        let cfg = self.dir.join("haproxy.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global\n  maxconn 2000\n\
+                 defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n\
+                 frontend intercept\n  bind 0.0.0.0:{HAPROXY_PORT}\n  bind [::]:{HAPROXY_PORT} v6only transparent\n  default_backend original\n\
+                 backend original\n  server orig 0.0.0.0:0\n"
+            ),
+        )?;
+        let ports = format!("{PROXY_HTTP},{PROXY_HTTPS}");
+        let m = &self.mid;
+        // Never let mid's own connections reach the proxy: haproxy would
+        // connect to itself in a loop.
+        for src in [MID_C_V4, MID_S_V4, "127.0.0.0/8"] {
+            m.exec(&[
+                "iptables", "-A", "INPUT", "-p", "tcp", "--dport", &HAPROXY_PORT.to_string(),
+                "-s", src, "-j", "REJECT",
+            ])?;
+        }
+        for src in [MID_C_V6, MID_S_V6, "::1"] {
+            m.exec(&[
+                "ip6tables", "-A", "INPUT", "-p", "tcp", "--dport", &HAPROXY_PORT.to_string(),
+                "-s", src, "-j", "REJECT",
+            ])?;
+        }
+        m.exec(&[
+            "iptables", "-t", "nat", "-A", "PREROUTING", "-i", &self.mid_c_if, "-p", "tcp", "-m",
+            "multiport", "--dports", &ports, "-j", "REDIRECT", "--to-ports",
+            &HAPROXY_PORT.to_string(),
+        ])?;
+        m.exec(&[
+            "ip6tables", "-t", "mangle", "-A", "PREROUTING", "-i", &self.mid_c_if, "-p", "tcp",
+            "-m", "multiport", "--dports", &ports, "-j", "TPROXY", "--on-port",
+            &HAPROXY_PORT.to_string(), "--tproxy-mark", "0x1/0x1",
+        ])?;
+        m.exec(&["ip", "-6", "rule", "add", "fwmark", "0x1/0x1", "lookup", "100"])?;
+        m.exec(&["ip", "-6", "route", "add", "local", "::/0", "dev", "lo", "table", "100"])?;
+        let mut c = m.command("haproxy");
+        c.arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(self.log("haproxy")?);
+        self.procs.push(Proc::spawn(c, "haproxy")?);
+        self.wait_listen(m, HAPROXY_PORT, "haproxy to listen")
+    }
+
+    /// squid in mid, intercepting plain HTTP to port 10080.
+    fn squid(&mut self) -> Result<()> {
+        let d = self.dir.join("squid");
+        std::fs::create_dir_all(&d)?;
+        // squid drops privileges to its own user: let it write here.
+        sh(&["chmod", "0777", d.to_str().context("path")?])?;
+        let hosts = d.join("hosts");
+        std::fs::write(&hosts, "127.0.0.1 localhost\n")?;
+        let cfg = d.join("squid.conf");
+        let p = |x: &Path| x.display().to_string();
+        std::fs::write(
+            &cfg,
+            format!(
+                "http_port {SQUID_PLAIN_PORT}\nhttp_port {SQUID_INTERCEPT_PORT} intercept\n\
+                 http_access allow all\ncache deny all\naccess_log none\n\
+                 cache_log {}\npid_filename {}\ncoredump_dir {}\n\
+                 hosts_file {}\ndns_nameservers 127.0.0.1\nvisible_hostname synack-lab-mid\n\
+                 shutdown_lifetime 0 seconds\n",
+                p(&d.join("cache.log")),
+                p(&d.join("squid.pid")),
+                p(&d),
+                p(&hosts)
+            ),
+        )?;
+        let m = &self.mid;
+        m.exec(&[
+            "iptables", "-t", "nat", "-A", "PREROUTING", "-i", &self.mid_c_if, "-p", "tcp",
+            "--dport", &SQUID_HTTP.to_string(), "-j", "REDIRECT", "--to-ports",
+            &SQUID_INTERCEPT_PORT.to_string(),
+        ])?;
+        // IPv6 interception where the kernel has IPv6 NAT; squid over IPv4 otherwise.
+        let _ = m.exec(&[
+            "ip6tables", "-t", "nat", "-A", "PREROUTING", "-i", &self.mid_c_if, "-p", "tcp",
+            "--dport", &SQUID_HTTP.to_string(), "-j", "REDIRECT", "--to-ports",
+            &SQUID_INTERCEPT_PORT.to_string(),
+        ]);
+        let mut c = m.command("squid");
+        c.arg("-N")
+            .arg("-f")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(self.log("squid")?);
+        self.procs.push(Proc::spawn(c, "squid")?);
+        self.wait_listen(m, SQUID_INTERCEPT_PORT, "squid to listen")
+    }
+
+    /// A log file in the lab's directory for a process's stderr (also keeps
+    /// a persisted lab's processes off the terminal that started them).
+    fn log(&self, name: &str) -> Result<std::fs::File> {
+        let p = self.dir.join(&format!("{name}.log"));
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .with_context(|| format!("creating {}", p.display()))
+    }
+
+    /// The PEM file of the CA that signed the origin's certificate.
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.join("origin-ca.pem")
+    }
+
+    /// A URL on the origin, reached the given way.
+    pub fn url(&self, via: Via, tls: bool, v6: bool, path: &str) -> String {
+        url(via, tls, v6, path)
+    }
+
+    /// Hands everything over to a state file (for `cargo xtask lab up`).
+    pub fn persist(mut self) -> State {
+        let mut pids = Vec::new();
+        if let Some(d) = self.delay.take() {
+            pids.push((d.keep(), "synack-delay".to_string()));
+        }
+        for p in std::mem::take(&mut self.procs) {
+            let label = p.label.clone();
+            pids.push((p.keep(), label));
+        }
+        let Lab {
+            client,
+            mid,
+            server,
+            dir,
+            delays,
+            ..
+        } = self;
+        let (c, m, s) = (client.keep(), mid.keep(), server.keep());
+        State {
+            namespaces: vec![c.clone(), m.clone(), s.clone()],
+            pids,
+            dir: dir.keep(),
+            client: c,
+            mid: m,
+            server: s,
+            delays,
+        }
+    }
+}
+
+/// A URL on the lab's origin.
+pub fn url(via: Via, tls: bool, v6: bool, path: &str) -> String {
+    let port = match (via, tls) {
+        (Via::Direct, false) => HTTP,
+        (Via::Direct, true) => HTTPS,
+        (Via::TcpProxy, false) => PROXY_HTTP,
+        (Via::TcpProxy, true) => PROXY_HTTPS,
+        (Via::HttpProxy, _) => SQUID_HTTP,
+    };
+    let scheme = if tls && via != Via::HttpProxy { "https" } else { "http" };
+    let host = if v6 {
+        format!("[{SERVER_V6}]")
+    } else {
+        SERVER_V4.to_string()
+    };
+    format!("{scheme}://{host}:{port}{path}")
+}
+
+/// Removes a persisted lab: stops the processes it started (checking that
+/// each pid still runs the program it started), deletes its namespaces and
+/// files.
+pub fn down(state: &State) -> Result<()> {
+    for (pid, name) in &state.pids {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        // comm is cut at 15 characters.
+        let want: String = name.chars().take(15).collect();
+        if comm.trim() == want {
+            // SAFETY: kill(2) on a pid we started and just checked.
+            unsafe { libc::kill(*pid, libc::SIGTERM) };
+        }
+    }
+    let _ = wait_for(Duration::from_secs(5), "lab processes to stop", || {
+        state
+            .pids
+            .iter()
+            .all(|(pid, _)| !Path::new(&format!("/proc/{pid}")).exists())
+            .then_some(())
+    });
+    for (pid, name) in &state.pids {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == name.chars().take(15).collect::<String>() {
+            // SAFETY: as above; it ignored SIGTERM.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+    }
+    for ns in &state.namespaces {
+        let _ = sh(&["ip", "netns", "del", ns]);
+    }
+    let _ = std::fs::remove_dir_all(&state.dir);
+    Ok(())
+}
+
+/// Whether an address is one of the lab's.
+pub fn is_lab_addr(ip: IpAddr) -> bool {
+    [CLIENT_V4, MID_C_V4, MID_S_V4, SERVER_V4, CLIENT_V6, MID_C_V6, MID_S_V6, SERVER_V6]
+        .iter()
+        .any(|a| a.parse::<IpAddr>().ok() == Some(ip))
+}
