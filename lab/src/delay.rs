@@ -51,6 +51,50 @@ impl<T> DelayLine<T> {
     }
 }
 
+/// Drops the first SYN of each of the next N connections, letting their
+/// retransmitted SYNs through (a connection is its addresses, ports and ISN).
+pub struct SynDropper {
+    left: u32,
+    seen: std::collections::HashSet<Vec<u8>>,
+}
+
+impl SynDropper {
+    pub fn new(n: u32) -> Self {
+        SynDropper {
+            left: n,
+            seen: Default::default(),
+        }
+    }
+
+    /// Decides for one IP packet.
+    pub fn should_drop(&mut self, ip: &[u8]) -> bool {
+        if self.left == 0 || !is_tcp_syn(ip) {
+            return false;
+        }
+        let Some(id) = syn_identity(ip) else {
+            return false;
+        };
+        if self.seen.insert(id) {
+            self.left -= 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Addresses, ports and sequence number of a SYN.
+fn syn_identity(ip: &[u8]) -> Option<Vec<u8>> {
+    let (addrs, off) = match ip.first()? >> 4 {
+        4 => (ip.get(12..20)?, (ip[0] & 0x0f) as usize * 4),
+        6 => (ip.get(8..40)?, 40),
+        _ => return None,
+    };
+    let mut v = addrs.to_vec();
+    v.extend_from_slice(ip.get(off..off + 8)?);
+    Some(v)
+}
+
 /// True for an IPv4 or IPv6 packet carrying a TCP SYN without ACK.
 pub fn is_tcp_syn(ip: &[u8]) -> bool {
     let (proto, off) = match ip.first().map(|b| b >> 4) {
@@ -93,6 +137,27 @@ mod tests {
         let mut l = DelayLine::new(Duration::ZERO);
         l.push(t0, "a");
         assert_eq!(l.pop_due(t0), vec!["a"]);
+    }
+
+    #[test]
+    fn drops_only_the_first_syn_of_each_connection() {
+        let syn = |port: u8, seq: u8| {
+            let mut v4 = vec![0u8; 40];
+            v4[0] = 0x45;
+            v4[9] = 6;
+            v4[21] = port;
+            v4[27] = seq;
+            v4[33] = 0x02;
+            v4
+        };
+        let mut d = SynDropper::new(2);
+        assert!(d.should_drop(&syn(1, 1)));
+        assert!(!d.should_drop(&syn(1, 1)), "a retransmission passes");
+        assert!(d.should_drop(&syn(2, 1)));
+        assert!(!d.should_drop(&syn(3, 1)), "only two connections");
+        let mut ack = syn(4, 1);
+        ack[33] = 0x10;
+        assert!(!SynDropper::new(5).should_drop(&ack));
     }
 
     #[test]

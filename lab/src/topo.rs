@@ -51,7 +51,8 @@ pub struct Delays {
     pub client_rtt: Duration,
     /// Round-trip time added on the mid - server link (half each way).
     pub server_rtt: Duration,
-    /// Drop this many of the client's first SYNs in mid.
+    /// Drop the first SYN of each of the client's next N connections in mid
+    /// (the retransmitted SYNs pass).
     pub drop_syns: u32,
 }
 
@@ -118,9 +119,15 @@ impl Lab {
     /// Builds the lab, starts the delay line and the origin, and the proxies
     /// when `proxies` is set.
     pub fn up(bins: &Bins, delays: Delays, proxies: bool) -> Result<Lab> {
-        for (what, p) in [("synack-origin", &bins.origin), ("synack-delay", &bins.delay)] {
+        for (what, p) in [
+            ("synack-origin", &bins.origin),
+            ("synack-delay", &bins.delay),
+        ] {
             if !p.exists() {
-                bail!("{what} not found at {}: build with `cargo xtask build`", p.display());
+                bail!(
+                    "{what} not found at {}: build with `cargo xtask build`",
+                    p.display()
+                );
             }
         }
         let id = unique("sl");
@@ -144,28 +151,62 @@ impl Lab {
         };
         lab.wire()?;
         lab.queues()?;
-        lab.set_delays(delays)?;
+        // Warm up without delays or drops, then apply what was asked.
+        lab.set_delays(Delays::default())?;
         lab.origin()?;
         if proxies {
             lab.haproxy()?;
             lab.squid()?;
         }
+        lab.warm_up()?;
+        lab.set_delays(delays)?;
         Ok(lab)
     }
 
     fn wire(&self) -> Result<()> {
         let (c, m, s) = (&self.client.name, &self.mid.name, &self.server.name);
         sh(&[
-            "ip", "link", "add", &self.client_if, "netns", c, "type", "veth", "peer", "name",
-            &self.mid_c_if, "netns", m,
+            "ip",
+            "link",
+            "add",
+            &self.client_if,
+            "netns",
+            c,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &self.mid_c_if,
+            "netns",
+            m,
         ])?;
         sh(&[
-            "ip", "link", "add", &self.mid_s_if, "netns", m, "type", "veth", "peer", "name",
-            &self.server_if, "netns", s,
+            "ip",
+            "link",
+            "add",
+            &self.mid_s_if,
+            "netns",
+            m,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &self.server_if,
+            "netns",
+            s,
         ])?;
         let addr = |ns: &Netns, ifn: &str, v4: &str, v6: &str| -> Result<()> {
             ns.exec(&["ip", "addr", "add", &format!("{v4}/24"), "dev", ifn])?;
-            ns.exec(&["ip", "-6", "addr", "add", &format!("{v6}/64"), "dev", ifn, "nodad"])?;
+            ns.exec(&[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                ifn,
+                "nodad",
+            ])?;
             ns.exec(&["ip", "link", "set", ifn, "up"])?;
             wire_sized(ns, ifn)
         };
@@ -173,19 +214,25 @@ impl Lab {
         addr(&self.mid, &self.mid_c_if, MID_C_V4, MID_C_V6)?;
         addr(&self.mid, &self.mid_s_if, MID_S_V4, MID_S_V6)?;
         addr(&self.server, &self.server_if, SERVER_V4, SERVER_V6)?;
-        self.client.exec(&["ip", "route", "add", "default", "via", MID_C_V4])?;
-        self.client.exec(&["ip", "-6", "route", "add", "default", "via", MID_C_V6])?;
-        self.server.exec(&["ip", "route", "add", "default", "via", MID_S_V4])?;
-        self.server.exec(&["ip", "-6", "route", "add", "default", "via", MID_S_V6])?;
+        self.client
+            .exec(&["ip", "route", "add", "default", "via", MID_C_V4])?;
+        self.client
+            .exec(&["ip", "-6", "route", "add", "default", "via", MID_C_V6])?;
+        self.server
+            .exec(&["ip", "route", "add", "default", "via", MID_S_V4])?;
+        self.server
+            .exec(&["ip", "-6", "route", "add", "default", "via", MID_S_V6])?;
         self.mid.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-        self.mid.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+        self.mid
+            .exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
         // A proxy's segments held in the NFQUEUE delay line still count as
         // in flight on its socket, and TCP autocorking then holds its next
         // small write until the held one leaves: one extra one-way delay per
         // write that a real NIC (which frees packets in microseconds) would
         // never cause. Measured: +20 ms on every HTTPS request through
         // haproxy at 40 ms RTT. See docs/lab.md.
-        self.mid.exec(&["sysctl", "-qw", "net.ipv4.tcp_autocorking=0"])?;
+        self.mid
+            .exec(&["sysctl", "-qw", "net.ipv4.tcp_autocorking=0"])?;
         Ok(())
     }
 
@@ -202,7 +249,17 @@ impl Lab {
                 ("mangle", "POSTROUTING", "-o", &self.mid_s_if, "3"),
             ] {
                 self.mid.exec(&[
-                    ipt, "-t", table, "-A", chain, dir, ifn, "-j", "NFQUEUE", "--queue-num", q,
+                    ipt,
+                    "-t",
+                    table,
+                    "-A",
+                    chain,
+                    dir,
+                    ifn,
+                    "-j",
+                    "NFQUEUE",
+                    "--queue-num",
+                    q,
                     "--queue-bypass",
                 ])?;
             }
@@ -226,12 +283,16 @@ impl Lab {
             .stdout(Stdio::null())
             .stderr(self.log("synack-delay")?);
         let mut p = Proc::spawn(c, "synack-delay")?;
-        wait_for(Duration::from_secs(10), "the delay line to bind its queues", || {
-            if let Ok(Some(st)) = p.child.try_wait() {
-                return Some(Err(anyhow::anyhow!("synack-delay exited: {st}")));
-            }
-            ready.exists().then_some(Ok(()))
-        })??;
+        wait_for(
+            Duration::from_secs(10),
+            "the delay line to bind its queues",
+            || {
+                if let Ok(Some(st)) = p.child.try_wait() {
+                    return Some(Err(anyhow::anyhow!("synack-delay exited: {st}")));
+                }
+                ready.exists().then_some(Ok(()))
+            },
+        )??;
         self.delay = Some(p);
         self.delays = d;
         Ok(())
@@ -240,23 +301,57 @@ impl Lab {
     fn origin(&mut self) -> Result<()> {
         let ca = self.ca_path();
         let ready = self.dir.join("origin-ready");
-        let mut c = self.server.command(self.bins.origin.to_str().context("path")?);
+        let mut c = self
+            .server
+            .command(self.bins.origin.to_str().context("path")?);
         for port in [HTTP, PROXY_HTTP, SQUID_HTTP] {
-            c.args(["--http", &format!("0.0.0.0:{port}"), "--http", &format!("[::]:{port}")]);
+            c.args([
+                "--http",
+                &format!("0.0.0.0:{port}"),
+                "--http",
+                &format!("[::]:{port}"),
+            ]);
         }
         for port in [HTTPS, PROXY_HTTPS] {
-            c.args(["--https", &format!("0.0.0.0:{port}"), "--https", &format!("[::]:{port}")]);
+            c.args([
+                "--https",
+                &format!("0.0.0.0:{port}"),
+                "--https",
+                &format!("[::]:{port}"),
+            ]);
         }
-        c.args(["--san", SERVER_V4, "--san", SERVER_V6, "--san", "origin.lab"])
-            .arg("--ca-out")
-            .arg(&ca)
-            .arg("--ready-file")
-            .arg(&ready)
-            .stdout(Stdio::null())
-            .stderr(self.log("synack-origin")?);
+        c.args([
+            "--san",
+            SERVER_V4,
+            "--san",
+            SERVER_V6,
+            "--san",
+            "origin.lab",
+        ])
+        .arg("--ca-out")
+        .arg(&ca)
+        .arg("--ready-file")
+        .arg(&ready)
+        .stdout(Stdio::null())
+        .stderr(self.log("synack-origin")?);
         let p = Proc::spawn(c, "synack-origin")?;
-        wait_for(Duration::from_secs(10), "the origin to listen", || ready.exists().then_some(()))?;
+        wait_for(Duration::from_secs(10), "the origin to listen", || {
+            ready.exists().then_some(())
+        })?;
         self.procs.push(p);
+        Ok(())
+    }
+
+    /// One request per address family, so that neighbour discovery (ARP,
+    /// and IPv6 NDP, which the delay line delays like any IP packet) is done
+    /// before anything is measured.
+    fn warm_up(&self) -> Result<()> {
+        for v6 in [false, true] {
+            let u = url(Via::Direct, false, v6, "/");
+            self.client
+                .exec(&["curl", "-s", "-o", "/dev/null", "-m", "10", &u])
+                .with_context(|| format!("warm-up request to {u}"))?;
+        }
         Ok(())
     }
 
@@ -288,28 +383,80 @@ impl Lab {
         // connect to itself in a loop.
         for src in [MID_C_V4, MID_S_V4, "127.0.0.0/8"] {
             m.exec(&[
-                "iptables", "-A", "INPUT", "-p", "tcp", "--dport", &HAPROXY_PORT.to_string(),
-                "-s", src, "-j", "REJECT",
+                "iptables",
+                "-A",
+                "INPUT",
+                "-p",
+                "tcp",
+                "--dport",
+                &HAPROXY_PORT.to_string(),
+                "-s",
+                src,
+                "-j",
+                "REJECT",
             ])?;
         }
         for src in [MID_C_V6, MID_S_V6, "::1"] {
             m.exec(&[
-                "ip6tables", "-A", "INPUT", "-p", "tcp", "--dport", &HAPROXY_PORT.to_string(),
-                "-s", src, "-j", "REJECT",
+                "ip6tables",
+                "-A",
+                "INPUT",
+                "-p",
+                "tcp",
+                "--dport",
+                &HAPROXY_PORT.to_string(),
+                "-s",
+                src,
+                "-j",
+                "REJECT",
             ])?;
         }
         m.exec(&[
-            "iptables", "-t", "nat", "-A", "PREROUTING", "-i", &self.mid_c_if, "-p", "tcp", "-m",
-            "multiport", "--dports", &ports, "-j", "REDIRECT", "--to-ports",
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-i",
+            &self.mid_c_if,
+            "-p",
+            "tcp",
+            "-m",
+            "multiport",
+            "--dports",
+            &ports,
+            "-j",
+            "REDIRECT",
+            "--to-ports",
             &HAPROXY_PORT.to_string(),
         ])?;
         m.exec(&[
-            "ip6tables", "-t", "mangle", "-A", "PREROUTING", "-i", &self.mid_c_if, "-p", "tcp",
-            "-m", "multiport", "--dports", &ports, "-j", "TPROXY", "--on-port",
-            &HAPROXY_PORT.to_string(), "--tproxy-mark", "0x1/0x1",
+            "ip6tables",
+            "-t",
+            "mangle",
+            "-A",
+            "PREROUTING",
+            "-i",
+            &self.mid_c_if,
+            "-p",
+            "tcp",
+            "-m",
+            "multiport",
+            "--dports",
+            &ports,
+            "-j",
+            "TPROXY",
+            "--on-port",
+            &HAPROXY_PORT.to_string(),
+            "--tproxy-mark",
+            "0x1/0x1",
         ])?;
-        m.exec(&["ip", "-6", "rule", "add", "fwmark", "0x1/0x1", "lookup", "100"])?;
-        m.exec(&["ip", "-6", "route", "add", "local", "::/0", "dev", "lo", "table", "100"])?;
+        m.exec(&[
+            "ip", "-6", "rule", "add", "fwmark", "0x1/0x1", "lookup", "100",
+        ])?;
+        m.exec(&[
+            "ip", "-6", "route", "add", "local", "::/0", "dev", "lo", "table", "100",
+        ])?;
         let mut c = m.command("haproxy");
         c.arg("-db")
             .arg("-f")
@@ -346,14 +493,38 @@ impl Lab {
         )?;
         let m = &self.mid;
         m.exec(&[
-            "iptables", "-t", "nat", "-A", "PREROUTING", "-i", &self.mid_c_if, "-p", "tcp",
-            "--dport", &SQUID_HTTP.to_string(), "-j", "REDIRECT", "--to-ports",
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-i",
+            &self.mid_c_if,
+            "-p",
+            "tcp",
+            "--dport",
+            &SQUID_HTTP.to_string(),
+            "-j",
+            "REDIRECT",
+            "--to-ports",
             &SQUID_INTERCEPT_PORT.to_string(),
         ])?;
         // IPv6 interception where the kernel has IPv6 NAT; squid over IPv4 otherwise.
         let _ = m.exec(&[
-            "ip6tables", "-t", "nat", "-A", "PREROUTING", "-i", &self.mid_c_if, "-p", "tcp",
-            "--dport", &SQUID_HTTP.to_string(), "-j", "REDIRECT", "--to-ports",
+            "ip6tables",
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-i",
+            &self.mid_c_if,
+            "-p",
+            "tcp",
+            "--dport",
+            &SQUID_HTTP.to_string(),
+            "-j",
+            "REDIRECT",
+            "--to-ports",
             &SQUID_INTERCEPT_PORT.to_string(),
         ]);
         let mut c = m.command("squid");
@@ -427,7 +598,11 @@ pub fn url(via: Via, tls: bool, v6: bool, path: &str) -> String {
         (Via::TcpProxy, true) => PROXY_HTTPS,
         (Via::HttpProxy, _) => SQUID_HTTP,
     };
-    let scheme = if tls && via != Via::HttpProxy { "https" } else { "http" };
+    let scheme = if tls && via != Via::HttpProxy {
+        "https"
+    } else {
+        "http"
+    };
     let host = if v6 {
         format!("[{SERVER_V6}]")
     } else {
@@ -472,7 +647,9 @@ pub fn down(state: &State) -> Result<()> {
 
 /// Whether an address is one of the lab's.
 pub fn is_lab_addr(ip: IpAddr) -> bool {
-    [CLIENT_V4, MID_C_V4, MID_S_V4, SERVER_V4, CLIENT_V6, MID_C_V6, MID_S_V6, SERVER_V6]
-        .iter()
-        .any(|a| a.parse::<IpAddr>().ok() == Some(ip))
+    [
+        CLIENT_V4, MID_C_V4, MID_S_V4, SERVER_V4, CLIENT_V6, MID_C_V6, MID_S_V6, SERVER_V6,
+    ]
+    .iter()
+    .any(|a| a.parse::<IpAddr>().ok() == Some(ip))
 }

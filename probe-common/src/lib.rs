@@ -146,7 +146,7 @@ pub const EARLY_SEGMENTS: u16 = 32;
 pub const STAT_RINGBUF_FULL: u32 = 0;
 /// A new flow could not be inserted into `FLOWS`.
 pub const STAT_FLOW_INSERT_FAILED: u32 = 1;
-/// Packets of a tracked flow that could not be parsed (IPv6 fragments, ...).
+/// IP fragments (IPv4 or IPv6) whose TCP header could not be read.
 pub const STAT_PARSE_SKIPPED: u32 = 2;
 /// Number of entries in `STATS`.
 pub const STAT_COUNT: u32 = 4;

@@ -149,6 +149,9 @@ fn parse(ctx: &TcContext) -> Result<Pkt, ()> {
         let frag = u16::from_be(read::<u16>(ctx, l2 + 6)?);
         // Any fragment but an unfragmented packet: headers may be missing.
         if frag & 0x3fff != 0 {
+            if frag & 0x1fff == 0 {
+                count(STAT_PARSE_SKIPPED);
+            }
             return Err(());
         }
         p.ttl = read(ctx, l2 + 8)?;
@@ -181,8 +184,11 @@ fn parse(ctx: &TcContext) -> Result<Pkt, ()> {
             if next == IPPROTO_TCP {
                 break;
             }
-            if next != 0 && next != 43 && next != 60 {
+            if next == 44 {
                 count(STAT_PARSE_SKIPPED);
+                return Err(());
+            }
+            if next != 0 && next != 43 && next != 60 {
                 return Err(());
             }
             let nh: u8 = read(ctx, off)?;

@@ -103,19 +103,16 @@ pub struct Drops {
     pub flow_insert_failed: u64,
     /// Tracked connections whose kernel state was evicted from the LRU table.
     pub flows_evicted: u64,
-    /// Packets of tracked connections that could not be parsed (IPv6 fragments, ...).
-    pub parse_skipped: u64,
+    /// IP fragments the classifiers could not read a TCP header from (not
+    /// necessarily ours; informational, not counted as loss).
+    pub fragments_skipped: u64,
     /// Ring buffer records user space could not decode.
     pub undecodable: u64,
 }
 
 impl Drops {
     pub fn total(&self) -> u64 {
-        self.ringbuf_full
-            + self.flow_insert_failed
-            + self.flows_evicted
-            + self.parse_skipped
-            + self.undecodable
+        self.ringbuf_full + self.flow_insert_failed + self.flows_evicted + self.undecodable
     }
 }
 
@@ -326,7 +323,7 @@ impl Kernel {
             ringbuf_full: sum(STAT_RINGBUF_FULL),
             flow_insert_failed: sum(STAT_FLOW_INSERT_FAILED),
             flows_evicted: self.evicted,
-            parse_skipped: sum(STAT_PARSE_SKIPPED),
+            fragments_skipped: sum(STAT_PARSE_SKIPPED),
             undecodable: self.undecodable,
         }
     }

@@ -81,7 +81,9 @@ pub fn local_nets() -> io::Result<Vec<LocalNet>> {
         // SAFETY: p is a node of the list getifaddrs returned.
         let ifa = unsafe { &*p };
         // SAFETY: addresses point to sockaddr structures of the family they name.
-        if let (Some(a), Some(m)) = unsafe { (sockaddr_ip(ifa.ifa_addr), sockaddr_ip(ifa.ifa_netmask)) } {
+        if let (Some(a), Some(m)) =
+            unsafe { (sockaddr_ip(ifa.ifa_addr), sockaddr_ip(ifa.ifa_netmask)) }
+        {
             let prefix = match m {
                 std::net::IpAddr::V4(m) => u32::from(m).count_ones() as u8,
                 std::net::IpAddr::V6(m) => u128::from(m).count_ones() as u8,
@@ -126,11 +128,19 @@ pub fn on_link(ip: std::net::IpAddr, nets: &[LocalNet]) -> bool {
     };
     nets.iter().any(|n| match (n.addr, ip) {
         (std::net::IpAddr::V4(a), std::net::IpAddr::V4(b)) => {
-            let m = if n.prefix == 0 { 0 } else { u32::MAX << (32 - n.prefix.min(32)) };
+            let m = if n.prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - n.prefix.min(32))
+            };
             u32::from(a) & m == u32::from(b) & m
         }
         (std::net::IpAddr::V6(a), std::net::IpAddr::V6(b)) => {
-            let m = if n.prefix == 0 { 0 } else { u128::MAX << (128 - n.prefix.min(128)) };
+            let m = if n.prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - n.prefix.min(128))
+            };
             u128::from(a) & m == u128::from(b) & m
         }
         _ => false,
@@ -208,9 +218,18 @@ mod tests {
     #[test]
     fn on_link_by_prefix() {
         let nets = [
-            LocalNet { addr: "10.10.1.1".parse().unwrap(), prefix: 24 },
-            LocalNet { addr: "fd00:1::1".parse().unwrap(), prefix: 64 },
-            LocalNet { addr: "127.0.0.1".parse().unwrap(), prefix: 8 },
+            LocalNet {
+                addr: "10.10.1.1".parse().unwrap(),
+                prefix: 24,
+            },
+            LocalNet {
+                addr: "fd00:1::1".parse().unwrap(),
+                prefix: 64,
+            },
+            LocalNet {
+                addr: "127.0.0.1".parse().unwrap(),
+                prefix: 8,
+            },
         ];
         assert!(on_link("10.10.1.254".parse().unwrap(), &nets));
         assert!(!on_link("10.10.2.1".parse().unwrap(), &nets));

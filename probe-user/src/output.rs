@@ -106,7 +106,11 @@ pub fn human(r: &Record) -> String {
             phases: r.phases.clone(),
             middlebox: r.middlebox.clone(),
         };
-        let _ = writeln!(s, "\n  verdict: {}", crate::verdict::sentence(&a, &r.facts()));
+        let _ = writeln!(
+            s,
+            "\n  verdict: {}",
+            crate::verdict::sentence(&a, &r.facts())
+        );
         let p = &r.phases;
         if p.network_ms.is_some() || p.local_stack_ms.is_some() {
             let _ = writeln!(
@@ -128,8 +132,8 @@ pub fn human(r: &Record) -> String {
     } else {
         let _ = writeln!(
             s,
-            "  LOST: ring buffer full {}, flow table full {}, flows evicted {}, unparsable packets {}, undecodable {}",
-            d.ringbuf_full, d.flow_insert_failed, d.flows_evicted, d.parse_skipped, d.undecodable
+            "  LOST: ring buffer full {}, flow table full {}, flows evicted {}, undecodable {}",
+            d.ringbuf_full, d.flow_insert_failed, d.flows_evicted, d.undecodable
         );
     }
     s

@@ -696,8 +696,15 @@ impl Prober {
             if self.opts.dump_events {
                 eprintln!(
                     "event t={} kind={} dir={} seq={} ack={} len={} flags={:#x} evf={} ttl={}",
-                    ev.ts_ns, ev.kind, ev.dir, ev.seq, ev.ack, ev.payload_len, ev.tcp_flags,
-                    ev.ev_flags, ev.ttl
+                    ev.ts_ns,
+                    ev.kind,
+                    ev.dir,
+                    ev.seq,
+                    ev.ack,
+                    ev.payload_len,
+                    ev.tcp_flags,
+                    ev.ev_flags,
+                    ev.ttl
                 );
             }
             flow.get_or_insert_with(|| Flow::new(ev.key, ev.cookie))

@@ -142,7 +142,10 @@ pub struct Record {
 impl Record {
     /// CLOCK_MONOTONIC ns of the first timeline entry with this name.
     pub fn at(&self, event: &str) -> Option<u64> {
-        self.timeline.iter().find(|e| e.event == event).map(|e| e.t_ns)
+        self.timeline
+            .iter()
+            .find(|e| e.event == event)
+            .map(|e| e.t_ns)
     }
 
     /// The verdict's inputs.

@@ -42,7 +42,10 @@ pub struct RequestMarks {
 /// response (offset below `response_at`): the TLS endpoint answered at once.
 fn tls_round2(f: &Flow, response_at: Option<u64>) -> Option<(u64, u64)> {
     let second = f.out.iter().filter(|s| s.turn_start && !s.retrans).nth(1)?;
-    let reply = f.inb.iter().find(|s| !s.retrans && s.ts_ns > second.ts_ns)?;
+    let reply = f
+        .inb
+        .iter()
+        .find(|s| !s.retrans && s.ts_ns > second.ts_ns)?;
     let reply_off = f.in_offset(reply.seq)? as u64;
     if reply_off >= response_at? {
         // That is the response itself: think time is in it.

@@ -155,7 +155,9 @@ pub fn analyze(conn: &[Facts]) -> Vec<Analysis> {
                     f.remote
                 ));
             } else {
-                direct_checks.push(format!("the TCP endpoint is {k} hops away (TTL-limited SYNs)"));
+                direct_checks.push(format!(
+                    "the TCP endpoint is {k} hops away (TTL-limited SYNs)"
+                ));
             }
         }
     }
@@ -371,7 +373,10 @@ pub fn sentence(a: &Analysis, f: &Facts) -> String {
                 _ => format!(
                     "middlebox: TCP is terminated{hops}{near}; the first byte came {} later \
                      (middlebox upstream and server together; they cannot be told apart here).",
-                    f.ttfb.zip(mb.near_rtt_ms).map(|(t, h)| r(t - h)).unwrap_or("-".into())
+                    f.ttfb
+                        .zip(mb.near_rtt_ms)
+                        .map(|(t, h)| r(t - h))
+                        .unwrap_or("-".into())
                 ),
             }
         }
@@ -418,7 +423,11 @@ mod tests {
             tls_rtt: None,
             tls_round2: None,
             span: Some(if index == 0 { h + ttfb + 0.2 } else { ttfb }),
-            user_span: Some(if index == 0 { h + ttfb + 0.5 } else { ttfb + 0.2 }),
+            user_span: Some(if index == 0 {
+                h + ttfb + 0.5
+            } else {
+                ttfb + 0.2
+            }),
             ..tls(h, 0.0, None, ttfb, hops)
         }
     }
@@ -481,7 +490,11 @@ mod tests {
             assert_eq!(x.verdict.path, PathKind::Middlebox);
             let mb = x.middlebox.as_ref().unwrap();
             assert!(near(mb.origin_rtt_ms.unwrap(), 40.7, 0.01));
-            assert!(near(x.phases.server_ms.unwrap(), 20.0, 0.01), "{:?}", x.phases);
+            assert!(
+                near(x.phases.server_ms.unwrap(), 20.0, 0.01),
+                "{:?}",
+                x.phases
+            );
         }
         assert!(near(a[1].phases.middlebox_ms.unwrap(), 40.7, 0.01));
         assert!(near(a[0].phases.middlebox_ms.unwrap(), 81.4, 0.01));
@@ -493,7 +506,12 @@ mod tests {
         assert_eq!(a[0].verdict.path, PathKind::Middlebox);
         assert_eq!(a[0].phases.server_ms, None);
         assert_eq!(a[0].middlebox.as_ref().unwrap().origin_rtt_ms, None);
-        assert!(a[0].verdict.reasons.iter().any(|r| r.contains("cannot be told apart")));
+        assert!(
+            a[0].verdict
+                .reasons
+                .iter()
+                .any(|r| r.contains("cannot be told apart"))
+        );
         let s = sentence(&a[0], &http(0, 4.4, 105.8, 0));
         assert!(s.contains("cannot be told apart"), "{s}");
     }

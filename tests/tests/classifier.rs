@@ -51,7 +51,11 @@ impl Harness {
 
     /// Runs one direction's classifier on a frame; returns the events it submitted.
     fn run(&mut self, egress: bool, frame: &[u8]) -> Result<Vec<Event>> {
-        let name = if egress { "synack_egress" } else { "synack_ingress" };
+        let name = if egress {
+            "synack_egress"
+        } else {
+            "synack_ingress"
+        };
         let p: &SchedClassifier = self.ebpf.program(name).context(name)?.try_into()?;
         let mut out = vec![0u8; frame.len() + 256];
         let r = p.test_run(TestRunOptions {
@@ -60,7 +64,11 @@ impl Harness {
             ..Default::default()
         })?;
         assert_eq!(r.return_value as i32, -1, "must return TC_ACT_UNSPEC");
-        assert_eq!(&out[..r.data_size_out as usize], frame, "the packet must not change");
+        assert_eq!(
+            &out[..r.data_size_out as usize],
+            frame,
+            "the packet must not change"
+        );
         let mut evs = Vec::new();
         while let Some(item) = self.ring.next() {
             evs.push(decode(&item)?);
@@ -110,7 +118,9 @@ fn frame(t: Tcp) -> Result<Vec<u8>> {
         tcp = tcp.ack(a);
     }
     if !t.options.is_empty() {
-        tcp = tcp.options(t.options).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        tcp = tcp
+            .options(t.options)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     }
     let mut buf = Vec::new();
     tcp.write(&mut buf, t.payload)?;
@@ -173,7 +183,10 @@ fn conversation(h: &mut Harness, ip: Ip, sport: u16) -> Result<()> {
     // the request: a new turn
     let ev = h.run(true, &frame(out(1001, Some(5001), false, &[7; 100], &[]))?)?;
     assert_eq!(ev.len(), 1);
-    assert_eq!((ev[0].kind, ev[0].ev_flags, ev[0].payload_len), (EV_DATA, EVF_TURN_START, 100));
+    assert_eq!(
+        (ev[0].kind, ev[0].ev_flags, ev[0].payload_len),
+        (EV_DATA, EVF_TURN_START, 100)
+    );
     // its retransmission
     let ev = h.run(true, &frame(out(1001, Some(5001), false, &[7; 100], &[]))?)?;
     assert_eq!((ev[0].kind, ev[0].ev_flags), (EV_DATA, EVF_RETRANS));
@@ -182,10 +195,16 @@ fn conversation(h: &mut Harness, ip: Ip, sport: u16) -> Result<()> {
     let ev = h.run(false, &frame(inb(5001, Some(1101), false, &[8; 60], &[]))?)?;
     assert_eq!(ev.len(), 2, "{ev:?}");
     assert_eq!((ev[0].kind, ev[0].ack), (EV_ACK_COVER, 1101));
-    assert_eq!((ev[1].kind, ev[1].ev_flags, ev[1].payload_len), (EV_DATA, EVF_TURN_START, 60));
+    assert_eq!(
+        (ev[1].kind, ev[1].ev_flags, ev[1].payload_len),
+        (EV_DATA, EVF_TURN_START, 60)
+    );
 
     // a pure ACK from our side: nothing to report
-    assert!(h.run(true, &frame(out(1101, Some(5061), false, b"", &[]))?)?.is_empty());
+    assert!(
+        h.run(true, &frame(out(1101, Some(5061), false, b"", &[]))?)?
+            .is_empty()
+    );
     Ok(())
 }
 

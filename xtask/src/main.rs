@@ -119,7 +119,10 @@ fn lab(cmd: LabCmd) -> Result<()> {
             drop_syns,
         } => {
             if file.exists() {
-                bail!("a lab is already up ({}): run `cargo xtask lab down` first", file.display());
+                bail!(
+                    "a lab is already up ({}): run `cargo xtask lab down` first",
+                    file.display()
+                );
             }
             let bin = build(false)?;
             unsafe_env_for_lab(&bin);
@@ -150,7 +153,10 @@ fn lab(cmd: LabCmd) -> Result<()> {
             print_lab(&st, &bin, &st.dir.join("origin-ca.pem"));
             for (pid, name) in &st.pids {
                 let alive = Path::new(&format!("/proc/{pid}")).exists();
-                println!("  {name:<14} pid {pid:<8} {}", if alive { "running" } else { "GONE" });
+                println!(
+                    "  {name:<14} pid {pid:<8} {}",
+                    if alive { "running" } else { "GONE" }
+                );
             }
             Ok(())
         }
@@ -172,13 +178,16 @@ fn demo(think: u32, client_rtt: f64, server_rtt: f64) -> Result<()> {
     eprintln!(
         "demo: lab up (client link RTT {client_rtt} ms, mid-to-origin RTT {server_rtt} ms, origin think time {think} ms)"
     );
-    let lab = topo::Lab::up(&topo::Bins::beside_synack(), delays, true)
-        .context("bringing the lab up")?;
+    let lab =
+        topo::Lab::up(&topo::Bins::beside_synack(), delays, true).context("bringing the lab up")?;
     let ca = lab.ca_path();
     let path = format!("/delay/{think}");
     let runs = [
         ("direct", topo::url(Via::Direct, true, false, &path)),
-        ("through haproxy (transparent)", topo::url(Via::TcpProxy, true, false, &path)),
+        (
+            "through haproxy (transparent)",
+            topo::url(Via::TcpProxy, true, false, &path),
+        ),
     ];
     let mut recs = Vec::new();
     for (what, url) in &runs {
@@ -189,7 +198,10 @@ fn demo(think: u32, client_rtt: f64, server_rtt: f64) -> Result<()> {
             .arg(&ca)
             .arg(url)
             .output()?;
-        println!("=== {what}: {url}\n{}", String::from_utf8_lossy(&human.stdout));
+        println!(
+            "=== {what}: {url}\n{}",
+            String::from_utf8_lossy(&human.stdout)
+        );
         let json = lab
             .client
             .command(bin.to_str().context("path")?)
@@ -203,26 +215,55 @@ fn demo(think: u32, client_rtt: f64, server_rtt: f64) -> Result<()> {
         recs.push(v);
     }
     let msv = |v: &serde_json::Value| -> String {
-        v.as_f64().map(|x| format!("{x:.2} ms")).unwrap_or_else(|| "-".into())
+        v.as_f64()
+            .map(|x| format!("{x:.2} ms"))
+            .unwrap_or_else(|| "-".into())
     };
-    let rows: Vec<(&str, Box<dyn Fn(&serde_json::Value) -> String>)> = vec![
-        ("handshake RTT (wire)", Box::new(move |r| msv(&r["wire"]["handshake_rtt_ms"]))),
+    type Cell = Box<dyn Fn(&serde_json::Value) -> String>;
+    let rows: Vec<(&str, Cell)> = vec![
+        (
+            "handshake RTT (wire)",
+            Box::new(move |r| msv(&r["wire"]["handshake_rtt_ms"])),
+        ),
         (
             "SYN-ACK TTL (hops)",
             Box::new(|r| format!("{} ({})", r["wire"]["synack_ttl"], r["wire"]["synack_hops"])),
         ),
-        ("TLS RTT (wire)", Box::new(move |r| msv(&r["wire"]["tls_rtt_ms"]))),
+        (
+            "TLS RTT (wire)",
+            Box::new(move |r| msv(&r["wire"]["tls_rtt_ms"])),
+        ),
         ("TTFB (wire)", Box::new(move |r| msv(&r["wire"]["ttfb_ms"]))),
         ("TTFB (user)", Box::new(move |r| msv(&r["user"]["ttfb_ms"]))),
-        ("total (user)", Box::new(move |r| msv(&r["user"]["total_ms"]))),
-        ("verdict", Box::new(|r| r["verdict"]["path"].as_str().unwrap_or("-").to_string())),
-        ("origin RTT beyond it", Box::new(move |r| msv(&r["middlebox"]["origin_rtt_ms"]))),
-        ("network", Box::new(move |r| msv(&r["phases"]["network_ms"]))),
-        ("middlebox", Box::new(move |r| msv(&r["phases"]["middlebox_ms"]))),
+        (
+            "total (user)",
+            Box::new(move |r| msv(&r["user"]["total_ms"])),
+        ),
+        (
+            "verdict",
+            Box::new(|r| r["verdict"]["path"].as_str().unwrap_or("-").to_string()),
+        ),
+        (
+            "origin RTT beyond it",
+            Box::new(move |r| msv(&r["middlebox"]["origin_rtt_ms"])),
+        ),
+        (
+            "network",
+            Box::new(move |r| msv(&r["phases"]["network_ms"])),
+        ),
+        (
+            "middlebox",
+            Box::new(move |r| msv(&r["phases"]["middlebox_ms"])),
+        ),
         ("server", Box::new(move |r| msv(&r["phases"]["server_ms"]))),
-        ("local stack", Box::new(move |r| msv(&r["phases"]["local_stack_ms"]))),
+        (
+            "local stack",
+            Box::new(move |r| msv(&r["phases"]["local_stack_ms"])),
+        ),
     ];
-    println!("=== side by side (lab: set server think time {think} ms, mid-to-origin RTT {server_rtt} ms)");
+    println!(
+        "=== side by side (lab: set server think time {think} ms, mid-to-origin RTT {server_rtt} ms)"
+    );
     println!("  {:<24}{:<18}{}", "", runs[0].0, runs[1].0);
     for (name, f) in &rows {
         println!("  {:<24}{:<18}{}", name, f(&recs[0]), f(&recs[1]));
@@ -242,14 +283,28 @@ fn print_lab(st: &synack_lab::topo::State, bin: &Path, ca: &Path) {
     use synack_lab::topo::{Via, url};
     println!(
         "lab: client {}  mid {}  server {}  (client link RTT {:?}, server link RTT {:?}, drop first {} SYNs)",
-        st.client, st.mid, st.server, st.delays.client_rtt, st.delays.server_rtt, st.delays.drop_syns
+        st.client,
+        st.mid,
+        st.server,
+        st.delays.client_rtt,
+        st.delays.server_rtt,
+        st.delays.drop_syns
     );
     println!("try:");
     for (what, u) in [
         ("direct", url(Via::Direct, true, false, "/delay/20")),
-        ("through haproxy", url(Via::TcpProxy, true, false, "/delay/20")),
-        ("through squid", url(Via::HttpProxy, false, false, "/delay/20")),
-        ("IPv6 through haproxy", url(Via::TcpProxy, true, true, "/delay/20")),
+        (
+            "through haproxy",
+            url(Via::TcpProxy, true, false, "/delay/20"),
+        ),
+        (
+            "through squid",
+            url(Via::HttpProxy, false, false, "/delay/20"),
+        ),
+        (
+            "IPv6 through haproxy",
+            url(Via::TcpProxy, true, true, "/delay/20"),
+        ),
     ] {
         println!(
             "  # {what}\n  ip netns exec {} {} --cacert {} {u}",

@@ -14,7 +14,7 @@ use std::{
     path::PathBuf,
     time::{Duration, Instant},
 };
-use synack_lab::delay::{DelayLine, is_tcp_syn};
+use synack_lab::delay::{DelayLine, SynDropper};
 
 /// Delays (and optionally drops) the packets of NFQUEUE queues.
 #[derive(Parser)]
@@ -22,7 +22,8 @@ struct Cli {
     /// QUEUE=DELAY, e.g. 0=20ms or 3=0; repeatable, one thread per queue.
     #[arg(long = "queue", value_parser = parse_queue, required = true)]
     queues: Vec<(u16, Duration)>,
-    /// Drop the first N TCP SYNs (without ACK) seen on --drop-queue.
+    /// Drop the first SYN of each of the next N connections seen on
+    /// --drop-queue (their retransmitted SYNs pass).
     #[arg(long, default_value_t = 0)]
     drop_syns: u32,
     /// The queue whose SYNs are dropped.
@@ -34,7 +35,9 @@ struct Cli {
 }
 
 fn parse_queue(s: &str) -> Result<(u16, Duration), String> {
-    let (q, d) = s.split_once('=').ok_or("expected QUEUE=DELAY, e.g. 0=20ms")?;
+    let (q, d) = s
+        .split_once('=')
+        .ok_or("expected QUEUE=DELAY, e.g. 0=20ms")?;
     let q: u16 = q.parse().map_err(|_| format!("bad queue number {q:?}"))?;
     let d = d.trim();
     let us: f64 = if let Some(v) = d.strip_suffix("ms") {
@@ -89,8 +92,9 @@ fn wait_readable(fd: i32, timeout: Duration) {
     unsafe { libc::ppoll(&mut p, 1, &ts, std::ptr::null()) };
 }
 
-fn serve(mut q: Queue, fd: i32, delay: Duration, mut drop_syns: u32) -> Result<()> {
+fn serve(mut q: Queue, fd: i32, delay: Duration, drop_syns: u32) -> Result<()> {
     let mut line = DelayLine::new(delay);
+    let mut dropper = SynDropper::new(drop_syns);
     loop {
         let wait = line
             .next_due()
@@ -100,8 +104,7 @@ fn serve(mut q: Queue, fd: i32, delay: Duration, mut drop_syns: u32) -> Result<(
         loop {
             match q.recv() {
                 Ok(mut msg) => {
-                    if drop_syns > 0 && is_tcp_syn(msg.get_payload()) {
-                        drop_syns -= 1;
+                    if dropper.should_drop(msg.get_payload()) {
                         msg.set_verdict(Verdict::Drop);
                         q.verdict(msg)?;
                         continue;
@@ -122,7 +125,12 @@ fn serve(mut q: Queue, fd: i32, delay: Duration, mut drop_syns: u32) -> Result<(
 /// Opening is serialised so the new-fd trick above sees one socket at a time.
 static OPEN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn start(num: u16, delay: Duration, drop: u32, ready: std::sync::mpsc::Sender<Result<()>>) -> Result<()> {
+fn start(
+    num: u16,
+    delay: Duration,
+    drop: u32,
+    ready: std::sync::mpsc::Sender<Result<()>>,
+) -> Result<()> {
     let setup = || -> Result<(Queue, i32)> {
         let _g = OPEN.lock().unwrap_or_else(|e| e.into_inner());
         let (mut q, fd) = open_queue()?;
@@ -148,10 +156,22 @@ fn start(num: u16, delay: Duration, drop: u32, ready: std::sync::mpsc::Sender<Re
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // Real-time class before the queue threads start (they inherit it): a
+    // packet's release must not wait for the CPU. Packets are few; the
+    // threads sleep in ppoll between them.
+    if !synack_lab::realtime(50) {
+        eprintln!(
+            "synack-delay: no real-time priority (needs CAP_SYS_NICE); timing may jitter under load"
+        );
+    }
     let (tx, rx) = std::sync::mpsc::channel();
     let mut threads = Vec::new();
     for &(num, delay) in &cli.queues {
-        let drop = if num == cli.drop_queue { cli.drop_syns } else { 0 };
+        let drop = if num == cli.drop_queue {
+            cli.drop_syns
+        } else {
+            0
+        };
         let tx = tx.clone();
         threads.push(std::thread::spawn(move || start(num, delay, drop, tx)));
     }

@@ -1,0 +1,314 @@
+//! The lab scenarios, as root: real proxies (haproxy, squid) in a mid
+//! namespace, delays from the NFQUEUE delay line, the verdict and its numbers
+//! checked against what the lab set. Every scenario runs at least 10 times in
+//! a row and every run must hold.
+//!
+//! The scenarios share a lock: they measure milliseconds on a 2-core machine
+//! and must not run next to each other.
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+use std::{sync::Mutex, time::Duration};
+use synack_tests::{
+    is_root, synack_bin,
+    topo::{Bins, Delays, Lab, Via},
+};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+const RUNS: usize = 10;
+
+fn ms(v: f64) -> Duration {
+    Duration::from_secs_f64(v / 1000.0)
+}
+
+fn lab(d: Delays) -> Result<Lab> {
+    assert!(
+        is_root(),
+        "the lab scenarios need root (namespaces, eBPF, iptables): cargo xtask test"
+    );
+    Lab::up(&Bins::beside_synack(), d, true)
+}
+
+/// synack --json in the client namespace.
+fn synack(lab: &Lab, args: &[&str]) -> Result<Vec<Value>> {
+    let ca = lab.ca_path();
+    let o = lab
+        .client
+        .command(synack_bin().to_str().context("path")?)
+        .arg("--json")
+        .arg("--cacert")
+        .arg(&ca)
+        .args(args)
+        .output()?;
+    let recs = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<Vec<Value>, _>>()?;
+    anyhow::ensure!(
+        !recs.is_empty(),
+        "synack printed nothing: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Ok(recs)
+}
+
+fn f(r: &Value, path: &[&str]) -> f64 {
+    let mut v = r;
+    for p in path {
+        v = &v[*p];
+    }
+    v.as_f64()
+        .unwrap_or_else(|| panic!("{} missing in {r}", path.join(".")))
+}
+
+fn ok(r: &Value) {
+    assert!(r["error"].is_null(), "request failed: {r}");
+    assert_eq!(r["http_status"], 200, "{r}");
+    assert_eq!(r["drops"]["ringbuf_full"], 0);
+}
+
+/// The lab's own RTT with no delay set: veth, the delay line's NFQUEUE round
+/// trip and forwarding (median handshake of a few direct connections).
+fn base_rtt(lab: &Lab) -> Result<f64> {
+    let u = lab.url(Via::Direct, false, false, "/");
+    let recs = synack(lab, &["--count", "7", &u])?;
+    let mut v: Vec<f64> = recs
+        .iter()
+        .map(|r| f(r, &["wire", "handshake_rtt_ms"]))
+        .collect();
+    v.sort_by(f64::total_cmp);
+    Ok(v[v.len() / 2])
+}
+
+struct Errors {
+    name: &'static str,
+    v: Vec<f64>,
+}
+
+impl Errors {
+    fn new(name: &'static str) -> Self {
+        Errors { name, v: vec![] }
+    }
+    fn push(&mut self, e: f64) {
+        self.v.push(e);
+    }
+    fn report(&self, scenario: &str) {
+        let (m, x) = synack_tests::median_max(&self.v);
+        eprintln!(
+            "{scenario}: {} |error| median {m:.3} ms, max {x:.3} ms over {} runs",
+            self.name,
+            self.v.len()
+        );
+    }
+}
+
+#[test]
+fn direct_paths_are_direct() -> Result<()> {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = lab(Delays::default())?;
+    let base = base_rtt(&lab)?;
+    eprintln!("lab base RTT {base:.3} ms");
+    for rtt in [10.0, 40.0] {
+        lab.set_delays(Delays {
+            client_rtt: ms(rtt / 2.0),
+            server_rtt: ms(rtt / 2.0),
+            drop_syns: 0,
+        })?;
+        for think in [0u32, 30] {
+            for tls in [false, true] {
+                for v6 in [false, true] {
+                    let u = lab.url(Via::Direct, tls, v6, &format!("/delay/{think}"));
+                    let scenario = format!("direct RTT {rtt} think {think} {u}");
+                    let recs = synack(&lab, &["--count", &RUNS.to_string(), &u])?;
+                    assert_eq!(recs.len(), RUNS);
+                    let mut eh = Errors::new("handshake RTT vs set RTT + base");
+                    let mut es = Errors::new("server_ms vs think time");
+                    for r in &recs {
+                        ok(r);
+                        assert_eq!(r["verdict"]["path"], "direct", "{scenario}: {r}");
+                        let h = f(r, &["wire", "handshake_rtt_ms"]);
+                        let s = f(r, &["phases", "server_ms"]);
+                        eh.push(h - (rtt + base));
+                        es.push(s - think as f64);
+                        assert!(
+                            (h - (rtt + base)).abs() <= 1.5,
+                            "{scenario}: handshake {h} ms"
+                        );
+                        assert!((s - think as f64).abs() <= 2.0, "{scenario}: server {s} ms");
+                    }
+                    eh.report(&scenario);
+                    es.report(&scenario);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn transparent_tcp_proxy_is_found_and_measured() -> Result<()> {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (near, far, think) = (4.0, 40.0, 20u32);
+    let lab = lab(Delays {
+        client_rtt: ms(near),
+        server_rtt: ms(far),
+        drop_syns: 0,
+    })?;
+    let path = format!("/delay/{think}");
+    for v6 in [false, true] {
+        // HTTPS, one request per connection
+        let u = lab.url(Via::TcpProxy, true, v6, &path);
+        let recs = synack(&lab, &["--count", &RUNS.to_string(), &u])?;
+        assert_eq!(recs.len(), RUNS);
+        let scenario = format!("haproxy HTTPS {u}");
+        let (mut eo, mut es) = (
+            Errors::new("origin_rtt_ms vs 40"),
+            Errors::new("server_ms vs think"),
+        );
+        for r in &recs {
+            ok(r);
+            assert_eq!(r["verdict"]["path"], "middlebox", "{scenario}: {r}");
+            let o = f(r, &["middlebox", "origin_rtt_ms"]);
+            let s = f(r, &["phases", "server_ms"]);
+            eo.push(o - far);
+            es.push(s - think as f64);
+            assert!((o - far).abs() <= 3.0, "{scenario}: origin RTT {o}");
+            assert!((s - think as f64).abs() <= 3.0, "{scenario}: server {s}");
+            assert_eq!(r["middlebox"]["hops"], 0);
+            assert!((f(r, &["middlebox", "near_rtt_ms"]) - near).abs() <= 1.5);
+        }
+        eo.report(&scenario);
+        es.report(&scenario);
+
+        // plain HTTP, two requests on one connection, ten connections
+        let u = lab.url(Via::TcpProxy, false, v6, &path);
+        let recs = synack(&lab, &["--count", &RUNS.to_string(), "--reuse", "2", &u])?;
+        assert_eq!(recs.len(), 2 * RUNS);
+        let scenario = format!("haproxy HTTP --reuse 2 {u}");
+        let (mut eo, mut es) = (
+            Errors::new("origin_rtt_ms vs 40"),
+            Errors::new("server_ms vs think"),
+        );
+        for r in &recs {
+            ok(r);
+            assert_eq!(r["verdict"]["path"], "middlebox", "{scenario}: {r}");
+            let o = f(r, &["middlebox", "origin_rtt_ms"]);
+            let s = f(r, &["phases", "server_ms"]);
+            eo.push(o - far);
+            es.push(s - think as f64);
+            assert!((o - far).abs() <= 3.0, "{scenario}: origin RTT {o}");
+            assert!((s - think as f64).abs() <= 3.0, "{scenario}: server {s}");
+        }
+        eo.report(&scenario);
+        es.report(&scenario);
+    }
+    Ok(())
+}
+
+#[test]
+fn intercepting_http_proxy_is_a_middlebox() -> Result<()> {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab(Delays {
+        client_rtt: ms(4.0),
+        server_rtt: ms(20.0),
+        drop_syns: 0,
+    })?;
+    for v6 in [false, true] {
+        let u = lab.url(Via::HttpProxy, false, v6, "/delay/10");
+        let recs = synack(&lab, &["--count", &RUNS.to_string(), &u])?;
+        assert_eq!(recs.len(), RUNS);
+        for r in &recs {
+            ok(r);
+            assert_eq!(r["verdict"]["path"], "middlebox", "squid {u}: {r}");
+            // squid says so in a header; the verdict does not rest on it
+            assert!(
+                r["via"].as_str().is_some_and(|v| v.contains("squid")),
+                "{r}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn dropped_first_syn_is_network_time() -> Result<()> {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (rtt, think) = (10.0, 5u32);
+    let lab = lab(Delays {
+        client_rtt: ms(rtt / 2.0),
+        server_rtt: ms(rtt / 2.0),
+        drop_syns: RUNS as u32,
+    })?;
+    let u = lab.url(Via::Direct, false, false, &format!("/delay/{think}"));
+    let recs = synack(&lab, &["--count", &RUNS.to_string(), &u])?;
+    assert_eq!(recs.len(), RUNS);
+    for r in &recs {
+        ok(r);
+        assert_eq!(r["wire"]["syn_retransmits"], 1, "{r}");
+        let wait = f(r, &["wire", "connect_wait_ms"]);
+        let h = f(r, &["wire", "handshake_rtt_ms"]);
+        // Linux's first SYN retransmission comes after its 1 s initial RTO.
+        assert!(
+            wait >= 1000.0 && wait < 1000.0 + rtt + 50.0,
+            "connect wait {wait}"
+        );
+        assert!(
+            h < rtt + 5.0,
+            "the RTT is measured on the SYN that was answered: {h}"
+        );
+        let net = f(r, &["phases", "network_ms"]);
+        let srv = f(r, &["phases", "server_ms"]);
+        assert!(net >= 1000.0, "the SYN wait is network time: {net}");
+        assert!((srv - think as f64).abs() <= 2.0, "not server time: {srv}");
+        assert_eq!(r["verdict"]["path"], "direct");
+        let syns = r["timeline"]
+            .as_array()
+            .context("timeline")?
+            .iter()
+            .filter(|e| e["event"] == "syn_out")
+            .count();
+        assert_eq!(syns, 2);
+    }
+    Ok(())
+}
+
+#[test]
+fn slow_server_is_not_a_middlebox() -> Result<()> {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab(Delays {
+        client_rtt: ms(5.0),
+        server_rtt: ms(5.0),
+        drop_syns: 0,
+    })?;
+    for tls in [false, true] {
+        let u = lab.url(Via::Direct, tls, false, "/delay/200");
+        let recs = synack(&lab, &["--count", &RUNS.to_string(), "--reuse", "2", &u])?;
+        assert_eq!(recs.len(), 2 * RUNS);
+        for r in &recs {
+            ok(r);
+            assert_eq!(r["verdict"]["path"], "direct", "{u}: {r}");
+            let s = f(r, &["phases", "server_ms"]);
+            assert!((s - 200.0).abs() <= 2.0, "server {s}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn path_probe_finds_the_interceptor() -> Result<()> {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab(Delays {
+        client_rtt: ms(2.0),
+        server_rtt: ms(10.0),
+        drop_syns: 0,
+    })?;
+    let proxied = lab.url(Via::TcpProxy, false, false, "/");
+    let direct = lab.url(Via::Direct, false, false, "/");
+    let r = &synack(&lab, &["--path-probe", &proxied])?[0];
+    assert_eq!(r["path_probe_ttl"], 1, "{r}");
+    assert!(r["verdict"]["reasons"].to_string().contains("TTL 1"), "{r}");
+    let r = &synack(&lab, &["--path-probe", &direct])?[0];
+    assert_eq!(r["path_probe_ttl"], 2, "the origin is two hops away: {r}");
+    assert_eq!(r["verdict"]["path"], "direct");
+    Ok(())
+}
