@@ -369,8 +369,12 @@ fn bpf_linker_works() -> bool {
     output(&mut c).is_some()
 }
 
+/// What the tests, the lab and the demo run: namespaces and routes
+/// (iproute2), the delay line's NFQUEUE and the proxies' interception rules
+/// (iptables), offloads off (ethtool), ground truth (tcpdump), curl for
+/// comparisons, and the real proxies.
 const APT_PACKAGES: &[&str] = &[
-    "iproute2", "iptables", "ethtool", "tcpdump", "curl", "openssl", "procps", "kmod",
+    "iproute2", "iptables", "ethtool", "tcpdump", "curl", "haproxy", "squid", "procps",
 ];
 
 fn setup(no_apt: bool) -> Result<()> {
