@@ -110,6 +110,16 @@ pub struct Event {
     pub opt_len: u8,
     /// Raw TCP option bytes; filled for SYN and SYN-ACK only.
     pub options: [u8; 40],
+    /// `__sk_buff.tstamp` as the classifier found it: on ingress, when the
+    /// kernel's receive timestamping is on and `skb_tstamp_type` is 0, the
+    /// CLOCK_REALTIME ns at which the stack received the packet (the
+    /// timestamp tcpdump reports), earlier than `ts_ns`. 0 when unset.
+    pub skb_tstamp: u64,
+    /// `__sk_buff.tstamp_type`: 0 realtime receive stamp (or unset), 1
+    /// monotonic delivery time (a forwarded packet's departure time).
+    pub skb_tstamp_type: u8,
+    /// Always zero.
+    pub _pad: [u8; 7],
 }
 
 /// Our SYN left (each retransmission is another `EV_SYN`).
@@ -164,7 +174,7 @@ pub const RINGBUF_BYTES: u32 = 1 << 20;
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 48);
-const _: () = assert!(core::mem::size_of::<Event>() == 120);
+const _: () = assert!(core::mem::size_of::<Event>() == 136);
 const _: () = assert!(core::mem::align_of::<Event>() == 8);
 
 #[cfg(feature = "user")]

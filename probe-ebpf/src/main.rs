@@ -247,6 +247,11 @@ fn emit(ctx: &TcContext, p: &Pkt, key: &FlowKey, cookie: u64, kind: u8, dir: u8,
         ev_flags,
         opt_len: 0,
         options: [0; 40],
+        // SAFETY: the context pointer is valid for the whole program run.
+        skb_tstamp: unsafe { (*skb(ctx)).tstamp },
+        // SAFETY: as above.
+        skb_tstamp_type: unsafe { (*skb(ctx)).tstamp_type },
+        _pad: [0; 7],
     };
     entry.write(ev);
     // SAFETY: the entry was fully initialised just above.

@@ -304,12 +304,17 @@ impl Kernel {
         self.evicted += 1;
     }
 
-    /// Takes every event the kernel has submitted so far.
+    /// Takes every event the kernel has submitted so far, each with its best
+    /// CLOCK_MONOTONIC time in `ts_ns` (see `events::best_ts`).
     pub fn drain(&mut self) -> Vec<Event> {
         let mut out = Vec::new();
+        let off = events::mono_minus_real();
         while let Some(item) = self.ring.next() {
             match events::decode(&item) {
-                Ok(ev) => out.push(ev),
+                Ok(mut ev) => {
+                    ev.ts_ns = events::best_ts(&ev, off);
+                    out.push(ev)
+                }
                 Err(DecodeError::Size { .. } | DecodeError::Kind(_)) => self.undecodable += 1,
             }
         }

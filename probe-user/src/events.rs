@@ -28,6 +28,50 @@ pub fn decode(b: &[u8]) -> Result<Event, DecodeError> {
     Ok(ev)
 }
 
+/// The best CLOCK_MONOTONIC time for an event: for incoming packets, the
+/// stack's own receive timestamp (CLOCK_REALTIME, converted with
+/// `mono_minus_real`) when it is set and plausible, since it is taken before
+/// the backlog queue and the capture taps that run ahead of tc ingress;
+/// otherwise the classifier's own `ts_ns`.
+pub fn best_ts(ev: &Event, mono_minus_real: i64) -> u64 {
+    if ev.dir != probe_common::DIR_IN || ev.skb_tstamp == 0 || ev.skb_tstamp_type != 0 {
+        return ev.ts_ns;
+    }
+    let rx = ev.skb_tstamp as i128 + mono_minus_real as i128;
+    let hook = ev.ts_ns as i128;
+    // A receive stamp is before the hook, and not by more than a few ms
+    // (otherwise the clocks were stepped, or the stamp means something else).
+    if rx <= hook && hook - rx < 5_000_000 {
+        rx as u64
+    } else {
+        ev.ts_ns
+    }
+}
+
+/// CLOCK_MONOTONIC minus CLOCK_REALTIME in ns, from the tightest of a few
+/// back-to-back readings.
+pub fn mono_minus_real() -> i64 {
+    fn now(clock: libc::clockid_t) -> i128 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid timespec pointer; both clocks exist on Linux.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+    }
+    let mut best = (i128::MAX, 0i128);
+    for _ in 0..5 {
+        let a = now(libc::CLOCK_MONOTONIC);
+        let r = now(libc::CLOCK_REALTIME);
+        let b = now(libc::CLOCK_MONOTONIC);
+        if b - a < best.0 {
+            best = (b - a, (a + b) / 2 - r);
+        }
+    }
+    best.1 as i64
+}
+
 #[cfg(test)]
 pub(crate) fn encode(ev: &Event) -> Vec<u8> {
     // SAFETY: Event is repr(C), plain data, no padding.
@@ -58,7 +102,37 @@ mod tests {
             ev_flags: 0,
             opt_len: 0,
             options: [0; 40],
+            skb_tstamp: 0,
+            skb_tstamp_type: 0,
+            _pad: [0; 7],
         }
+    }
+
+    #[test]
+    fn receive_stamps_are_preferred_when_plausible() {
+        let off = 1_000_000_000_000i64; // mono - real
+        let mut ev = sample(); // incoming, ts_ns 123
+        ev.ts_ns = 2_000_000_000_000;
+        ev.skb_tstamp = (2_000_000_000_000 - off - 20_000) as u64; // 20 us before the hook
+        assert_eq!(best_ts(&ev, off), 2_000_000_000_000 - 20_000);
+        ev.skb_tstamp_type = 1; // a delivery time, not a receive stamp
+        assert_eq!(best_ts(&ev, off), ev.ts_ns);
+        ev.skb_tstamp_type = 0;
+        ev.skb_tstamp = (2_000_000_000_000 - off + 5) as u64; // after the hook: no
+        assert_eq!(best_ts(&ev, off), ev.ts_ns);
+        ev.skb_tstamp = (2_000_000_000_000 - off - 10_000_000) as u64; // 10 ms before: no
+        assert_eq!(best_ts(&ev, off), ev.ts_ns);
+        ev.dir = probe_common::DIR_OUT;
+        ev.skb_tstamp = (2_000_000_000_000 - off - 20_000) as u64;
+        assert_eq!(best_ts(&ev, off), ev.ts_ns, "egress keeps the hook time");
+    }
+
+    #[test]
+    fn clock_offset_is_stable() {
+        let a = mono_minus_real();
+        let b = mono_minus_real();
+        assert!((a - b).abs() < 100_000, "{a} {b}");
+        assert!(a < 0, "realtime is far ahead of boot time");
     }
 
     #[test]

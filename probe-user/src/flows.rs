@@ -230,6 +230,9 @@ pub(crate) mod tests {
                 o[..4].copy_from_slice(&[2, 4, 0x05, 0xb4]);
                 o
             },
+            skb_tstamp: 0,
+            skb_tstamp_type: 0,
+            _pad: [0; 7],
         }
     }
 

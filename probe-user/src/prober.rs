@@ -432,6 +432,11 @@ impl Prober {
             Ok(s) => s,
             Err(e) => return self.fail(url, hop, ErrorInfo::new("io", format!("socket: {e}"))),
         };
+        // Asking for receive timestamps turns the stack's software RX
+        // timestamping on (host-wide, while the socket lives): incoming
+        // packets then carry the time the stack received them, which the
+        // classifiers report next to their own (see events::best_ts).
+        enable_rx_timestamps(sock.as_raw_fd());
         let cookie = socket_cookie(sock.as_raw_fd());
         base.socket_cookie = cookie;
         if let (Some(k), Some(c)) = (self.kernel.as_mut(), cookie)
@@ -695,7 +700,7 @@ impl Prober {
             }
             if self.opts.dump_events {
                 eprintln!(
-                    "event t={} kind={} dir={} seq={} ack={} len={} flags={:#x} evf={} ttl={}",
+                    "event t={} kind={} dir={} seq={} ack={} len={} flags={:#x} evf={} ttl={} skb_tstamp={} type={}",
                     ev.ts_ns,
                     ev.kind,
                     ev.dir,
@@ -704,7 +709,9 @@ impl Prober {
                     ev.payload_len,
                     ev.tcp_flags,
                     ev.ev_flags,
-                    ev.ttl
+                    ev.ttl,
+                    ev.skb_tstamp,
+                    ev.skb_tstamp_type
                 );
             }
             flow.get_or_insert_with(|| Flow::new(ev.key, ev.cookie))
@@ -820,6 +827,20 @@ async fn path_probe(
         }
     }
     None
+}
+
+fn enable_rx_timestamps(fd: i32) {
+    let one: libc::c_int = 1;
+    // SAFETY: valid socket fd and a c_int option value of the right size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&one as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
 }
 
 /// The socket's cookie (SO_COOKIE), the id the kernel side tracks it by.

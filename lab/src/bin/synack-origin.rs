@@ -35,6 +35,10 @@ struct Cli {
     /// Bytes of body in each response.
     #[arg(long, default_value_t = 64)]
     body_bytes: usize,
+    /// Run in the SCHED_FIFO real-time class (think times stay exact on a
+    /// busy machine; the lab uses it).
+    #[arg(long)]
+    realtime: bool,
     /// File to touch once every listener is bound (readiness for tests).
     #[arg(long)]
     ready_file: Option<PathBuf>,
@@ -103,7 +107,7 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     // Real-time class for the runtime and its blocking threads: think times
     // stay what was asked when the machine is busy.
-    if !synack_lab::realtime(40) {
+    if cli.realtime && !synack_lab::realtime(40) {
         eprintln!("synack-origin: no real-time priority; think times may jitter under load");
     }
     let body = Bytes::from(vec![b'x'; cli.body_bytes]);
