@@ -530,8 +530,8 @@ impl Lab {
             "--to-ports",
             &SQUID_INTERCEPT_PORT.to_string(),
         ]);
-        let mut c = m.command("chrt");
-        c.args(["-f", "30", "squid", "-N"])
+        let mut c = m.command("squid");
+        c.arg("-N")
             .arg("-f")
             .arg(&cfg)
             .stdout(Stdio::null())

@@ -197,7 +197,7 @@ fn transparent_tcp_proxy_is_found_and_measured() -> Result<()> {
             eo.push(o - far);
             es.push(s - think as f64);
             assert!((o - far).abs() <= 3.0, "{scenario}: origin RTT {o}");
-            assert!((s - think as f64).abs() <= 3.0, "{scenario}: server {s}");
+            assert!((s - think as f64).abs() <= 3.0, "{scenario}: server {s}: {r}");
         }
         eo.report(&scenario);
         es.report(&scenario);
