@@ -21,8 +21,10 @@ use std::{
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// A short name unique to this process and call: `<prefix><pid36><n36>`,
-/// at most 11 characters so interface names built on it fit in 15.
+/// A short name unique to this process and call: `<prefix><pid36>-<n36>`
+/// (at most 11 characters with a 2-letter prefix, so interface names built
+/// on it fit in 15). The pid in it lets `sweep_stale` find what a killed run
+/// left behind.
 pub fn unique(prefix: &str) -> String {
     fn b36(mut n: u32) -> String {
         let d = b"0123456789abcdefghijklmnopqrstuvwxyz";
@@ -38,7 +40,53 @@ pub fn unique(prefix: &str) -> String {
         String::from_utf8(s).unwrap_or_default()
     }
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix}{}{}", b36(std::process::id()), b36(n))
+    format!("{prefix}{}-{}", b36(std::process::id()), b36(n))
+}
+
+/// The pid of the process that made a `unique(prefix)` name.
+pub fn creator_pid(name: &str, prefix: &str) -> Option<u32> {
+    let rest = name.strip_prefix(prefix)?;
+    let (pid, _) = rest.split_once('-')?;
+    u32::from_str_radix(pid, 36).ok()
+}
+
+/// Namespace prefixes used by the lab and the tests.
+pub const NETNS_PREFIXES: [&str; 2] = ["sl", "sk"];
+const TMP_PREFIX: &str = "synack-test-";
+
+/// Removes what runs that were killed (SIGKILL, a crash) left behind: their
+/// namespaces, the processes still running inside them (ours: a lab started
+/// them), and their temporary directories. A run is gone when the pid in its
+/// names no longer exists.
+pub fn sweep_stale() {
+    let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
+    let list = sh(&["ip", "netns", "list"]).unwrap_or_default();
+    for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(pid) = NETNS_PREFIXES.iter().find_map(|p| creator_pid(ns, p)) else {
+            continue;
+        };
+        if alive(pid) {
+            continue;
+        }
+        for p in sh(&["ip", "netns", "pids", ns]).unwrap_or_default().lines() {
+            if let Ok(p) = p.trim().parse::<i32>() {
+                // SAFETY: kill(2) on a process inside a namespace our own
+                // (dead) run created, so one of the lab's processes.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+        }
+        let _ = sh(&["ip", "netns", "del", ns]);
+    }
+    if let Ok(rd) = fs::read_dir(std::env::temp_dir()) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = creator_pid(&name, TMP_PREFIX)
+                && !alive(pid)
+            {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
 }
 
 /// Runs a command, failing with its output when it fails.
@@ -211,6 +259,7 @@ pub struct Pair {
 
 impl Pair {
     pub fn new() -> Result<Self> {
+        sweep_stale();
         let id = unique("sk");
         let client = Netns::new(&format!("{id}c"))?;
         let server = Netns::new(&format!("{id}s"))?;
@@ -298,7 +347,7 @@ impl TempDir {
     }
 
     pub fn new() -> Result<Self> {
-        let p = std::env::temp_dir().join(unique("synack-test-"));
+        let p = std::env::temp_dir().join(unique(TMP_PREFIX));
         fs::create_dir_all(&p)?;
         Ok(TempDir(p))
     }

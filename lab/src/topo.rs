@@ -44,16 +44,41 @@ pub const MID_C_V6: &str = "fd00:1::fe";
 pub const MID_S_V6: &str = "fd00:2::fe";
 pub const SERVER_V6: &str = "fd00:2::1";
 
-/// What the delay line in mid does.
+/// What the delay line in mid does: a one-way delay per link and direction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delays {
-    /// Round-trip time added on the client - mid link (half each way).
-    pub client_rtt: Duration,
-    /// Round-trip time added on the mid - server link (half each way).
-    pub server_rtt: Duration,
+    /// Client to mid.
+    pub client_out: Duration,
+    /// Mid to client.
+    pub client_in: Duration,
+    /// Mid to server.
+    pub server_out: Duration,
+    /// Server to mid.
+    pub server_in: Duration,
     /// Drop the first SYN of each of the client's next N connections in mid
     /// (the retransmitted SYNs pass).
     pub drop_syns: u32,
+}
+
+impl Delays {
+    /// Round-trip times per link, half each way.
+    pub fn rtt(client: Duration, server: Duration) -> Self {
+        Delays {
+            client_out: client / 2,
+            client_in: client - client / 2,
+            server_out: server / 2,
+            server_in: server - server / 2,
+            drop_syns: 0,
+        }
+    }
+
+    pub fn client_rtt(&self) -> Duration {
+        self.client_out + self.client_in
+    }
+
+    pub fn server_rtt(&self) -> Duration {
+        self.server_out + self.server_in
+    }
 }
 
 /// Which way a request goes through mid.
@@ -130,6 +155,7 @@ impl Lab {
                 );
             }
         }
+        crate::sweep_stale();
         let id = unique("sl");
         let client = Netns::new(&format!("{id}c"))?;
         let mid = Netns::new(&format!("{id}m"))?;
@@ -270,13 +296,13 @@ impl Lab {
     /// (Re)starts the delay line with new settings.
     pub fn set_delays(&mut self, d: Delays) -> Result<()> {
         self.delay = None;
-        let half = |rtt: Duration| format!("{}us", rtt.as_micros() / 2);
+        let us = |d: Duration| format!("{}us", d.as_micros());
         let ready = self.dir.join(&unique("delay-ready"));
         let mut c = self.mid.command(self.bins.delay.to_str().context("path")?);
-        c.args(["--queue", &format!("0={}", half(d.client_rtt))])
-            .args(["--queue", &format!("1={}", half(d.client_rtt))])
-            .args(["--queue", &format!("2={}", half(d.server_rtt))])
-            .args(["--queue", &format!("3={}", half(d.server_rtt))])
+        c.args(["--queue", &format!("0={}", us(d.client_out))])
+            .args(["--queue", &format!("1={}", us(d.client_in))])
+            .args(["--queue", &format!("2={}", us(d.server_in))])
+            .args(["--queue", &format!("3={}", us(d.server_out))])
             .args(["--drop-syns", &d.drop_syns.to_string(), "--drop-queue", "0"])
             .arg("--ready-file")
             .arg(&ready)

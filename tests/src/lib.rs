@@ -238,7 +238,12 @@ mod tests {
         let a = unique("sk");
         let b = unique("sk");
         assert_ne!(a, b);
-        assert!(a.len() < 15, "{a} plus one letter must fit IFNAMSIZ");
+        assert!(
+            a.len() + 2 < 16,
+            "{a} plus a 2-letter suffix must fit IFNAMSIZ"
+        );
+        assert_eq!(creator_pid(&a, "sk"), Some(std::process::id()));
+        assert_eq!(creator_pid("other-name", "sk"), None);
     }
 
     #[test]

@@ -434,3 +434,61 @@ fn other_traffic_is_not_tracked() -> Result<()> {
     assert_eq!(syns, 1, "only synack's own SYN: {}", recs[0]);
     Ok(())
 }
+
+/// What a killed run leaves (a namespace with a process in it, a temporary
+/// directory) is removed by the next run.
+#[test]
+fn leftovers_of_a_killed_run_are_swept() -> Result<()> {
+    let _serial = need_root();
+    // A pid that existed and is gone: a child we ran and reaped.
+    let mut c = std::process::Command::new("true").spawn()?;
+    let dead = c.id();
+    c.wait()?;
+    fn b36(mut n: u32) -> String {
+        let d = b"0123456789abcdefghijklmnopqrstuvwxyz";
+        let mut s = Vec::new();
+        loop {
+            s.push(d[(n % 36) as usize]);
+            n /= 36;
+            if n == 0 {
+                break;
+            }
+        }
+        s.reverse();
+        String::from_utf8(s).unwrap_or_default()
+    }
+    let ns_name = format!("sk{}-zz", b36(dead));
+    sh(&["ip", "netns", "add", &ns_name])?;
+    let mut sleeper = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns_name, "sleep", "60"])
+        .spawn()?;
+    let dir = std::env::temp_dir().join(format!("synack-test-{}-zz", b36(dead)));
+    std::fs::create_dir_all(&dir)?;
+    wait_for(
+        Duration::from_secs(5),
+        "the sleeper to run in the namespace",
+        || {
+            (!sh(&["ip", "netns", "pids", &ns_name])
+                .ok()?
+                .trim()
+                .is_empty())
+            .then_some(())
+        },
+    )?;
+    sweep_stale();
+    let listed = sh(&["ip", "netns", "list"])?;
+    let gone = !listed
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(ns_name.as_str()));
+    let st = wait_for(Duration::from_secs(5), "the sleeper to be killed", || {
+        sleeper.try_wait().ok().flatten()
+    });
+    if !gone {
+        let _ = sh(&["ip", "netns", "del", &ns_name]);
+    }
+    let _ = sleeper.kill();
+    assert!(gone, "namespace {ns_name} left: {listed}");
+    assert!(st.is_ok(), "the process inside was not stopped");
+    assert!(!dir.exists(), "{} left", dir.display());
+    Ok(())
+}

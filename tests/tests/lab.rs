@@ -110,9 +110,8 @@ fn direct_paths_are_direct() -> Result<()> {
     eprintln!("lab base RTT {base:.3} ms");
     for rtt in [10.0, 40.0] {
         lab.set_delays(Delays {
-            client_rtt: ms(rtt / 2.0),
-            server_rtt: ms(rtt / 2.0),
             drop_syns: 0,
+            ..Delays::rtt(ms(rtt / 2.0), ms(rtt / 2.0))
         })?;
         for think in [0u32, 30] {
             for tls in [false, true] {
@@ -150,9 +149,8 @@ fn transparent_tcp_proxy_is_found_and_measured() -> Result<()> {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (near, far, think) = (4.0, 40.0, 20u32);
     let lab = lab(Delays {
-        client_rtt: ms(near),
-        server_rtt: ms(far),
         drop_syns: 0,
+        ..Delays::rtt(ms(near), ms(far))
     })?;
     let path = format!("/delay/{think}");
     for v6 in [false, true] {
@@ -197,7 +195,10 @@ fn transparent_tcp_proxy_is_found_and_measured() -> Result<()> {
             eo.push(o - far);
             es.push(s - think as f64);
             assert!((o - far).abs() <= 3.0, "{scenario}: origin RTT {o}");
-            assert!((s - think as f64).abs() <= 3.0, "{scenario}: server {s}: {r}");
+            assert!(
+                (s - think as f64).abs() <= 3.0,
+                "{scenario}: server {s}: {r}"
+            );
         }
         eo.report(&scenario);
         es.report(&scenario);
@@ -209,9 +210,8 @@ fn transparent_tcp_proxy_is_found_and_measured() -> Result<()> {
 fn intercepting_http_proxy_is_a_middlebox() -> Result<()> {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let lab = lab(Delays {
-        client_rtt: ms(4.0),
-        server_rtt: ms(20.0),
         drop_syns: 0,
+        ..Delays::rtt(ms(4.0), ms(20.0))
     })?;
     for v6 in [false, true] {
         let u = lab.url(Via::HttpProxy, false, v6, "/delay/10");
@@ -235,9 +235,8 @@ fn dropped_first_syn_is_network_time() -> Result<()> {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (rtt, think) = (10.0, 5u32);
     let lab = lab(Delays {
-        client_rtt: ms(rtt / 2.0),
-        server_rtt: ms(rtt / 2.0),
         drop_syns: RUNS as u32,
+        ..Delays::rtt(ms(rtt / 2.0), ms(rtt / 2.0))
     })?;
     let u = lab.url(Via::Direct, false, false, &format!("/delay/{think}"));
     let recs = synack(&lab, &["--count", &RUNS.to_string(), &u])?;
@@ -276,9 +275,8 @@ fn dropped_first_syn_is_network_time() -> Result<()> {
 fn slow_server_is_not_a_middlebox() -> Result<()> {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let lab = lab(Delays {
-        client_rtt: ms(5.0),
-        server_rtt: ms(5.0),
         drop_syns: 0,
+        ..Delays::rtt(ms(5.0), ms(5.0))
     })?;
     for tls in [false, true] {
         let u = lab.url(Via::Direct, tls, false, "/delay/200");
@@ -298,9 +296,8 @@ fn slow_server_is_not_a_middlebox() -> Result<()> {
 fn path_probe_finds_the_interceptor() -> Result<()> {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let lab = lab(Delays {
-        client_rtt: ms(2.0),
-        server_rtt: ms(10.0),
         drop_syns: 0,
+        ..Delays::rtt(ms(2.0), ms(10.0))
     })?;
     let proxied = lab.url(Via::TcpProxy, false, false, "/");
     let direct = lab.url(Via::Direct, false, false, "/");

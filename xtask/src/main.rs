@@ -77,12 +77,16 @@ enum Cmd {
 enum LabCmd {
     /// Build and start a lab that stays up until `lab down`.
     Up {
-        /// Round-trip time added on the client - mid link, ms.
+        /// Round-trip time added on the client - mid link, ms (half each way).
         #[arg(long, default_value_t = 4.0)]
         client_rtt: f64,
-        /// Round-trip time added on the mid - server link, ms.
+        /// Round-trip time added on the mid - server link, ms (half each way).
         #[arg(long, default_value_t = 40.0)]
         server_rtt: f64,
+        /// One-way delays, ms, overriding the halves above: client to mid,
+        /// mid to client, mid to server, server to mid.
+        #[arg(long, num_args = 4, value_names = ["C2M", "M2C", "M2S", "S2M"])]
+        one_way: Option<Vec<f64>>,
         /// Drop the client's first N SYNs in mid.
         #[arg(long, default_value_t = 0)]
         drop_syns: u32,
@@ -116,6 +120,7 @@ fn lab(cmd: LabCmd) -> Result<()> {
         LabCmd::Up {
             client_rtt,
             server_rtt,
+            one_way,
             drop_syns,
         } => {
             if file.exists() {
@@ -126,11 +131,16 @@ fn lab(cmd: LabCmd) -> Result<()> {
             }
             let bin = build(false)?;
             unsafe_env_for_lab(&bin);
-            let delays = topo::Delays {
-                client_rtt: ms(client_rtt)?,
-                server_rtt: ms(server_rtt)?,
+            let mut delays = topo::Delays {
                 drop_syns,
+                ..topo::Delays::rtt(ms(client_rtt)?, ms(server_rtt)?)
             };
+            if let Some(v) = one_way {
+                delays.client_out = ms(v[0])?;
+                delays.client_in = ms(v[1])?;
+                delays.server_out = ms(v[2])?;
+                delays.server_in = ms(v[3])?;
+            }
             let lab = topo::Lab::up(&topo::Bins::beside_synack(), delays, true)
                 .context("bringing the lab up (root needed)")?;
             let ca = lab.ca_path();
@@ -170,11 +180,7 @@ fn demo(think: u32, client_rtt: f64, server_rtt: f64) -> Result<()> {
     if output(Command::new("id").arg("-u")).as_deref() != Some("0") {
         bail!("the demo builds network namespaces and loads eBPF programs: run it as root");
     }
-    let delays = topo::Delays {
-        client_rtt: ms(client_rtt)?,
-        server_rtt: ms(server_rtt)?,
-        drop_syns: 0,
-    };
+    let delays = topo::Delays::rtt(ms(client_rtt)?, ms(server_rtt)?);
     eprintln!(
         "demo: lab up (client link RTT {client_rtt} ms, mid-to-origin RTT {server_rtt} ms, origin think time {think} ms)"
     );
@@ -282,12 +288,14 @@ fn unsafe_env_for_lab(bin: &Path) {
 fn print_lab(st: &synack_lab::topo::State, bin: &Path, ca: &Path) {
     use synack_lab::topo::{Via, url};
     println!(
-        "lab: client {}  mid {}  server {}  (client link RTT {:?}, server link RTT {:?}, drop first {} SYNs)",
+        "lab: client {}  mid {}  server {}\n  one-way delays: client->mid {:?}, mid->client {:?}, mid->server {:?}, server->mid {:?}; first SYN dropped for the next {} connections",
         st.client,
         st.mid,
         st.server,
-        st.delays.client_rtt,
-        st.delays.server_rtt,
+        st.delays.client_out,
+        st.delays.client_in,
+        st.delays.server_out,
+        st.delays.server_in,
         st.delays.drop_syns
     );
     println!("try:");
