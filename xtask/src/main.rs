@@ -279,6 +279,54 @@ fn demo(think: u32, client_rtt: f64, server_rtt: f64) -> Result<()> {
     Ok(())
 }
 
+/// Runs the whole suite and ends with one line that sums every test binary's
+/// results (cargo's own last line is a doc-test run with nothing in it).
+fn test(bin: &Path, args: &[String]) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let obj = root().join("target/bpf/bpfel-unknown-none/release/probe-ebpf");
+    let mut child = Command::new("cargo")
+        .current_dir(root())
+        .args(["test", "--workspace"])
+        .env("SYNACK_EBPF_OBJECT", &obj)
+        .env("SYNACK_BIN", bin)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                let num = |what: &str| -> u64 {
+                    rest.split(';')
+                        .find_map(|p| {
+                            p.trim()
+                                .trim_start_matches("ok. ")
+                                .trim_start_matches("FAILED. ")
+                                .strip_suffix(what)
+                        })
+                        .and_then(|n| n.trim().parse().ok())
+                        .unwrap_or(0)
+                };
+                passed += num(" passed");
+                failed += num(" failed");
+                ignored += num(" ignored");
+            }
+        }
+    }
+    let st = child.wait()?;
+    println!("total: {passed} passed, {failed} failed, {ignored} skipped");
+    if !st.success() {
+        bail!("cargo test failed ({st})");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
 /// Lab helpers find their binaries next to the synack binary.
 fn unsafe_env_for_lab(bin: &Path) {
     // SAFETY: single-threaded here, before any thread is spawned.
@@ -562,18 +610,7 @@ fn main() -> ExitCode {
             client_rtt,
             server_rtt,
         } => demo(think, client_rtt, server_rtt),
-        Cmd::Test { args } => build(false).and_then(|bin| {
-            let obj = root().join("target/bpf/bpfel-unknown-none/release/probe-ebpf");
-            let mut c = Command::new("cargo");
-            c.current_dir(root())
-                .args(["test", "--workspace"])
-                .env("SYNACK_EBPF_OBJECT", &obj)
-                .env("SYNACK_BIN", &bin)
-                .args(&args);
-            run(&mut c)?;
-            // The shared no_std crate's own tests (the kernel's state machine).
-            Ok(())
-        }),
+        Cmd::Test { args } => build(false).and_then(|bin| test(&bin, &args)),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
