@@ -26,21 +26,23 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// on it fit in 15). The pid in it lets `sweep_stale` find what a killed run
 /// left behind.
 pub fn unique(prefix: &str) -> String {
-    fn b36(mut n: u32) -> String {
-        let d = b"0123456789abcdefghijklmnopqrstuvwxyz";
-        let mut s = Vec::new();
-        loop {
-            s.push(d[(n % 36) as usize]);
-            n /= 36;
-            if n == 0 {
-                break;
-            }
-        }
-        s.reverse();
-        String::from_utf8(s).unwrap_or_default()
-    }
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("{prefix}{}-{}", b36(std::process::id()), b36(n))
+}
+
+/// A number in base 36 (lower case), as `unique` writes pids.
+pub fn b36(mut n: u32) -> String {
+    let d = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut s = Vec::new();
+    loop {
+        s.push(d[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    s.reverse();
+    String::from_utf8(s).unwrap_or_default()
 }
 
 /// The pid of the process that made a `unique(prefix)` name.
@@ -293,22 +295,28 @@ impl Pair {
             (&p.client, &p.client_if, p.client_v4, p.client_v6),
             (&p.server, &p.server_if, p.server_v4, p.server_v6),
         ] {
-            ns.exec(&["ip", "addr", "add", &format!("{v4}/24"), "dev", ifn])?;
-            ns.exec(&[
-                "ip",
-                "-6",
-                "addr",
-                "add",
-                &format!("{v6}/64"),
-                "dev",
-                ifn,
-                "nodad",
-            ])?;
-            ns.exec(&["ip", "link", "set", ifn, "up"])?;
-            wire_sized(ns, ifn)?;
+            add_addrs(ns, ifn, &v4.to_string(), &v6.to_string())?;
         }
         Ok(p)
     }
+}
+
+/// Gives an interface an IPv4 /24 and an IPv6 /64 (no duplicate address
+/// detection: usable at once), brings it up and makes it wire-sized.
+pub fn add_addrs(ns: &Netns, ifn: &str, v4: &str, v6: &str) -> Result<()> {
+    ns.exec(&["ip", "addr", "add", &format!("{v4}/24"), "dev", ifn])?;
+    ns.exec(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &format!("{v6}/64"),
+        "dev",
+        ifn,
+        "nodad",
+    ])?;
+    ns.exec(&["ip", "link", "set", ifn, "up"])?;
+    wire_sized(ns, ifn)
 }
 
 /// Turns off segmentation offloads and spreads receive processing the same

@@ -16,7 +16,7 @@
 //! destination: nat REDIRECT for IPv4, TPROXY for IPv6); 10080 by squid
 //! (intercept, HTTP only).
 
-use crate::{Netns, Proc, TempDir, sh, sibling_bin, unique, wait_for, wire_sized};
+use crate::{Netns, Proc, TempDir, sh, sibling_bin, unique, wait_for};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::{
@@ -221,21 +221,7 @@ impl Lab {
             "netns",
             s,
         ])?;
-        let addr = |ns: &Netns, ifn: &str, v4: &str, v6: &str| -> Result<()> {
-            ns.exec(&["ip", "addr", "add", &format!("{v4}/24"), "dev", ifn])?;
-            ns.exec(&[
-                "ip",
-                "-6",
-                "addr",
-                "add",
-                &format!("{v6}/64"),
-                "dev",
-                ifn,
-                "nodad",
-            ])?;
-            ns.exec(&["ip", "link", "set", ifn, "up"])?;
-            wire_sized(ns, ifn)
-        };
+        let addr = crate::add_addrs;
         addr(&self.client, &self.client_if, CLIENT_V4, CLIENT_V6)?;
         addr(&self.mid, &self.mid_c_if, MID_C_V4, MID_C_V6)?;
         addr(&self.mid, &self.mid_s_if, MID_S_V4, MID_S_V6)?;
@@ -407,24 +393,16 @@ impl Lab {
         let m = &self.mid;
         // Never let mid's own connections reach the proxy: haproxy would
         // connect to itself in a loop.
-        for src in [MID_C_V4, MID_S_V4, "127.0.0.0/8"] {
+        for (ipt, src) in [
+            ("iptables", MID_C_V4),
+            ("iptables", MID_S_V4),
+            ("iptables", "127.0.0.0/8"),
+            ("ip6tables", MID_C_V6),
+            ("ip6tables", MID_S_V6),
+            ("ip6tables", "::1"),
+        ] {
             m.exec(&[
-                "iptables",
-                "-A",
-                "INPUT",
-                "-p",
-                "tcp",
-                "--dport",
-                &HAPROXY_PORT.to_string(),
-                "-s",
-                src,
-                "-j",
-                "REJECT",
-            ])?;
-        }
-        for src in [MID_C_V6, MID_S_V6, "::1"] {
-            m.exec(&[
-                "ip6tables",
+                ipt,
                 "-A",
                 "INPUT",
                 "-p",
@@ -521,41 +499,29 @@ impl Lab {
             ),
         )?;
         let m = &self.mid;
-        m.exec(&[
-            "iptables",
-            "-t",
-            "nat",
-            "-A",
-            "PREROUTING",
-            "-i",
-            &self.mid_c_if,
-            "-p",
-            "tcp",
-            "--dport",
-            &SQUID_HTTP.to_string(),
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &SQUID_INTERCEPT_PORT.to_string(),
-        ])?;
-        // IPv6 interception where the kernel has IPv6 NAT; squid over IPv4 otherwise.
-        let _ = m.exec(&[
-            "ip6tables",
-            "-t",
-            "nat",
-            "-A",
-            "PREROUTING",
-            "-i",
-            &self.mid_c_if,
-            "-p",
-            "tcp",
-            "--dport",
-            &SQUID_HTTP.to_string(),
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &SQUID_INTERCEPT_PORT.to_string(),
-        ]);
+        for ipt in ["iptables", "ip6tables"] {
+            let r = m.exec(&[
+                ipt,
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-i",
+                &self.mid_c_if,
+                "-p",
+                "tcp",
+                "--dport",
+                &SQUID_HTTP.to_string(),
+                "-j",
+                "REDIRECT",
+                "--to-ports",
+                &SQUID_INTERCEPT_PORT.to_string(),
+            ]);
+            // IPv6 interception only where the kernel has IPv6 NAT.
+            if ipt == "iptables" {
+                r?;
+            }
+        }
         let mut c = m.command("squid");
         c.arg("-N")
             .arg("-f")
@@ -644,14 +610,17 @@ pub fn url(via: Via, tls: bool, v6: bool, path: &str) -> String {
 /// each pid still runs the program it started), deletes its namespaces and
 /// files.
 pub fn down(state: &State) -> Result<()> {
-    for (pid, name) in &state.pids {
+    // Signals a pid only while it still runs the program the lab started.
+    let signal = |pid: i32, name: &str, sig: i32| {
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         // comm is cut at 15 characters.
-        let want: String = name.chars().take(15).collect();
-        if comm.trim() == want {
+        if comm.trim() == name.chars().take(15).collect::<String>() {
             // SAFETY: kill(2) on a pid we started and just checked.
-            unsafe { libc::kill(*pid, libc::SIGTERM) };
+            unsafe { libc::kill(pid, sig) };
         }
+    };
+    for (pid, name) in &state.pids {
+        signal(*pid, name, libc::SIGTERM);
     }
     let _ = wait_for(Duration::from_secs(5), "lab processes to stop", || {
         state
@@ -661,11 +630,7 @@ pub fn down(state: &State) -> Result<()> {
             .then_some(())
     });
     for (pid, name) in &state.pids {
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.trim() == name.chars().take(15).collect::<String>() {
-            // SAFETY: as above; it ignored SIGTERM.
-            unsafe { libc::kill(*pid, libc::SIGKILL) };
-        }
+        signal(*pid, name, libc::SIGKILL);
     }
     for ns in &state.namespaces {
         let _ = sh(&["ip", "netns", "del", ns]);

@@ -293,14 +293,7 @@ fn is_registered(ctx: &TcContext) -> (bool, u64) {
 
 fn try_egress(ctx: &TcContext) -> Result<(), ()> {
     let p = parse(ctx)?;
-    let key = FlowKey {
-        local_addr: p.src,
-        remote_addr: p.dst,
-        local_port: p.sport,
-        remote_port: p.dport,
-        ip_version: p.ip_version,
-        _pad: [0; 3],
-    };
+    let key = flow_key(&p, true);
     let ifx = ifindex(ctx);
 
     if flow::is_syn(p.flags) {
@@ -338,14 +331,7 @@ fn try_egress(ctx: &TcContext) -> Result<(), ()> {
 
 fn try_ingress(ctx: &TcContext) -> Result<(), ()> {
     let p = parse(ctx)?;
-    let key = FlowKey {
-        local_addr: p.dst,
-        remote_addr: p.src,
-        local_port: p.dport,
-        remote_port: p.sport,
-        ip_version: p.ip_version,
-        _pad: [0; 3],
-    };
+    let key = flow_key(&p, false);
     let Some(st) = FLOWS.get_ptr_mut(key) else {
         return Ok(());
     };
@@ -354,6 +340,25 @@ fn try_ingress(ctx: &TcContext) -> Result<(), ()> {
     let e = flow::ingress_step(st, &seg(&p, ifindex(ctx)));
     emit_all(ctx, &p, &key, st.cookie, DIR_IN, &e);
     Ok(())
+}
+
+/// The connection's key from this host's side: on egress the source is
+/// local, on ingress the destination.
+#[inline(always)]
+fn flow_key(p: &Pkt, egress: bool) -> FlowKey {
+    let (local, remote, lport, rport) = if egress {
+        (p.src, p.dst, p.sport, p.dport)
+    } else {
+        (p.dst, p.src, p.dport, p.sport)
+    };
+    FlowKey {
+        local_addr: local,
+        remote_addr: remote,
+        local_port: lport,
+        remote_port: rport,
+        ip_version: p.ip_version,
+        _pad: [0; 3],
+    }
 }
 
 #[inline(always)]

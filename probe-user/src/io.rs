@@ -233,6 +233,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for RawStream<S> {
     }
 }
 
+/// Records a completed application write of `n` bytes that started at `start`.
+fn note_write(log: &SharedLog, start: u64, n: usize) {
+    let now = mono_ns();
+    let mut log = lock(log);
+    if log.armed {
+        log.req.first_write_ns.get_or_insert(start);
+        log.req.last_write_ns = Some(now);
+        log.req.app_out += n as u64;
+    }
+}
+
 /// The HTTP-side stream: user-space times of the request and its response.
 pub struct AppStream<S> {
     inner: S,
@@ -284,13 +295,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AppStream<S> {
         let this = self.get_mut();
         let start = mono_ns();
         let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
-        let now = mono_ns();
-        let mut log = lock(&this.log);
-        if log.armed {
-            log.req.first_write_ns.get_or_insert(start);
-            log.req.last_write_ns = Some(now);
-            log.req.app_out += n as u64;
-        }
+        note_write(&this.log, start, n);
         Poll::Ready(Ok(n))
     }
 
@@ -302,13 +307,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AppStream<S> {
         let this = self.get_mut();
         let start = mono_ns();
         let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
-        let now = mono_ns();
-        let mut log = lock(&this.log);
-        if log.armed {
-            log.req.first_write_ns.get_or_insert(start);
-            log.req.last_write_ns = Some(now);
-            log.req.app_out += n as u64;
-        }
+        note_write(&this.log, start, n);
         Poll::Ready(Ok(n))
     }
 

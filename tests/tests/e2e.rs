@@ -444,19 +444,6 @@ fn leftovers_of_a_killed_run_are_swept() -> Result<()> {
     let mut c = std::process::Command::new("true").spawn()?;
     let dead = c.id();
     c.wait()?;
-    fn b36(mut n: u32) -> String {
-        let d = b"0123456789abcdefghijklmnopqrstuvwxyz";
-        let mut s = Vec::new();
-        loop {
-            s.push(d[(n % 36) as usize]);
-            n /= 36;
-            if n == 0 {
-                break;
-            }
-        }
-        s.reverse();
-        String::from_utf8(s).unwrap_or_default()
-    }
     let ns_name = format!("sk{}-zz", b36(dead));
     sh(&["ip", "netns", "add", &ns_name])?;
     let mut sleeper = std::process::Command::new("ip")
