@@ -225,6 +225,7 @@ struct Done {
     marks: RequestMarks,
     status: u16,
     via: Option<String>,
+    server_timing: Option<f64>,
     request_bytes: u64,
     response_bytes: u64,
 }
@@ -476,6 +477,7 @@ impl Prober {
             r.connection_reused = i > 0;
             r.http_status = Some(d.status);
             r.via = d.via.clone();
+            r.server_timing_ms = d.server_timing;
             r.request_bytes = Some(d.request_bytes);
             r.response_bytes = Some(d.response_bytes);
             self.finish(
@@ -602,11 +604,16 @@ impl Prober {
                     .get(header::VIA)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
+                let timing = resp
+                    .headers()
+                    .get("server-timing")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(server_timing_dur);
                 let mut body = resp.into_body();
                 while let Some(frame) = body.frame().await {
                     frame?;
                 }
-                Ok::<_, hyper::Error>((status, location, via))
+                Ok::<_, hyper::Error>((status, location, via, timing))
             };
             let r = with_deadline(deadline, "response", step).await;
             m.done = Some(mono_ns());
@@ -621,11 +628,12 @@ impl Prober {
             m.out_end = io.out_start.map(|_| io.out_end);
             m.in_start = io.in_start;
             match r {
-                Ok(Ok((status, location, via))) => {
+                Ok(Ok((status, location, via, server_timing))) => {
                     done.push(Done {
                         marks: m,
                         status: status.as_u16(),
                         via,
+                        server_timing,
                         request_bytes: io.app_out,
                         response_bytes: io.app_in,
                     });
@@ -749,6 +757,18 @@ impl Prober {
 
 trait AsyncStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> AsyncStream for T {}
+
+/// The `dur` of the first metric of a Server-Timing header
+/// (`app;dur=30.1, db;dur=2` gives 30.1).
+fn server_timing_dur(h: &str) -> Option<f64> {
+    let first = h.split(',').next()?;
+    first.split(';').find_map(|p| {
+        let (k, v) = p.trim().split_once('=')?;
+        (k.trim().eq_ignore_ascii_case("dur"))
+            .then(|| v.trim().trim_matches('"').parse().ok())
+            .flatten()
+    })
+}
 
 fn join_location(base: &url::Url, loc: &str) -> String {
     base.join(loc)
@@ -939,6 +959,17 @@ mod tests {
         );
         assert_eq!(k.ip_version, 6);
         assert_eq!(k.remote_addr[15], 2);
+    }
+
+    #[test]
+    fn server_timing_first_duration() {
+        assert_eq!(server_timing_dur("app;dur=30.125"), Some(30.125));
+        assert_eq!(server_timing_dur("cache;desc=hit, app;dur=2"), None);
+        assert_eq!(
+            server_timing_dur("app;desc=\"x\";dur=\"7\", db;dur=2"),
+            Some(7.0)
+        );
+        assert_eq!(server_timing_dur("garbage"), None);
     }
 
     #[test]

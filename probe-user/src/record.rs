@@ -119,6 +119,9 @@ pub struct Record {
     pub remote_on_link: Option<bool>,
     /// The response's Via header (a hint of a proxy, never the proof).
     pub via: Option<String>,
+    /// The first `dur` of the response's Server-Timing header, ms: what the
+    /// server says it spent (its claim, next to `phases.server_ms`).
+    pub server_timing_ms: Option<f64>,
     /// With --path-probe: the smallest SYN TTL that got a SYN-ACK.
     pub path_probe_ttl: Option<u8>,
     /// Socket cookie (SO_COOKIE) of the connection.
@@ -194,6 +197,7 @@ impl Record {
             tls: url.starts_with("https:"),
             remote_on_link: None,
             via: None,
+            server_timing_ms: None,
             path_probe_ttl: None,
             socket_cookie: None,
             request_bytes: None,

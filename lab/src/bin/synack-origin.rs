@@ -56,6 +56,7 @@ async fn handle(
     req: Request<Incoming>,
     body: Bytes,
 ) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let started = std::time::Instant::now();
     let d = think_time(req.uri().path());
     if !d.is_zero() {
         // The tokio timer ticks in whole milliseconds; a blocking thread's
@@ -69,8 +70,13 @@ async fn handle(
             .body(Full::new(Bytes::new()))
             .expect("static response"));
     }
+    // What the origin really spent (a stolen vCPU can stretch a sleep):
+    // the tests hold synack's server time against this, as a W3C
+    // Server-Timing metric any client can read.
+    let spent = started.elapsed().as_secs_f64() * 1000.0;
     Ok(Response::builder()
         .header("content-type", "text/plain")
+        .header("server-timing", format!("app;dur={spent:.3}"))
         .body(Full::new(body))
         .expect("static response"))
 }
