@@ -55,6 +55,15 @@ pub fn human(r: &Record) -> String {
         if let Some(h) = w.handshake_rtt_ms {
             let _ = write!(wire, "SYN -> SYN-ACK {}", f(Some(h)));
         }
+        if w.handshake_rtt_ms.is_none()
+            && let (Some(syn), Some(rst)) = (r.at("syn_out"), r.at("rst_in"))
+        {
+            let _ = write!(
+                wire,
+                "SYN -> RST {} (the port is closed)",
+                f(Some(crate::clock::ms_between(syn, rst)))
+            );
+        }
         if let Some(ttl) = w.synack_ttl {
             let (_, hops) = hops_from_ttl(ttl);
             let hop_word = if hops == 1 { "hop" } else { "hops" };
@@ -276,6 +285,19 @@ mod tests {
             "--max-time reached during response",
         ));
         assert!(human(&r).contains("error (timeout): --max-time reached"));
+    }
+
+    #[test]
+    fn refused_connection_shows_the_rst() {
+        let mut r = Record::new("http://h:1/", "GET", "ebpf");
+        for (event, t_ns) in [("syn_out", 1_000_000), ("rst_in", 1_250_000)] {
+            r.timeline.push(crate::record::TimelineEntry {
+                event,
+                source: "wire",
+                t_ns,
+            });
+        }
+        assert!(human(&r).contains("SYN -> RST 0.250 ms"), "{}", human(&r));
     }
 
     #[test]
