@@ -16,7 +16,7 @@
 //! destination: nat REDIRECT for IPv4, TPROXY for IPv6); 10080 by squid
 //! (intercept, HTTP only).
 
-use crate::{Netns, Proc, TempDir, sh, sibling_bin, unique, wait_for};
+use crate::{Netns, Proc, TempDir, sh, unique, wait_for};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::{
@@ -102,9 +102,14 @@ pub struct Bins {
 impl Bins {
     /// The ones built next to the synack binary.
     pub fn beside_synack() -> Self {
+        Self::beside(&crate::synack_bin())
+    }
+
+    /// The ones built next to the given synack binary.
+    pub fn beside(synack: &Path) -> Self {
         Bins {
-            origin: sibling_bin("synack-origin"),
-            delay: sibling_bin("synack-delay"),
+            origin: synack.with_file_name("synack-origin"),
+            delay: synack.with_file_name("synack-delay"),
         }
     }
 }

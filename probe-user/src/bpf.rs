@@ -67,25 +67,17 @@ pub enum KernelError {
 impl KernelError {
     /// True when the cause is missing privileges (EPERM/EACCES somewhere in the chain).
     pub fn is_permission(&self) -> bool {
-        let mut e: Option<&(dyn std::error::Error + 'static)> = Some(self);
-        while let Some(x) = e {
-            if let Some(io) = x.downcast_ref::<std::io::Error>()
-                && io.raw_os_error() == Some(libc::EPERM)
-            {
-                // EACCES from BPF_PROG_LOAD is the verifier saying no, not privileges.
-                return true;
-            }
-            e = x.source();
-        }
-        false
+        // EACCES from BPF_PROG_LOAD is the verifier saying no, not privileges.
+        errno_in_chain(self, &[libc::EPERM])
     }
 }
 
-fn is_perm(e: &aya::programs::ProgramError) -> bool {
-    let mut x: Option<&(dyn std::error::Error + 'static)> = Some(e);
+/// True when an I/O error with one of these errnos is anywhere in the chain.
+fn errno_in_chain(e: &(dyn std::error::Error + 'static), errnos: &[i32]) -> bool {
+    let mut x = Some(e);
     while let Some(err) = x {
         if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
+            && io.raw_os_error().is_some_and(|n| errnos.contains(&n))
         {
             return true;
         }
@@ -225,7 +217,7 @@ impl Kernel {
                         )
                         .map_err(Some);
                     if let Err(Some(e)) = &res
-                        && !is_perm(e)
+                        && !errno_in_chain(e, &[libc::EPERM, libc::EACCES])
                     {
                         attach_mode = AttachMode::Netlink;
                     }

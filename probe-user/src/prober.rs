@@ -828,18 +828,7 @@ async fn path_probe(
         } else {
             (libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS)
         };
-        let v: libc::c_int = ttl as libc::c_int;
-        // SAFETY: valid socket fd and a c_int option value of the right size.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                level,
-                opt,
-                (&v as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
+        if !set_int_opt(sock.as_raw_fd(), level, opt, ttl as libc::c_int) {
             return None;
         }
         if let Ok(Ok(_)) = tokio::time::timeout(wait, sock.connect(addr)).await {
@@ -850,17 +839,22 @@ async fn path_probe(
 }
 
 fn enable_rx_timestamps(fd: i32) {
-    let one: libc::c_int = 1;
-    // SAFETY: valid socket fd and a c_int option value of the right size.
+    // Best effort: without it the classifier's own time is used.
+    let _ = set_int_opt(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1);
+}
+
+/// setsockopt with an int value; true on success.
+fn set_int_opt(fd: i32, level: libc::c_int, opt: libc::c_int, v: libc::c_int) -> bool {
+    // SAFETY: fd is a socket we own; the value is a c_int of the stated size.
     unsafe {
         libc::setsockopt(
             fd,
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&one as *const libc::c_int).cast(),
+            level,
+            opt,
+            (&v as *const libc::c_int).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
+        ) == 0
+    }
 }
 
 /// The socket's cookie (SO_COOKIE), the id the kernel side tracks it by.

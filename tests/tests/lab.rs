@@ -145,10 +145,7 @@ fn direct_paths_are_direct() -> Result<()> {
     let base = base_rtt(&lab)?;
     eprintln!("lab base RTT {base:.3} ms");
     for rtt in [10.0, 40.0] {
-        lab.set_delays(Delays {
-            drop_syns: 0,
-            ..Delays::rtt(ms(rtt / 2.0), ms(rtt / 2.0))
-        })?;
+        lab.set_delays(Delays::rtt(ms(rtt / 2.0), ms(rtt / 2.0)))?;
         for think in [0u32, 30] {
             for tls in [false, true] {
                 for v6 in [false, true] {
@@ -191,10 +188,7 @@ fn direct_paths_are_direct() -> Result<()> {
 fn transparent_tcp_proxy_is_found_and_measured() -> Result<()> {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (near, far, think) = (4.0, 40.0, 20u32);
-    let lab = lab(Delays {
-        drop_syns: 0,
-        ..Delays::rtt(ms(near), ms(far))
-    })?;
+    let lab = lab(Delays::rtt(ms(near), ms(far)))?;
     let path = format!("/delay/{think}");
     for v6 in [false, true] {
         // HTTPS, one request per connection
@@ -250,10 +244,7 @@ fn check_proxied(recs: &[Value], scenario: &str, near: f64, far: f64, think: f64
 #[test]
 fn intercepting_http_proxy_is_a_middlebox() -> Result<()> {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = lab(Delays {
-        drop_syns: 0,
-        ..Delays::rtt(ms(4.0), ms(20.0))
-    })?;
+    let lab = lab(Delays::rtt(ms(4.0), ms(20.0)))?;
     for v6 in [false, true] {
         let u = lab.url(Via::HttpProxy, false, v6, "/delay/10");
         let recs = synack(&lab, &["--count", &RUNS.to_string(), &u])?;
@@ -323,10 +314,7 @@ fn dropped_first_syn_is_network_time() -> Result<()> {
 #[test]
 fn slow_server_is_not_a_middlebox() -> Result<()> {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = lab(Delays {
-        drop_syns: 0,
-        ..Delays::rtt(ms(5.0), ms(5.0))
-    })?;
+    let lab = lab(Delays::rtt(ms(5.0), ms(5.0)))?;
     for tls in [false, true] {
         let u = lab.url(Via::Direct, tls, false, "/delay/200");
         holds(&format!("slow server {u}"), || {
@@ -348,10 +336,7 @@ fn slow_server_is_not_a_middlebox() -> Result<()> {
 #[test]
 fn path_probe_finds_the_interceptor() -> Result<()> {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = lab(Delays {
-        drop_syns: 0,
-        ..Delays::rtt(ms(2.0), ms(10.0))
-    })?;
+    let lab = lab(Delays::rtt(ms(2.0), ms(10.0)))?;
     let proxied = lab.url(Via::TcpProxy, false, false, "/");
     let direct = lab.url(Via::Direct, false, false, "/");
     let r = &synack(&lab, &["--path-probe", &proxied])?[0];

@@ -130,7 +130,6 @@ fn lab(cmd: LabCmd) -> Result<()> {
                 );
             }
             let bin = build(false)?;
-            unsafe_env_for_lab(&bin);
             let mut delays = topo::Delays {
                 drop_syns,
                 ..topo::Delays::rtt(ms(client_rtt)?, ms(server_rtt)?)
@@ -141,7 +140,7 @@ fn lab(cmd: LabCmd) -> Result<()> {
                 delays.server_out = ms(v[2])?;
                 delays.server_in = ms(v[3])?;
             }
-            let lab = topo::Lab::up(&topo::Bins::beside_synack(), delays, true)
+            let lab = topo::Lab::up(&topo::Bins::beside(&bin), delays, true)
                 .context("bringing the lab up (root needed)")?;
             let ca = lab.ca_path();
             let st = lab.persist();
@@ -176,8 +175,7 @@ fn lab(cmd: LabCmd) -> Result<()> {
 fn demo(think: u32, client_rtt: f64, server_rtt: f64) -> Result<()> {
     use synack_lab::topo::{self, Via};
     let bin = build(false)?;
-    unsafe_env_for_lab(&bin);
-    if output(Command::new("id").arg("-u")).as_deref() != Some("0") {
+    if !is_root() {
         bail!("the demo builds network namespaces and loads eBPF programs: run it as root");
     }
     let delays = topo::Delays::rtt(ms(client_rtt)?, ms(server_rtt)?);
@@ -185,7 +183,7 @@ fn demo(think: u32, client_rtt: f64, server_rtt: f64) -> Result<()> {
         "demo: lab up (client link RTT {client_rtt} ms, mid-to-origin RTT {server_rtt} ms, origin think time {think} ms)"
     );
     let lab =
-        topo::Lab::up(&topo::Bins::beside_synack(), delays, true).context("bringing the lab up")?;
+        topo::Lab::up(&topo::Bins::beside(&bin), delays, true).context("bringing the lab up")?;
     let ca = lab.ca_path();
     let path = format!("/delay/{think}");
     let runs = [
@@ -327,12 +325,6 @@ fn test(bin: &Path, args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Lab helpers find their binaries next to the synack binary.
-fn unsafe_env_for_lab(bin: &Path) {
-    // SAFETY: single-threaded here, before any thread is spawned.
-    unsafe { env::set_var("SYNACK_BIN", bin) };
-}
-
 fn print_lab(st: &synack_lab::topo::State, bin: &Path, ca: &Path) {
     use synack_lab::topo::{Via, url};
     println!(
@@ -394,6 +386,10 @@ fn output(cmd: &mut Command) -> Option<String> {
     o.status
         .success()
         .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).as_deref() == Some("0")
 }
 
 fn nightly_sysroot() -> Result<PathBuf> {
@@ -515,7 +511,7 @@ fn setup(no_apt: bool) -> Result<()> {
             .collect();
         if !absent.is_empty() {
             eprintln!("xtask setup: apt packages {absent:?}");
-            let root_user = output(Command::new("id").arg("-u")).as_deref() == Some("0");
+            let root_user = is_root();
             let mut pre: Vec<&str> = if root_user { vec![] } else { vec!["sudo"] };
             pre.extend(["apt-get"]);
             let ok = run(Command::new(pre[0]).args(&pre[1..]).arg("update").arg("-q")).is_ok()
@@ -593,7 +589,7 @@ fn main() -> ExitCode {
         Cmd::Setup { no_apt } => setup(no_apt),
         Cmd::Build { release } => build(release).map(|p| eprintln!("built {}", p.display())),
         Cmd::Run { release, args } => build(release).and_then(|bin| {
-            let root_user = output(Command::new("id").arg("-u")).as_deref() == Some("0");
+            let root_user = is_root();
             let mut c = if root_user {
                 Command::new(&bin)
             } else {
