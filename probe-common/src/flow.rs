@@ -6,7 +6,8 @@
 
 use crate::{
     DIR_IN, DIR_OUT, EARLY_SEGMENTS, EV_ACK_COVER, EV_DATA, EV_FIN, EV_RST, EV_SYNACK, EVF_RETRANS,
-    EVF_TURN_START, FLOW_HAVE_IN_ISN, FlowState,
+    EVF_TURN_START, FLOW_FIN_IN, FLOW_FIN_OUT, FLOW_HAVE_IN_ISN, FLOW_HAVE_OUT_ISN, FLOW_SERVER,
+    FlowState,
 };
 
 pub const TCP_FIN: u8 = 0x01;
@@ -27,6 +28,8 @@ pub struct Seg {
     pub payload_len: u32,
     /// Interface index the packet was seen on.
     pub ifindex: u32,
+    /// CLOCK_MONOTONIC ns now.
+    pub ts: u64,
 }
 
 /// The events one packet causes, in the order they are emitted. Plain
@@ -42,6 +45,9 @@ pub struct Emits {
     /// A payload segment worth reporting, with its `EVF_*` flags.
     pub data: Option<u8>,
     pub fin: bool,
+    /// The connection is over (a RST, or FINs both ways): the caller drops
+    /// its state so the table holds live connections only.
+    pub close: bool,
 }
 
 impl Emits {
@@ -98,10 +104,85 @@ pub fn new_flow(cookie: u64, isn: u32, ifindex: u32) -> FlowState {
         in_ifindex: 0,
         out_segs: 0,
         in_segs: 0,
-        flags: 0,
+        flags: FLOW_HAVE_OUT_ISN,
         last_payload_dir: 0,
         syn_count: 1,
         _pad: [0; 5],
+        last_out_ns: 0,
+        last_in_ns: 0,
+    }
+}
+
+/// State for a connection the peer opens: its SYN (sequence `isn`) just
+/// arrived on `ifindex`. Our side is filled in when our SYN-ACK leaves.
+#[inline(always)]
+pub fn new_server_flow(isn: u32, ifindex: u32) -> FlowState {
+    FlowState {
+        cookie: 0,
+        out_isn: 0,
+        in_isn: isn,
+        out_high: 0,
+        in_high: isn.wrapping_add(1),
+        acked_emitted: 0,
+        out_ifindex: 0,
+        in_ifindex: ifindex,
+        out_segs: 0,
+        in_segs: 0,
+        flags: FLOW_HAVE_IN_ISN | FLOW_SERVER,
+        last_payload_dir: 0,
+        syn_count: 1,
+        _pad: [0; 5],
+        last_out_ns: 0,
+        last_in_ns: 0,
+    }
+}
+
+/// An incoming SYN on an existing server-side flow: true (and counted) when
+/// it is the same SYN again; false for a new connection on the same 4-tuple.
+#[inline(always)]
+pub fn syn_in_again(st: &mut FlowState, isn: u32) -> bool {
+    if st.flags & FLOW_SERVER != 0 && st.in_isn == isn {
+        st.syn_count = st.syn_count.saturating_add(1);
+        true
+    } else {
+        false
+    }
+}
+
+/// Our SYN-ACK leaving on a server-side flow: returns its `EVF_*` flags
+/// (`EVF_RETRANS` when it is sent again), or None when the flow is not one
+/// we answer. The handshake's final ACK then shows as an `EV_ACK_COVER`.
+#[inline(always)]
+pub fn synack_out(st: &mut FlowState, s: &Seg) -> Option<u8> {
+    if st.flags & FLOW_SERVER == 0 {
+        return None;
+    }
+    if st.flags & FLOW_HAVE_OUT_ISN != 0 {
+        if st.out_isn == s.seq && st.out_ifindex == s.ifindex {
+            return Some(EVF_RETRANS);
+        }
+        return None;
+    }
+    st.out_isn = s.seq;
+    st.out_high = s.seq.wrapping_add(1);
+    // One below what the SYN-ACK needs acknowledged, so the peer's ACK of it
+    // counts as covering everything sent.
+    st.acked_emitted = s.seq;
+    st.out_ifindex = s.ifindex;
+    st.flags |= FLOW_HAVE_OUT_ISN;
+    Some(0)
+}
+
+#[inline(always)]
+fn fin(st: &mut FlowState, dir: u8, e: &mut Emits) {
+    e.fin = true;
+    st.flags |= if dir == DIR_OUT {
+        FLOW_FIN_OUT
+    } else {
+        FLOW_FIN_IN
+    };
+    if st.flags & (FLOW_FIN_OUT | FLOW_FIN_IN) == (FLOW_FIN_OUT | FLOW_FIN_IN) {
+        e.close = true;
     }
 }
 
@@ -120,10 +201,10 @@ pub fn syn_again(st: &mut FlowState, isn: u32) -> bool {
 
 #[inline(always)]
 fn payload(st: &mut FlowState, s: &Seg, dir: u8, e: &mut Emits) {
-    let (high, segs) = if dir == DIR_OUT {
-        (&mut st.out_high, &mut st.out_segs)
+    let (high, segs, last) = if dir == DIR_OUT {
+        (&mut st.out_high, &mut st.out_segs, &mut st.last_out_ns)
     } else {
-        (&mut st.in_high, &mut st.in_segs)
+        (&mut st.in_high, &mut st.in_segs, &mut st.last_in_ns)
     };
     let end = s.seq.wrapping_add(s.payload_len);
     if seq_after(*high, s.seq) {
@@ -136,6 +217,7 @@ fn payload(st: &mut FlowState, s: &Seg, dir: u8, e: &mut Emits) {
         return;
     }
     *high = end;
+    *last = s.ts;
     *segs = segs.saturating_add(1);
     let turn = st.last_payload_dir != dir + 1;
     st.last_payload_dir = dir + 1;
@@ -148,18 +230,25 @@ fn payload(st: &mut FlowState, s: &Seg, dir: u8, e: &mut Emits) {
 #[inline(always)]
 pub fn egress_step(st: &mut FlowState, s: &Seg) -> Emits {
     let mut e = Emits::default();
+    if s.flags & TCP_SYN != 0 {
+        if s.flags & TCP_ACK != 0 {
+            e.synack = synack_out(st, s);
+        }
+        return e;
+    }
     if st.out_ifindex != s.ifindex {
         return e;
     }
     if s.flags & TCP_RST != 0 {
         e.rst = true;
+        e.close = true;
         return e;
     }
     if s.payload_len > 0 {
         payload(st, s, DIR_OUT, &mut e);
     }
     if s.flags & TCP_FIN != 0 {
-        e.fin = true;
+        fin(st, DIR_OUT, &mut e);
     }
     e
 }
@@ -175,10 +264,11 @@ pub fn ingress_step(st: &mut FlowState, s: &Seg) -> Emits {
     }
     if s.flags & TCP_RST != 0 {
         e.rst = true;
+        e.close = true;
         return e;
     }
     if s.flags & TCP_SYN != 0 {
-        if s.flags & TCP_ACK != 0 {
+        if s.flags & TCP_ACK != 0 && st.flags & FLOW_SERVER == 0 {
             let again = st.flags & FLOW_HAVE_IN_ISN != 0 && st.in_isn == s.seq;
             if !again {
                 st.in_isn = s.seq;
@@ -190,6 +280,7 @@ pub fn ingress_step(st: &mut FlowState, s: &Seg) -> Emits {
         return e;
     }
     if s.flags & TCP_ACK != 0
+        && st.flags & FLOW_HAVE_OUT_ISN != 0
         && seq_after(s.ack, st.acked_emitted)
         && !seq_after(st.out_high, s.ack)
     {
@@ -200,7 +291,7 @@ pub fn ingress_step(st: &mut FlowState, s: &Seg) -> Emits {
         payload(st, s, DIR_IN, &mut e);
     }
     if s.flags & TCP_FIN != 0 {
-        e.fin = true;
+        fin(st, DIR_IN, &mut e);
     }
     e
 }
@@ -220,7 +311,13 @@ mod tests {
             flags,
             payload_len: len,
             ifindex: IF,
+            ts: 0,
         }
+    }
+
+    fn at(mut s: Seg, ts: u64) -> Seg {
+        s.ts = ts;
+        s
     }
 
     /// (kinds and flags, count) in emission order.
@@ -381,5 +478,54 @@ mod tests {
         assert_eq!(egress_step(&mut st, &s), Emits::default());
         assert_eq!(ingress_step(&mut st, &s), Emits::default());
         assert_eq!(st.out_high, 1001);
+    }
+
+    #[test]
+    fn server_side_handshake_turns_and_close() {
+        // Peer's SYN (ISN 7000) in, our SYN-ACK (ISN 300) out.
+        let mut st = new_server_flow(7000, IF);
+        assert!(syn_in_again(&mut st, 7000), "same SYN again");
+        assert_eq!(st.syn_count, 2);
+        assert!(!syn_in_again(&mut st, 1), "another ISN is a new connection");
+        let e = l(egress_step(&mut st, &seg(300, 7001, TCP_SYN | TCP_ACK, 0)));
+        assert_eq!(e.0, [(EV_SYNACK, 0)]);
+        let e = l(egress_step(&mut st, &seg(300, 7001, TCP_SYN | TCP_ACK, 0)));
+        assert_eq!(e.0, [(EV_SYNACK, EVF_RETRANS)], "SYN-ACK sent again");
+        // The handshake's last ACK covers the SYN-ACK.
+        let e = l(ingress_step(&mut st, &seg(7001, 301, TCP_ACK, 0)));
+        assert_eq!(e.0, [(EV_ACK_COVER, 0)]);
+        // Request in, at t=10; response out at t=50.
+        let e = l(ingress_step(&mut st, &at(seg(7001, 301, TCP_ACK, 100), 10)));
+        assert_eq!(e.0, [(EV_DATA, EVF_TURN_START)]);
+        assert_eq!(st.last_in_ns, 10);
+        let e = l(egress_step(&mut st, &at(seg(301, 7101, TCP_ACK, 500), 50)));
+        assert_eq!(e.0, [(EV_DATA, EVF_TURN_START)]);
+        assert_eq!(st.last_out_ns, 50);
+        assert_eq!(st.in_high, 7101);
+        // FIN out, then FIN in: closed.
+        let e = egress_step(&mut st, &seg(801, 7101, TCP_FIN | TCP_ACK, 0));
+        assert!(e.fin && !e.close);
+        let e = ingress_step(&mut st, &seg(7101, 802, TCP_FIN | TCP_ACK, 0));
+        assert!(e.fin && e.close);
+    }
+
+    #[test]
+    fn a_client_flow_ignores_synacks_it_sends_and_rst_closes() {
+        let mut st = established();
+        assert_eq!(
+            egress_step(&mut st, &seg(1, 2, TCP_SYN | TCP_ACK, 0)),
+            Emits::default()
+        );
+        let e = ingress_step(&mut st, &seg(5001, 1001, TCP_RST, 0));
+        assert!(e.rst && e.close);
+    }
+
+    #[test]
+    fn nothing_is_acked_on_a_server_flow_before_our_synack() {
+        let mut st = new_server_flow(7000, IF);
+        assert_eq!(
+            ingress_step(&mut st, &seg(7001, 1, TCP_ACK, 0)),
+            Emits::default()
+        );
     }
 }

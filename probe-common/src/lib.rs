@@ -67,14 +67,28 @@ pub struct FlowState {
     pub flags: u8,
     /// Direction of the last payload segment: 0 none yet, `DIR_OUT + 1`, `DIR_IN + 1`.
     pub last_payload_dir: u8,
-    /// SYNs sent (1 + retransmissions), saturating.
+    /// SYNs seen (1 + retransmissions), saturating: ours on a client-side
+    /// flow, the peer's on a server-side one.
     pub syn_count: u8,
     /// Always zero.
     pub _pad: [u8; 5],
+    /// CLOCK_MONOTONIC ns of the last new-data segment out (0 = none yet).
+    pub last_out_ns: u64,
+    /// CLOCK_MONOTONIC ns of the last new-data segment in (0 = none yet).
+    pub last_in_ns: u64,
 }
 
 /// `FlowState::flags`: the peer's ISN is known.
 pub const FLOW_HAVE_IN_ISN: u8 = 1;
+/// `FlowState::flags`: our ISN is known (always on a client-side flow; on a
+/// server-side flow once our SYN-ACK left).
+pub const FLOW_HAVE_OUT_ISN: u8 = 2;
+/// `FlowState::flags`: the peer opened the connection (we answered its SYN).
+pub const FLOW_SERVER: u8 = 4;
+/// `FlowState::flags`: a FIN left.
+pub const FLOW_FIN_OUT: u8 = 8;
+/// `FlowState::flags`: a FIN arrived.
+pub const FLOW_FIN_IN: u8 = 16;
 
 /// One thing that happened on the wire of a tracked connection.
 #[repr(C)]
@@ -115,11 +129,56 @@ pub struct Event {
     /// CLOCK_REALTIME ns at which the stack received the packet (the
     /// timestamp tcpdump reports), earlier than `ts_ns`. 0 when unset.
     pub skb_tstamp: u64,
+    /// cgroup v2 id of the sending socket (`bpf_skb_cgroup_id`, the inode
+    /// number of its cgroup directory) on outgoing packets; 0 on incoming ones
+    /// or when unknown.
+    pub cgroup_id: u64,
+    /// On turn-start data, FIN and RST events: CLOCK_MONOTONIC ns of the last
+    /// new-data segment in the other direction (the end of the previous
+    /// turn); 0 when the other side has sent no data.
+    pub peer_last_ns: u64,
+    /// One past the highest raw sequence number seen so far in the other
+    /// direction (host byte order): where the other side's data ended.
+    pub peer_high: u32,
+    /// Bytes of payload copied after this event in its ring-buffer record
+    /// (a `SnapEvent`); 0 for a plain `Event` record.
+    pub snap_len: u16,
     /// `__sk_buff.tstamp_type`: 0 realtime receive stamp (or unset), 1
     /// monotonic delivery time (a forwarded packet's departure time).
     pub skb_tstamp_type: u8,
     /// Always zero.
-    pub _pad: [u8; 7],
+    pub _pad: u8,
+}
+
+/// Bytes of payload a `SnapEvent` carries: enough for an HTTP/1.x request
+/// line and the headers up to Host, a status line, or a TLS ClientHello up
+/// to its server_name extension in the usual extension orders.
+pub const SNAP_BYTES: usize = 1024;
+
+/// A turn-start `EV_DATA` event followed by the first bytes of its payload
+/// (only with `CFG_SNAPSHOT`). The ring-buffer record is exactly this size;
+/// `ev.snap_len` says how many bytes of `snap` are valid.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SnapEvent {
+    pub ev: Event,
+    /// The payload's first `ev.snap_len` bytes, as on the wire.
+    pub snap: [u8; SNAP_BYTES],
+}
+
+/// Who opened a socket: written by the cgroup connect hooks, keyed by the
+/// socket's cookie, read by user space for pid/comm attribution.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    /// Process id (thread-group id) that called connect().
+    pub pid: u32,
+    /// Thread id that called connect().
+    pub tid: u32,
+    /// cgroup v2 id of that process.
+    pub cgroup_id: u64,
+    /// The thread's name (`comm`), NUL-padded.
+    pub comm: [u8; 16],
 }
 
 /// Our SYN left (each retransmission is another `EV_SYN`).
@@ -164,17 +223,27 @@ pub const STAT_COUNT: u32 = 4;
 /// `CONFIG[0]` bits: create a flow for every outgoing SYN (passive mode and
 /// BPF_PROG_TEST_RUN tests), not only for registered sockets.
 pub const CFG_TRACK_ALL_OUT: u32 = 1;
+/// `CONFIG[0]` bits: create a flow for every incoming SYN (passive mode:
+/// connections this host accepts).
+pub const CFG_TRACK_ALL_IN: u32 = 2;
+/// `CONFIG[0]` bits: turn-start data events carry the payload's first bytes
+/// (`SnapEvent`), for passive mode's HTTP and TLS parsing.
+pub const CFG_SNAPSHOT: u32 = 4;
 
 /// Capacity of the `FLOWS` LRU map.
 pub const MAX_FLOWS: u32 = 65536;
+/// Capacity of the `OWNERS` map (sockets whose connect() was seen).
+pub const MAX_OWNERS: u32 = 16384;
 /// Capacity of the `REGISTERED` cookie map.
 pub const MAX_REGISTERED: u32 = 4096;
 /// Ring buffer size in bytes (a power of two, a multiple of the page size).
 pub const RINGBUF_BYTES: u32 = 1 << 20;
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<FlowState>() == 48);
-const _: () = assert!(core::mem::size_of::<Event>() == 136);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 64);
+const _: () = assert!(core::mem::size_of::<Event>() == 152);
+const _: () = assert!(core::mem::size_of::<SnapEvent>() == 152 + SNAP_BYTES);
+const _: () = assert!(core::mem::size_of::<Owner>() == 32);
 const _: () = assert!(core::mem::align_of::<Event>() == 8);
 
 #[cfg(feature = "user")]
@@ -186,4 +255,6 @@ mod pod {
     unsafe impl aya::Pod for super::FlowState {}
     // SAFETY: as above for Event.
     unsafe impl aya::Pod for super::Event {}
+    // SAFETY: as above for Owner.
+    unsafe impl aya::Pod for super::Owner {}
 }

@@ -12,16 +12,21 @@
 #![no_main]
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::__sk_buff,
-    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns},
-    macros::{classifier, map},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns,
+        generated::{bpf_get_current_cgroup_id, bpf_skb_cgroup_id, bpf_skb_load_bytes},
+    },
+    macros::{cgroup_sock_addr, classifier, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::TcContext,
+    programs::{SockAddrContext, TcContext},
 };
 use probe_common::{
-    CFG_TRACK_ALL_OUT, DIR_IN, DIR_OUT, EV_ACK_COVER, EV_DATA, EV_FIN, EV_RST, EV_SYN, EV_SYNACK,
-    EVF_RETRANS, Event, FlowKey, FlowState, MAX_FLOWS, MAX_REGISTERED, RINGBUF_BYTES, STAT_COUNT,
-    STAT_FLOW_INSERT_FAILED, STAT_PARSE_SKIPPED, STAT_RINGBUF_FULL, flow,
+    CFG_SNAPSHOT, CFG_TRACK_ALL_IN, CFG_TRACK_ALL_OUT, DIR_IN, DIR_OUT, EV_ACK_COVER, EV_DATA,
+    EV_FIN, EV_RST, EV_SYN, EV_SYNACK, EVF_RETRANS, EVF_TURN_START, Event, FlowKey, FlowState,
+    MAX_FLOWS, MAX_OWNERS, MAX_REGISTERED, Owner, RINGBUF_BYTES, SNAP_BYTES, STAT_COUNT,
+    STAT_FLOW_INSERT_FAILED, STAT_PARSE_SKIPPED, STAT_RINGBUF_FULL, SnapEvent, flow,
 };
 
 /// Lets the next tc/tcx program run and the packet continue unchanged.
@@ -55,6 +60,43 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RINGBUF_BYTES, 0);
 
+/// Socket cookie -> the process that called connect() on it (passive mode's
+/// pid/comm attribution), written by the cgroup connect hooks.
+#[map]
+static OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(MAX_OWNERS, 0);
+
+/// cgroup connect hooks: record who connects, never change or refuse the
+/// connect() (return 1 = proceed).
+#[cgroup_sock_addr(connect4)]
+pub fn synack_connect4(ctx: SockAddrContext) -> i32 {
+    try_connect(&ctx);
+    1
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn synack_connect6(ctx: SockAddrContext) -> i32 {
+    try_connect(&ctx);
+    1
+}
+
+#[inline(always)]
+fn try_connect(ctx: &SockAddrContext) {
+    // SAFETY: valid context pointer for the whole program run.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if cookie == 0 {
+        return;
+    }
+    let id = bpf_get_current_pid_tgid();
+    let owner = Owner {
+        pid: (id >> 32) as u32,
+        tid: id as u32,
+        // SAFETY: helper without preconditions.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    let _ = OWNERS.insert(cookie, owner, 0);
+}
+
 #[classifier]
 pub fn synack_egress(ctx: TcContext) -> i32 {
     let _ = try_egress(&ctx);
@@ -83,6 +125,8 @@ struct Pkt {
     /// Offset of the TCP options in the packet, and their length.
     opt_off: usize,
     opt_len: usize,
+    /// Offset of the TCP payload in the packet.
+    payload_off: usize,
 }
 
 /// The one way this program reads packet bytes: `bpf_skb_load_bytes`, which
@@ -90,6 +134,28 @@ struct Pkt {
 #[inline(always)]
 fn read<T>(ctx: &TcContext, off: usize) -> Result<T, ()> {
     ctx.load::<T>(off).map_err(|_| ())
+}
+
+/// `bpf_skb_load_bytes` of `n` (1..=SNAP_BYTES) payload bytes straight into
+/// a reserved `SnapEvent`; returns the bytes copied (0 on failure).
+#[inline(always)]
+fn read_into(ctx: &TcContext, off: usize, slot: *mut SnapEvent, n: usize) -> usize {
+    // Re-state the bounds in a form the verifier tracks through to the call.
+    let n = n & (2 * SNAP_BYTES - 1);
+    if n == 0 || n > SNAP_BYTES {
+        return 0;
+    }
+    // SAFETY: `slot` is reserved ring-buffer memory; `snap` has SNAP_BYTES
+    // bytes and n <= SNAP_BYTES.
+    let dst = unsafe { core::ptr::addr_of_mut!((*slot).snap) };
+    // SAFETY: valid skb and destination of at least n bytes.
+    let r = unsafe { bpf_skb_load_bytes(skb(ctx) as *const _, off as u32, dst.cast(), n as u32) };
+    if r == 0 { n } else { 0 }
+}
+
+#[inline(always)]
+fn config() -> u32 {
+    CONFIG.get(0).copied().unwrap_or(0)
 }
 
 #[inline(always)]
@@ -133,6 +199,7 @@ fn parse(ctx: &TcContext) -> Result<Pkt, ()> {
         payload_len: 0,
         opt_off: 0,
         opt_len: 0,
+        payload_off: 0,
     };
     let tcp_off;
     let ip_payload_len: usize;
@@ -221,19 +288,28 @@ fn parse(ctx: &TcContext) -> Result<Pkt, ()> {
     p.payload_len = ip_payload_len.saturating_sub(doff) as u32;
     p.opt_off = tcp_off + 20;
     p.opt_len = doff - 20;
+    p.payload_off = tcp_off + doff;
     Ok(p)
 }
 
+/// What an event says beyond the packet itself.
+struct Ctx {
+    /// CLOCK_MONOTONIC ns the packet was seen.
+    now: u64,
+    cookie: u64,
+    dir: u8,
+    /// The other direction's last data time and highest sequence number.
+    peer_last_ns: u64,
+    peer_high: u32,
+    /// Socket cgroup id (egress), else 0.
+    cgroup_id: u64,
+}
+
 #[inline(always)]
-fn emit(ctx: &TcContext, p: &Pkt, key: &FlowKey, cookie: u64, kind: u8, dir: u8, ev_flags: u8) {
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        count(STAT_RINGBUF_FULL);
-        return;
-    };
-    let ev = Event {
-        // SAFETY: helper without preconditions.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        cookie,
+fn event(ctx: &TcContext, p: &Pkt, key: &FlowKey, c: &Ctx, kind: u8, ev_flags: u8) -> Event {
+    Event {
+        ts_ns: c.now,
+        cookie: c.cookie,
         key: *key,
         seq: p.seq,
         ack: p.ack,
@@ -241,7 +317,7 @@ fn emit(ctx: &TcContext, p: &Pkt, key: &FlowKey, cookie: u64, kind: u8, dir: u8,
         ifindex: ifindex(ctx),
         window: p.window,
         kind,
-        dir,
+        dir: c.dir,
         tcp_flags: p.flags,
         ttl: p.ttl,
         ev_flags,
@@ -249,11 +325,27 @@ fn emit(ctx: &TcContext, p: &Pkt, key: &FlowKey, cookie: u64, kind: u8, dir: u8,
         options: [0; 40],
         // SAFETY: the context pointer is valid for the whole program run.
         skb_tstamp: unsafe { (*skb(ctx)).tstamp },
+        cgroup_id: c.cgroup_id,
+        peer_last_ns: c.peer_last_ns,
+        peer_high: c.peer_high,
+        snap_len: 0,
         // SAFETY: as above.
         skb_tstamp_type: unsafe { (*skb(ctx)).tstamp_type },
-        _pad: [0; 7],
+        _pad: 0,
+    }
+}
+
+#[inline(always)]
+fn emit(ctx: &TcContext, p: &Pkt, key: &FlowKey, c: &Ctx, kind: u8, ev_flags: u8) {
+    if kind == EV_DATA && ev_flags & EVF_TURN_START != 0 && config() & CFG_SNAPSHOT != 0 {
+        emit_snap(ctx, p, key, c, ev_flags);
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(STAT_RINGBUF_FULL);
+        return;
     };
-    entry.write(ev);
+    entry.write(event(ctx, p, key, c, kind, ev_flags));
     // SAFETY: the entry was fully initialised just above.
     let ev = unsafe { entry.assume_init_mut() };
     if kind == EV_SYN || kind == EV_SYNACK {
@@ -277,6 +369,37 @@ fn emit(ctx: &TcContext, p: &Pkt, key: &FlowKey, cookie: u64, kind: u8, dir: u8,
     entry.submit(0);
 }
 
+/// A turn-start data event with the payload's first bytes after it.
+#[inline(always)]
+fn emit_snap(ctx: &TcContext, p: &Pkt, key: &FlowKey, c: &Ctx, ev_flags: u8) {
+    let Some(mut entry) = EVENTS.reserve::<SnapEvent>(0) else {
+        count(STAT_RINGBUF_FULL);
+        return;
+    };
+    let slot = entry.as_mut_ptr();
+    // SAFETY: `slot` points to reserved ring-buffer memory of SnapEvent's
+    // size; the event part is written whole here, the bytes below.
+    unsafe { core::ptr::addr_of_mut!((*slot).ev).write(event(ctx, p, key, c, EV_DATA, ev_flags)) };
+    let avail = (ctx.len() as usize).saturating_sub(p.payload_off);
+    let mut n = p.payload_len as usize;
+    if n > avail {
+        n = avail;
+    }
+    if n > SNAP_BYTES {
+        n = SNAP_BYTES;
+    }
+    let got = if n > 0 {
+        read_into(ctx, p.payload_off, slot, n)
+    } else {
+        0
+    };
+    // SAFETY: as above; the rest of `snap` past `got` is left as reserved
+    // (user space reads only `snap_len` bytes).
+    unsafe { (*slot).ev.snap_len = got as u16 };
+    // SAFETY: every byte user space reads was written above.
+    unsafe { entry.assume_init_mut() };
+    entry.submit(0);
+}
 #[inline(always)]
 fn is_registered(ctx: &TcContext) -> (bool, u64) {
     // SAFETY: valid context pointer; the helper returns 0 when there is no socket.
@@ -287,7 +410,7 @@ fn is_registered(ctx: &TcContext) -> (bool, u64) {
             return (true, cookie);
         }
     }
-    let all = CONFIG.get(0).copied().unwrap_or(0) & CFG_TRACK_ALL_OUT != 0;
+    let all = config() & CFG_TRACK_ALL_OUT != 0;
     (all, cookie)
 }
 
@@ -301,7 +424,8 @@ fn try_egress(ctx: &TcContext) -> Result<(), ()> {
             // SAFETY: pointer into the map value, valid for this program run.
             let st = unsafe { &mut *st };
             if flow::syn_again(st, p.seq) {
-                emit(ctx, &p, &key, st.cookie, EV_SYN, DIR_OUT, EVF_RETRANS);
+                let c = out_ctx(ctx, ktime(), st.cookie, st);
+                emit(ctx, &p, &key, &c, EV_SYN, EVF_RETRANS);
                 return Ok(());
             }
             // Same 4-tuple, new ISN: a new connection reusing the port.
@@ -315,7 +439,8 @@ fn try_egress(ctx: &TcContext) -> Result<(), ()> {
             count(STAT_FLOW_INSERT_FAILED);
             return Ok(());
         }
-        emit(ctx, &p, &key, cookie, EV_SYN, DIR_OUT, 0);
+        let c = out_ctx(ctx, ktime(), cookie, &st);
+        emit(ctx, &p, &key, &c, EV_SYN, 0);
         return Ok(());
     }
 
@@ -324,21 +449,90 @@ fn try_egress(ctx: &TcContext) -> Result<(), ()> {
     };
     // SAFETY: pointer into the map value, valid for this program run.
     let st = unsafe { &mut *st };
-    let e = flow::egress_step(st, &seg(&p, ifx));
-    emit_all(ctx, &p, &key, st.cookie, DIR_OUT, &e);
+    let now = ktime();
+    let e = flow::egress_step(st, &seg(&p, ifx, now));
+    if st.cookie == 0 && e.synack.is_none() {
+        // A server-side flow learns the accepted socket's cookie from its
+        // first packet (the SYN-ACK belongs to a request socket).
+        // SAFETY: valid context pointer.
+        st.cookie = unsafe { bpf_get_socket_cookie(skb(ctx) as *mut _) };
+    }
+    let c = out_ctx(ctx, now, st.cookie, st);
+    emit_all(ctx, &p, &key, &c, &e);
+    if e.close {
+        let _ = FLOWS.remove(key);
+    }
     Ok(())
+}
+
+#[inline(always)]
+fn out_ctx(ctx: &TcContext, now: u64, cookie: u64, st: &FlowState) -> Ctx {
+    Ctx {
+        now,
+        cookie,
+        dir: DIR_OUT,
+        peer_last_ns: st.last_in_ns,
+        peer_high: st.in_high,
+        // SAFETY: valid context pointer; 0 when the skb has no full socket.
+        cgroup_id: unsafe { bpf_skb_cgroup_id(skb(ctx)) },
+    }
+}
+
+#[inline(always)]
+fn in_ctx(now: u64, cookie: u64, st: &FlowState) -> Ctx {
+    Ctx {
+        now,
+        cookie,
+        dir: DIR_IN,
+        peer_last_ns: st.last_out_ns,
+        peer_high: st.out_high,
+        cgroup_id: 0,
+    }
 }
 
 fn try_ingress(ctx: &TcContext) -> Result<(), ()> {
     let p = parse(ctx)?;
     let key = flow_key(&p, false);
+    let ifx = ifindex(ctx);
+    if flow::is_syn(p.flags) {
+        // Someone opens a connection to this host.
+        if let Some(st) = FLOWS.get_ptr_mut(key) {
+            // SAFETY: pointer into the map value, valid for this program run.
+            let st = unsafe { &mut *st };
+            if flow::syn_in_again(st, p.seq) {
+                let c = in_ctx(ktime(), 0, st);
+                emit(ctx, &p, &key, &c, EV_SYN, EVF_RETRANS);
+                return Ok(());
+            }
+            if st.flags & probe_common::FLOW_SERVER == 0 {
+                // A SYN into one of our own connecting sockets (simultaneous open).
+                return Ok(());
+            }
+        }
+        if config() & CFG_TRACK_ALL_IN == 0 {
+            return Ok(());
+        }
+        let st = flow::new_server_flow(p.seq, ifx);
+        if FLOWS.insert(key, st, 0).is_err() {
+            count(STAT_FLOW_INSERT_FAILED);
+            return Ok(());
+        }
+        let c = in_ctx(ktime(), 0, &st);
+        emit(ctx, &p, &key, &c, EV_SYN, 0);
+        return Ok(());
+    }
     let Some(st) = FLOWS.get_ptr_mut(key) else {
         return Ok(());
     };
     // SAFETY: pointer into the map value, valid for this program run.
     let st = unsafe { &mut *st };
-    let e = flow::ingress_step(st, &seg(&p, ifindex(ctx)));
-    emit_all(ctx, &p, &key, st.cookie, DIR_IN, &e);
+    let now = ktime();
+    let e = flow::ingress_step(st, &seg(&p, ifx, now));
+    let c = in_ctx(now, st.cookie, st);
+    emit_all(ctx, &p, &key, &c, &e);
+    if e.close {
+        let _ = FLOWS.remove(key);
+    }
     Ok(())
 }
 
@@ -362,32 +556,39 @@ fn flow_key(p: &Pkt, egress: bool) -> FlowKey {
 }
 
 #[inline(always)]
-fn seg(p: &Pkt, ifindex: u32) -> flow::Seg {
+fn seg(p: &Pkt, ifindex: u32, now: u64) -> flow::Seg {
     flow::Seg {
         seq: p.seq,
         ack: p.ack,
         flags: p.flags,
         payload_len: p.payload_len,
         ifindex,
+        ts: now,
     }
 }
 
 #[inline(always)]
-fn emit_all(ctx: &TcContext, p: &Pkt, key: &FlowKey, cookie: u64, dir: u8, e: &flow::Emits) {
+fn ktime() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn emit_all(ctx: &TcContext, p: &Pkt, key: &FlowKey, c: &Ctx, e: &flow::Emits) {
     if let Some(f) = e.synack {
-        emit(ctx, p, key, cookie, EV_SYNACK, dir, f);
+        emit(ctx, p, key, c, EV_SYNACK, f);
     }
     if e.rst {
-        emit(ctx, p, key, cookie, EV_RST, dir, 0);
+        emit(ctx, p, key, c, EV_RST, 0);
     }
     if e.ack_cover {
-        emit(ctx, p, key, cookie, EV_ACK_COVER, dir, 0);
+        emit(ctx, p, key, c, EV_ACK_COVER, 0);
     }
     if let Some(f) = e.data {
-        emit(ctx, p, key, cookie, EV_DATA, dir, f);
+        emit(ctx, p, key, c, EV_DATA, f);
     }
     if e.fin {
-        emit(ctx, p, key, cookie, EV_FIN, dir, 0);
+        emit(ctx, p, key, c, EV_FIN, 0);
     }
 }
 

@@ -9,15 +9,17 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
         links::LinkOrder,
         tc::{self, TcAttachOptions},
     },
 };
 use probe_common::{
-    Event, FlowKey, FlowState, STAT_FLOW_INSERT_FAILED, STAT_PARSE_SKIPPED, STAT_RINGBUF_FULL,
+    CFG_SNAPSHOT, CFG_TRACK_ALL_IN, CFG_TRACK_ALL_OUT, Event, FlowKey, FlowState, Owner,
+    STAT_FLOW_INSERT_FAILED, STAT_PARSE_SKIPPED, STAT_RINGBUF_FULL,
 };
 use serde::Serialize;
+use std::path::Path;
 use thiserror::Error;
 
 /// The eBPF object, embedded at build time by build.rs.
@@ -25,6 +27,18 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pr
 
 pub const PROG_EGRESS: &str = "synack_egress";
 pub const PROG_INGRESS: &str = "synack_ingress";
+pub const PROG_CONNECT4: &str = "synack_connect4";
+pub const PROG_CONNECT6: &str = "synack_connect6";
+
+/// What the kernel side follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Only sockets synack registers (the active probe).
+    Registered,
+    /// Every connection this network namespace opens or accepts, with
+    /// payload snapshots of each turn (`synack watch`).
+    Everything,
+}
 
 #[derive(Debug, Error)]
 pub enum KernelError {
@@ -72,6 +86,18 @@ impl KernelError {
     }
 }
 
+/// The error, with what to do about missing privileges.
+pub fn help(e: &KernelError) -> String {
+    if e.is_permission() {
+        format!(
+            "{e}\n\nsynack loads eBPF programs and needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON \
+             (or root). Run it with sudo, or in a container with those capabilities."
+        )
+    } else {
+        e.to_string()
+    }
+}
+
 /// True when an I/O error with one of these errnos is anywhere in the chain.
 fn errno_in_chain(e: &(dyn std::error::Error + 'static), errnos: &[i32]) -> bool {
     let mut x = Some(e);
@@ -84,6 +110,41 @@ fn errno_in_chain(e: &(dyn std::error::Error + 'static), errnos: &[i32]) -> bool
         x = err.source();
     }
     false
+}
+
+/// Attaches the connect4/connect6 hooks to the cgroup v2 root this process
+/// sees; returns where, or why not (attribution then falls back to /proc).
+fn attach_connect_hooks(ebpf: &mut Ebpf) -> Result<String, String> {
+    let root = crate::procs::cgroup2_root().ok_or_else(|| {
+        "no cgroup v2 hierarchy is mounted (see /proc/self/mountinfo)".to_string()
+    })?;
+    let dir = std::fs::File::open(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+    for name in [PROG_CONNECT4, PROG_CONNECT6] {
+        let prog: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or_else(|| format!("the eBPF object has no {name}"))?
+            .try_into()
+            .map_err(|e| format!("{name}: {e}"))?;
+        prog.load().map_err(|e| format!("loading {name}: {e}"))?;
+        // A bpf_link (kernel >= 5.7): released by the kernel however synack
+        // ends, and always attached as one of many, so other programs on the
+        // cgroup keep running. The kernel refuses any mode flag on a cgroup
+        // link (EINVAL), hence "Single", which sends none.
+        prog.attach(&dir, CgroupAttachMode::Single).map_err(|e| {
+            let mut msg = format!("attaching {name} to {}: {e}", display(&root));
+            let mut src = std::error::Error::source(&e);
+            while let Some(x) = src {
+                msg.push_str(&format!(": {x}"));
+                src = x.source();
+            }
+            msg
+        })?;
+    }
+    Ok(display(&root))
+}
+
+fn display(p: &Path) -> String {
+    p.display().to_string()
 }
 
 /// Loss counters: every way an event or a flow can go missing.
@@ -128,8 +189,11 @@ pub struct Kernel {
     flows: HashMap<MapData, FlowKey, FlowState>,
     stats: PerCpuArray<MapData, u64>,
     config: Array<MapData, u32>,
+    owners: HashMap<MapData, u64, Owner>,
     pub interfaces: Vec<Interface>,
     pub attach_mode: AttachMode,
+    /// Where the connect hooks are attached (Scope::Everything), or why not.
+    pub connect_hooks: Result<String, String>,
     undecodable: u64,
     evicted: u64,
     _ebpf: Ebpf,
@@ -150,6 +214,14 @@ impl Kernel {
     /// Loads the programs and attaches them on ingress and egress of the
     /// named interfaces, or of every interface that is up.
     pub fn load_and_attach(only: &[String]) -> Result<Self, KernelError> {
+        Self::load(only, Scope::Registered)
+    }
+
+    /// Loads the programs and attaches them on ingress and egress of the
+    /// named interfaces (or every interface that is up); with
+    /// `Scope::Everything` also the cgroup connect hooks that tell which
+    /// process opened each connection (best effort: see `connect_hooks`).
+    pub fn load(only: &[String], scope: Scope) -> Result<Self, KernelError> {
         if OBJECT.is_empty() {
             return Err(KernelError::NoObject);
         }
@@ -244,18 +316,36 @@ impl Kernel {
             }
         }
 
-        Ok(Kernel {
+        let connect_hooks = if scope == Scope::Everything {
+            attach_connect_hooks(&mut ebpf)
+        } else {
+            Err("not needed".to_string())
+        };
+
+        let mut k = Kernel {
             ring: take(&mut ebpf, "EVENTS")?,
             registered: take(&mut ebpf, "REGISTERED")?,
             flows: take(&mut ebpf, "FLOWS")?,
             stats: take(&mut ebpf, "STATS")?,
             config: take(&mut ebpf, "CONFIG")?,
+            owners: take(&mut ebpf, "OWNERS")?,
             interfaces,
             attach_mode,
+            connect_hooks,
             undecodable: 0,
             evicted: 0,
             _ebpf: ebpf,
-        })
+        };
+        if scope == Scope::Everything {
+            k.set_config(CFG_TRACK_ALL_OUT | CFG_TRACK_ALL_IN | CFG_SNAPSHOT)?;
+        }
+        Ok(k)
+    }
+
+    /// Who called connect() on the socket with this cookie, if the connect
+    /// hooks saw it.
+    pub fn owner(&self, cookie: u64) -> Option<Owner> {
+        self.owners.get(&cookie, 0).ok()
     }
 
     /// Follows the connection of the socket with this cookie from its SYN on.
@@ -300,17 +390,35 @@ impl Kernel {
     /// CLOCK_MONOTONIC time in `ts_ns` (see `events::best_ts`).
     pub fn drain(&mut self) -> Vec<Event> {
         let mut out = Vec::new();
+        self.drain_with(|ev, _| out.push(*ev));
+        out
+    }
+
+    /// Hands every event the kernel has submitted so far to `f`, with the
+    /// payload snapshot that came with it (empty for most events); `ts_ns`
+    /// is the best CLOCK_MONOTONIC time as in `drain`. Returns the count.
+    pub fn drain_with(&mut self, mut f: impl FnMut(&Event, &[u8])) -> usize {
         let off = events::mono_minus_real();
+        let mut n = 0;
         while let Some(item) = self.ring.next() {
             match events::decode(&item) {
-                Ok(mut ev) => {
+                Ok((mut ev, snap)) => {
                     ev.ts_ns = events::best_ts(&ev, off);
-                    out.push(ev)
+                    f(&ev, snap);
+                    n += 1;
                 }
-                Err(DecodeError::Size { .. } | DecodeError::Kind(_)) => self.undecodable += 1,
+                Err(DecodeError::Size { .. } | DecodeError::Kind(_) | DecodeError::SnapLen(_)) => {
+                    self.undecodable += 1
+                }
             }
         }
-        out
+        n
+    }
+
+    /// The ring buffer's file descriptor, to wait on with poll/epoll.
+    pub fn ring_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.ring.as_fd()
     }
 
     /// The loss counters, summed over CPUs.

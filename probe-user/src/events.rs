@@ -1,31 +1,52 @@
 //! Where ring-buffer bytes become typed events: decoding of the records the
 //! classifiers submit.
 
-use probe_common::Event;
+use probe_common::{Event, SNAP_BYTES, SnapEvent};
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
-    #[error("ring buffer record of {got} bytes, expected {want}")]
-    Size { got: usize, want: usize },
+    #[error("ring buffer record of {got} bytes, expected {want} or {snap}")]
+    Size {
+        got: usize,
+        want: usize,
+        snap: usize,
+    },
     #[error("unknown event kind {0}")]
     Kind(u8),
+    #[error("payload snapshot of {0} bytes in a record that holds {SNAP_BYTES}")]
+    SnapLen(u16),
 }
 
-/// Decodes one ring-buffer record.
-pub fn decode(b: &[u8]) -> Result<Event, DecodeError> {
+/// Decodes one ring-buffer record: an `Event`, or a `SnapEvent` (an event
+/// followed by the first bytes of its payload, returned as the slice).
+pub fn decode(b: &[u8]) -> Result<(Event, &[u8]), DecodeError> {
     let want = size_of::<Event>();
-    if b.len() != want {
-        return Err(DecodeError::Size { got: b.len(), want });
+    let snap = size_of::<SnapEvent>();
+    if b.len() != want && b.len() != snap {
+        return Err(DecodeError::Size {
+            got: b.len(),
+            want,
+            snap,
+        });
     }
-    // SAFETY: the length is exactly size_of::<Event>(), Event is repr(C) with
-    // no padding and valid for every bit pattern; read_unaligned copes with
-    // any alignment of the ring buffer's bytes.
+    // SAFETY: the record holds at least size_of::<Event>() bytes, Event is
+    // repr(C) with no padding and valid for every bit pattern;
+    // read_unaligned copes with any alignment of the ring buffer's bytes.
     let ev = unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<Event>()) };
     if !(probe_common::EV_SYN..=probe_common::EV_RST).contains(&ev.kind) {
         return Err(DecodeError::Kind(ev.kind));
     }
-    Ok(ev)
+    let bytes = if b.len() == snap {
+        let n = ev.snap_len as usize;
+        if n > SNAP_BYTES {
+            return Err(DecodeError::SnapLen(ev.snap_len));
+        }
+        &b[want..want + n]
+    } else {
+        &[][..]
+    };
+    Ok((ev, bytes))
 }
 
 /// The best CLOCK_MONOTONIC time for an event: for incoming packets, the
@@ -103,8 +124,12 @@ mod tests {
             opt_len: 0,
             options: [0; 40],
             skb_tstamp: 0,
+            cgroup_id: 0,
+            peer_last_ns: 0,
+            peer_high: 0,
+            snap_len: 0,
             skb_tstamp_type: 0,
-            _pad: [0; 7],
+            _pad: 0,
         }
     }
 
@@ -139,17 +164,34 @@ mod tests {
     fn round_trip_and_errors() {
         let ev = sample();
         let b = encode(&ev);
-        let d = decode(&b).unwrap();
+        let (d, snap) = decode(&b).unwrap();
+        assert!(snap.is_empty());
         assert_eq!(d.ts_ns, 123);
         assert_eq!(d.payload_len, 3);
         assert_eq!(d.ttl, 64);
         // unaligned input
         let mut shifted = vec![0u8];
         shifted.extend_from_slice(&b);
-        assert_eq!(decode(&shifted[1..]).unwrap().cookie, 9);
+        assert_eq!(decode(&shifted[1..]).unwrap().0.cookie, 9);
         assert!(matches!(decode(&b[1..]), Err(DecodeError::Size { .. })));
         let mut bad = ev;
         bad.kind = 99;
         assert_eq!(decode(&encode(&bad)).err(), Some(DecodeError::Kind(99)));
+    }
+
+    #[test]
+    fn snapshots_follow_their_event() {
+        let mut ev = sample();
+        ev.snap_len = 5;
+        let mut b = encode(&ev);
+        b.extend_from_slice(b"GET /");
+        b.resize(size_of::<SnapEvent>(), 0xee);
+        let (d, snap) = decode(&b).unwrap();
+        assert_eq!(d.payload_len, 3);
+        assert_eq!(snap, b"GET /");
+        ev.snap_len = SNAP_BYTES as u16 + 1;
+        let mut b = encode(&ev);
+        b.resize(size_of::<SnapEvent>(), 0);
+        assert!(matches!(decode(&b), Err(DecodeError::SnapLen(_))));
     }
 }

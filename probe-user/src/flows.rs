@@ -44,11 +44,17 @@ pub struct SynAck {
 pub struct Flow {
     pub key: FlowKey,
     pub cookie: u64,
+    /// The peer opened the connection (a server-side flow, passive mode).
+    pub server: bool,
     out_isn: Option<u32>,
     in_isn: Option<u32>,
-    /// CLOCK_MONOTONIC ns of each SYN sent (first one, then retransmissions).
+    /// CLOCK_MONOTONIC ns of each SYN (first one, then retransmissions):
+    /// ours on a client-side flow, the peer's on a server-side one.
     pub syns: Vec<u64>,
+    /// The SYN-ACK: the peer's on a client-side flow, ours on a server-side one.
     pub synack: Option<SynAck>,
+    /// Server-side flow: the peer's SYN (its TTL tells the client's hops).
+    pub syn_in: Option<SynAck>,
     /// SYN-ACKs received again (the peer retransmitted).
     pub synack_dups: u32,
     pub out: Vec<Seg>,
@@ -68,6 +74,8 @@ impl Flow {
         Flow {
             key,
             cookie,
+            server: false,
+            syn_in: None,
             out_isn: None,
             in_isn: None,
             syns: Vec::new(),
@@ -85,7 +93,30 @@ impl Flow {
     /// Adds one kernel event.
     pub fn push(&mut self, ev: &Event) {
         self.events.push(*ev);
+        if self.cookie == 0 {
+            self.cookie = ev.cookie;
+        }
         match ev.kind {
+            EV_SYN if ev.dir == DIR_IN => {
+                if self.in_isn.is_some() && self.in_isn != Some(ev.seq) {
+                    *self = Flow::new(ev.key, ev.cookie);
+                    self.events.push(*ev);
+                }
+                self.server = true;
+                if self.in_isn.is_none() {
+                    self.in_isn = Some(ev.seq);
+                    self.syn_in = Some(handshake_pkt(ev));
+                }
+                self.syns.push(ev.ts_ns);
+            }
+            EV_SYNACK if ev.dir == DIR_OUT => {
+                if self.synack.is_some() {
+                    self.synack_dups += 1;
+                    return;
+                }
+                self.out_isn = Some(ev.seq);
+                self.synack = Some(handshake_pkt(ev));
+            }
             EV_SYN => {
                 if self.out_isn != Some(ev.seq) {
                     // A new ISN on the same socket cannot happen; on a reused
@@ -104,13 +135,7 @@ impl Flow {
                     return;
                 }
                 self.in_isn = Some(ev.seq);
-                let n = (ev.opt_len as usize).min(ev.options.len());
-                self.synack = Some(SynAck {
-                    ts_ns: ev.ts_ns,
-                    ttl: ev.ttl,
-                    window: ev.window,
-                    options: parse_options(&ev.options[..n]).map_err(|e| e.to_string()),
-                });
+                self.synack = Some(handshake_pkt(ev));
             }
             EV_DATA => {
                 let s = Seg {
@@ -133,8 +158,23 @@ impl Flow {
         }
     }
 
+    /// The connection ended: a RST, or FINs both ways.
+    pub fn closed(&self) -> bool {
+        !self.rsts.is_empty()
+            || (self.fins.iter().any(|f| f.0 == DIR_OUT) && self.fins.iter().any(|f| f.0 == DIR_IN))
+    }
+
+    /// Forgets payload segments and ACKs from before `ts` (requests already
+    /// reported on a long keep-alive connection); the handshake stays.
+    pub fn prune_before(&mut self, ts: u64) {
+        self.out.retain(|s| s.ts_ns >= ts);
+        self.inb.retain(|s| s.ts_ns >= ts);
+        self.acks.retain(|a| a.0 >= ts);
+        self.events.clear();
+    }
+
     /// Stream offset of a raw sequence number in the given direction.
-    fn offset(&self, dir: u8, seq: u32) -> Option<u32> {
+    pub fn offset(&self, dir: u8, seq: u32) -> Option<u32> {
         let isn = if dir == DIR_OUT {
             self.out_isn
         } else {
@@ -204,6 +244,31 @@ impl Flow {
     }
 }
 
+/// A flow key's (local, remote) socket addresses.
+pub fn key_addrs(key: &FlowKey) -> (std::net::SocketAddr, std::net::SocketAddr) {
+    let ip = |b: &[u8; 16]| -> std::net::IpAddr {
+        if key.ip_version == 4 {
+            std::net::IpAddr::from([b[0], b[1], b[2], b[3]])
+        } else {
+            std::net::IpAddr::from(*b)
+        }
+    };
+    (
+        std::net::SocketAddr::new(ip(&key.local_addr), key.local_port),
+        std::net::SocketAddr::new(ip(&key.remote_addr), key.remote_port),
+    )
+}
+
+fn handshake_pkt(ev: &Event) -> SynAck {
+    let n = (ev.opt_len as usize).min(ev.options.len());
+    SynAck {
+        ts_ns: ev.ts_ns,
+        ttl: ev.ttl,
+        window: ev.window,
+        options: parse_options(&ev.options[..n]).map_err(|e| e.to_string()),
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -231,8 +296,12 @@ pub(crate) mod tests {
                 o
             },
             skb_tstamp: 0,
+            cgroup_id: 0,
+            peer_last_ns: 0,
+            peer_high: 0,
+            snap_len: 0,
             skb_tstamp_type: 0,
-            _pad: [0; 7],
+            _pad: 0,
         }
     }
 
@@ -304,6 +373,42 @@ pub(crate) mod tests {
         assert_eq!(f.synack_dups, 1);
         assert_eq!(f.synack.as_ref().unwrap().ts_ns, 1100);
         assert_eq!(f.rsts, vec![(DIR_OUT, 6000)]);
+    }
+
+    #[test]
+    fn server_side_flow() {
+        let mut f = Flow::new(FlowKey::default(), 0);
+        for e in [
+            ev(EV_SYN, DIR_IN, 0, 7000, 0, 0, 0),
+            ev(EV_SYNACK, DIR_OUT, 10, 300, 7001, 0, 0),
+            ev(EV_ACK_COVER, DIR_IN, 110, 7001, 301, 0, 0),
+            ev(EV_DATA, DIR_IN, 120, 7001, 301, 80, EVF_TURN_START),
+            ev(EV_DATA, DIR_OUT, 500, 301, 7081, 900, EVF_TURN_START),
+            ev(EV_FIN, DIR_OUT, 600, 1201, 7081, 0, 0),
+        ] {
+            f.push(&e);
+        }
+        assert!(f.server);
+        assert_eq!(f.syn_in.as_ref().unwrap().ttl, 61);
+        assert_eq!(f.synack.as_ref().unwrap().ts_ns, 10);
+        assert_eq!(f.in_covering(0).unwrap().ts_ns, 120);
+        assert_eq!(f.out_covering(899).unwrap().ts_ns, 500);
+        assert_eq!(f.ack_covering(0, 10), Some(110), "the handshake's last ACK");
+        assert!(!f.closed());
+        f.push(&ev(EV_FIN, DIR_IN, 700, 7081, 1202, 0, 0));
+        assert!(f.closed());
+        f.prune_before(400);
+        assert!(f.inb.is_empty() && f.out.len() == 1 && f.acks.is_empty());
+    }
+
+    #[test]
+    fn keys_round_trip_to_addresses() {
+        let l: std::net::SocketAddr = "10.0.0.1:40000".parse().unwrap();
+        let r: std::net::SocketAddr = "[fd00::2]:443".parse().unwrap();
+        let k = crate::prober::flow_key(l, "10.0.0.2:80".parse().unwrap());
+        assert_eq!(key_addrs(&k), (l, "10.0.0.2:80".parse().unwrap()));
+        let k = crate::prober::flow_key("[fd00::1]:5".parse().unwrap(), r);
+        assert_eq!(key_addrs(&k).1, r);
     }
 
     #[test]

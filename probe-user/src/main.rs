@@ -6,7 +6,7 @@ use clap::Parser;
 use http::{HeaderName, HeaderValue, Method};
 use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
 use synack::{
-    bpf::{Kernel, KernelError},
+    bpf::Kernel,
     output,
     prober::{self, Family, Options, Prober, Resolve},
 };
@@ -25,9 +25,19 @@ use synack::{
 ///   sudo synack https://example.com/
 ///   sudo synack --count 5 --interval 1s --json http://10.0.0.2:8080/health
 ///   sudo synack --reuse 2 --resolve api.internal:443:10.0.0.7 https://api.internal/
+///   sudo synack watch --port 443          (every request the host makes or serves)
 #[derive(Parser, Debug)]
-#[command(name = "synack", version, verbatim_doc_comment)]
+#[command(
+    name = "synack",
+    version,
+    verbatim_doc_comment,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+
     /// URLs to request (http:// or https://), one after the other.
     #[arg(required = true, value_name = "URL")]
     urls: Vec<String>,
@@ -112,6 +122,146 @@ struct Cli {
     fail: bool,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    Watch(WatchArgs),
+}
+
+/// Times every HTTP request this host makes or serves, as it happens,
+/// without touching the programs that make them.
+///
+/// Every TCP connection opened or accepted in this network namespace is
+/// followed by the same kernel timestamps as the active probe. Plain
+/// HTTP/1.x requests show method, path (query string dropped unless
+/// --keep-query; no header but Host is ever kept) and status; TLS shows the
+/// server name (SNI). Each request on a keep-alive connection is its own
+/// line, with the process (pid, name) and cgroup that owns the connection.
+/// Ctrl-C (or --duration) ends it with percentiles and loss counts.
+///
+/// Filters of different kinds must all match; repeated values of one kind
+/// match any of them.
+///
+/// Examples:
+///   sudo synack watch
+///   sudo synack watch --port 443 --duration 60 --json > requests.jsonl
+///   sudo synack watch --container 3f2a9c1b --dst 10.0.0.0/8
+///   sudo synack watch --direction server --port 8080
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+struct WatchArgs {
+    /// Only connections owned by this process id; repeatable.
+    #[arg(long, value_name = "PID")]
+    pid: Vec<u32>,
+
+    /// Only connections of processes in this cgroup (v2) or below it: a path
+    /// under the cgroup mount, or relative to it; repeatable.
+    #[arg(long, value_name = "PATH")]
+    cgroup: Vec<String>,
+
+    /// Only connections of this container (its id or a unique part of it,
+    /// found through its cgroup: docker, containerd, cri-o, podman); repeatable.
+    #[arg(long, value_name = "ID")]
+    container: Vec<String>,
+
+    /// Only connections with this local or remote port; repeatable.
+    #[arg(long, value_name = "N")]
+    port: Vec<u16>,
+
+    /// Only connections whose peer is in this network (10.0.0.0/8,
+    /// fd00::/8, or one address); repeatable.
+    #[arg(long, value_name = "CIDR", value_parser = parse_net)]
+    dst: Vec<ipnet::IpNet>,
+
+    /// Only connections this host opened (client) or accepted (server).
+    #[arg(long, value_enum, value_name = "SIDE")]
+    direction: Option<Direction>,
+
+    /// Print one JSON object per request, one per line (see docs/json.md);
+    /// the summary goes to stderr.
+    #[arg(long)]
+    json: bool,
+
+    /// Stop after this long, e.g. 30, 2m (default: until Ctrl-C or SIGTERM).
+    #[arg(long, value_name = "TIME", value_parser = parse_duration)]
+    duration: Option<Duration>,
+
+    /// Keep query strings in paths (they can carry tokens, so they are
+    /// dropped by default).
+    #[arg(long)]
+    keep_query: bool,
+
+    /// Attach to these interfaces only (default: every interface that is up); repeatable.
+    #[arg(short = 'i', long = "interface", value_name = "IFACE")]
+    interfaces: Vec<String>,
+
+    /// Print a running summary to stderr this often (human output); 0 turns it off.
+    #[arg(long, default_value = "10s", value_name = "TIME", value_parser = parse_duration)]
+    summary_every: Duration,
+
+    /// Report a request once its connection has been idle this long after
+    /// the response began (an idle keep-alive connection).
+    #[arg(long, default_value = "500ms", value_name = "TIME", value_parser = parse_duration)]
+    quiet: Duration,
+
+    /// Most connections followed at once; past it the longest idle one is
+    /// dropped (and counted in the summary).
+    #[arg(long, default_value_t = 65536, value_name = "N")]
+    max_connections: usize,
+
+    /// Print every kernel event to stderr (debugging).
+    #[arg(long, hide = true)]
+    dump_events: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Direction {
+    Client,
+    Server,
+}
+
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not a network (examples: 10.0.0.0/8, fd00::/8, 192.0.2.7)"))
+}
+
+fn watch_options(a: WatchArgs) -> Result<synack::watch::WatchOptions> {
+    let mut cgroups = synack::procs::Cgroups::new();
+    let mut paths = Vec::new();
+    for c in &a.cgroup {
+        paths.push(cgroups.resolve(c).map_err(anyhow::Error::msg)?);
+    }
+    for c in &a.container {
+        paths.push(cgroups.container(c).map_err(anyhow::Error::msg)?);
+    }
+    if a.max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
+    Ok(synack::watch::WatchOptions {
+        interfaces: a.interfaces,
+        filters: synack::watch::Filters {
+            pids: a.pid,
+            cgroups: paths,
+            ports: a.port,
+            dsts: a.dst,
+            direction: a.direction.map(|d| match d {
+                Direction::Client => "client",
+                Direction::Server => "server",
+            }),
+        },
+        json: a.json,
+        dump_events: a.dump_events,
+        duration: a.duration,
+        summary_every: (!a.summary_every.is_zero()).then_some(a.summary_every),
+        settings: synack::passive::Settings {
+            keep_query: a.keep_query,
+            quiet_ns: a.quiet.as_nanos() as u64,
+            max_conns: a.max_connections,
+            ..Default::default()
+        },
+    })
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, mul) = if let Some(v) = s.strip_suffix("ms") {
@@ -191,17 +341,6 @@ fn options(cli: &Cli) -> Result<Options> {
     })
 }
 
-fn kernel_help(e: &KernelError) -> String {
-    if e.is_permission() {
-        format!(
-            "{e}\n\nsynack loads eBPF programs and needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON \
-             (or root). Run it with sudo, or in a container with those capabilities."
-        )
-    } else {
-        e.to_string()
-    }
-}
-
 fn raise_memlock() {
     // Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones ignore it.
     let lim = libc::rlimit {
@@ -218,7 +357,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         .context("cannot set up TLS (check --cacert)")?;
     raise_memlock();
     let kernel = Kernel::load_and_attach(&cli.interfaces)
-        .map_err(|e| anyhow::anyhow!(kernel_help(&e)))
+        .map_err(|e| anyhow::anyhow!(synack::bpf::help(&e)))
         .context("cannot start the kernel side")?;
     let mut prober = Prober::new(Some(kernel), tls, opts);
 
@@ -260,7 +399,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -271,6 +410,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Cmd::Watch(w)) = cli.cmd.take() {
+        // watch handles its own signals: they end it with a summary.
+        raise_memlock();
+        let r = rt.block_on(async { synack::watch::run(watch_options(w)?).await });
+        return match r {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("synack watch: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     rt.block_on(async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

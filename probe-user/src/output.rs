@@ -220,6 +220,78 @@ pub fn waterfall(r: &Record, width: usize) -> Option<String> {
     Some(out)
 }
 
+/// One line per request for `synack watch`: who, what, and where the time went.
+pub fn watch_line(r: &Record) -> String {
+    let arrow = if r.direction == "server" { "<-" } else { "->" };
+    let who = match (&r.comm, r.pid) {
+        (Some(c), Some(p)) => format!("{c}[{p}]"),
+        (None, Some(p)) => format!("[{p}]"),
+        _ => "?".to_string(),
+    };
+    let what = if r.method.is_empty() {
+        format!("TLS {}", r.url)
+    } else {
+        format!("{} {}", r.method, r.url)
+    };
+    let status = r
+        .http_status
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| "-".into());
+    let mut s = format!(
+        "{arrow} {who} {what} {status}  {} {}",
+        if r.direction == "server" {
+            "from"
+        } else {
+            "to"
+        },
+        r.remote_addr.as_deref().unwrap_or("-")
+    );
+    let num = |v: Option<f64>| v.map(|v| format!("{v:.2}"));
+    let mut parts: Vec<String> = Vec::new();
+    if !r.connection_reused
+        && let Some(h) = num(r.wire.handshake_rtt_ms)
+    {
+        parts.push(format!("hs {h}"));
+    }
+    if r.tls
+        && let Some(t) = num(r.wire.tls_rtt_ms)
+    {
+        parts.push(format!("tls {t}"));
+    }
+    if let Some(t) = num(r.wire.ttfb_ms) {
+        parts.push(format!("ttfb {t}"));
+    }
+    if let Some(v) = num(r.phases.server_ms) {
+        parts.push(format!("server {v}"));
+    }
+    if let Some(v) = num(r.phases.network_ms) {
+        parts.push(format!("net {v}"));
+    }
+    if let Some(v) = num(r.phases.middlebox_ms) {
+        parts.push(format!("middlebox {v}"));
+    }
+    if r.wire.retransmits.is_some_and(|n| n > 0) {
+        parts.push(format!("retx {}", r.wire.retransmits.unwrap_or(0)));
+    }
+    if !parts.is_empty() {
+        let _ = write!(s, "  | {} ms", parts.join("  "));
+    }
+    if let Some(e) = &r.error {
+        let _ = write!(s, "  | {}: {}", e.kind, e.message);
+    } else if let Some(v) = &r.verdict {
+        let _ = write!(
+            s,
+            "  | {}",
+            match v.path {
+                crate::verdict::PathKind::Direct => "direct",
+                crate::verdict::PathKind::Middlebox => "MIDDLEBOX",
+                crate::verdict::PathKind::Unknown => "path unknown",
+            }
+        );
+    }
+    s
+}
+
 /// Medians over several records, for the end of a `--count`/`--reuse` run.
 pub fn summary(records: &[Record]) -> Option<String> {
     if records.len() < 2 {
@@ -327,6 +399,30 @@ mod tests {
         assert_eq!(v["user"]["ttfb_ms"], 6.0);
         assert_eq!(v["wire"]["handshake_rtt_ms"], 1.5);
         assert!(v["error"].is_null());
+    }
+
+    #[test]
+    fn watch_lines_read_at_a_glance() {
+        let mut r = rec();
+        r.pid = Some(42);
+        r.comm = Some("curl".into());
+        r.phases.server_ms = Some(20.0);
+        let l = watch_line(&r);
+        assert!(
+            l.starts_with("-> curl[42] GET http://h/ 200  to 10.0.0.2:80"),
+            "{l}"
+        );
+        assert!(l.contains("hs 1.50") && l.contains("server 20.00"), "{l}");
+        r.direction = "server";
+        r.error = Some(ErrorInfo::new("no_response", "no response yet"));
+        r.method = String::new();
+        r.url = "https://api.example".into();
+        let l = watch_line(&r);
+        assert!(
+            l.starts_with("<- curl[42] TLS https://api.example 200  from"),
+            "{l}"
+        );
+        assert!(l.ends_with("no_response: no response yet"), "{l}");
     }
 
     #[test]

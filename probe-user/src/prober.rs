@@ -726,9 +726,10 @@ impl Prober {
                 .push(&ev);
         }
         if let Some(key) = key {
-            let saw_syn = flow
-                .as_ref()
-                .is_some_and(|f| f.events.iter().any(|e| e.tcp_flags & TCP_SYN != 0));
+            // The kernel drops a connection's state itself once it closed.
+            let saw_syn = flow.as_ref().is_some_and(|f| {
+                f.events.iter().any(|e| e.tcp_flags & TCP_SYN != 0) && !f.closed()
+            });
             if saw_syn && !k.has_flow(key) {
                 k.note_evicted();
             }

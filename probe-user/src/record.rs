@@ -74,6 +74,10 @@ pub struct WireTimes {
     pub data_rtt_ms: Option<f64>,
     /// Request's first segment out to the response's first segment in.
     pub ttfb_ms: Option<f64>,
+    /// Server side (`synack watch`): TTL (IPv4) or hop limit (IPv6) of the
+    /// client's SYN as it arrived, and the hops it crossed.
+    pub client_ttl: Option<u8>,
+    pub client_hops: Option<u8>,
     /// Retransmitted (or reordered) payload segments during the request, both directions.
     pub retransmits: Option<u32>,
     pub retransmits_out: Option<u32>,
@@ -105,6 +109,17 @@ pub struct Record {
     pub http_status: Option<u16>,
     /// "ebpf": kernel packet timestamps from tc classifiers.
     pub mode: &'static str,
+    /// "client": this host opened the connection (always so for the active
+    /// probe); "server": it accepted it (`synack watch`).
+    pub direction: &'static str,
+    /// `synack watch`: the process that owns the connection (the one that
+    /// called connect(), or holds the accepted socket), its name, and its
+    /// cgroup v2 path (a container's cgroup names the container).
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub cgroup: Option<String>,
+    /// `synack watch`: the TLS server name from the ClientHello.
+    pub sni: Option<String>,
     pub error: Option<ErrorInfo>,
     /// Which of --count's runs this is (0-based).
     pub attempt: u32,
@@ -162,6 +177,7 @@ impl Record {
         .map(|(a, b)| crate::clock::ms_between(a, b));
         crate::verdict::Facts {
             index: self.request_index,
+            repeats_first: true,
             tls: self.tls,
             handshake: w.handshake_rtt_ms,
             ttl: w.synack_ttl,
@@ -189,6 +205,11 @@ impl Record {
             ip_version: None,
             http_status: None,
             mode,
+            direction: "client",
+            pid: None,
+            comm: None,
+            cgroup: None,
+            sni: None,
             error: None,
             attempt: 0,
             redirect_hop: 0,

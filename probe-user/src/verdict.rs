@@ -28,6 +28,9 @@ use serde::Serialize;
 pub struct Facts {
     /// Position on its connection (0 = the one that paid for the handshake).
     pub index: u32,
+    /// Asks for the same thing as the connection's first request (always so
+    /// in the active probe's --reuse), so their TTFBs may be compared.
+    pub repeats_first: bool,
     pub tls: bool,
     /// SYN -> SYN-ACK of the answered SYN, ms.
     pub handshake: Option<f64>,
@@ -215,7 +218,7 @@ pub fn analyze(conn: &[Facts]) -> Vec<Analysis> {
     let f1 = first.filter(|f| f.retransmits == 0).and_then(|f| f.ttfb);
     let f2 = conn
         .iter()
-        .filter(|f| f.index > 0 && f.retransmits == 0)
+        .filter(|f| f.index > 0 && f.repeats_first && f.retransmits == 0)
         .filter_map(|f| f.ttfb)
         .min_by(|a, b| a.total_cmp(b));
     if let (Some(f1), Some(f2), Some(first)) = (f1, f2, first)
@@ -398,6 +401,7 @@ mod tests {
     fn tls(h: f64, t: f64, p: Option<f64>, ttfb: f64, hops: u8) -> Facts {
         Facts {
             index: 0,
+            repeats_first: true,
             tls: true,
             handshake: Some(h),
             ttl: Some(64 - hops),
@@ -430,6 +434,22 @@ mod tests {
             }),
             ..tls(h, 0.0, None, ttfb, hops)
         }
+    }
+
+    #[test]
+    fn only_a_repeat_of_the_first_request_feeds_the_reuse_rule() {
+        let first = http(0, 4.0, 90.0, 3);
+        let mut other = http(1, 4.0, 50.0, 3);
+        other.repeats_first = false;
+        assert_ne!(
+            analyze(&[first.clone(), other.clone()])[1].verdict.path,
+            PathKind::Middlebox
+        );
+        other.repeats_first = true;
+        assert_eq!(
+            analyze(&[first, other])[1].verdict.path,
+            PathKind::Middlebox
+        );
     }
 
     fn near(a: f64, b: f64, tol: f64) -> bool {

@@ -10,8 +10,8 @@ use aya::{
 };
 use etherparse::{PacketBuilder, TcpOptionElement};
 use probe_common::{
-    CFG_TRACK_ALL_OUT, DIR_IN, DIR_OUT, EV_ACK_COVER, EV_DATA, EV_SYN, EV_SYNACK, EVF_RETRANS,
-    EVF_TURN_START, Event,
+    CFG_SNAPSHOT, CFG_TRACK_ALL_IN, CFG_TRACK_ALL_OUT, DIR_IN, DIR_OUT, EV_ACK_COVER, EV_DATA,
+    EV_FIN, EV_SYN, EV_SYNACK, EVF_RETRANS, EVF_TURN_START, Event, SNAP_BYTES,
 };
 use std::path::PathBuf;
 use synack::{events::decode, tcp::parse_options};
@@ -49,8 +49,24 @@ impl Harness {
         Ok(Harness { ebpf, ring })
     }
 
+    fn config(&mut self, bits: u32) -> Result<()> {
+        let mut cfg: Array<_, u32> =
+            Array::try_from(self.ebpf.map_mut("CONFIG").context("CONFIG")?)?;
+        cfg.set(0, bits, 0)?;
+        Ok(())
+    }
+
     /// Runs one direction's classifier on a frame; returns the events it submitted.
     fn run(&mut self, egress: bool, frame: &[u8]) -> Result<Vec<Event>> {
+        Ok(self
+            .run_snaps(egress, frame)?
+            .into_iter()
+            .map(|e| e.0)
+            .collect())
+    }
+
+    /// As `run`, with each event's payload snapshot.
+    fn run_snaps(&mut self, egress: bool, frame: &[u8]) -> Result<Vec<(Event, Vec<u8>)>> {
         let name = if egress {
             "synack_egress"
         } else {
@@ -71,7 +87,8 @@ impl Harness {
         );
         let mut evs = Vec::new();
         while let Some(item) = self.ring.next() {
-            evs.push(decode(&item)?);
+            let (ev, snap) = decode(&item)?;
+            evs.push((ev, snap.to_vec()));
         }
         Ok(evs)
     }
@@ -263,5 +280,88 @@ fn untracked_and_non_tcp_traffic_is_ignored() -> Result<()> {
         .udp(5353, 53)
         .write(&mut udp, b"dns")?;
     assert!(h.run(true, &udp)?.is_empty());
+    Ok(())
+}
+
+/// Passive mode: a connection someone opens to this host, with payload
+/// snapshots of each turn, forgotten once both FINs passed.
+#[test]
+fn server_side_conversation_with_snapshots() -> Result<()> {
+    let mut h = Harness::new()?;
+    h.config(CFG_TRACK_ALL_OUT | CFG_TRACK_ALL_IN | CFG_SNAPSHOT)?;
+    let ip = Ip::V6(
+        [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9],
+        [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+    );
+    let peer = |seq, ack, syn, payload: &[u8]| -> Result<Vec<u8>> {
+        frame(Tcp {
+            ip,
+            ttl: 61,
+            sport: 50000,
+            dport: 8080,
+            seq,
+            ack,
+            syn,
+            payload,
+            options: &SYN_OPTS,
+        })
+    };
+    let us = |seq, ack, syn, payload: &[u8]| -> Result<Vec<u8>> {
+        frame(Tcp {
+            ip: ip.rev(),
+            ttl: 64,
+            sport: 8080,
+            dport: 50000,
+            seq,
+            ack,
+            syn,
+            payload,
+            options: &[],
+        })
+    };
+    let ev = h.run(false, &peer(7000, None, true, b"")?)?;
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!((ev[0].kind, ev[0].dir, ev[0].ttl), (EV_SYN, DIR_IN, 61));
+    assert_eq!(ev[0].key.local_port, 8080);
+    let ev = h.run(true, &us(300, Some(7001), true, b"")?)?;
+    assert_eq!((ev[0].kind, ev[0].dir), (EV_SYNACK, DIR_OUT));
+    let ev = h.run(false, &peer(7001, Some(301), false, b"")?)?;
+    assert_eq!(ev[0].kind, EV_ACK_COVER, "the handshake's last ACK");
+
+    let req = b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n";
+    let ev = h.run_snaps(false, &peer(7001, Some(301), false, req)?)?;
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!((ev[0].0.kind, ev[0].0.ev_flags), (EV_DATA, EVF_TURN_START));
+    assert_eq!(ev[0].1, req, "the snapshot is the payload");
+    let big = vec![b'x'; 1400];
+    let ev = h.run_snaps(true, &us(301, Some(7001 + req.len() as u32), false, &big)?)?;
+    assert_eq!(ev[0].0.dir, DIR_OUT);
+    assert_eq!(ev[0].1.len(), SNAP_BYTES, "bounded");
+    assert_eq!(
+        ev[0].0.peer_high,
+        7001 + req.len() as u32,
+        "where the request ended"
+    );
+    assert!(ev[0].0.peer_last_ns > 0);
+
+    let ev = h.run(true, &{
+        let mut f = us(1701, Some(7001 + req.len() as u32), false, b"")?;
+        // FIN|ACK: the TCP flags byte sits 13 bytes into the TCP header
+        // (the classifiers do not check checksums).
+        f[14 + 40 + 13] |= 0x01;
+        f
+    })?;
+    assert_eq!(ev[0].kind, EV_FIN);
+    let mut fin_in = peer(7001 + req.len() as u32, Some(1702), false, b"")?;
+    fin_in[14 + 40 + 13] |= 0x01;
+    let ev = h.run(false, &fin_in)?;
+    let kinds: Vec<u8> = ev.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [EV_ACK_COVER, EV_FIN], "our FIN acked, then theirs");
+    // Both FINs seen: the flow is gone, so nothing more is reported.
+    let ev = h.run(
+        false,
+        &peer(7002 + req.len() as u32, Some(1702), false, b"late")?,
+    )?;
+    assert!(ev.is_empty(), "{ev:?}");
     Ok(())
 }

@@ -1,0 +1,479 @@
+//! `synack watch`: the passive mode's main loop. Kernel events go to the
+//! tracker (passive.rs), finished requests get their owner (procs.rs), pass
+//! the filters, and are printed; a running summary and a final one report
+//! percentiles and every loss.
+
+use crate::{
+    bpf::{Kernel, Scope},
+    clock::mono_ns,
+    netif, output,
+    passive::{Done, PassiveStats, Settings, Tracker},
+    procs::{self, Cgroups, SocketOwners},
+    record::Record,
+};
+use anyhow::{Context, Result};
+use ipnet::IpNet;
+use std::{
+    io::Write,
+    time::{Duration, Instant},
+};
+use tokio::io::{Interest, unix::AsyncFd};
+
+/// Which connections to report. Kinds AND together; values of one kind OR.
+#[derive(Clone, Debug, Default)]
+pub struct Filters {
+    pub pids: Vec<u32>,
+    /// cgroup paths below the cgroup v2 root (from --cgroup and --container).
+    pub cgroups: Vec<String>,
+    pub ports: Vec<u16>,
+    pub dsts: Vec<IpNet>,
+    /// "client" or "server".
+    pub direction: Option<&'static str>,
+}
+
+impl Filters {
+    /// Whether a finished, attributed record passes.
+    pub fn pass(&self, r: &Record, key: &probe_common::FlowKey) -> bool {
+        let (_, remote) = crate::flows::key_addrs(key);
+        (self.pids.is_empty() || r.pid.is_some_and(|p| self.pids.contains(&p)))
+            && (self.cgroups.is_empty()
+                || r.cgroup
+                    .as_deref()
+                    .is_some_and(|c| self.cgroups.iter().any(|u| procs::cgroup_within(c, u))))
+            && (self.ports.is_empty()
+                || self.ports.contains(&key.local_port)
+                || self.ports.contains(&key.remote_port))
+            && (self.dsts.is_empty() || self.dsts.iter().any(|n| n.contains(&remote.ip())))
+            && self.direction.is_none_or(|d| d == r.direction)
+    }
+}
+
+pub struct WatchOptions {
+    pub interfaces: Vec<String>,
+    pub filters: Filters,
+    pub json: bool,
+    pub duration: Option<Duration>,
+    pub summary_every: Option<Duration>,
+    pub settings: Settings,
+    /// Print every kernel event to stderr (debugging).
+    pub dump_events: bool,
+}
+
+/// Samples of one phase, bounded (reservoir sampling past the cap).
+struct Samples {
+    v: Vec<f64>,
+    seen: u64,
+    rng: u64,
+}
+
+const MAX_SAMPLES: usize = 100_000;
+
+impl Samples {
+    fn new() -> Self {
+        Samples {
+            v: Vec::new(),
+            seen: 0,
+            rng: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+    fn add(&mut self, x: Option<f64>) {
+        let Some(x) = x.filter(|x| x.is_finite()) else {
+            return;
+        };
+        self.seen += 1;
+        if self.v.len() < MAX_SAMPLES {
+            self.v.push(x);
+            return;
+        }
+        // xorshift: cheap and good enough to pick which sample to replace.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let j = self.rng % self.seen;
+        if (j as usize) < MAX_SAMPLES {
+            self.v[j as usize] = x;
+        }
+    }
+    fn pcts(&self) -> Option<[f64; 4]> {
+        if self.v.is_empty() {
+            return None;
+        }
+        let mut s = self.v.clone();
+        s.sort_by(|a, b| a.total_cmp(b));
+        let at = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize];
+        Some([at(0.5), at(0.9), at(0.99), s[s.len() - 1]])
+    }
+}
+
+/// What the summaries report.
+struct Totals {
+    reported: u64,
+    filtered_out: u64,
+    failed: u64,
+    middlebox: u64,
+    phases: Vec<(&'static str, Samples)>,
+}
+
+impl Totals {
+    fn new() -> Self {
+        Totals {
+            reported: 0,
+            filtered_out: 0,
+            failed: 0,
+            middlebox: 0,
+            phases: [
+                "handshake RTT",
+                "wire TTFB",
+                "server",
+                "network",
+                "middlebox",
+            ]
+            .into_iter()
+            .map(|n| (n, Samples::new()))
+            .collect(),
+        }
+    }
+    fn add(&mut self, r: &Record) {
+        self.reported += 1;
+        self.failed += r.error.is_some() as u64;
+        self.middlebox +=
+            r.verdict
+                .as_ref()
+                .is_some_and(|v| v.path == crate::verdict::PathKind::Middlebox) as u64;
+        let vals = [
+            r.wire.handshake_rtt_ms,
+            r.wire.ttfb_ms,
+            r.phases.server_ms,
+            r.phases.network_ms,
+            r.phases.middlebox_ms,
+        ];
+        for ((_, s), v) in self.phases.iter_mut().zip(vals) {
+            s.add(v);
+        }
+    }
+}
+
+fn ms(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn running_line(t: &Totals, st: &PassiveStats, open: usize, drops: u64) -> String {
+    let p = |i: usize| {
+        t.phases[i]
+            .1
+            .pcts()
+            .map(|p| format!("p50 {} p99 {} ms", ms(p[0]), ms(p[2])))
+            .unwrap_or_else(|| "-".into())
+    };
+    format!(
+        "-- {} requests ({} failed, {} via a middlebox), {} connections open; wire TTFB {}; \
+         server {}; lost {}",
+        t.reported,
+        t.failed,
+        t.middlebox,
+        open,
+        p(1),
+        p(2),
+        drops + st.evicted
+    )
+}
+
+fn final_summary(t: &Totals, st: &PassiveStats, k: &crate::bpf::Drops, secs: f64) -> String {
+    let mut s = format!(
+        "synack watch: {} requests in {:.1} s ({} failed, {} via a middlebox); {} more \
+         filtered out\n  connections: {} followed, {} refused, {} not HTTP/TLS (ignored)\n",
+        t.reported,
+        secs,
+        t.failed,
+        t.middlebox,
+        t.filtered_out,
+        st.connections,
+        st.refused,
+        st.other_protocol,
+    );
+    s.push_str("  phase (ms)            p50       p90       p99       max   samples\n");
+    for (name, smp) in &t.phases {
+        if let Some(p) = smp.pcts() {
+            s.push_str(&format!(
+                "  {name:<18}{:>9}{:>10}{:>10}{:>10}{:>10}\n",
+                ms(p[0]),
+                ms(p[1]),
+                ms(p[2]),
+                ms(p[3]),
+                smp.seen
+            ));
+        }
+    }
+    s.push_str(&format!(
+        "  lost: {} events (ring buffer full), {} connections (kernel flow table full), {} \
+         connections dropped at the user-space cap, {} undecodable records; {} events of \
+         connections opened before synack started",
+        k.ringbuf_full, k.flow_insert_failed, st.evicted, k.undecodable, st.unknown_flow_events
+    ));
+    s
+}
+
+/// Fills pid, comm and cgroup of a finished request.
+fn attribute(d: &mut Done, kernel: &Kernel, owners: &mut SocketOwners, cgroups: &mut Cgroups) {
+    let r = &mut d.record;
+    let mut cg = d.cgroup_id;
+    if r.direction == "client"
+        && d.cookie != 0
+        && let Some(o) = kernel.owner(d.cookie)
+    {
+        r.pid = Some(o.pid);
+        r.comm = Some(procs::comm_from_bytes(&o.comm));
+        if cg == 0 {
+            cg = o.cgroup_id;
+        }
+    }
+    if r.pid.is_none() {
+        r.pid = owners.pid_of(&d.key);
+        r.comm = r.pid.and_then(procs::comm);
+    }
+    if cg == 0
+        && let Some(pid) = r.pid
+    {
+        // The process's own cgroup v2 path ("0::/path").
+        r.cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+            });
+    } else {
+        r.cgroup = cgroups.path(cg);
+    }
+}
+
+/// Wall-clock time of day, local, with milliseconds.
+fn time_of_day() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() as libc::time_t;
+    // SAFETY: zeroed tm is a valid out-parameter; localtime_r is thread-safe.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers to a time_t and a tm.
+    unsafe { libc::localtime_r(&secs, &mut tm) };
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+        now.subsec_millis()
+    )
+}
+
+/// Runs until Ctrl-C, SIGTERM or --duration; prints the summary then.
+pub async fn run(o: WatchOptions) -> Result<()> {
+    let mut kernel = Kernel::load(&o.interfaces, Scope::Everything)
+        .map_err(|e| anyhow::anyhow!(crate::bpf::help(&e)))
+        .context("cannot start the kernel side")?;
+    let nets = netif::local_nets().unwrap_or_default();
+    let mut tracker = Tracker::new(o.settings.clone(), nets);
+    let mut owners = SocketOwners::new();
+    let mut cgroups = Cgroups::new();
+    let names: Vec<&str> = kernel.interfaces.iter().map(|i| i.name.as_str()).collect();
+    let attribution = match &kernel.connect_hooks {
+        Ok(at) => format!("processes named by connect hooks on {at}"),
+        Err(why) => format!(
+            "no connect hooks ({why}): processes found through /proc, which misses short-lived ones"
+        ),
+    };
+    eprintln!(
+        "synack watch: following TCP connections on {} ({:?}); {attribution}; Ctrl-C stops and \
+         prints a summary",
+        names.join(", "),
+        kernel.attach_mode
+    );
+
+    let ring_fd = kernel
+        .ring_fd()
+        .try_clone_to_owned()
+        .context("cannot duplicate the ring buffer's descriptor")?;
+    // SAFETY: the AsyncFd owns this duplicate, so the descriptor stays open
+    // and refers to the ring buffer for the AsyncFd's whole life.
+    let ring = unsafe { AsyncFd::register_with_interest(ring_fd, Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("cannot wait on the ring buffer")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install a SIGTERM handler")?;
+    let mut ctrlc = std::pin::pin!(tokio::signal::ctrl_c());
+    let started = Instant::now();
+    let deadline = o.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_summary = o.summary_every.map(|d| Instant::now() + d);
+    let mut totals = Totals::new();
+    let mut done: Vec<Done> = Vec::new();
+    let stdout = std::io::stdout();
+    let mut stop = false;
+    while !stop {
+        tokio::select! {
+            g = ring.readable() => {
+                if let Ok(mut g) = g {
+                    g.clear_ready();
+                }
+            }
+            _ = tick.tick() => {}
+            _ = &mut ctrlc => stop = true,
+            _ = term.recv() => stop = true,
+            _ = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => stop = true,
+        }
+        let dump = o.dump_events;
+        kernel.drain_with(|ev, snap| {
+            if dump {
+                eprintln!(
+                    "event t={} port={}->{} kind={} dir={} seq={} len={} flags={:#x} evf={} peer_high={} snap={:02x?}",
+                    ev.ts_ns,
+                    ev.key.local_port,
+                    ev.key.remote_port,
+                    ev.kind,
+                    ev.dir,
+                    ev.seq,
+                    ev.payload_len,
+                    ev.tcp_flags,
+                    ev.ev_flags,
+                    ev.peer_high,
+                    &snap[..snap.len().min(12)]
+                );
+            }
+            tracker.push(ev, snap, &mut done)
+        });
+        if stop {
+            tracker.flush(&mut done);
+        } else {
+            tracker.tick(mono_ns(), &mut done);
+        }
+        if !done.is_empty() {
+            let drops = kernel.drops();
+            let mut text = String::new();
+            for mut d in done.drain(..) {
+                attribute(&mut d, &kernel, &mut owners, &mut cgroups);
+                if !o.filters.pass(&d.record, &d.key) {
+                    totals.filtered_out += 1;
+                    continue;
+                }
+                d.record.drops = drops;
+                totals.add(&d.record);
+                if o.json {
+                    text.push_str(&output::json_line(&d.record));
+                } else {
+                    text.push_str(&format!(
+                        "{} {}",
+                        time_of_day(),
+                        output::watch_line(&d.record)
+                    ));
+                }
+                text.push('\n');
+            }
+            let mut out = stdout.lock();
+            out.write_all(text.as_bytes())
+                .and_then(|_| out.flush())
+                .context("cannot write to stdout")?;
+        }
+        if let Some(t) = next_summary
+            && Instant::now() >= t
+            && !o.json
+        {
+            let k = kernel.drops();
+            eprintln!(
+                "{}",
+                running_line(&totals, &tracker.stats, tracker.open(), k.total())
+            );
+            next_summary = o.summary_every.map(|d| Instant::now() + d);
+        }
+    }
+    eprintln!(
+        "{}",
+        final_summary(
+            &totals,
+            &tracker.stats,
+            &kernel.drops(),
+            started.elapsed().as_secs_f64()
+        )
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(l: &str, r: &str) -> probe_common::FlowKey {
+        crate::prober::flow_key(l.parse().unwrap(), r.parse().unwrap())
+    }
+
+    #[test]
+    fn filters_and_or() {
+        let mut r = Record::new("http://x/", "GET", "ebpf");
+        r.pid = Some(42);
+        r.cgroup = Some("/system.slice/docker-abc.scope".into());
+        let k = key("10.0.0.1:40000", "10.9.0.2:8080");
+        assert!(Filters::default().pass(&r, &k));
+        let f = Filters {
+            pids: vec![7, 42],
+            ports: vec![8080],
+            ..Default::default()
+        };
+        assert!(f.pass(&r, &k));
+        let f = Filters {
+            pids: vec![42],
+            ports: vec![443],
+            ..Default::default()
+        };
+        assert!(!f.pass(&r, &k), "kinds AND together");
+        let f = Filters {
+            dsts: vec!["10.9.0.0/16".parse().unwrap()],
+            cgroups: vec!["/system.slice".into()],
+            direction: Some("client"),
+            ..Default::default()
+        };
+        assert!(f.pass(&r, &k));
+        let f = Filters {
+            dsts: vec!["fd00::/8".parse().unwrap()],
+            ..Default::default()
+        };
+        assert!(!f.pass(&r, &k));
+        let f = Filters {
+            cgroups: vec!["/system".into()],
+            ..Default::default()
+        };
+        assert!(!f.pass(&r, &k), "a prefix of a name is not a parent");
+        r.pid = None;
+        let f = Filters {
+            pids: vec![42],
+            ..Default::default()
+        };
+        assert!(!f.pass(&r, &k), "unknown owner never matches a pid filter");
+    }
+
+    #[test]
+    fn percentiles_and_bounded_samples() {
+        let mut s = Samples::new();
+        for i in 1..=100 {
+            s.add(Some(i as f64));
+        }
+        s.add(None);
+        s.add(Some(f64::NAN));
+        assert_eq!(s.pcts().unwrap(), [51.0, 90.0, 99.0, 100.0]);
+        let mut s = Samples::new();
+        for i in 0..(MAX_SAMPLES as u64 + 5000) {
+            s.add(Some(i as f64));
+        }
+        assert_eq!(s.v.len(), MAX_SAMPLES);
+        assert_eq!(s.seen, MAX_SAMPLES as u64 + 5000);
+    }
+}
