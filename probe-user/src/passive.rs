@@ -94,6 +94,9 @@ struct Pending {
     /// First response segment: time, raw sequence number.
     resp: Option<(u64, u32)>,
     status: Option<u16>,
+    /// TLS 1.3: the request went in the turn of the client's Finished, so
+    /// the server's session tickets may open the response turn.
+    after_finished: bool,
     /// The response's first segment was made of whole TLS records and may be
     /// a TLS 1.3 session ticket: the next segment of the turn replaces it.
     resp_maybe_ticket: Option<u32>,
@@ -229,6 +232,9 @@ impl Tracker {
                 } else if c.request_next_segment {
                     c.request_next_segment = false;
                     start_request(c, ev, None, &mut done);
+                    if let Some(p) = c.pending.as_mut() {
+                        p.after_finished = true;
+                    }
                 }
             } else if ev.dir == resp_dir {
                 on_response_data(c, ev, snap, turn);
@@ -390,6 +396,7 @@ fn on_request_turn(
             }
         }
         Some(Proto::Tls) => {
+            let mut after_finished = false;
             if !c.tls_done {
                 let mut recs = sniff::records(snap, ev.payload_len);
                 if c.tls_version == Some(0x0304) {
@@ -401,6 +408,7 @@ fn on_request_turn(
                         return;
                     }
                     recs.types.clear();
+                    after_finished = true;
                 } else if !recs.types.contains(&23) && (recs.whole || recs.types.is_empty()) {
                     return; // TLS 1.2 key exchange and Finished
                 }
@@ -411,6 +419,9 @@ fn on_request_turn(
                 return; // an alert (close_notify) or a ping, not a request
             }
             start_request(c, ev, None, done);
+            if let Some(p) = c.pending.as_mut() {
+                p.after_finished = after_finished;
+            }
         }
         _ => {}
     }
@@ -435,6 +446,7 @@ fn start_request(
         http,
         resp: None,
         status: None,
+        after_finished: false,
         resp_maybe_ticket: None,
         resp_last: None,
     });
@@ -455,8 +467,6 @@ fn on_response_data(c: &mut Conn, ev: &Event, snap: &[u8], turn: bool) {
     if turn && c.proto == Some(Proto::Tls) && c.tls_version.is_none() {
         c.tls_version = sniff::server_hello_version(snap);
     }
-    let first_request = c.pending.as_ref().is_some_and(|p| p.index == 0);
-    let tls13 = c.tls_version == Some(0x0304);
     let Some(p) = c.pending.as_mut() else {
         return;
     };
@@ -469,7 +479,7 @@ fn on_response_data(c: &mut Conn, ev: &Event, snap: &[u8], turn: bool) {
         p.req_end_seq = Some(ev.peer_high);
         p.req_last_ts = (ev.peer_last_ns != 0).then_some(ev.peer_last_ns);
         p.status = sniff::http_status(snap);
-        if tls13 && first_request && sniff::records(snap, ev.payload_len).whole {
+        if p.after_finished && sniff::records(snap, ev.payload_len).whole {
             p.resp_maybe_ticket = Some(end);
         }
     } else if let Some(ticket_end) = p.resp_maybe_ticket.take()

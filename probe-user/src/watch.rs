@@ -308,7 +308,9 @@ pub async fn run(o: WatchOptions) -> Result<()> {
     let mut ctrlc = std::pin::pin!(tokio::signal::ctrl_c());
     let started = Instant::now();
     let deadline = o.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    // The kernel side does not wake us per event (see submit_flags in
+    // probe-ebpf): drain every 10 ms, or at once when the ring fills up.
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_summary = o.summary_every.map(|d| Instant::now() + d);
     let mut totals = Totals::new();
