@@ -71,6 +71,8 @@ pub struct PassiveStats {
     pub evicted: u64,
     /// Requests reported.
     pub requests: u64,
+    /// Most connections followed at once.
+    pub peak_open: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,6 +181,7 @@ impl Tracker {
             } else {
                 Side::Server
             };
+            self.stats.peak_open = self.stats.peak_open.max(self.conns.len() as u64 + 1);
             self.conns.insert(
                 ev.key,
                 Conn {
@@ -914,6 +917,53 @@ mod tests {
         assert_eq!(a.wire.tls_rtt_ms, Some(2e-3));
         assert_eq!(a.wire.ttfb_ms, Some(22e-3), "the response, not the ticket");
         assert_eq!(a.wire.tls_round2_ms, Some(2e-3));
+    }
+
+    #[test]
+    fn tickets_in_a_turn_of_their_own_leave_the_response_alone() {
+        let mut r = Run::new();
+        r.ev(ev(EV_SYN, DIR_OUT, 0, 100, 0, 0, 0), b"");
+        r.ev(ev(EV_SYNACK, DIR_IN, 1_000, 5000, 101, 0, 0), b"");
+        let ch = sniff::tests::client_hello("a.example");
+        let chl = ch.len() as u32;
+        r.ev(data(DIR_OUT, 2_000, 101, chl, true, (0, 5001)), &ch);
+        let sh = crate::sniff::tests::server_hello_13();
+        r.ev(
+            data(DIR_IN, 4_000, 5001, 1000, true, (2_000, 101 + chl)),
+            &sh,
+        );
+        // Finished alone; the tickets come back before the request leaves.
+        let fin = [&[0x17u8, 3, 3, 0, 53][..], &[0; 53]].concat();
+        r.ev(
+            data(DIR_OUT, 6_000, 101 + chl, 58, true, (4_000, 6001)),
+            &fin,
+        );
+        let ticket = [&[0x17u8, 3, 3, 0, 100][..], &[0; 100]].concat();
+        r.ev(
+            data(DIR_IN, 8_000, 6001, 105, true, (6_000, 159 + chl)),
+            &ticket,
+        );
+        let req = [&[0x17u8, 3, 3, 0, 90][..], &[0; 90]].concat();
+        r.ev(
+            data(DIR_OUT, 9_000, 159 + chl, 95, true, (8_000, 6106)),
+            &req,
+        );
+        // The response: a whole record, then its body 5 us later.
+        let head = [&[0x17u8, 3, 3, 0, 60][..], &[0; 60]].concat();
+        r.ev(
+            data(DIR_IN, 30_000, 6106, 65, true, (9_000, 254 + chl)),
+            &head,
+        );
+        r.ev(data(DIR_IN, 35_000, 6171, 500, false, (9_000, 0)), b"");
+        r.ev(ev(EV_RST, DIR_OUT, 40_000, 254 + chl, 0, 0, 0), b"");
+        assert_eq!(r.out.len(), 1);
+        let a = &r.out[0].record;
+        assert_eq!(
+            a.wire.ttfb_ms,
+            Some(21e-3),
+            "from the request to the first response segment"
+        );
+        assert_eq!(a.response_bytes, Some(565));
     }
 
     #[test]

@@ -187,13 +187,14 @@ fn running_line(t: &Totals, st: &PassiveStats, open: usize, drops: u64) -> Strin
 fn final_summary(t: &Totals, st: &PassiveStats, k: &crate::bpf::Drops, secs: f64) -> String {
     let mut s = format!(
         "synack watch: {} requests in {:.1} s ({} failed, {} via a middlebox); {} more \
-         filtered out\n  connections: {} followed, {} refused, {} not HTTP/TLS (ignored)\n",
+         filtered out\n  connections: {} followed ({} open at most), {} refused, {} not HTTP/TLS (ignored)\n",
         t.reported,
         secs,
         t.failed,
         t.middlebox,
         t.filtered_out,
         st.connections,
+        st.peak_open,
         st.refused,
         st.other_protocol,
     );
@@ -209,6 +210,14 @@ fn final_summary(t: &Totals, st: &PassiveStats, k: &crate::bpf::Drops, secs: f64
                 smp.seen
             ));
         }
+    }
+    if st.peak_open >= probe_common::MAX_FLOWS as u64 {
+        s.push_str(&format!(
+            "  warning: {} connections were open at once, as many as the kernel's flow table \
+             holds ({}): beyond that it evicts the oldest, whose requests then go unreported\n",
+            st.peak_open,
+            probe_common::MAX_FLOWS
+        ));
     }
     s.push_str(&format!(
         "  lost: {} events (ring buffer full), {} connections (kernel flow table full), {} \

@@ -8,6 +8,7 @@ use serde_json::Value;
 use std::{
     collections::BTreeMap,
     fs,
+    io::Write,
     net::IpAddr,
     path::PathBuf,
     process::{Command, Stdio},
@@ -430,5 +431,374 @@ fn every_request_once_with_its_process_and_tcpdump_times() -> Result<()> {
     }
     check_diffs(&dh, "handshake RTT");
     check_diffs(&dt, "wire TTFB");
+    Ok(())
+}
+
+/// A cgroup v2 directory of the test's own, removed on drop (its processes
+/// have exited by then; any left are moved back to the root first).
+struct Cgroup {
+    root: PathBuf,
+    path: PathBuf,
+}
+
+impl Cgroup {
+    fn new(root: &std::path::Path, rel: &str) -> Result<Self> {
+        let path = root.join(rel);
+        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Cgroup {
+            root: root.to_path_buf(),
+            path,
+        })
+    }
+
+    /// Makes `c` start inside this cgroup: the child writes "0" (itself)
+    /// to cgroup.procs between fork and exec.
+    fn put(&self, c: &mut Command) -> Result<()> {
+        use std::os::unix::{ffi::OsStrExt, process::CommandExt};
+        let procs = std::ffi::CString::new(self.path.join("cgroup.procs").as_os_str().as_bytes())?;
+        // SAFETY: only async-signal-safe calls (open, write, close) on data
+        // prepared before the fork.
+        unsafe {
+            c.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+                libc::close(fd);
+                if ok {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            })
+        };
+        Ok(())
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let mut dirs: Vec<PathBuf> = vec![self.path.clone()];
+        let mut i = 0;
+        while i < dirs.len() {
+            if let Ok(rd) = fs::read_dir(&dirs[i]) {
+                for e in rd.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        dirs.push(e.path());
+                    }
+                }
+            }
+            i += 1;
+        }
+        for d in dirs.iter().rev() {
+            if let Ok(pids) = fs::read_to_string(d.join("cgroup.procs")) {
+                for pid in pids.lines() {
+                    let _ = fs::write(self.root.join("cgroup.procs"), pid);
+                }
+            }
+            let _ = fs::remove_dir(d);
+        }
+    }
+}
+
+fn pids_of(recs: &[Value]) -> BTreeMap<u64, usize> {
+    counts(recs.iter().map(|r| r["pid"].as_u64().unwrap_or(0)))
+}
+
+/// Filters include and exclude what they say: --port, --dst, --pid,
+/// --cgroup (and everything below it) and --container, each in a watcher of
+/// its own, all watching the same clients.
+#[test]
+fn filters_include_and_exclude_what_they_say() -> Result<()> {
+    let _serial = need_root();
+    let lab = Lab::new()?;
+    let p = &lab.pair;
+    let root = synack::procs::cgroup2_root().context("no cgroup v2 hierarchy here")?;
+    let parent_rel = unique("skcg");
+    let parent = Cgroup::new(&root, &parent_rel)?;
+    let container_id = format!("{:x}{:056x}", 0xc0ffee_u32 ^ std::process::id(), 7);
+    let scope = Cgroup::new(&parent.path, &format!("docker-{container_id}.scope"))?;
+
+    // The pid filter needs the pid before the client connects: a shell that
+    // waits for a line, then becomes curl (same pid).
+    let v4 = host(p.server_v4);
+    let mut gated = p.client.command("sh");
+    gated
+        .args([
+            "-c",
+            &format!("read _ && exec curl -sS -o /dev/null http://{v4}:8080/delay/4"),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null());
+    parent.put(&mut gated)?;
+    let mut gated = gated.spawn().context("starting the gated client")?;
+    let gated_pid = gated.id();
+
+    let v6_net = format!("{}/128", p.server_v6);
+    let pid_s = gated_pid.to_string();
+    let container_short = &container_id[..12];
+    let watchers = [
+        (
+            "port",
+            Watch::start(&p.client, &lab.dir, &["--port", "8443"])?,
+        ),
+        (
+            "dst",
+            Watch::start(&p.client, &lab.dir, &["--dst", &v6_net])?,
+        ),
+        (
+            "pid",
+            Watch::start(&p.client, &lab.dir, &["--pid", &pid_s])?,
+        ),
+        (
+            "cgroup",
+            Watch::start(&p.client, &lab.dir, &["--cgroup", &parent_rel])?,
+        ),
+        (
+            "container",
+            Watch::start(&p.client, &lab.dir, &["--container", container_short])?,
+        ),
+    ];
+
+    let plain_v4 = run_client(
+        &p.client,
+        "curl",
+        &[
+            "-sS",
+            "-o",
+            "/dev/null",
+            &format!("http://{v4}:8080/delay/1"),
+        ],
+    )?;
+    let plain_v6 = run_client(
+        &p.client,
+        "curl",
+        &[
+            "-sS",
+            "-o",
+            "/dev/null",
+            &format!("http://{}:8080/delay/2", host(p.server_v6)),
+        ],
+    )?;
+    let ca = lab.ca();
+    let tls = run_client(
+        &p.client,
+        "curl",
+        &[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "--cacert",
+            &ca,
+            "--resolve",
+            &format!("origin.test:8443:{}", p.server_v4),
+            "https://origin.test:8443/delay/3",
+        ],
+    )?;
+    let mut in_scope = p.client.command("curl");
+    in_scope
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            &format!("http://{v4}:8080/delay/5"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    scope.put(&mut in_scope)?;
+    let in_scope = run_cmd(in_scope, "curl in the container's cgroup")?;
+    gated
+        .stdin
+        .take()
+        .context("gated stdin")?
+        .write_all(b"go\n")?;
+    let st = gated.wait()?;
+    assert!(st.success(), "gated client: {st}");
+
+    let want: BTreeMap<&str, Vec<u32>> = [
+        ("port", vec![tls]),
+        ("dst", vec![plain_v6]),
+        ("pid", vec![gated_pid]),
+        ("cgroup", vec![gated_pid, in_scope]),
+        ("container", vec![in_scope]),
+    ]
+    .into_iter()
+    .collect();
+    let everyone = [plain_v4, plain_v6, tls, gated_pid, in_scope];
+    for (name, w) in watchers {
+        let n = want[name].len();
+        wait_for(Duration::from_secs(10), "the filtered requests", || {
+            let c = fs::read_to_string(&w.out).ok()?.lines().count();
+            (c >= n).then_some(())
+        })?;
+        let (recs, err) = w.stop()?;
+        let got = pids_of(&recs);
+        let expect = counts(want[name].iter().map(|&p| p as u64));
+        assert_eq!(got, expect, "--{name}: {recs:?}");
+        let out = everyone.len() - n;
+        assert!(
+            err.contains(&format!("{out} more filtered out")),
+            "--{name} summary: {err}"
+        );
+        if name == "container" || name == "cgroup" {
+            for r in &recs {
+                let cg = r["cgroup"].as_str().unwrap_or("");
+                assert!(cg.starts_with(&format!("/{parent_rel}")), "{r}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The server side: requests this host serves (from another namespace and
+/// over loopback from itself) are reported with direction "server", the
+/// serving process, SNI for TLS, and times that match tcpdump's.
+#[test]
+fn server_side_direction_and_a_local_client() -> Result<()> {
+    let _serial = need_root();
+    let lab = Lab::new()?;
+    let p = &lab.pair;
+    let cap = Capture::start(&p.server, &p.server_if, &lab.dir)?;
+    let w = Watch::start(&p.server, &lab.dir, &[])?;
+    let v4 = host(p.server_v4);
+    run_client(
+        &p.client,
+        "curl",
+        &[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            &format!("http://{v4}:8080/delay/10"),
+            &format!("http://{v4}:8080/redirect/x"),
+        ],
+    )?;
+    let ca = lab.ca();
+    run_client(
+        &p.client,
+        "curl",
+        &[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "--cacert",
+            &ca,
+            "--resolve",
+            &format!("origin.test:8443:{}", p.server_v4),
+            "https://origin.test:8443/delay/6",
+        ],
+    )?;
+    // A client on the server's own host: over loopback.
+    let local_pid = run_client(
+        &p.server,
+        "curl",
+        &[
+            "-sS",
+            "-o",
+            "/dev/null",
+            &format!("http://{v4}:8080/delay/7"),
+        ],
+    )?;
+    wait_for(Duration::from_secs(10), "watch to report", || {
+        let n = fs::read_to_string(&w.out).ok()?.lines().count();
+        (n >= 5).then_some(())
+    })?;
+    let (recs, err) = w.stop()?;
+    let pkts = cap.finish()?;
+    assert!(err.contains("synack watch: 5 requests"), "{err}");
+
+    let origin = lab.origin.pid() as u64;
+    let got = counts(recs.iter().map(what));
+    let g = |path: &str, status: u64| {
+        (
+            origin,
+            "GET".to_string(),
+            path.to_string(),
+            status,
+            "server".to_string(),
+        )
+    };
+    let want = counts([
+        g("/delay/10", 200),
+        g("/redirect/x", 302),
+        (
+            origin,
+            String::new(),
+            String::new(),
+            0,
+            "server".to_string(),
+        ),
+        g("/delay/7", 200),
+        (
+            local_pid as u64,
+            "GET".into(),
+            "/delay/7".into(),
+            200,
+            "client".into(),
+        ),
+    ]);
+    assert_eq!(got, want, "{recs:?}");
+    for r in &recs {
+        if r["direction"] == "server" {
+            assert_eq!(r["comm"], "synack-origin", "{r}");
+        }
+        if r["tls"] == true {
+            assert_eq!(r["sni"], "origin.test");
+        }
+    }
+
+    // The remote client's plain-HTTP connection against tcpdump on the
+    // server's interface: handshake (our SYN-ACK to the client's ACK) and
+    // each request's first byte in to the response's first byte out.
+    let plain: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["direction"] == "server" && r["tls"] == false)
+        .filter(|r| {
+            r["remote_addr"]
+                .as_str()
+                .is_some_and(|a| a.starts_with(&p.client_v4.to_string()))
+        })
+        .collect();
+    assert_eq!(plain.len(), 2);
+    let (local, remote) = (
+        addr(&plain[0]["local_addr"]),
+        addr(&plain[0]["remote_addr"]),
+    );
+    let mine = |q: &&Packet| (q.src, q.sport) == local && (q.dst, q.dport) == remote;
+    let theirs = |q: &&Packet| (q.src, q.sport) == remote && (q.dst, q.dport) == local;
+    let sa = pkts
+        .iter()
+        .filter(mine)
+        .find(|q| q.syn && q.ack_flag)
+        .context("SYN-ACK")?;
+    let ack = pkts
+        .iter()
+        .filter(theirs)
+        .find(|q| q.ack_flag && !q.syn && q.ts_ns > sa.ts_ns)
+        .context("handshake ACK")?;
+    let h = ms_of(plain[0], "handshake_rtt_ms").context("handshake")?;
+    let mut dh = vec![(h * 1e3 - (ack.ts_ns - sa.ts_ns) as f64 / 1e3).abs()];
+    let tr = turns(&pkts, local, remote);
+    let pairs: Vec<u64> = tr
+        .windows(2)
+        .filter(|w| !w[0].0 && w[1].0)
+        .map(|w| w[1].1 - w[0].1)
+        .collect();
+    let mut sorted = plain.clone();
+    sorted.sort_by_key(|r| r["request_index"].as_u64());
+    let mut dt = Vec::new();
+    for (r, t) in sorted.iter().zip(&pairs) {
+        let s = ms_of(r, "ttfb_ms").context("ttfb")?;
+        dt.push((s * 1e3 - *t as f64 / 1e3).abs());
+        let server = r["phases"]["server_ms"].as_f64().context("server_ms")?;
+        assert!(server <= s + 1e-9, "server time within the wire TTFB: {r}");
+    }
+    assert_eq!(dt.len(), 2);
+    // The first request waited 10 ms in the origin.
+    assert!(sorted[0]["phases"]["server_ms"].as_f64().unwrap_or(0.0) >= 9.9);
+    dh.extend(dt.iter().copied());
+    check_diffs(&dh, "server-side handshake and TTFB");
     Ok(())
 }
