@@ -496,14 +496,17 @@ fn on_response_data(c: &mut Conn, ev: &Event, snap: &[u8], turn: bool) {
     }
 }
 
-fn url_of(c: &Conn, p: &Pending, remote: std::net::SocketAddr) -> (String, String) {
+/// The request's URL and method. Without a Host header or SNI the authority
+/// is the server's address: the peer's on the client side, ours on the
+/// server side.
+fn url_of(c: &Conn, p: &Pending, server: std::net::SocketAddr) -> (String, String) {
     let tls = c.proto == Some(Proto::Tls);
     let authority = p
         .http
         .as_ref()
         .and_then(|h| h.host.clone())
         .or_else(|| c.sni.clone())
-        .unwrap_or_else(|| remote.to_string());
+        .unwrap_or_else(|| server.to_string());
     let path = p.http.as_ref().map(|h| h.path.as_str()).unwrap_or("/");
     let url = format!(
         "{}://{authority}{}",
@@ -521,7 +524,11 @@ fn url_of(c: &Conn, p: &Pending, remote: std::net::SocketAddr) -> (String, Strin
 fn build(c: &mut Conn, p: Pending, nets: &[LocalNet]) -> Record {
     let (local, remote) = key_addrs(&c.flow.key);
     let tls = c.proto == Some(Proto::Tls);
-    let (url, method) = url_of(c, &p, remote);
+    let server = match c.side {
+        Side::Client => remote,
+        Side::Server => local,
+    };
+    let (url, method) = url_of(c, &p, server);
     let mut r = Record::new(&url, &method, "ebpf");
     r.tls = tls;
     r.sni = c.sni.clone();
@@ -852,6 +859,7 @@ mod tests {
         assert_eq!(r.out.len(), 1);
         let a = &r.out[0].record;
         assert_eq!(a.direction, "server");
+        assert_eq!(a.url, "http://origin/one");
         assert_eq!(a.http_status, Some(503));
         assert_eq!(a.wire.handshake_rtt_ms, Some(10e-3));
         assert_eq!(a.wire.client_ttl, Some(61));
