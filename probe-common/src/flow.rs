@@ -236,6 +236,12 @@ pub fn egress_step(st: &mut FlowState, s: &Seg) -> Emits {
         }
         return e;
     }
+    if s.flags & TCP_RST != 0 && st.flags & FLOW_HAVE_OUT_ISN == 0 {
+        // Our RST to a SYN for a port nobody listens on: refused.
+        e.rst = true;
+        e.close = true;
+        return e;
+    }
     if st.out_ifindex != s.ifindex {
         return e;
     }
@@ -517,6 +523,13 @@ mod tests {
             Emits::default()
         );
         let e = ingress_step(&mut st, &seg(5001, 1001, TCP_RST, 0));
+        assert!(e.rst && e.close);
+    }
+
+    #[test]
+    fn a_refused_incoming_connection_closes() {
+        let mut st = new_server_flow(7000, IF);
+        let e = egress_step(&mut st, &seg(0, 7001, TCP_RST | TCP_ACK, 0));
         assert!(e.rst && e.close);
     }
 

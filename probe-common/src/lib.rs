@@ -226,6 +226,11 @@ pub const CFG_TRACK_ALL_OUT: u32 = 1;
 /// `CONFIG[0]` bits: create a flow for every incoming SYN (passive mode:
 /// connections this host accepts).
 pub const CFG_TRACK_ALL_IN: u32 = 2;
+/// `CONFIG[0]` bits: with `CFG_TRACK_ALL_*`, follow only this host's own
+/// connections: an outgoing SYN needs a local socket, an incoming one must
+/// be addressed to one of the addresses in `LOCAL_ADDRS` (forwarded traffic,
+/// a container bridge's, is not followed).
+pub const CFG_LOCAL_ONLY: u32 = 8;
 /// `CONFIG[0]` bits: turn-start data events carry the payload's first bytes
 /// (`SnapEvent`), for passive mode's HTTP and TLS parsing.
 pub const CFG_SNAPSHOT: u32 = 4;

@@ -23,14 +23,16 @@ use aya_ebpf::{
     programs::{SockAddrContext, TcContext},
 };
 use probe_common::{
-    CFG_SNAPSHOT, CFG_TRACK_ALL_IN, CFG_TRACK_ALL_OUT, DIR_IN, DIR_OUT, EV_ACK_COVER, EV_DATA,
-    EV_FIN, EV_RST, EV_SYN, EV_SYNACK, EVF_RETRANS, EVF_TURN_START, Event, FlowKey, FlowState,
-    MAX_FLOWS, MAX_OWNERS, MAX_REGISTERED, Owner, RINGBUF_BYTES, SNAP_BYTES, STAT_COUNT,
-    STAT_FLOW_INSERT_FAILED, STAT_PARSE_SKIPPED, STAT_RINGBUF_FULL, SnapEvent, flow,
+    CFG_LOCAL_ONLY, CFG_SNAPSHOT, CFG_TRACK_ALL_IN, CFG_TRACK_ALL_OUT, DIR_IN, DIR_OUT,
+    EV_ACK_COVER, EV_DATA, EV_FIN, EV_RST, EV_SYN, EV_SYNACK, EVF_RETRANS, EVF_TURN_START, Event,
+    FlowKey, FlowState, MAX_FLOWS, MAX_OWNERS, MAX_REGISTERED, Owner, RINGBUF_BYTES, SNAP_BYTES,
+    STAT_COUNT, STAT_FLOW_INSERT_FAILED, STAT_PARSE_SKIPPED, STAT_RINGBUF_FULL, SnapEvent, flow,
 };
 
 /// Lets the next tc/tcx program run and the packet continue unchanged.
 const TC_ACT_UNSPEC: i32 = -1;
+
+const SOCK_STREAM: u32 = 1;
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
@@ -48,6 +50,13 @@ static REGISTERED: HashMap<u64, u8> = HashMap::with_max_entries(MAX_REGISTERED, 
 /// loopback, 0 for raw-IP devices such as WireGuard or tun). Missing = 14.
 #[map]
 static L2_LEN: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+
+/// This namespace's own addresses (IPv4 in the first 4 bytes), kept by user
+/// space in passive mode: an incoming SYN starts a server-side flow only when
+/// it is addressed to one of them, not when this host merely forwards it
+/// (a container bridge, a router).
+#[map]
+static LOCAL_ADDRS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(1024, 0);
 
 /// `CONFIG[0]`: `CFG_*` bits.
 #[map]
@@ -81,7 +90,13 @@ pub fn synack_connect6(ctx: SockAddrContext) -> i32 {
 
 #[inline(always)]
 fn try_connect(ctx: &SockAddrContext) {
+    // Only TCP: every DNS lookup connect()s a UDP socket, and those would
+    // push TCP owners out of the LRU map.
     // SAFETY: valid context pointer for the whole program run.
+    if unsafe { (*ctx.sock_addr).type_ } != SOCK_STREAM {
+        return;
+    }
+    // SAFETY: as above.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if cookie == 0 {
         return;
@@ -140,11 +155,14 @@ fn read<T>(ctx: &TcContext, off: usize) -> Result<T, ()> {
 /// a reserved `SnapEvent`; returns the bytes copied (0 on failure).
 #[inline(always)]
 fn read_into(ctx: &TcContext, off: usize, slot: *mut SnapEvent, n: usize) -> usize {
-    // Re-state the bounds in a form the verifier tracks through to the call.
-    let n = n & (2 * SNAP_BYTES - 1);
     if n == 0 || n > SNAP_BYTES {
         return 0;
     }
+    // A length the verifier can bound from arithmetic alone: 1..=SNAP_BYTES
+    // whatever it learnt from the branches above (kernels before 6.8 do not
+    // raise a lower bound from a "!= 0" branch, and a zero-length read is
+    // refused). Equal to n for n in 1..=SNAP_BYTES.
+    let n = ((n - 1) & (SNAP_BYTES - 1)) + 1;
     // SAFETY: `slot` is reserved ring-buffer memory; `snap` has SNAP_BYTES
     // bytes and n <= SNAP_BYTES.
     let dst = unsafe { core::ptr::addr_of_mut!((*slot).snap) };
@@ -423,7 +441,10 @@ fn is_registered(ctx: &TcContext) -> (bool, u64) {
             return (true, cookie);
         }
     }
-    let all = config() & CFG_TRACK_ALL_OUT != 0;
+    // Every connection this host opens has a socket; a forwarded SYN has
+    // none (cookie 0) and is not ours to follow.
+    let cfg = config();
+    let all = cfg & CFG_TRACK_ALL_OUT != 0 && (cookie != 0 || cfg & CFG_LOCAL_ONLY == 0);
     (all, cookie)
 }
 
@@ -524,6 +545,10 @@ fn try_ingress(ctx: &TcContext) -> Result<(), ()> {
         }
         if config() & CFG_TRACK_ALL_IN == 0 {
             return Ok(());
+        }
+        // SAFETY: plain lookup, value not kept.
+        if config() & CFG_LOCAL_ONLY != 0 && unsafe { LOCAL_ADDRS.get(p.dst) }.is_none() {
+            return Ok(()); // forwarded, not for us
         }
         let st = flow::new_server_flow(p.seq, ifx);
         if FLOWS.insert(key, st, 0).is_err() {

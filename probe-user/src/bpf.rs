@@ -15,8 +15,8 @@ use aya::{
     },
 };
 use probe_common::{
-    CFG_SNAPSHOT, CFG_TRACK_ALL_IN, CFG_TRACK_ALL_OUT, Event, FlowKey, FlowState, Owner,
-    STAT_FLOW_INSERT_FAILED, STAT_PARSE_SKIPPED, STAT_RINGBUF_FULL,
+    CFG_LOCAL_ONLY, CFG_SNAPSHOT, CFG_TRACK_ALL_IN, CFG_TRACK_ALL_OUT, Event, FlowKey, FlowState,
+    Owner, STAT_FLOW_INSERT_FAILED, STAT_PARSE_SKIPPED, STAT_RINGBUF_FULL,
 };
 use serde::Serialize;
 use std::path::Path;
@@ -190,6 +190,7 @@ pub struct Kernel {
     stats: PerCpuArray<MapData, u64>,
     config: Array<MapData, u32>,
     owners: HashMap<MapData, u64, Owner>,
+    local_addrs: HashMap<MapData, [u8; 16], u8>,
     pub interfaces: Vec<Interface>,
     pub attach_mode: AttachMode,
     /// Where the connect hooks are attached (Scope::Everything), or why not.
@@ -329,6 +330,7 @@ impl Kernel {
             stats: take(&mut ebpf, "STATS")?,
             config: take(&mut ebpf, "CONFIG")?,
             owners: take(&mut ebpf, "OWNERS")?,
+            local_addrs: take(&mut ebpf, "LOCAL_ADDRS")?,
             interfaces,
             attach_mode,
             connect_hooks,
@@ -337,9 +339,38 @@ impl Kernel {
             _ebpf: ebpf,
         };
         if scope == Scope::Everything {
-            k.set_config(CFG_TRACK_ALL_OUT | CFG_TRACK_ALL_IN | CFG_SNAPSHOT)?;
+            k.refresh_local_addrs()?;
+            k.set_config(CFG_TRACK_ALL_OUT | CFG_TRACK_ALL_IN | CFG_SNAPSHOT | CFG_LOCAL_ONLY)?;
         }
         Ok(k)
+    }
+
+    /// Writes this namespace's addresses to `LOCAL_ADDRS` (and removes the
+    /// ones that went away); call again when addresses may have changed.
+    pub fn refresh_local_addrs(&mut self) -> Result<(), KernelError> {
+        let now: Vec<[u8; 16]> = netif::local_addrs()
+            .map_err(KernelError::Interfaces)?
+            .into_iter()
+            .map(|ip| crate::prober::addr_bytes(ip).0)
+            .collect();
+        let old: Vec<[u8; 16]> = self.local_addrs.keys().filter_map(Result::ok).collect();
+        for a in old.iter().filter(|a| !now.contains(a)) {
+            let _ = self.local_addrs.remove(a);
+        }
+        for a in now.iter().take(1024) {
+            self.local_addrs
+                .insert(a, 1, 0)
+                .map_err(|source| KernelError::Map {
+                    name: "LOCAL_ADDRS",
+                    source: Box::new(source),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The kernel's state of a connection, while it has one.
+    pub fn flow_state(&self, key: &FlowKey) -> Option<FlowState> {
+        self.flows.get(key, 0).ok()
     }
 
     /// Who called connect() on the socket with this cookie, if the connect
@@ -431,5 +462,68 @@ impl Kernel {
             fragments_skipped: sum(STAT_PARSE_SKIPPED),
             undecodable: self.undecodable,
         }
+    }
+}
+
+/// The kernel shared by probers that run at once (`synack monitor`): events
+/// are drained into per-socket buffers so one prober never consumes
+/// another's. Only registered sockets get a buffer, so memory is bounded by
+/// the connections in flight.
+pub struct Hub {
+    kernel: Kernel,
+    pending: std::collections::HashMap<u64, Vec<Event>>,
+}
+
+/// A `Hub` behind a mutex that is never held across an await.
+pub type SharedKernel = std::sync::Arc<std::sync::Mutex<Hub>>;
+
+impl Hub {
+    pub fn shared(kernel: Kernel) -> SharedKernel {
+        std::sync::Arc::new(std::sync::Mutex::new(Hub {
+            kernel,
+            pending: std::collections::HashMap::new(),
+        }))
+    }
+
+    pub fn kernel(&self) -> &Kernel {
+        &self.kernel
+    }
+
+    /// Follows the connection of this socket; its events are kept for `take`.
+    pub fn register(&mut self, cookie: u64) -> Result<(), KernelError> {
+        self.kernel.register(cookie)?;
+        self.pending.insert(cookie, Vec::new());
+        Ok(())
+    }
+
+    fn pump(&mut self) {
+        for ev in self.kernel.drain() {
+            if let Some(v) = self.pending.get_mut(&ev.cookie) {
+                v.push(ev);
+            }
+        }
+    }
+
+    /// Every event of this socket so far; stops buffering for it.
+    pub fn take(&mut self, cookie: u64) -> Vec<Event> {
+        self.pump();
+        self.pending.remove(&cookie).unwrap_or_default()
+    }
+
+    pub fn has_flow(&self, key: &FlowKey) -> bool {
+        self.kernel.has_flow(key)
+    }
+
+    pub fn note_evicted(&mut self) {
+        self.kernel.note_evicted();
+    }
+
+    pub fn forget(&mut self, cookie: u64, key: Option<&FlowKey>) {
+        self.pending.remove(&cookie);
+        self.kernel.forget(cookie, key);
+    }
+
+    pub fn drops(&self) -> Drops {
+        self.kernel.drops()
     }
 }

@@ -65,8 +65,11 @@ pub struct Flow {
     pub fins: Vec<(u8, u64)>,
     /// RSTs: (direction, ts).
     pub rsts: Vec<(u8, u64)>,
-    /// Every event in arrival order.
+    /// Every event in arrival order (kept unless `keep_events` is off).
     pub events: Vec<Event>,
+    /// Keep `events` (the active probe's connections are short; passive
+    /// mode turns it off so a long connection does not grow).
+    pub keep_events: bool,
 }
 
 impl Flow {
@@ -87,20 +90,27 @@ impl Flow {
             fins: Vec::new(),
             rsts: Vec::new(),
             events: Vec::new(),
+            keep_events: true,
         }
     }
 
     /// Adds one kernel event.
     pub fn push(&mut self, ev: &Event) {
-        self.events.push(*ev);
+        if self.keep_events {
+            self.events.push(*ev);
+        }
         if self.cookie == 0 {
             self.cookie = ev.cookie;
         }
         match ev.kind {
             EV_SYN if ev.dir == DIR_IN => {
                 if self.in_isn.is_some() && self.in_isn != Some(ev.seq) {
+                    let keep = self.keep_events;
                     *self = Flow::new(ev.key, ev.cookie);
-                    self.events.push(*ev);
+                    self.keep_events = keep;
+                    if keep {
+                        self.events.push(*ev);
+                    }
                 }
                 self.server = true;
                 if self.in_isn.is_none() {
@@ -122,8 +132,12 @@ impl Flow {
                     // A new ISN on the same socket cannot happen; on a reused
                     // 4-tuple it is a new connection: start over.
                     if self.out_isn.is_some() {
+                        let keep = self.keep_events;
                         *self = Flow::new(ev.key, ev.cookie);
-                        self.events.push(*ev);
+                        self.keep_events = keep;
+                        if keep {
+                            self.events.push(*ev);
+                        }
                     }
                     self.out_isn = Some(ev.seq);
                 }

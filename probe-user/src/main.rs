@@ -125,6 +125,72 @@ struct Cli {
 #[derive(clap::Subcommand, Debug)]
 enum Cmd {
     Watch(WatchArgs),
+    Monitor(MonitorArgs),
+}
+
+/// Checks a list of URLs on schedule and exports the breakdown and the
+/// verdict as metrics: Prometheus on --listen, DogStatsD on --statsd.
+///
+/// The targets file has one URL a line, with options after it:
+///
+///   # comments are fine
+///   https://api.example.com/health  name=api tag=env:prod
+///   http://10.0.0.7:8080/ready      expect=2xx reuse=2 timeout=3s
+///   https://api.example.com/orders  method=POST header="Content-Type: application/json" data='{}' expect=201
+///
+/// Options: name= (the metrics' target label; default the URL), tag=k:v,
+/// method=, header=, data=, expect= (200, 2xx, or 200,204; default 200-399),
+/// reuse=N, timeout= (default the interval, at most 10 s), interval=. A
+/// broken line is reported with its number and skipped. The file is re-read
+/// when it changes and on SIGHUP, without losing the metrics of targets
+/// that stay.
+///
+/// Each target's first check starts at a random point of its first interval;
+/// a check still running when the next is due is skipped (counted), never
+/// stacked; at most --concurrency run at once. A failed check is a result.
+///
+/// Examples:
+///   sudo synack monitor --targets /etc/synack/targets.txt
+///   sudo synack monitor --targets targets.txt --interval 15s --listen 0.0.0.0:9777 --statsd 127.0.0.1:8125
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+struct MonitorArgs {
+    /// The targets file (one URL a line, with options; see above).
+    #[arg(long, value_name = "FILE")]
+    targets: PathBuf,
+
+    /// Time between two checks of a target (a target's interval= overrides it).
+    #[arg(long, default_value = "30s", value_name = "TIME", value_parser = parse_duration)]
+    interval: Duration,
+
+    /// Where to serve Prometheus metrics (/metrics). Loopback by default:
+    /// give 0.0.0.0:9777 or [::]:9777 to let others scrape it.
+    #[arg(long, default_value = "127.0.0.1:9777", value_name = "ADDR:PORT")]
+    listen: std::net::SocketAddr,
+
+    /// Also send DogStatsD metrics over UDP to this agent (e.g. 127.0.0.1:8125).
+    #[arg(long, value_name = "HOST:PORT")]
+    statsd: Option<String>,
+
+    /// Print every check's records as JSON lines (with "target" and "tags").
+    #[arg(long)]
+    json: bool,
+
+    /// Most checks running at once.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    concurrency: usize,
+
+    /// Attach to these interfaces only (default: every interface that is up); repeatable.
+    #[arg(short = 'i', long = "interface", value_name = "IFACE")]
+    interfaces: Vec<String>,
+
+    /// Trust only the CA certificates in this PEM file (replaces the system roots).
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<PathBuf>,
+
+    /// Do not verify servers' certificates.
+    #[arg(short = 'k', long)]
+    insecure: bool,
 }
 
 /// Times every HTTP request this host makes or serves, as it happens,
@@ -410,7 +476,33 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(Cmd::Watch(w)) = cli.cmd.take() {
+    let cmd = cli.cmd.take();
+    if let Some(Cmd::Monitor(m)) = cmd {
+        raise_memlock();
+        if m.concurrency == 0 || m.interval.is_zero() {
+            eprintln!("synack monitor: --concurrency and --interval must be above zero");
+            return ExitCode::from(2);
+        }
+        let o = synack::monitor::MonitorOptions {
+            targets: m.targets,
+            interval: m.interval,
+            listen: m.listen,
+            statsd: m.statsd,
+            json: m.json,
+            concurrency: m.concurrency,
+            interfaces: m.interfaces,
+            cacert: m.cacert,
+            insecure: m.insecure,
+        };
+        return match rt.block_on(synack::monitor::run(o)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("synack monitor: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    if let Some(Cmd::Watch(w)) = cmd {
         // watch handles its own signals: they end it with a summary.
         raise_memlock();
         let r = rt.block_on(async { synack::watch::run(watch_options(w)?).await });

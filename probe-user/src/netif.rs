@@ -97,6 +97,21 @@ pub fn local_nets() -> io::Result<Vec<LocalNet>> {
     Ok(out)
 }
 
+/// This namespace's own addresses, loopback included (127.0.0.1 and ::1
+/// always: connections to them never leave the host).
+pub fn local_addrs() -> io::Result<Vec<std::net::IpAddr>> {
+    let mut v: Vec<std::net::IpAddr> = local_nets()?.into_iter().map(|n| n.addr).collect();
+    for lo in [
+        std::net::IpAddr::from([127, 0, 0, 1]),
+        std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+    ] {
+        if !v.contains(&lo) {
+            v.push(lo);
+        }
+    }
+    Ok(v)
+}
+
 /// # Safety
 /// `sa` must be null or point to a valid sockaddr of the family it names.
 unsafe fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<std::net::IpAddr> {

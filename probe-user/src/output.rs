@@ -228,6 +228,11 @@ pub fn watch_line(r: &Record) -> String {
         (None, Some(p)) => format!("[{p}]"),
         _ => "?".to_string(),
     };
+    format!("{arrow} {who} {}", check_line(r))
+}
+
+/// One line per request without its owner: `synack monitor`'s checks.
+pub fn check_line(r: &Record) -> String {
     let what = if r.method.is_empty() {
         format!("TLS {}", r.url)
     } else {
@@ -238,7 +243,7 @@ pub fn watch_line(r: &Record) -> String {
         .map(|c| c.to_string())
         .unwrap_or_else(|| "-".into());
     let mut s = format!(
-        "{arrow} {who} {what} {status}  {} {}",
+        "{what} {status}  {} {}",
         if r.direction == "server" {
             "from"
         } else {

@@ -182,10 +182,12 @@ impl Tracker {
                 Side::Server
             };
             self.stats.peak_open = self.stats.peak_open.max(self.conns.len() as u64 + 1);
+            let mut flow = Flow::new(ev.key, ev.cookie);
+            flow.keep_events = false;
             self.conns.insert(
                 ev.key,
                 Conn {
-                    flow: Flow::new(ev.key, ev.cookie),
+                    flow,
                     side,
                     proto: None,
                     tls_version: None,
@@ -209,14 +211,18 @@ impl Tracker {
         if c.cgroup_id == 0 && ev.dir == DIR_OUT {
             c.cgroup_id = ev.cgroup_id;
         }
-        c.flow.push(ev);
         if c.proto == Some(Proto::Other) {
-            // Still followed until it closes (so its 4-tuple is known), never reported.
+            // Followed until it closes (so its 4-tuple is known), never
+            // reported, and nothing of it is kept but how it ends.
+            if matches!(ev.kind, EV_FIN | EV_RST) {
+                c.flow.push(ev);
+            }
             if c.flow.closed() {
                 self.conns.remove(&ev.key);
             }
             return;
         }
+        c.flow.push(ev);
         let (req_dir, resp_dir) = match c.side {
             Side::Client => (DIR_OUT, DIR_IN),
             Side::Server => (DIR_IN, DIR_OUT),
@@ -251,6 +257,11 @@ impl Tracker {
         for p in done {
             let rec = build(c, p, &self.nets);
             self.stats.requests += 1;
+            if tunnel(&rec) {
+                // What follows is not HTTP/1.x any more.
+                c.proto = Some(Proto::Other);
+                c.pending = None;
+            }
             out.push(done_of(c, rec));
         }
         if c.flow.closed()
@@ -266,6 +277,18 @@ impl Tracker {
     /// Reports requests whose connection went quiet, and forgets connections
     /// idle for long. `now` is CLOCK_MONOTONIC ns.
     pub fn tick(&mut self, now: u64, out: &mut Vec<Done>) {
+        self.tick_with(now, |_| None, out)
+    }
+
+    /// As `tick`, asking `kernel` for a connection's current state first:
+    /// past the first segments the kernel reports one event per turn, so a
+    /// response still streaming looks quiet to the events alone.
+    pub fn tick_with(
+        &mut self,
+        now: u64,
+        kernel: impl Fn(&FlowKey) -> Option<probe_common::FlowState>,
+        out: &mut Vec<Done>,
+    ) {
         let quiet = self.settings.quiet_ns;
         let idle = self.settings.idle_conn_ns;
         let mut ready: Vec<FlowKey> = Vec::new();
@@ -274,11 +297,34 @@ impl Tracker {
             let since = now.saturating_sub(c.last_ns);
             if c.pending.as_ref().is_some_and(|p| p.resp.is_some()) && since > quiet {
                 ready.push(*k);
-            } else if since > idle {
+            } else if since > idle && c.next_index == 0 && c.pending.is_none() {
+                // Never carried a request: a handshake that went nowhere, a
+                // connection opened and left. Keep-alive connections that
+                // did carry requests stay until they close (or the cap).
                 stale.push(*k);
             }
         }
         for k in ready {
+            if let Some(c) = self.conns.get_mut(&k)
+                && let Some(st) = kernel(&k)
+            {
+                let (last, high) = match c.side {
+                    Side::Client => (st.last_in_ns, st.in_high),
+                    Side::Server => (st.last_out_ns, st.out_high),
+                };
+                if let Some(p) = c.pending.as_mut()
+                    && last != 0
+                    && p.resp_last.is_none_or(|(t, _)| t < last)
+                {
+                    p.resp_last = Some((last, high));
+                }
+                if last > c.last_ns {
+                    c.last_ns = last;
+                    if now.saturating_sub(last) <= quiet {
+                        continue; // still streaming
+                    }
+                }
+            }
             if let Some(c) = self.conns.get_mut(&k)
                 && let Some(p) = c.pending.take()
             {
@@ -306,18 +352,21 @@ impl Tracker {
         }
     }
 
+    /// Drops the longest-idle connections: 1/64 of the cap at once, so a
+    /// flood of new connections costs one scan per many of them.
     fn evict_one(&mut self, out: &mut Vec<Done>) {
-        let Some(k) = self
-            .conns
-            .iter()
-            .min_by_key(|(_, c)| c.last_ns)
-            .map(|(k, _)| *k)
-        else {
-            return;
-        };
-        if let Some(mut c) = self.conns.remove(&k) {
-            self.stats.evicted += 1;
-            self.finish(&mut c, true, out);
+        let n = (self.settings.max_conns / 64).max(1);
+        let mut by_age: Vec<(u64, FlowKey)> =
+            self.conns.iter().map(|(k, c)| (c.last_ns, *k)).collect();
+        if by_age.len() > n {
+            by_age.select_nth_unstable_by_key(n - 1, |x| x.0);
+            by_age.truncate(n);
+        }
+        for (_, k) in by_age {
+            if let Some(mut c) = self.conns.remove(&k) {
+                self.stats.evicted += 1;
+                self.finish(&mut c, true, out);
+            }
         }
     }
 
@@ -342,6 +391,13 @@ impl Tracker {
             out.push(done_of(c, rec));
         }
     }
+}
+
+/// A response after which the connection carries something else: a
+/// protocol switch (WebSocket, h2c) or a CONNECT tunnel.
+fn tunnel(r: &Record) -> bool {
+    r.http_status == Some(101)
+        || (r.method == "CONNECT" && r.http_status.is_some_and(|s| (200..300).contains(&s)))
 }
 
 fn done_of(c: &Conn, record: Record) -> Done {
@@ -387,15 +443,24 @@ fn on_request_turn(
                 Some(req) => start_request(c, ev, Some(req), done),
                 // Not a request line: the rest of the current request (a body
                 // after "100 Continue"), or bytes a snapshot could not show.
-                None => {
-                    if let Some(p) = c.pending.as_mut()
-                        && p.status.is_some_and(|st| st < 200)
-                    {
-                        p.resp = None;
-                        p.status = None;
-                        p.req_end_seq = None;
+                None => match c.pending.as_ref().and_then(|p| p.status) {
+                    Some(st) if st < 200 && st != 101 => {
+                        if let Some(p) = c.pending.as_mut() {
+                            p.resp = None;
+                            p.status = None;
+                            p.req_end_seq = None;
+                        }
                     }
-                }
+                    Some(_) => {
+                        // After a final response, bytes that are no request:
+                        // not HTTP/1.x any more (a switched protocol).
+                        if let Some(p) = c.pending.take() {
+                            done.push(p);
+                        }
+                        c.proto = Some(Proto::Other);
+                    }
+                    None => {}
+                },
             }
         }
         Some(Proto::Tls) => {
@@ -403,8 +468,13 @@ fn on_request_turn(
             if !c.tls_done {
                 let mut recs = sniff::records(snap, ev.payload_len);
                 if c.tls_version == Some(0x0304) {
+                    let ccs = recs.types.iter().take_while(|&&t| t == 20).count();
+                    if recs.types.get(ccs) == Some(&22) {
+                        // A second ClientHello (after a HelloRetryRequest).
+                        return;
+                    }
                     // TLS 1.3: [ChangeCipherSpec] Finished (encrypted) first.
-                    let skip = recs.types.iter().take_while(|&&t| t == 20).count() + 1;
+                    let skip = ccs + 1;
                     c.tls_done = true;
                     if recs.types.len() <= skip && recs.whole {
                         c.request_next_segment = true;
@@ -480,7 +550,20 @@ fn on_response_data(c: &mut Conn, ev: &Event, snap: &[u8], turn: bool) {
         }
         p.resp = Some((ev.ts_ns, ev.seq));
         p.req_end_seq = Some(ev.peer_high);
-        p.req_last_ts = (ev.peer_last_ns != 0).then_some(ev.peer_last_ns);
+        // The request's last segment: the reported one that ends where the
+        // request ended (its time on the same clock as every other event),
+        // else the kernel's time of the last one.
+        let segs = if ev.dir == DIR_OUT {
+            &c.flow.inb
+        } else {
+            &c.flow.out
+        };
+        p.req_last_ts = segs
+            .iter()
+            .rev()
+            .find(|s| !s.retrans && s.seq.wrapping_add(s.len) == ev.peer_high)
+            .map(|s| s.ts_ns)
+            .or((ev.peer_last_ns != 0).then_some(ev.peer_last_ns));
         p.status = sniff::http_status(snap);
         if p.after_finished && sniff::records(snap, ev.payload_len).whole {
             p.resp_maybe_ticket = Some(end);
@@ -865,11 +948,8 @@ mod tests {
         assert_eq!(a.wire.client_ttl, Some(61));
         assert_eq!(a.wire.ttfb_ms, Some(30e-3));
         assert_eq!(a.wire.data_rtt_ms, Some(10e-3));
-        assert_eq!(
-            a.phases.server_ms,
-            Some(29.5e-3),
-            "from the request's last byte"
-        );
+        // One request segment: its last byte came with its first.
+        assert_eq!(a.phases.server_ms, Some(30e-3));
         assert!(a.verdict.is_none());
         assert!(a.error.is_none());
     }
@@ -972,6 +1052,115 @@ mod tests {
             "from the request to the first response segment"
         );
         assert_eq!(a.response_bytes, Some(565));
+    }
+
+    #[test]
+    fn idle_keepalive_stays_and_handshakes_that_go_nowhere_go() {
+        let mut t = Tracker::new(
+            Settings {
+                idle_conn_ns: 1_000,
+                quiet_ns: 100,
+                ..Default::default()
+            },
+            Vec::new(),
+        );
+        let mut out = Vec::new();
+        let mut push = |t: &mut Tracker, port: u16, e: Event, snap: &[u8]| {
+            let mut e = e;
+            e.key = key();
+            e.key.local_port = port;
+            t.push(&e, snap, &mut out);
+        };
+        // A connection that served a request, then idles.
+        push(&mut t, 1, ev(EV_SYN, DIR_OUT, 0, 100, 0, 0, 0), b"");
+        push(&mut t, 1, ev(EV_SYNACK, DIR_IN, 10, 5000, 101, 0, 0), b"");
+        push(
+            &mut t,
+            1,
+            data(DIR_OUT, 20, 101, REQ2.len() as u32, true, (0, 5001)),
+            REQ2,
+        );
+        push(
+            &mut t,
+            1,
+            data(DIR_IN, 30, 5001, 10, true, (20, 101)),
+            b"HTTP/1.1 200 OK\r\n",
+        );
+        // One that never sent anything.
+        push(&mut t, 2, ev(EV_SYN, DIR_OUT, 0, 100, 0, 0, 0), b"");
+        t.tick(10_000, &mut out);
+        assert_eq!(
+            t.open(),
+            1,
+            "the silent one is gone, the keep-alive one stays"
+        );
+        assert_eq!(out.len(), 1, "its request was reported when it went quiet");
+    }
+
+    #[test]
+    fn a_response_still_streaming_is_not_quiet() {
+        let mut r = Run::new();
+        r.ev(ev(EV_SYN, DIR_OUT, 0, 100, 0, 0, 0), b"");
+        r.ev(ev(EV_SYNACK, DIR_IN, 10, 5000, 101, 0, 0), b"");
+        r.ev(
+            data(DIR_OUT, 20, 101, REQ2.len() as u32, true, (0, 5001)),
+            REQ2,
+        );
+        r.ev(
+            data(DIR_IN, 1_000, 5001, 1000, true, (20, 101)),
+            b"HTTP/1.1 200 OK\r\n",
+        );
+        let q = Settings::default().quiet_ns;
+        // The kernel saw data 10 ms ago, far past the last event.
+        let st = |last: u64| {
+            move |_: &FlowKey| {
+                Some(probe_common::FlowState {
+                    last_in_ns: last,
+                    in_high: 5001 + 90_000,
+                    ..Default::default()
+                })
+            }
+        };
+        let now = 1_000 + q + 10;
+        r.t.tick_with(now, st(now - 10_000_000), &mut r.out);
+        assert!(r.out.is_empty(), "still streaming");
+        r.t.tick_with(now + 2 * q, st(now - 10_000_000), &mut r.out);
+        assert_eq!(r.out.len(), 1);
+        assert_eq!(
+            r.out[0].record.response_bytes,
+            Some(90_000),
+            "the kernel's end"
+        );
+    }
+
+    #[test]
+    fn a_protocol_switch_ends_http_parsing() {
+        let mut r = Run::new();
+        r.ev(ev(EV_SYN, DIR_OUT, 0, 100, 0, 0, 0), b"");
+        r.ev(ev(EV_SYNACK, DIR_IN, 10, 5000, 101, 0, 0), b"");
+        let up = b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n";
+        r.ev(data(DIR_OUT, 20, 101, up.len() as u32, true, (0, 5001)), up);
+        r.ev(
+            data(DIR_IN, 30, 5001, 100, true, (20, 101)),
+            b"HTTP/1.1 101 Switching Protocols\r\n",
+        );
+        // A WebSocket frame from us, one back, another: no new requests.
+        let at = 101 + up.len() as u32;
+        r.ev(data(DIR_OUT, 40, at, 6, true, (30, 5101)), b"\x81\x84abcd");
+        assert_eq!(r.out.len(), 1);
+        assert_eq!(r.out[0].record.http_status, Some(101));
+        r.ev(
+            data(DIR_IN, 50, 5101, 6, true, (40, at + 6)),
+            b"\x81\x04abcd",
+        );
+        r.ev(
+            data(DIR_OUT, 60, at + 6, 6, true, (50, 5107)),
+            b"GET / HTTP/1.1\r\n\r\n",
+        );
+        r.ev(ev(EV_FIN, DIR_OUT, 70, at + 12, 0, 0, 0), b"");
+        r.ev(ev(EV_FIN, DIR_IN, 80, 5107, 0, 0, 0), b"");
+        assert_eq!(r.out.len(), 1, "nothing after the switch is a request");
+        assert_eq!(r.t.open(), 0);
     }
 
     #[test]

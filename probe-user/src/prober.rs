@@ -4,6 +4,7 @@
 
 use crate::{
     bpf::Kernel,
+    bpf::{Hub, SharedKernel},
     clock::mono_ns,
     flows::Flow,
     io::{AppStream, IoLog, RawStream, SharedLog},
@@ -214,7 +215,7 @@ fn parse_target(s: &str) -> Result<Target, ErrorInfo> {
 
 /// The prober and the kernel side it registers its sockets with.
 pub struct Prober {
-    pub kernel: Option<Kernel>,
+    pub kernel: Option<SharedKernel>,
     tls: Arc<ClientConfig>,
     opts: Options,
     mode: &'static str,
@@ -279,12 +280,28 @@ struct ConnOutcome {
 
 impl Prober {
     pub fn new(kernel: Option<Kernel>, tls: ClientConfig, opts: Options) -> Self {
+        Self::with_shared(kernel.map(Hub::shared), Arc::new(tls), opts)
+    }
+
+    /// A prober on a kernel (and TLS set-up) shared with others that run at
+    /// the same time.
+    pub fn with_shared(
+        kernel: Option<SharedKernel>,
+        tls: Arc<ClientConfig>,
+        opts: Options,
+    ) -> Self {
         Prober {
             kernel,
-            tls: Arc::new(tls),
+            tls,
             opts,
             mode: "ebpf",
         }
+    }
+
+    fn hub(&self) -> Option<std::sync::MutexGuard<'_, Hub>> {
+        self.kernel
+            .as_ref()
+            .map(|k| k.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// One run over a URL: its requests, and the redirect hops after them with `-L`.
@@ -336,7 +353,7 @@ impl Prober {
         let mut r = Record::new(url, self.method_for(url).as_str(), self.mode);
         r.redirect_hop = hop;
         r.error = Some(e);
-        if let Some(k) = &self.kernel {
+        if let Some(k) = self.hub() {
             r.drops = k.drops();
         }
         ConnOutcome {
@@ -440,9 +457,11 @@ impl Prober {
         enable_rx_timestamps(sock.as_raw_fd());
         let cookie = socket_cookie(sock.as_raw_fd());
         base.socket_cookie = cookie;
-        if let (Some(k), Some(c)) = (self.kernel.as_mut(), cookie)
-            && let Err(e) = k.register(c)
-        {
+        let registered = match (self.hub(), cookie) {
+            (Some(mut k), Some(c)) => k.register(c).err(),
+            _ => None,
+        };
+        if let Some(e) = registered {
             return self.fail(url, hop, ErrorInfo::new("kernel", e.to_string()));
         }
 
@@ -699,13 +718,10 @@ impl Prober {
 
     /// Drains the kernel's events and builds the flow of this connection.
     fn collect(&mut self, cookie: Option<u64>, key: Option<&FlowKey>) -> Option<Flow> {
-        let k = self.kernel.as_mut()?;
         let cookie = cookie?;
+        let mut k = self.hub()?;
         let mut flow: Option<Flow> = None;
-        for ev in k.drain() {
-            if ev.cookie != cookie {
-                continue;
-            }
+        for ev in k.take(cookie) {
             if self.opts.dump_events {
                 eprintln!(
                     "event t={} kind={} dir={} seq={} ack={} len={} flags={:#x} evf={} ttl={} skb_tstamp={} type={}",
@@ -750,7 +766,7 @@ impl Prober {
         let (w, tl) = timeline::assemble(flow, conn, tls, m);
         r.wire = w;
         r.timeline = tl;
-        if let Some(k) = &self.kernel {
+        if let Some(k) = self.hub() {
             r.drops = k.drops();
         }
     }
@@ -876,23 +892,26 @@ fn socket_cookie(fd: i32) -> Option<u64> {
 }
 
 /// The kernel's key for a connection from `local` to `remote`.
-pub fn flow_key(local: SocketAddr, remote: SocketAddr) -> FlowKey {
-    fn bytes(ip: IpAddr) -> ([u8; 16], u8) {
-        match ip {
-            IpAddr::V4(a) => {
-                let mut b = [0u8; 16];
-                b[..4].copy_from_slice(&a.octets());
-                (b, 4)
-            }
-            IpAddr::V6(a) => match a.to_ipv4_mapped() {
-                // A v6 socket talking to a v4-mapped address puts IPv4 on the wire.
-                Some(v4) => bytes(IpAddr::V4(v4)),
-                None => (a.octets(), 6),
-            },
+/// An address as the kernel side keys it: IPv4 in the first 4 bytes, and
+/// the IP version. A v4-mapped IPv6 address is IPv4 (that is what goes on
+/// the wire).
+pub fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
+    match ip {
+        IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            (b, 4)
         }
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => addr_bytes(IpAddr::V4(v4)),
+            None => (a.octets(), 6),
+        },
     }
-    let (l, v) = bytes(local.ip());
-    let (r, _) = bytes(remote.ip());
+}
+
+pub fn flow_key(local: SocketAddr, remote: SocketAddr) -> FlowKey {
+    let (l, v) = addr_bytes(local.ip());
+    let (r, _) = addr_bytes(remote.ip());
     FlowKey {
         local_addr: l,
         remote_addr: r,

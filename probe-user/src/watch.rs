@@ -262,7 +262,7 @@ fn attribute(d: &mut Done, kernel: &Kernel, owners: &mut SocketOwners, cgroups: 
 }
 
 /// Wall-clock time of day, local, with milliseconds.
-fn time_of_day() -> String {
+pub fn time_of_day() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -322,6 +322,8 @@ pub async fn run(o: WatchOptions) -> Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_summary = o.summary_every.map(|d| Instant::now() + d);
+    // Addresses come and go (DHCP, a new container): re-read them now and then.
+    let mut next_addrs = Instant::now() + Duration::from_secs(5);
     let mut totals = Totals::new();
     let mut done: Vec<Done> = Vec::new();
     let stdout = std::io::stdout();
@@ -366,7 +368,7 @@ pub async fn run(o: WatchOptions) -> Result<()> {
         if stop {
             tracker.flush(&mut done);
         } else {
-            tracker.tick(mono_ns(), &mut done);
+            tracker.tick_with(mono_ns(), |k| kernel.flow_state(k), &mut done);
         }
         if !done.is_empty() {
             let drops = kernel.drops();
@@ -394,6 +396,12 @@ pub async fn run(o: WatchOptions) -> Result<()> {
             out.write_all(text.as_bytes())
                 .and_then(|_| out.flush())
                 .context("cannot write to stdout")?;
+        }
+        if Instant::now() >= next_addrs {
+            next_addrs = Instant::now() + Duration::from_secs(5);
+            if let Err(e) = kernel.refresh_local_addrs() {
+                eprintln!("synack watch: cannot refresh this host's addresses: {e}");
+            }
         }
         if let Some(t) = next_summary
             && Instant::now() >= t

@@ -1,0 +1,664 @@
+//! Where records become metrics (`synack monitor`): Prometheus exposition
+//! (prometheus-client) and DogStatsD lines.
+//!
+//! Names follow Prometheus conventions (base units, `_total` counters) and
+//! blackbox_exporter's phase names where they mean the same (`dns` is its
+//! `resolve`, `connect` and `tls` are its own); the wire and verdict phases
+//! are synack's.
+
+use crate::{bpf::Drops, record::Record, targets::Target, verdict::PathKind};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+use std::sync::{Mutex, atomic::AtomicU64};
+
+/// The phases, as label values, with how each is read from a record (ms).
+pub const PHASES: [&str; 9] = [
+    "dns",
+    "connect",
+    "tls",
+    "wire_handshake",
+    "wire_ttfb",
+    "server",
+    "middlebox",
+    "network",
+    "total",
+];
+
+/// A record's phase durations in milliseconds, for the phases it has.
+pub fn phase_values(r: &Record) -> Vec<(&'static str, f64)> {
+    let v = [
+        r.user.dns_ms,
+        r.user.connect_ms,
+        r.user.tls_ms,
+        r.wire.handshake_rtt_ms,
+        r.wire.ttfb_ms,
+        r.phases.server_ms,
+        r.phases.middlebox_ms,
+        r.phases.network_ms,
+        r.user.total_ms,
+    ];
+    PHASES
+        .iter()
+        .zip(v)
+        .filter_map(|(p, x)| x.filter(|x| x.is_finite() && *x >= 0.0).map(|x| (*p, x)))
+        .collect()
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetL {
+    target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseL {
+    target: String,
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultL {
+    target: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindL {
+    target: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirL {
+    target: String,
+    direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonL {
+    reason: String,
+}
+
+type FGauge = Gauge<f64, AtomicU64>;
+
+fn phase_histogram() -> Histogram {
+    // 0.25 ms .. ~33 s, doubling.
+    Histogram::new(exponential_buckets(0.00025, 2.0, 18))
+}
+
+/// Every metric `synack monitor` exposes.
+pub struct Metrics {
+    registry: Registry,
+    phase: Family<PhaseL, Histogram, fn() -> Histogram>,
+    success: Family<TargetL, Gauge>,
+    middlebox: Family<TargetL, Gauge>,
+    ttl: Family<TargetL, Gauge>,
+    hops: Family<TargetL, Gauge>,
+    status: Family<TargetL, Gauge>,
+    last_ttfb: Family<TargetL, FGauge>,
+    checks: Family<ResultL, Counter>,
+    errors: Family<KindL, Counter>,
+    retransmits: Family<DirL, Counter>,
+    skipped: Family<TargetL, Counter>,
+    lost: Family<ReasonL, Counter>,
+    info: Family<Vec<(String, String)>, Gauge>,
+    file_errors: Gauge,
+    targets: Gauge,
+    /// Kernel loss counters already exported, and the label sets created
+    /// per target (to remove them with the target).
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    drops: Drops,
+    kinds: Vec<(String, String)>,
+    info: Vec<(String, Vec<(String, String)>)>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let phase = Family::<PhaseL, Histogram, fn() -> Histogram>::new_with_constructor(
+            phase_histogram as fn() -> Histogram,
+        );
+        let m = Metrics {
+            registry: Registry::default(),
+            phase,
+            success: Family::default(),
+            middlebox: Family::default(),
+            ttl: Family::default(),
+            hops: Family::default(),
+            status: Family::default(),
+            last_ttfb: Family::default(),
+            checks: Family::default(),
+            errors: Family::default(),
+            retransmits: Family::default(),
+            skipped: Family::default(),
+            lost: Family::default(),
+            info: Family::default(),
+            file_errors: Gauge::default(),
+            targets: Gauge::default(),
+            state: Mutex::new(State::default()),
+        };
+        registry.register(
+            "synack_phase_duration_seconds",
+            "Duration of each phase of a check: dns, connect, tls (user space, as blackbox_exporter's resolve/connect/tls), wire_handshake (SYN to SYN-ACK), wire_ttfb (request out to response in, on the wire), server, middlebox, network (the verdict's breakdown), total",
+            m.phase.clone(),
+        );
+        registry.register(
+            "synack_check_success",
+            "1 if the last check succeeded (no error, expected status), else 0",
+            m.success.clone(),
+        );
+        registry.register(
+            "synack_path_middlebox",
+            "1 if the last check found a TCP-terminating middlebox on the path, 0 if the path was direct (absent while unknown)",
+            m.middlebox.clone(),
+        );
+        registry.register(
+            "synack_synack_ttl",
+            "TTL (IPv4) or hop limit (IPv6) of the last check's SYN-ACK",
+            m.ttl.clone(),
+        );
+        registry.register(
+            "synack_synack_hops",
+            "Hops to whatever answered the last check's SYN, from its TTL",
+            m.hops.clone(),
+        );
+        registry.register(
+            "synack_http_status_code",
+            "HTTP status of the last check's last response (0 if none)",
+            m.status.clone(),
+        );
+        registry.register(
+            "synack_wire_ttfb_seconds",
+            "Wire time to first byte of the last check (request out to response in)",
+            m.last_ttfb.clone(),
+        );
+        registry.register(
+            "synack_checks",
+            "Checks run, by result (success or failure)",
+            m.checks.clone(),
+        );
+        registry.register(
+            "synack_check_errors",
+            "Failed checks by error kind (dns, connect_refused, connect, timeout, tls, http, io, status, kernel, ...)",
+            m.errors.clone(),
+        );
+        registry.register(
+            "synack_retransmits",
+            "TCP payload segments sent again (out) or received again (in) during checks",
+            m.retransmits.clone(),
+        );
+        registry.register(
+            "synack_checks_skipped",
+            "Checks not started because the previous one of the target was still running",
+            m.skipped.clone(),
+        );
+        registry.register(
+            "synack_events_lost",
+            "Kernel events or flows lost, by reason (ringbuf_full, flow_insert_failed, flows_evicted, undecodable)",
+            m.lost.clone(),
+        );
+        registry.register(
+            "synack_target_info",
+            "Each target's URL and tags (value 1)",
+            m.info.clone(),
+        );
+        registry.register(
+            "synack_targets_file_errors",
+            "Broken lines in the targets file at the last (re)load",
+            m.file_errors.clone(),
+        );
+        registry.register("synack_targets", "Targets being checked", m.targets.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
+        s
+    }
+
+    fn t(target: &str) -> TargetL {
+        TargetL {
+            target: target.to_string(),
+        }
+    }
+
+    /// The targets file was (re)loaded.
+    pub fn set_targets(&self, targets: &[Target], file_errors: usize) {
+        self.targets.set(targets.len() as i64);
+        self.file_errors.set(file_errors as i64);
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        for t in targets {
+            let mut labels = vec![
+                ("target".to_string(), t.name.clone()),
+                ("url".to_string(), t.url.clone()),
+            ];
+            labels.extend(
+                t.tags
+                    .iter()
+                    .map(|(k, v)| (format!("tag_{}", sanitize(k)), v.clone())),
+            );
+            // A target whose URL or tags changed drops its old info series.
+            if let Some(i) = st.info.iter().position(|(n, _)| n == &t.name) {
+                let (_, old) = st.info.remove(i);
+                if old != labels {
+                    self.info.remove(&old);
+                }
+            }
+            self.info.get_or_create(&labels).set(1);
+            st.info.push((t.name.clone(), labels));
+        }
+    }
+
+    /// A check of `target` was due while the previous one still ran.
+    pub fn skipped(&self, target: &str) {
+        self.skipped.get_or_create(&Self::t(target)).inc();
+    }
+
+    /// Records one finished check (all its records: `reuse` requests).
+    pub fn observe(&self, target: &str, records: &[Record], outcome: &Outcome) {
+        for r in records {
+            for (phase, ms) in phase_values(r) {
+                self.phase
+                    .get_or_create(&PhaseL {
+                        target: target.to_string(),
+                        phase: phase.to_string(),
+                    })
+                    .observe(ms / 1000.0);
+            }
+            for (dir, n) in [
+                ("out", r.wire.retransmits_out),
+                ("in", r.wire.retransmits_in),
+            ] {
+                let c = self.retransmits.get_or_create(&DirL {
+                    target: target.to_string(),
+                    direction: dir.to_string(),
+                });
+                c.inc_by(n.unwrap_or(0) as u64);
+            }
+        }
+        let tl = Self::t(target);
+        self.success.get_or_create(&tl).set(outcome.success as i64);
+        let result = if outcome.success {
+            "success"
+        } else {
+            "failure"
+        };
+        self.checks
+            .get_or_create(&ResultL {
+                target: target.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+        if let Some(kind) = &outcome.error_kind {
+            let l = KindL {
+                target: target.to_string(),
+                kind: kind.clone(),
+            };
+            self.errors.get_or_create(&l).inc();
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if !st.kinds.contains(&(l.target.clone(), l.kind.clone())) {
+                st.kinds.push((l.target, l.kind));
+            }
+        }
+        let last = records.last();
+        self.status
+            .get_or_create(&tl)
+            .set(last.and_then(|r| r.http_status).unwrap_or(0) as i64);
+        if let Some(v) = records.iter().rev().find_map(|r| r.verdict.as_ref()) {
+            match v.path {
+                PathKind::Middlebox => {
+                    self.middlebox.get_or_create(&tl).set(1);
+                }
+                PathKind::Direct => {
+                    self.middlebox.get_or_create(&tl).set(0);
+                }
+                PathKind::Unknown => {}
+            }
+        }
+        if let Some(r) = records.iter().find(|r| r.wire.synack_ttl.is_some()) {
+            self.ttl
+                .get_or_create(&tl)
+                .set(r.wire.synack_ttl.unwrap_or(0) as i64);
+            self.hops
+                .get_or_create(&tl)
+                .set(r.wire.synack_hops.unwrap_or(0) as i64);
+        }
+        if let Some(t) = last.and_then(|r| r.wire.ttfb_ms) {
+            self.last_ttfb.get_or_create(&tl).set(t / 1000.0);
+        }
+    }
+
+    /// Exports the kernel's loss counters (they only grow).
+    pub fn drops(&self, d: Drops) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        for (reason, now, before) in [
+            ("ringbuf_full", d.ringbuf_full, st.drops.ringbuf_full),
+            (
+                "flow_insert_failed",
+                d.flow_insert_failed,
+                st.drops.flow_insert_failed,
+            ),
+            ("flows_evicted", d.flows_evicted, st.drops.flows_evicted),
+            ("undecodable", d.undecodable, st.drops.undecodable),
+        ] {
+            let c = self.lost.get_or_create(&ReasonL {
+                reason: reason.to_string(),
+            });
+            c.inc_by(now.saturating_sub(before));
+        }
+        st.drops = d;
+    }
+
+    /// Forgets every series of a target that left the targets file.
+    pub fn remove_target(&self, target: &str) {
+        let tl = Self::t(target);
+        for p in PHASES {
+            self.phase.remove(&PhaseL {
+                target: target.to_string(),
+                phase: p.to_string(),
+            });
+        }
+        for g in [
+            &self.success,
+            &self.middlebox,
+            &self.ttl,
+            &self.hops,
+            &self.status,
+        ] {
+            g.remove(&tl);
+        }
+        self.last_ttfb.remove(&tl);
+        self.skipped.remove(&tl);
+        for r in ["success", "failure"] {
+            self.checks.remove(&ResultL {
+                target: target.to_string(),
+                result: r.to_string(),
+            });
+        }
+        for d in ["out", "in"] {
+            self.retransmits.remove(&DirL {
+                target: target.to_string(),
+                direction: d.to_string(),
+            });
+        }
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.kinds.retain(|(t, k)| {
+            if t == target {
+                self.errors.remove(&KindL {
+                    target: t.clone(),
+                    kind: k.clone(),
+                });
+                false
+            } else {
+                true
+            }
+        });
+        if let Some(i) = st.info.iter().position(|(n, _)| n == target) {
+            let (_, labels) = st.info.remove(i);
+            self.info.remove(&labels);
+        }
+    }
+}
+
+fn sanitize(k: &str) -> String {
+    k.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// How a check ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub success: bool,
+    /// The first error kind, or "status" for an unexpected status.
+    pub error_kind: Option<String>,
+}
+
+/// Judges a check's records against the target's expectations.
+pub fn outcome(t: &Target, records: &[Record]) -> Outcome {
+    if records.is_empty() {
+        return Outcome {
+            success: false,
+            error_kind: Some("internal".into()),
+        };
+    }
+    if let Some(e) = records.iter().find_map(|r| r.error.as_ref()) {
+        return Outcome {
+            success: false,
+            error_kind: Some(e.kind.clone()),
+        };
+    }
+    if records
+        .iter()
+        .any(|r| r.http_status.is_none_or(|s| !t.expect.accepts(s)))
+    {
+        return Outcome {
+            success: false,
+            error_kind: Some("status".into()),
+        };
+    }
+    Outcome {
+        success: true,
+        error_kind: None,
+    }
+}
+
+/// DogStatsD lines for one check: `name:value|type|#tags`. Durations are
+/// distributions in milliseconds (Datadog's convention); tags are the
+/// target, the phase, and the target's own tags.
+pub fn statsd_lines(t: &Target, records: &[Record], o: &Outcome) -> Vec<String> {
+    let mut tags = vec![format!("target:{}", statsd_tag(&t.name))];
+    tags.extend(
+        t.tags
+            .iter()
+            .map(|(k, v)| format!("{}:{}", statsd_tag(k), statsd_tag(v))),
+    );
+    let tagstr = tags.join(",");
+    let mut out = Vec::new();
+    for r in records {
+        for (phase, ms) in phase_values(r) {
+            out.push(format!(
+                "synack.phase.duration:{ms:.3}|d|#{tagstr},phase:{phase}"
+            ));
+        }
+        let retx = r.wire.retransmits.unwrap_or(0);
+        if retx > 0 {
+            out.push(format!("synack.retransmits:{retx}|c|#{tagstr}"));
+        }
+    }
+    out.push(format!(
+        "synack.check.success:{}|g|#{tagstr}",
+        o.success as u8
+    ));
+    out.push(format!(
+        "synack.checks:1|c|#{tagstr},result:{}",
+        if o.success { "success" } else { "failure" }
+    ));
+    if let Some(k) = &o.error_kind {
+        out.push(format!("synack.check.errors:1|c|#{tagstr},kind:{k}"));
+    }
+    if let Some(v) = records.iter().rev().find_map(|r| r.verdict.as_ref()) {
+        match v.path {
+            PathKind::Middlebox => out.push(format!("synack.path.middlebox:1|g|#{tagstr}")),
+            PathKind::Direct => out.push(format!("synack.path.middlebox:0|g|#{tagstr}")),
+            PathKind::Unknown => {}
+        }
+    }
+    if let Some(ttl) = records.iter().find_map(|r| r.wire.synack_ttl) {
+        out.push(format!("synack.synack.ttl:{ttl}|g|#{tagstr}"));
+    }
+    out
+}
+
+/// DogStatsD tags cannot hold `,` `|` `#` or newlines.
+fn statsd_tag(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if matches!(c, ',' | '|' | '#' | '\n' | '\r') {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// Packs lines into datagrams of at most `max` bytes (newline-separated),
+/// so a check's metrics go in a few packets without IP fragmentation.
+pub fn datagrams(lines: &[String], max: usize) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    for l in lines {
+        if !cur.is_empty() && cur.len() + 1 + l.len() > max {
+            out.push(std::mem::take(&mut cur));
+        }
+        if !cur.is_empty() {
+            cur.push('\n');
+        }
+        cur.push_str(l);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::ErrorInfo;
+    use crate::targets::parse;
+    use crate::verdict::Verdict;
+
+    fn rec() -> Record {
+        let mut r = Record::new("http://h/", "GET", "ebpf");
+        r.http_status = Some(200);
+        r.user.dns_ms = Some(1.0);
+        r.user.total_ms = Some(50.0);
+        r.wire.handshake_rtt_ms = Some(4.0);
+        r.wire.ttfb_ms = Some(45.0);
+        r.wire.synack_ttl = Some(64);
+        r.wire.synack_hops = Some(0);
+        r.wire.retransmits = Some(1);
+        r.wire.retransmits_out = Some(1);
+        r.wire.retransmits_in = Some(0);
+        r.phases.server_ms = Some(20.0);
+        r.verdict = Some(Verdict {
+            path: PathKind::Middlebox,
+            reasons: vec![],
+        });
+        r
+    }
+
+    fn target() -> Target {
+        parse("http://h/ name=api tag=env:prod").0.remove(0)
+    }
+
+    #[test]
+    fn prometheus_exposition() {
+        let m = Metrics::new();
+        let t = target();
+        m.set_targets(std::slice::from_ref(&t), 1);
+        let o = outcome(&t, &[rec()]);
+        assert!(o.success);
+        m.observe("api", &[rec()], &o);
+        m.drops(Drops {
+            ringbuf_full: 3,
+            ..Default::default()
+        });
+        let s = m.encode();
+        for want in [
+            "synack_phase_duration_seconds_count{target=\"api\",phase=\"server\"} 1",
+            "synack_phase_duration_seconds_sum{target=\"api\",phase=\"wire_ttfb\"} 0.045",
+            "synack_check_success{target=\"api\"} 1",
+            "synack_path_middlebox{target=\"api\"} 1",
+            "synack_synack_ttl{target=\"api\"} 64",
+            "synack_checks_total{target=\"api\",result=\"success\"} 1",
+            "synack_retransmits_total{target=\"api\",direction=\"out\"} 1",
+            "synack_events_lost_total{reason=\"ringbuf_full\"} 3",
+            "synack_target_info{target=\"api\",url=\"http://h/\",tag_env=\"prod\"} 1",
+            "synack_targets_file_errors 1",
+            "# TYPE synack_phase_duration_seconds histogram",
+        ] {
+            assert!(s.contains(want), "missing {want} in\n{s}");
+        }
+        assert!(!s.contains("phase=\"tls\""), "no TLS phase on plain HTTP");
+        // The same drops again add nothing.
+        m.drops(Drops {
+            ringbuf_full: 3,
+            ..Default::default()
+        });
+        assert!(
+            m.encode()
+                .contains("synack_events_lost_total{reason=\"ringbuf_full\"} 3")
+        );
+        m.remove_target("api");
+        let s = m.encode();
+        assert!(!s.contains("target=\"api\""), "{s}");
+    }
+
+    #[test]
+    fn outcomes() {
+        let t = target();
+        let mut r = rec();
+        r.http_status = Some(503);
+        assert_eq!(
+            outcome(&t, &[r.clone()]).error_kind.as_deref(),
+            Some("status")
+        );
+        r.error = Some(ErrorInfo::new("connect_refused", "no"));
+        let o = outcome(&t, &[r]);
+        assert!(!o.success);
+        assert_eq!(o.error_kind.as_deref(), Some("connect_refused"));
+    }
+
+    #[test]
+    fn dogstatsd_lines_are_well_formed() {
+        let t = target();
+        let o = outcome(&t, &[rec()]);
+        let lines = statsd_lines(&t, &[rec()], &o);
+        assert!(
+            lines.contains(
+                &"synack.phase.duration:20.000|d|#target:api,env:prod,phase:server".to_string()
+            ),
+            "{lines:?}"
+        );
+        assert!(lines.contains(&"synack.check.success:1|g|#target:api,env:prod".to_string()));
+        assert!(lines.contains(&"synack.path.middlebox:1|g|#target:api,env:prod".to_string()));
+        for l in &lines {
+            let (name_val, rest) = l.split_once('|').unwrap();
+            let (name, val) = name_val.split_once(':').unwrap();
+            assert!(
+                name.starts_with("synack.") && val.parse::<f64>().is_ok(),
+                "{l}"
+            );
+            assert!(
+                rest.starts_with("d|#") || rest.starts_with("g|#") || rest.starts_with("c|#"),
+                "{l}"
+            );
+        }
+        let d = datagrams(&lines, 200);
+        assert!(d.iter().all(|g| g.len() <= 200));
+        assert_eq!(d.join("\n").lines().count(), lines.len());
+    }
+}

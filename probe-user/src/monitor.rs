@@ -1,0 +1,414 @@
+//! `synack monitor`: the targets file's checks on schedule, their records
+//! turned into Prometheus metrics (served on --listen), DogStatsD lines
+//! (--statsd) and JSON lines (--json).
+//!
+//! Scheduling: each target's first check starts at a random point of its
+//! first interval (targets spread out instead of firing together), then
+//! every interval after that point. A check still running when the next is
+//! due is not stacked: the due one is skipped and counted. At most
+//! `--concurrency` checks run at once; a due check waits for a free slot.
+
+use crate::{
+    bpf::{Hub, Kernel, Scope, SharedKernel},
+    metrics::{self, Metrics, Outcome},
+    output,
+    prober::{self, Family, Options, Prober},
+    record::{ErrorInfo, Record},
+    targets::{self, LineError, Target},
+};
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use std::{
+    collections::HashMap,
+    io::Write,
+    net::SocketAddr,
+    path::PathBuf,
+    rc::Rc,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+pub struct MonitorOptions {
+    pub targets: PathBuf,
+    pub interval: Duration,
+    pub listen: SocketAddr,
+    pub statsd: Option<String>,
+    pub json: bool,
+    pub concurrency: usize,
+    pub interfaces: Vec<String>,
+    pub cacert: Option<PathBuf>,
+    pub insecure: bool,
+}
+
+struct Slot {
+    target: Target,
+    next_due: Instant,
+    running: bool,
+    runs: u32,
+}
+
+/// A small, seedable pseudo-random number (jitter only; no crypto).
+fn jitter(seed: &str, span: Duration) -> Duration {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in seed.bytes().chain(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos()
+            .to_le_bytes(),
+    ) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    span.mul_f64((h % 10_000) as f64 / 10_000.0)
+}
+
+fn read_targets(path: &PathBuf) -> std::io::Result<(String, Vec<Target>, Vec<LineError>)> {
+    let text = std::fs::read_to_string(path)?;
+    let (t, e) = targets::parse(&text);
+    Ok((text, t, e))
+}
+
+fn report_errors(path: &std::path::Path, errors: &[LineError]) {
+    for e in errors {
+        eprintln!(
+            "synack monitor: {}: {e} (this line is skipped, the others run)",
+            path.display()
+        );
+    }
+}
+
+/// Serves /metrics (and a pointer to it on /) until the task is dropped.
+async fn serve(listener: tokio::net::TcpListener, m: Arc<Metrics>) {
+    use http_body_util::Full;
+    use hyper::{Request, Response, body::Incoming, service::service_fn};
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let m = m.clone();
+        tokio::task::spawn_local(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let m = m.clone();
+                async move {
+                    let (status, ctype, body) = match req.uri().path() {
+                        "/metrics" => (
+                            200,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            m.encode(),
+                        ),
+                        "/" => (
+                            200,
+                            "text/plain; charset=utf-8",
+                            "synack monitor: metrics on /metrics\n".to_string(),
+                        ),
+                        _ => (404, "text/plain; charset=utf-8", "not found\n".to_string()),
+                    };
+                    Response::builder()
+                        .status(status)
+                        .header("content-type", ctype)
+                        .body(Full::new(Bytes::from(body)))
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await;
+        });
+    }
+}
+
+/// One check: the target's requests, as records.
+async fn check(
+    kernel: Option<SharedKernel>,
+    tls: Arc<rustls::ClientConfig>,
+    t: Target,
+    default_timeout: Duration,
+    cacert: Option<PathBuf>,
+    insecure: bool,
+    attempt: u32,
+) -> Vec<Record> {
+    let timeout = t.timeout.unwrap_or(default_timeout);
+    let opts = Options {
+        method: t.method.clone(),
+        headers: t.headers.clone(),
+        body: t.body.clone().map(Bytes::from),
+        max_time: Some(timeout),
+        follow: false,
+        max_redirs: 0,
+        reuse: t.reuse,
+        resolve: Vec::new(),
+        family: Family::Any,
+        cacert,
+        insecure,
+        dump_events: false,
+        path_probe: false,
+    };
+    let mut p = Prober::with_shared(kernel, tls, opts);
+    // --max-time bounds each connection; this bounds the whole check.
+    let whole = timeout * (t.reuse + 1) + Duration::from_secs(2);
+    match tokio::time::timeout(whole, p.run(&t.url, attempt)).await {
+        Ok(r) => r,
+        Err(_) => {
+            let mut r = Record::new(&t.url, "GET", "ebpf");
+            r.error = Some(ErrorInfo::new(
+                "timeout",
+                format!("the check did not finish within {whole:?}"),
+            ));
+            vec![r]
+        }
+    }
+}
+
+fn human(target: &str, recs: &[Record], o: &Outcome) -> String {
+    let mut s = String::new();
+    for r in recs {
+        s.push_str(&format!(
+            "{} {target}: {}{}\n",
+            crate::watch::time_of_day(),
+            output::check_line(r),
+            if o.success { "" } else { "  [FAILED]" }
+        ));
+    }
+    s
+}
+
+fn json_lines(target: &Target, recs: &[Record], o: &Outcome) -> String {
+    let mut s = String::new();
+    for r in recs {
+        let mut v = serde_json::to_value(r).unwrap_or(serde_json::Value::Null);
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("target".into(), target.name.clone().into());
+            obj.insert("check_success".into(), o.success.into());
+            obj.insert(
+                "tags".into(),
+                target
+                    .tags
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_json::Value::from(v.clone())))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into(),
+            );
+        }
+        s.push_str(&v.to_string());
+        s.push('\n');
+    }
+    s
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub async fn run(o: MonitorOptions) -> Result<()> {
+    let local = tokio::task::LocalSet::new();
+    local.run_until(run_local(o)).await
+}
+
+async fn run_local(o: MonitorOptions) -> Result<()> {
+    let (text, first, errors) = read_targets(&o.targets).with_context(|| {
+        format!(
+            "cannot read the targets file {} (one URL a line; see synack monitor --help)",
+            o.targets.display()
+        )
+    })?;
+    report_errors(&o.targets, &errors);
+    let tls = Arc::new(
+        prober::tls_config(o.cacert.as_ref(), o.insecure)
+            .context("cannot set up TLS (check --cacert)")?,
+    );
+    let kernel = Kernel::load(&o.interfaces, Scope::Registered)
+        .map_err(|e| anyhow::anyhow!(crate::bpf::help(&e)))
+        .context("cannot start the kernel side")?;
+    let kernel = Hub::shared(kernel);
+    let metrics = Arc::new(Metrics::new());
+    let listener = tokio::net::TcpListener::bind(o.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {} for Prometheus (another monitor there? choose one with --listen)",
+            o.listen
+        )
+    })?;
+    tokio::task::spawn_local(serve(listener, metrics.clone()));
+    let statsd = match &o.statsd {
+        Some(addr) => {
+            let sock = std::net::UdpSocket::bind(if addr.starts_with('[') {
+                "[::]:0"
+            } else {
+                "0.0.0.0:0"
+            })
+            .context("cannot open a UDP socket for --statsd")?;
+            sock.connect(addr)
+                .with_context(|| format!("--statsd {addr}: cannot resolve or reach it"))?;
+            sock.set_nonblocking(true)?;
+            Some(sock)
+        }
+        None => None,
+    };
+
+    let mut slots: HashMap<String, Slot> = HashMap::new();
+    let mut file_text = text;
+    let apply = |slots: &mut HashMap<String, Slot>, list: Vec<Target>, errors: usize| {
+        let now = Instant::now();
+        let names: Vec<String> = list.iter().map(|t| t.name.clone()).collect();
+        slots.retain(|name, _| {
+            let keep = names.contains(name);
+            if !keep {
+                metrics.remove_target(name);
+            }
+            keep
+        });
+        metrics.set_targets(&list, errors);
+        for t in list {
+            let every = t.interval.unwrap_or(o.interval);
+            match slots.get_mut(&t.name) {
+                Some(s) => {
+                    if s.target.interval != t.interval {
+                        s.next_due = now + jitter(&t.name, every);
+                    }
+                    s.target = t;
+                }
+                None => {
+                    let due = now + jitter(&t.name, every);
+                    slots.insert(
+                        t.name.clone(),
+                        Slot {
+                            target: t,
+                            next_due: due,
+                            running: false,
+                            runs: 0,
+                        },
+                    );
+                }
+            }
+        }
+    };
+    let n = first.len();
+    apply(&mut slots, first, errors.len());
+    eprintln!(
+        "synack monitor: {n} targets from {} every {:?} (first checks spread over one interval); metrics on http://{}/metrics{}{}",
+        o.targets.display(),
+        o.interval,
+        o.listen,
+        o.statsd
+            .as_ref()
+            .map(|s| format!("; DogStatsD to {s}"))
+            .unwrap_or_default(),
+        if let Ok(k) = kernel.lock() {
+            format!("; kernel side attached ({:?})", k.kernel().attach_mode)
+        } else {
+            String::new()
+        }
+    );
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Target, Vec<Record>)>();
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot install a SIGHUP handler")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install a SIGTERM handler")?;
+    let mut ctrlc = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_file_check = Instant::now();
+    let running = Rc::new(std::cell::Cell::new(0usize));
+    let stdout = std::io::stdout();
+    loop {
+        let mut reload = false;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = hup.recv() => reload = true,
+            Some((name, t, recs)) = rx.recv() => {
+                running.set(running.get().saturating_sub(1));
+                let Some(s) = slots.get_mut(&name) else {
+                    // The target left the file while it was being checked.
+                    continue;
+                };
+                s.running = false;
+                let oc = metrics::outcome(&t, &recs);
+                metrics.observe(&name, &recs, &oc);
+                if let Ok(k) = kernel.lock() {
+                    metrics.drops(k.drops());
+                }
+                if let Some(sock) = &statsd {
+                    for d in metrics::datagrams(&metrics::statsd_lines(&t, &recs, &oc), 1400) {
+                        // UDP to a local agent: a full buffer or an absent
+                        // agent must not stop the checks.
+                        let _ = sock.send(d.as_bytes());
+                    }
+                }
+                let text = if o.json { json_lines(&t, &recs, &oc) } else { human(&name, &recs, &oc) };
+                let mut out = stdout.lock();
+                out.write_all(text.as_bytes()).and_then(|_| out.flush()).context("cannot write to stdout")?;
+            }
+            _ = &mut ctrlc => break,
+            _ = term.recv() => break,
+        }
+        if last_file_check.elapsed() >= Duration::from_secs(1) {
+            last_file_check = Instant::now();
+            if let Ok(t) = std::fs::read_to_string(&o.targets)
+                && t != file_text
+            {
+                reload = true;
+            }
+        }
+        if reload {
+            match read_targets(&o.targets) {
+                Ok((text, list, errors)) => {
+                    report_errors(&o.targets, &errors);
+                    eprintln!(
+                        "synack monitor: reloaded {}: {} targets, {} broken lines",
+                        o.targets.display(),
+                        list.len(),
+                        errors.len()
+                    );
+                    file_text = text;
+                    apply(&mut slots, list, errors.len());
+                }
+                Err(e) => eprintln!(
+                    "synack monitor: cannot reload {}: {e}; the current targets keep running",
+                    o.targets.display()
+                ),
+            }
+        }
+        let now = Instant::now();
+        let mut due: Vec<&mut Slot> = slots.values_mut().filter(|s| s.next_due <= now).collect();
+        due.sort_by_key(|s| s.next_due);
+        for s in due {
+            let every = s.target.interval.unwrap_or(o.interval);
+            if s.running {
+                // Not stacked: this one is skipped, the next is an interval on.
+                metrics.skipped(&s.target.name);
+                s.next_due += every;
+                continue;
+            }
+            if running.get() >= o.concurrency {
+                break;
+            }
+            s.running = true;
+            s.runs += 1;
+            s.next_due += every;
+            if s.next_due <= now {
+                // Far behind (the host was suspended, or slots were full):
+                // start again from now rather than firing a burst.
+                s.next_due = now + every;
+            }
+            running.set(running.get() + 1);
+            let tx = tx.clone();
+            let (k, tls, t) = (kernel.clone(), tls.clone(), s.target.clone());
+            let default_timeout = every.min(Duration::from_secs(10));
+            let (cacert, insecure, attempt) = (o.cacert.clone(), o.insecure, s.runs - 1);
+            tokio::task::spawn_local(async move {
+                let name = t.name.clone();
+                let recs = check(
+                    Some(k),
+                    tls,
+                    t.clone(),
+                    default_timeout,
+                    cacert,
+                    insecure,
+                    attempt,
+                )
+                .await;
+                let _ = tx.send((name, t, recs));
+            });
+        }
+    }
+    eprintln!("synack monitor: stopped");
+    Ok(())
+}

@@ -1,0 +1,377 @@
+//! `synack monitor` against the lab, as root: a real Prometheus (Debian's)
+//! scrapes it and its query API must return the series with values that fit
+//! the lab's settings; a UDP listener receives DogStatsD lines; the targets
+//! file is edited while it runs; targets that refuse, time out or reset are
+//! reported while the others go on.
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use std::{
+    fs,
+    net::UdpSocket,
+    os::fd::AsRawFd,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+use synack_tests::{
+    Netns, Proc, TempDir, is_root, synack_bin,
+    topo::{Bins, Delays, Lab, Via, url},
+    unique, wait_for,
+};
+
+const CLIENT_RTT_MS: f64 = 4.0;
+const SERVER_RTT_MS: f64 = 20.0;
+const THINK_MS: f64 = 10.0;
+const RESET_PORT: u16 = 7070;
+
+/// A UDP socket bound inside a namespace (a thread enters it, binds, and
+/// hands the socket back; the socket stays in that namespace).
+fn udp_in(ns: &Netns) -> Result<UdpSocket> {
+    let path = format!("/run/netns/{}", ns.name);
+    std::thread::spawn(move || -> Result<UdpSocket> {
+        let f = fs::File::open(&path).with_context(|| path.clone())?;
+        // SAFETY: setns on this (short-lived) thread only, with a valid fd.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns {path}: {}", std::io::Error::last_os_error());
+        }
+        Ok(UdpSocket::bind("127.0.0.1:0")?)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the setns thread panicked"))?
+}
+
+/// A server that accepts, reads the request and resets the connection.
+fn resetter(ns: &Netns, dir: &TempDir) -> Result<Proc> {
+    let ready = dir.join(&unique("reset-ready"));
+    let code = format!(
+        "import socket, struct\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n\
+         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('0.0.0.0', {RESET_PORT}))\n\
+         s.listen(16)\n\
+         open({:?}, 'w').close()\n\
+         while True:\n    c, _ = s.accept()\n    c.recv(4096)\n    \
+         c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\n    c.close()\n",
+        ready.to_string_lossy()
+    );
+    let mut c = ns.command("python3");
+    c.args(["-c", &code]).stdout(Stdio::null());
+    let p = Proc::spawn(c, "resetting server")?;
+    wait_for(Duration::from_secs(10), "the resetting server", || {
+        ready.exists().then_some(())
+    })?;
+    Ok(p)
+}
+
+/// Prometheus scraping 127.0.0.1:9777 every second, in the namespace.
+fn prometheus(ns: &Netns, dir: &TempDir) -> Result<Proc> {
+    let cfg = dir.join("prometheus.yml");
+    fs::write(
+        &cfg,
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+         scrape_configs:\n  - job_name: synack\n    static_configs:\n      - targets: ['127.0.0.1:9777']\n",
+    )?;
+    let data = dir.join("prometheus-data");
+    let log = fs::File::create(dir.join("prometheus.log"))?;
+    let mut c = ns.command("prometheus");
+    c.arg(format!("--config.file={}", cfg.display()))
+        .arg(format!("--storage.tsdb.path={}", data.display()))
+        .arg("--web.listen-address=127.0.0.1:9090")
+        .stdout(Stdio::null())
+        .stderr(log);
+    Proc::spawn(c, "prometheus")
+}
+
+/// One instant query; returns (labels, value) per series.
+fn query(ns: &Netns, q: &str) -> Result<Vec<(Value, f64)>> {
+    let out = ns.exec(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        "--get",
+        "--data-urlencode",
+        &format!("query={q}"),
+        "http://127.0.0.1:9090/api/v1/query",
+    ])?;
+    let v: Value = serde_json::from_str(&out).with_context(|| format!("prometheus said {out}"))?;
+    if v["status"] != "success" {
+        bail!("query {q}: {out}");
+    }
+    Ok(v["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|s| {
+            let val = s["value"][1].as_str()?.parse::<f64>().ok()?;
+            Some((s["metric"].clone(), val))
+        })
+        .collect())
+}
+
+/// The value of a query that must return one series.
+fn one(ns: &Netns, q: &str) -> Option<f64> {
+    match query(ns, q).ok()?.as_slice() {
+        [(_, v)] => Some(*v),
+        _ => None,
+    }
+}
+
+#[test]
+fn prometheus_statsd_reload_and_failing_targets() -> Result<()> {
+    assert!(
+        is_root(),
+        "the monitor test needs root (namespaces, eBPF, iptables): cargo xtask test"
+    );
+    let ms = |v: f64| Duration::from_secs_f64(v / 1000.0);
+    let lab = Lab::up(
+        &Bins::beside_synack(),
+        Delays::rtt(ms(CLIENT_RTT_MS), ms(SERVER_RTT_MS)),
+        true,
+    )?;
+    let dir = TempDir::new()?;
+    let _reset = resetter(&lab.server, &dir)?;
+    let statsd = udp_in(&lab.client)?;
+    statsd.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let statsd_addr = statsd.local_addr()?.to_string();
+
+    let think = format!("/delay/{THINK_MS}");
+    let server = url(Via::Direct, false, false, "/");
+    let host = server
+        .trim_start_matches("http://")
+        .split(':')
+        .next()
+        .context("server host")?
+        .to_string();
+    let targets = dir.join("targets.txt");
+    let text = format!(
+        "# the lab\n\
+         {} name=direct tag=path:direct\n\
+         {} name=proxied tag=path:haproxy\n\
+         http://{host}:9/ name=refused\n\
+         {} name=slow timeout=700ms\n\
+         http://{host}:{RESET_PORT}/ name=reset\n\
+         this line is broken\n",
+        url(Via::Direct, true, false, &think),
+        url(Via::TcpProxy, true, false, &think),
+        url(Via::Direct, false, false, "/delay/5000"),
+    );
+    fs::write(&targets, &text)?;
+    let out = dir.join("monitor.jsonl");
+    let err = dir.join("monitor.err");
+    let mut c = lab.client.command(synack_bin().to_str().context("path")?);
+    c.args([
+        "monitor",
+        "--interval",
+        "1s",
+        "--json",
+        "--statsd",
+        &statsd_addr,
+    ])
+    .arg("--targets")
+    .arg(&targets)
+    .arg("--cacert")
+    .arg(lab.ca_path())
+    .stdout(fs::File::create(&out)?)
+    .stderr(fs::File::create(&err)?);
+    let mut monitor = Proc::spawn(c, "synack monitor")?;
+    let _prom = prometheus(&lab.client, &dir)?;
+
+    // The broken line is reported by number; the others run.
+    wait_for(Duration::from_secs(20), "the monitor to start", || {
+        fs::read_to_string(&err)
+            .ok()
+            .filter(|e| e.contains("5 targets"))
+            .map(|_| ())
+    })
+    .with_context(|| fs::read_to_string(&err).unwrap_or_default())?;
+    let e = fs::read_to_string(&err)?;
+    assert!(e.contains("line 7:"), "{e}");
+
+    // Prometheus's view, once it has scraped a few checks of each target.
+    let deadline = Duration::from_secs(60);
+    wait_for(
+        deadline,
+        "Prometheus to see every target checked twice",
+        || {
+            let r = query(&lab.client, "sum by (target) (synack_checks_total)").ok()?;
+            (r.len() == 5 && r.iter().all(|(_, v)| *v >= 2.0)).then_some(())
+        },
+    )
+    .with_context(|| fs::read_to_string(&err).unwrap_or_default())?;
+    let c = &lab.client;
+    let get = |q: &str| one(c, q).with_context(|| format!("no single series for {q}"));
+    assert_eq!(get("synack_check_success{target=\"direct\"}")?, 1.0);
+    assert_eq!(get("synack_check_success{target=\"proxied\"}")?, 1.0);
+    for t in ["refused", "slow", "reset"] {
+        assert_eq!(
+            get(&format!("synack_check_success{{target=\"{t}\"}}"))?,
+            0.0,
+            "{t}"
+        );
+    }
+    assert_eq!(get("synack_path_middlebox{target=\"direct\"}")?, 0.0);
+    assert_eq!(get("synack_path_middlebox{target=\"proxied\"}")?, 1.0);
+    // Direct: routed through mid (one hop); proxied: haproxy answers itself.
+    assert_eq!(get("synack_synack_ttl{target=\"direct\"}")?, 63.0);
+    assert_eq!(get("synack_synack_ttl{target=\"proxied\"}")?, 64.0);
+    let mean = |t: &str, phase: &str| -> Result<f64> {
+        let q = format!(
+            "synack_phase_duration_seconds_sum{{target=\"{t}\",phase=\"{phase}\"}} / \
+             synack_phase_duration_seconds_count{{target=\"{t}\",phase=\"{phase}\"}}"
+        );
+        Ok(get(&q)? * 1000.0)
+    };
+    let within = |v: f64, lo: f64, hi: f64, what: &str| {
+        assert!(
+            (lo..=hi).contains(&v),
+            "{what}: {v:.2} ms, expected {lo}..{hi}"
+        );
+    };
+    let rtt = CLIENT_RTT_MS + SERVER_RTT_MS;
+    within(
+        mean("direct", "wire_handshake")?,
+        rtt,
+        rtt + 3.0,
+        "direct handshake",
+    );
+    within(
+        mean("proxied", "wire_handshake")?,
+        CLIENT_RTT_MS,
+        CLIENT_RTT_MS + 3.0,
+        "proxied handshake",
+    );
+    within(
+        mean("direct", "server")?,
+        THINK_MS - 0.5,
+        THINK_MS + 5.0,
+        "direct server",
+    );
+    within(
+        mean("proxied", "server")?,
+        THINK_MS - 0.5,
+        THINK_MS + 5.0,
+        "proxied server",
+    );
+    within(
+        mean("proxied", "middlebox")?,
+        2.0 * SERVER_RTT_MS,
+        3.0 * SERVER_RTT_MS + 15.0,
+        "proxied middlebox",
+    );
+    within(mean("direct", "middlebox")?, 0.0, 0.0, "direct middlebox");
+    for (t, kinds) in [
+        ("refused", &["connect_refused"][..]),
+        ("slow", &["timeout"][..]),
+        ("reset", &["io", "http"][..]),
+    ] {
+        let r = query(c, &format!("synack_check_errors_total{{target=\"{t}\"}}"))?;
+        assert!(
+            r.iter()
+                .any(|(m, v)| *v >= 1.0 && kinds.iter().any(|k| m["kind"] == *k)),
+            "{t}: {r:?}"
+        );
+    }
+    assert_eq!(get("synack_targets_file_errors")?, 1.0);
+    assert!(get("synack_events_lost_total{reason=\"ringbuf_full\"}")? == 0.0);
+
+    // DogStatsD: every line well formed, the phases of the direct target there.
+    let mut lines = Vec::new();
+    let mut buf = [0u8; 65536];
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        if let Ok(n) = statsd.recv(&mut buf) {
+            lines.extend(
+                String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .map(str::to_string),
+            );
+        }
+        if lines
+            .iter()
+            .any(|l| l.contains("target:direct") && l.contains("phase:server"))
+        {
+            break;
+        }
+    }
+    assert!(!lines.is_empty(), "no DogStatsD datagram");
+    for l in &lines {
+        let (nv, rest) = l.split_once('|').with_context(|| l.clone())?;
+        let (name, val) = nv.split_once(':').with_context(|| l.clone())?;
+        assert!(name.starts_with("synack."), "{l}");
+        val.parse::<f64>().with_context(|| l.clone())?;
+        let (ty, tags) = rest.split_once("|#").with_context(|| l.clone())?;
+        assert!(["d", "g", "c"].contains(&ty), "{l}");
+        assert!(tags.split(',').all(|t| t.contains(':')), "{l}");
+    }
+    assert!(
+        lines.iter().any(|l| l.starts_with("synack.phase.duration:")
+            && l.contains("target:direct")
+            && l.contains("path:direct")
+            && l.contains("phase:server")),
+        "{lines:?}"
+    );
+
+    // Edit the file while it runs: one target goes, one comes.
+    let edited = text
+        .lines()
+        .filter(|l| !l.contains("name=slow"))
+        .chain(std::iter::once(
+            format!("{} name=added", url(Via::Direct, false, false, "/delay/1")).as_str(),
+        ))
+        .collect::<Vec<_>>()
+        .join("\n");
+    fs::write(&targets, edited)?;
+    wait_for(Duration::from_secs(20), "the edit to take effect", || {
+        let m = c
+            .exec(&[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                "http://127.0.0.1:9777/metrics",
+            ])
+            .ok()?;
+        (m.contains("synack_check_success{target=\"added\"} 1") && !m.contains("target=\"slow\""))
+            .then_some(())
+    })
+    .with_context(|| {
+        let m = c
+            .exec(&[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                "http://127.0.0.1:9777/metrics",
+            ])
+            .unwrap_or_default();
+        format!("{}\n{m}", fs::read_to_string(&err).unwrap_or_default())
+    })?;
+    let before = get("synack_checks_total{target=\"direct\",result=\"success\"}")?;
+    assert!(
+        before >= 2.0,
+        "the direct target's counts survived the reload"
+    );
+
+    monitor.signal(libc::SIGTERM);
+    let st = monitor.wait_exit(Duration::from_secs(10))?;
+    assert!(st.success(), "monitor exit: {st}");
+    // JSON lines: every record names its target; failures are results.
+    let recs: Vec<Value> = fs::read_to_string(&out)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    for t in ["direct", "proxied", "refused", "slow", "reset", "added"] {
+        assert!(
+            recs.iter().any(|r| r["target"] == t),
+            "no JSON record of {t}"
+        );
+    }
+    assert!(
+        recs.iter()
+            .filter(|r| r["target"] == "refused")
+            .all(|r| r["error"]["kind"] == "connect_refused" && r["check_success"] == false)
+    );
+    Ok(())
+}
