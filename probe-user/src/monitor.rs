@@ -228,14 +228,18 @@ async fn run_local(o: MonitorOptions) -> Result<()> {
     tokio::task::spawn_local(serve(listener, metrics.clone()));
     let statsd = match &o.statsd {
         Some(addr) => {
-            let sock = std::net::UdpSocket::bind(if addr.starts_with('[') {
-                "[::]:0"
-            } else {
-                "0.0.0.0:0"
-            })
-            .context("cannot open a UDP socket for --statsd")?;
-            sock.connect(addr)
-                .with_context(|| format!("--statsd {addr}: cannot resolve or reach it"))?;
+            use std::net::ToSocketAddrs;
+            let to = addr
+                .to_socket_addrs()
+                .with_context(|| {
+                    format!("--statsd {addr}: not HOST:PORT, or HOST does not resolve")
+                })?
+                .next()
+                .with_context(|| format!("--statsd {addr}: HOST has no address"))?;
+            let sock = std::net::UdpSocket::bind(if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" })
+                .context("cannot open a UDP socket for --statsd")?;
+            sock.connect(to)
+                .with_context(|| format!("--statsd {addr}: cannot reach {to}"))?;
             sock.set_nonblocking(true)?;
             Some(sock)
         }

@@ -424,9 +424,19 @@ fn bpf_linker_works() -> bool {
 /// What the tests, the lab and the demo run: namespaces and routes
 /// (iproute2), the delay line's NFQUEUE and the proxies' interception rules
 /// (iptables), offloads off (ethtool), ground truth (tcpdump), curl for
-/// comparisons, and the real proxies.
+/// comparisons, the real proxies, a real Prometheus to scrape `synack
+/// monitor`, and Python for the watch tests' keep-alive client.
 const APT_PACKAGES: &[&str] = &[
-    "iproute2", "iptables", "ethtool", "tcpdump", "curl", "haproxy", "squid", "procps",
+    "iproute2",
+    "iptables",
+    "ethtool",
+    "tcpdump",
+    "curl",
+    "haproxy",
+    "squid",
+    "procps",
+    "prometheus",
+    "python3",
 ];
 
 fn setup(no_apt: bool) -> Result<()> {
