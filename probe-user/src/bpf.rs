@@ -527,3 +527,52 @@ impl Hub {
         self.kernel.drops()
     }
 }
+
+/// How the active probe times its requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// eBPF when it can be loaded, else unprivileged (and a line on stderr why).
+    Auto,
+    /// eBPF only: fail when it cannot be loaded.
+    Ebpf,
+    /// The socket's own kernel timestamps (SO_TIMESTAMPING, TCP_INFO): no
+    /// privileges needed, less to see.
+    Unprivileged,
+}
+
+/// The kernel side for `mode`: `Ok(None)` means unprivileged mode.
+pub fn for_mode(mode: Mode, interfaces: &[String]) -> Result<Option<Kernel>, KernelError> {
+    match mode {
+        Mode::Unprivileged => Ok(None),
+        Mode::Ebpf => Kernel::load_and_attach(interfaces).map(Some),
+        Mode::Auto => match Kernel::load_and_attach(interfaces) {
+            Ok(k) => Ok(Some(k)),
+            Err(e @ (KernelError::NoSuchInterface(_) | KernelError::NoInterfaces)) => Err(e),
+            Err(e) => {
+                eprintln!(
+                    "synack: eBPF not used ({}); timing with the sockets' own kernel timestamps \
+                     instead (mode unprivileged: no SYN-ACK TTL or hops, no incoming \
+                     retransmissions). CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or root) would \
+                     enable eBPF.",
+                    one_line(&e)
+                );
+                Ok(None)
+            }
+        },
+    }
+}
+
+fn one_line(e: &KernelError) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(x) = src {
+        let t = x.to_string();
+        // aya repeats its cause in its own message: keep each part once.
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = x.source();
+    }
+    s.replace('\n', " ")
+}

@@ -172,6 +172,13 @@ impl Flow {
         }
     }
 
+    /// Makes raw sequence numbers stream offsets (both ISNs 2^32 - 1): for
+    /// a flow built from socket timestamps, which have no sequence numbers.
+    pub fn set_offset_isns(&mut self) {
+        self.out_isn = Some(u32::MAX);
+        self.in_isn = Some(u32::MAX);
+    }
+
     /// The connection ended: a RST, or FINs both ways.
     pub fn closed(&self) -> bool {
         !self.rsts.is_empty()

@@ -11,14 +11,21 @@
 //! `AppStream` sits where HTTP reads and writes: it records when the request
 //! was written and when its first response byte reached user space.
 
-use crate::clock::mono_ns;
+use crate::{
+    clock::mono_ns,
+    stamps::{self, Stamps},
+};
 use std::{
     io,
+    os::fd::AsRawFd,
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll, ready},
 };
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, Interest, ReadBuf},
+    net::TcpStream,
+};
 
 /// Splits a byte stream into TLS records (5-byte header: type, version,
 /// 16-bit length; then the body).
@@ -106,9 +113,14 @@ pub struct RequestIo {
 #[derive(Debug, Default)]
 pub struct IoLog {
     pub raw_out: u64,
+    /// Bytes handed on to TLS or HTTP.
     pub raw_in: u64,
+    /// Bytes read from the socket (ahead of `raw_in` by what is buffered).
+    pub raw_in_socket: u64,
     /// Present on TLS connections.
     pub records: Option<RecordCursor>,
+    /// Unprivileged mode: the socket's own timestamps.
+    pub stamps: Option<Stamps>,
     armed: bool,
     pub req: RequestIo,
 }
@@ -135,20 +147,29 @@ fn lock(l: &SharedLog) -> MutexGuard<'_, IoLog> {
     l.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The socket-side stream: counts raw bytes, and under TLS delivers one
-/// record at a time.
-pub struct RawStream<S> {
-    inner: S,
+/// The socket-side stream: counts raw bytes, under TLS delivers one record
+/// at a time, and in unprivileged mode reads with recvmsg to keep the
+/// kernel's receive time of the data and collects transmit stamps.
+pub struct RawStream {
+    inner: TcpStream,
     log: SharedLog,
     buf: Vec<u8>,
     pos: usize,
     end: usize,
+    stamped: bool,
 }
 
-impl<S> RawStream<S> {
-    pub fn new(inner: S, log: SharedLog, tls: bool) -> Self {
-        if tls {
-            lock(&log).records = Some(RecordCursor::default());
+impl RawStream {
+    /// `stamped`: the socket has SO_TIMESTAMPING on (see `stamps`).
+    pub fn new(inner: TcpStream, log: SharedLog, tls: bool, stamped: bool) -> Self {
+        {
+            let mut l = lock(&log);
+            if tls {
+                l.records = Some(RecordCursor::default());
+            }
+            if stamped && l.stamps.is_none() {
+                l.stamps = Some(Stamps::new());
+            }
         }
         RawStream {
             inner,
@@ -156,15 +177,52 @@ impl<S> RawStream<S> {
             buf: vec![0; if tls { 32 * 1024 } else { 0 }],
             pos: 0,
             end: 0,
+            stamped,
         }
     }
 
-    pub fn get_ref(&self) -> &S {
+    pub fn get_ref(&self) -> &TcpStream {
         &self.inner
+    }
+
+    /// Reads into `dst` (from the socket); returns bytes read.
+    fn read_socket(&mut self, cx: &mut Context<'_>, dst: &mut [u8]) -> Poll<io::Result<usize>> {
+        if !self.stamped {
+            let mut rb = ReadBuf::new(dst);
+            ready!(Pin::new(&mut self.inner).poll_read(cx, &mut rb))?;
+            return Poll::Ready(Ok(rb.filled().len()));
+        }
+        let fd = self.inner.as_raw_fd();
+        loop {
+            if let Some(s) = lock(&self.log).stamps.as_mut() {
+                stamps::drain_errqueue(fd, s);
+            }
+            ready!(self.inner.poll_read_ready(cx))?;
+            match self
+                .inner
+                .try_io(Interest::READABLE, || stamps::recv(fd, dst))
+            {
+                Ok((n, ts)) => {
+                    let mut log = lock(&self.log);
+                    let start = log.raw_in_socket;
+                    log.raw_in_socket += n as u64;
+                    if let Some(s) = log.stamps.as_mut()
+                        && n > 0
+                    {
+                        let ts = ts.map(|r| stamps::real_to_mono(r, s.mono_minus_real));
+                        s.reads.push((start, start + n as u64, ts));
+                        s.last = stamps::tcp_info(fd).or(s.last);
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for RawStream<S> {
+impl AsyncRead for RawStream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -173,16 +231,19 @@ impl<S: AsyncRead + Unpin> AsyncRead for RawStream<S> {
         let this = self.get_mut();
         if this.buf.is_empty() {
             // Plain TCP: pass through and count.
-            let before = out.filled().len();
-            ready!(Pin::new(&mut this.inner).poll_read(cx, out))?;
-            lock(&this.log).raw_in += (out.filled().len() - before) as u64;
+            let dst = out.initialize_unfilled();
+            let n = ready!(this.read_socket(cx, dst))?;
+            out.advance(n);
+            lock(&this.log).raw_in += n as u64;
             return Poll::Ready(Ok(()));
         }
         if this.pos == this.end {
-            let mut rb = ReadBuf::new(&mut this.buf);
-            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
+            let mut buf = std::mem::take(&mut this.buf);
+            let r = this.read_socket(cx, &mut buf);
+            this.buf = buf;
+            let n = ready!(r)?;
             this.pos = 0;
-            this.end = rb.filled().len();
+            this.end = n;
             if this.end == 0 {
                 return Poll::Ready(Ok(()));
             }
@@ -205,7 +266,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for RawStream<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for RawStream<S> {
+impl AsyncWrite for RawStream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -217,9 +278,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for RawStream<S> {
         if log.armed && log.req.out_start.is_none() {
             log.req.out_start = Some(log.raw_out);
         }
+        let start = log.raw_out;
         log.raw_out += n as u64;
         if log.armed {
             log.req.out_end = log.raw_out;
+        }
+        if let Some(s) = log.stamps.as_mut()
+            && n > 0
+        {
+            s.writes.push((start, start + n as u64));
         }
         Poll::Ready(Ok(n))
     }
@@ -229,7 +296,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for RawStream<S> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        if let Some(s) = lock(&this.log).stamps.as_mut() {
+            // Last chance to read the transmit stamps: the socket closes next.
+            stamps::drain_errqueue(this.inner.as_raw_fd(), s);
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
 
@@ -367,11 +439,19 @@ mod tests {
         assert_eq!(c.record_start, 15);
     }
 
+    /// A connected pair on loopback: (client, server).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
+        (c.unwrap(), s.unwrap().0)
+    }
+
     #[tokio::test]
     async fn raw_stream_limits_reads_and_app_stream_marks_request() {
-        let (client, mut server) = tokio::io::duplex(1 << 16);
+        let (client, mut server) = pair().await;
         let log: SharedLog = Arc::default();
-        let raw = RawStream::new(client, log.clone(), true);
+        let raw = RawStream::new(client, log.clone(), true, false);
         let mut app = AppStream::new(raw, log.clone());
         let mut wire = record(22, &[0; 20]); // a handshake record before the request
         wire.extend(record(23, &[1; 100]));
@@ -397,9 +477,12 @@ mod tests {
 
     #[tokio::test]
     async fn plain_stream_passes_through_and_counts() {
-        let (client, mut server) = tokio::io::duplex(1 << 16);
+        let (client, mut server) = pair().await;
         let log: SharedLog = Arc::default();
-        let mut app = AppStream::new(RawStream::new(client, log.clone(), false), log.clone());
+        let mut app = AppStream::new(
+            RawStream::new(client, log.clone(), false, false),
+            log.clone(),
+        );
         server.write_all(b"first response").await.unwrap();
         let mut b = [0u8; 14];
         app.read_exact(&mut b).await.unwrap();
@@ -413,5 +496,62 @@ mod tests {
         assert_eq!(r.out_end, 3);
         assert_eq!(r.in_start, Some(14));
         assert_eq!(r.app_in, 6);
+    }
+
+    /// Unprivileged mode on loopback: every read is recorded by offset, every
+    /// write gets a transmit stamp and an ACK stamp, keyed by offset.
+    #[tokio::test]
+    async fn stamped_stream_records_kernel_times() {
+        let (client, mut server) = pair().await;
+        crate::stamps::enable(client.as_raw_fd()).unwrap();
+        let log: SharedLog = Arc::default();
+        let mut raw = RawStream::new(client, log.clone(), false, true);
+        let before = mono_ns();
+        raw.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut b = [0u8; 18];
+        server.read_exact(&mut b).await.unwrap();
+        server.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        let mut r = [0u8; 17];
+        raw.read_exact(&mut r).await.unwrap();
+        let after = mono_ns();
+        // The ACK stamp of the request may come a little after the response.
+        let fd = raw.get_ref().as_raw_fd();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            let enough = {
+                let mut l = lock(&log);
+                let s = l.stamps.as_mut().unwrap();
+                crate::stamps::drain_errqueue(fd, s);
+                s.tx.len() >= 2
+            };
+            if enough || std::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let s = lock(&log).stamps.clone().unwrap();
+        assert_eq!(s.writes, [(0, 18)]);
+        assert_eq!(s.reads.len(), 1);
+        let (a, b, ts) = s.reads[0];
+        assert_eq!((a, b), (0, 17));
+        // Loopback hands TCP its delivery time, not a receive stamp, so the
+        // kernel may give none here (on a NIC or veth it does: the lab tests).
+        if let Some(ts) = ts {
+            assert!(before <= ts && ts <= after, "{before} <= {ts} <= {after}");
+        }
+        assert!(
+            s.tx.iter()
+                .any(|&(k, kind, t)| k == 17 && kind == 0 && t >= before && t <= after),
+            "{:?}",
+            s.tx
+        );
+        assert!(
+            s.tx.iter().any(|&(k, kind, _)| k == 17 && kind == 2),
+            "ACK stamp: {:?}",
+            s.tx
+        );
+        let f = s.flow(probe_common::FlowKey::default());
+        assert!(f.out_covering(0).is_some());
+        assert!(f.ack_covering(18, 0).is_some());
     }
 }

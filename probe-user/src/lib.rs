@@ -12,6 +12,7 @@ pub mod prober;
 pub mod procs;
 pub mod record;
 pub mod sniff;
+pub mod stamps;
 pub mod targets;
 pub mod tcp;
 pub mod timeline;

@@ -6,7 +6,6 @@ use clap::Parser;
 use http::{HeaderName, HeaderValue, Method};
 use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
 use synack::{
-    bpf::Kernel,
     output,
     prober::{self, Family, Options, Prober, Resolve},
 };
@@ -19,7 +18,9 @@ use synack::{
 /// hops, data RTT, retransmissions), the server's (wire TTFB) and your local
 /// stack's (user minus wire) for every request.
 ///
-/// Needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or root): run it with sudo.
+/// With CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or root, sudo) it times
+/// packets with eBPF; without them it says so and falls back to the
+/// sockets' own kernel timestamps (--mode unprivileged: no TTL or hops).
 ///
 /// Examples:
 ///   sudo synack https://example.com/
@@ -107,6 +108,12 @@ struct Cli {
     #[arg(long)]
     json: bool,
 
+    /// How to time: ebpf (kernel packet timestamps; needs CAP_BPF,
+    /// CAP_NET_ADMIN, CAP_PERFMON), unprivileged (the sockets' own kernel
+    /// timestamps: no privileges, no TTL), or auto (eBPF, else unprivileged).
+    #[arg(long, value_enum, default_value = "auto", value_name = "MODE")]
+    mode: synack::bpf::Mode,
+
     /// After each connection, send TTL-limited SYNs (TTL 1, 2, ...) to find
     /// how many hops away the TCP endpoint is: a middlebox answers before
     /// the origin could. A few extra connection attempts per URL.
@@ -191,6 +198,10 @@ struct MonitorArgs {
     /// Do not verify servers' certificates.
     #[arg(short = 'k', long)]
     insecure: bool,
+
+    /// How to time: ebpf, unprivileged, or auto (eBPF, else unprivileged).
+    #[arg(long, value_enum, default_value = "auto", value_name = "MODE")]
+    mode: synack::bpf::Mode,
 }
 
 /// Times every HTTP request this host makes or serves, as it happens,
@@ -422,10 +433,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let tls = prober::tls_config(opts.cacert.as_ref(), opts.insecure)
         .context("cannot set up TLS (check --cacert)")?;
     raise_memlock();
-    let kernel = Kernel::load_and_attach(&cli.interfaces)
+    let kernel = synack::bpf::for_mode(cli.mode, &cli.interfaces)
         .map_err(|e| anyhow::anyhow!(synack::bpf::help(&e)))
-        .context("cannot start the kernel side")?;
-    let mut prober = Prober::new(Some(kernel), tls, opts);
+        .context("cannot start the kernel side (--mode unprivileged needs no privileges)")?;
+    let mut prober = Prober::new(kernel, tls, opts);
 
     let mut all = Vec::new();
     let mut ok = true;
@@ -493,6 +504,7 @@ fn main() -> ExitCode {
             interfaces: m.interfaces,
             cacert: m.cacert,
             insecure: m.insecure,
+            mode: m.mode,
         };
         return match rt.block_on(synack::monitor::run(o)) {
             Ok(()) => ExitCode::SUCCESS,

@@ -9,7 +9,7 @@
 //! `--concurrency` checks run at once; a due check waits for a free slot.
 
 use crate::{
-    bpf::{Hub, Kernel, Scope, SharedKernel},
+    bpf::{Hub, SharedKernel},
     metrics::{self, Metrics, Outcome},
     output,
     prober::{self, Family, Options, Prober},
@@ -38,6 +38,7 @@ pub struct MonitorOptions {
     pub interfaces: Vec<String>,
     pub cacert: Option<PathBuf>,
     pub insecure: bool,
+    pub mode: crate::bpf::Mode,
 }
 
 struct Slot {
@@ -214,10 +215,10 @@ async fn run_local(o: MonitorOptions) -> Result<()> {
         prober::tls_config(o.cacert.as_ref(), o.insecure)
             .context("cannot set up TLS (check --cacert)")?,
     );
-    let kernel = Kernel::load(&o.interfaces, Scope::Registered)
+    let kernel = crate::bpf::for_mode(o.mode, &o.interfaces)
         .map_err(|e| anyhow::anyhow!(crate::bpf::help(&e)))
-        .context("cannot start the kernel side")?;
-    let kernel = Hub::shared(kernel);
+        .context("cannot start the kernel side (--mode unprivileged needs no privileges)")?
+        .map(Hub::shared);
     let metrics = Arc::new(Metrics::new());
     let listener = tokio::net::TcpListener::bind(o.listen).await.with_context(|| {
         format!(
@@ -294,10 +295,10 @@ async fn run_local(o: MonitorOptions) -> Result<()> {
             .as_ref()
             .map(|s| format!("; DogStatsD to {s}"))
             .unwrap_or_default(),
-        if let Ok(k) = kernel.lock() {
-            format!("; kernel side attached ({:?})", k.kernel().attach_mode)
-        } else {
-            String::new()
+        match kernel.as_ref().map(|k| k.lock()) {
+            Some(Ok(k)) => format!("; kernel side attached ({:?})", k.kernel().attach_mode),
+            Some(Err(_)) => String::new(),
+            None => "; mode unprivileged (socket timestamps)".to_string(),
         }
     );
 
@@ -326,7 +327,7 @@ async fn run_local(o: MonitorOptions) -> Result<()> {
                 s.running = false;
                 let oc = metrics::outcome(&t, &recs);
                 metrics.observe(&name, &recs, &oc);
-                if let Ok(k) = kernel.lock() {
+                if let Some(Ok(k)) = kernel.as_ref().map(|k| k.lock()) {
                     metrics.drops(k.drops());
                 }
                 if let Some(sock) = &statsd {
@@ -400,7 +401,7 @@ async fn run_local(o: MonitorOptions) -> Result<()> {
             tokio::task::spawn_local(async move {
                 let name = t.name.clone();
                 let recs = check(
-                    Some(k),
+                    k,
                     tls,
                     t.clone(),
                     default_timeout,

@@ -290,11 +290,16 @@ impl Prober {
         tls: Arc<ClientConfig>,
         opts: Options,
     ) -> Self {
+        let mode = if kernel.is_some() {
+            "ebpf"
+        } else {
+            "unprivileged"
+        };
         Prober {
             kernel,
             tls,
             opts,
-            mode: "ebpf",
+            mode,
         }
     }
 
@@ -455,6 +460,9 @@ impl Prober {
         // packets then carry the time the stack received them, which the
         // classifiers report next to their own (see events::best_ts).
         enable_rx_timestamps(sock.as_raw_fd());
+        // Without eBPF the socket's own timestamps are the wire times (set
+        // once connected: byte-keyed stamps need a connected TCP socket).
+        let stamped = self.kernel.is_none();
         let cookie = socket_cookie(sock.as_raw_fd());
         base.socket_cookie = cookie;
         let registered = match (self.hub(), cookie) {
@@ -477,6 +485,7 @@ impl Prober {
                 &method,
                 addr,
                 sock,
+                stamped,
                 deadline,
                 &mut conn,
                 &log,
@@ -489,7 +498,19 @@ impl Prober {
         let n_done = done.len();
 
         // The socket is closed now (FIN or RST sent): collect what the kernel saw.
-        let flow = self.collect(cookie, key.as_ref());
+        let stamps = lock_log(&log).stamps.take();
+        if self.opts.dump_events
+            && let Some(s) = &stamps
+        {
+            eprintln!(
+                "stamps: writes {:?} reads {:?} tx {:?} at_connect {:?} last {:?}",
+                s.writes, s.reads, s.tx, s.at_connect, s.last
+            );
+        }
+        let flow = match &stamps {
+            Some(s) => Some(s.flow(key.unwrap_or_default())),
+            None => self.collect(cookie, key.as_ref()),
+        };
         for (i, d) in done.iter().enumerate() {
             let mut r = base.clone();
             r.request_index = i as u32;
@@ -506,6 +527,9 @@ impl Prober {
                 t.tls,
                 &d.marks,
             );
+            if let Some(s) = &stamps {
+                unprivileged_wire(&mut r, s, (i == 0).then_some(&conn), n_done);
+            }
             records.push(r);
         }
         if let Err(Failed { error, marks }) = result {
@@ -521,6 +545,9 @@ impl Prober {
                 t.tls,
                 &m,
             );
+            if let Some(s) = &stamps {
+                unprivileged_wire(&mut r, s, (n_done == 0).then_some(&conn), n_done + 1);
+            }
             r.error = Some(error);
             records.push(r);
             redirect = None;
@@ -550,6 +577,7 @@ impl Prober {
         method: &Method,
         addr: SocketAddr,
         sock: TcpSocket,
+        stamped: bool,
         deadline: Option<Instant>,
         conn: &mut ConnMarks,
         log: &SharedLog,
@@ -570,7 +598,13 @@ impl Prober {
             *key = Some(flow_key(local, addr));
         }
 
-        let raw = RawStream::new(stream, log.clone(), t.tls);
+        let stamped = stamped && crate::stamps::enable(stream.as_raw_fd()).is_ok();
+        if stamped {
+            let mut st = crate::stamps::Stamps::new();
+            st.at_connect = crate::stamps::tcp_info(stream.as_raw_fd());
+            lock_log(log).stamps = Some(st);
+        }
+        let raw = RawStream::new(stream, log.clone(), t.tls, stamped);
         let io: Box<dyn AsyncStream> = if t.tls {
             let name = ServerName::try_from(t.host.clone()).map_err(|e| {
                 ErrorInfo::new(
@@ -770,6 +804,45 @@ impl Prober {
             r.drops = k.drops();
         }
     }
+}
+
+fn lock_log(l: &SharedLog) -> std::sync::MutexGuard<'_, IoLog> {
+    l.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Unprivileged mode: the wire fields the socket's own timestamps and
+/// TCP_INFO give, and null for the rest (never a made-up zero).
+fn unprivileged_wire(
+    r: &mut Record,
+    s: &crate::stamps::Stamps,
+    conn: Option<&ConnMarks>,
+    requests: usize,
+) {
+    use crate::stamps::{TCPI_OPT_SACK, TCPI_OPT_TIMESTAMPS, TCPI_OPT_WSCALE};
+    let response_in = r.at("response_in");
+    let w = &mut r.wire;
+    if conn.is_some() {
+        w.handshake_rtt_ms = s.handshake_rtt_ms();
+        w.syn_retransmits = s.syn_retransmits();
+        if let Some(i) = s.at_connect {
+            w.synack_sack_permitted = Some(i.options & TCPI_OPT_SACK != 0);
+            w.synack_timestamps = Some(i.options & TCPI_OPT_TIMESTAMPS != 0);
+            w.synack_wscale = (i.options & TCPI_OPT_WSCALE != 0).then_some(i.snd_wscale);
+        }
+        // The span starts at connect(): the SYN leaves within microseconds.
+        if let (Some(a), Some(b)) = (conn.and_then(|c| c.connect_call), response_in) {
+            w.span_ms = Some(crate::clock::ms_between(a, b));
+        }
+    }
+    // Only outgoing retransmissions are counted (TCP_INFO), and only for the
+    // whole connection: given when it carried one request.
+    w.retransmits_in = None;
+    w.retransmits = None;
+    w.retransmits_out = if requests == 1 {
+        s.retransmits_out()
+    } else {
+        None
+    };
 }
 
 trait AsyncStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}

@@ -107,7 +107,8 @@ pub struct Record {
     pub local_addr: Option<String>,
     pub ip_version: Option<u8>,
     pub http_status: Option<u16>,
-    /// "ebpf": kernel packet timestamps from tc classifiers.
+    /// "ebpf": kernel packet timestamps from tc classifiers; "unprivileged":
+    /// the socket's own kernel timestamps (SO_TIMESTAMPING, TCP_INFO).
     pub mode: &'static str,
     /// "client": this host opened the connection (always so for the active
     /// probe); "server": it accepted it (`synack watch`).
@@ -178,6 +179,7 @@ impl Record {
         crate::verdict::Facts {
             index: self.request_index,
             repeats_first: true,
+            unprivileged: self.mode == "unprivileged",
             tls: self.tls,
             handshake: w.handshake_rtt_ms,
             ttl: w.synack_ttl,

@@ -37,15 +37,28 @@ pub struct RequestMarks {
     pub in_start: Option<u64>,
 }
 
-/// Our second TLS flight (the first outgoing segment of our second turn) and
-/// the first incoming payload after it, when that payload lies before the
-/// response (offset below `response_at`): the TLS endpoint answered at once.
-fn tls_round2(f: &Flow, response_at: Option<u64>) -> Option<(u64, u64)> {
+/// Our second TLS flight and the first incoming payload after it, when that
+/// payload lies before the response (offset below `response_at`): the TLS
+/// endpoint answered at once. The flight is timed by its last segment before
+/// the request (`request_at`): a TLS 1.3 client may send its
+/// ChangeCipherSpec first and its Finished only after checking the
+/// server's certificate, and the server answers the Finished.
+fn tls_round2(f: &Flow, response_at: Option<u64>, request_at: Option<u64>) -> Option<(u64, u64)> {
     let second = f.out.iter().filter(|s| s.turn_start && !s.retrans).nth(1)?;
     let reply = f
         .inb
         .iter()
         .find(|s| !s.retrans && s.ts_ns > second.ts_ns)?;
+    let second = f
+        .out
+        .iter()
+        .filter(|s| !s.retrans && s.ts_ns >= second.ts_ns && s.ts_ns < reply.ts_ns)
+        .filter(|s| match (request_at, f.offset(DIR_OUT, s.seq)) {
+            (Some(r), Some(o)) => (o as u64) < r,
+            _ => s.seq == second.seq,
+        })
+        .max_by_key(|s| s.ts_ns)
+        .unwrap_or(second);
     let reply_off = f.in_offset(reply.seq)? as u64;
     if reply_off >= response_at? {
         // That is the response itself: think time is in it.
@@ -160,7 +173,7 @@ pub fn assemble(
             if let (Some(a), Some(b)) = (ch, sh) {
                 w.tls_rtt_ms = Some(ms_between(a.ts_ns, b.ts_ns));
             }
-            if let Some((a, b)) = tls_round2(f, req.in_start) {
+            if let Some((a, b)) = tls_round2(f, req.in_start, req.out_start) {
                 wire("client_finished_out", a);
                 wire("tls_round2_in", b);
                 w.tls_round2_ms = Some(ms_between(a, b));

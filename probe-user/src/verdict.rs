@@ -31,6 +31,8 @@ pub struct Facts {
     /// Asks for the same thing as the connection's first request (always so
     /// in the active probe's --reuse), so their TTFBs may be compared.
     pub repeats_first: bool,
+    /// Timed with the socket's own timestamps (no eBPF): no TTL evidence.
+    pub unprivileged: bool,
     pub tls: bool,
     /// SYN -> SYN-ACK of the answered SYN, ms.
     pub handshake: Option<f64>,
@@ -246,6 +248,14 @@ pub fn analyze(conn: &[Facts]) -> Vec<Analysis> {
         }
     }
 
+    if conn.iter().any(|f| f.unprivileged) {
+        limits.push(
+            "unprivileged mode: the SYN-ACK's TTL (how many hops away TCP ends) is not visible \
+             without eBPF, so the verdict rests on timing alone"
+                .into(),
+        );
+    }
+
     if let Some(v) = conn.iter().find_map(|f| f.via.as_deref()) {
         // A hint only: an origin can set it, a proxy can omit it.
         limits.push(format!("hint: the response carries \"Via: {v}\""));
@@ -402,6 +412,7 @@ mod tests {
         Facts {
             index: 0,
             repeats_first: true,
+            unprivileged: false,
             tls: true,
             handshake: Some(h),
             ttl: Some(64 - hops),
