@@ -65,6 +65,15 @@ enum Cmd {
         #[arg(long, default_value_t = 40.0)]
         server_rtt: f64,
     },
+    /// Benchmarks (root): accuracy against tcpdump and curl -w, the
+    /// classifiers' cost per packet, throughput next to tcpdump, and the
+    /// connection rate `synack watch` follows without loss. Release build;
+    /// writes target/bench/results.json and prints a table.
+    Bench {
+        /// Fewer rounds and shorter steps (under 10 minutes).
+        #[arg(long)]
+        quick: bool,
+    },
     /// The lab: client, mid and server namespaces with a delay line, haproxy
     /// and squid in mid, and the origin (needs root).
     Lab {
@@ -95,6 +104,20 @@ enum LabCmd {
     Down,
     /// Show the running lab and how to use it.
     Status,
+}
+
+fn bench(quick: bool) -> Result<()> {
+    if !is_root() {
+        bail!("the benchmarks build network namespaces and load eBPF programs: run them as root");
+    }
+    let bin = build(true)?;
+    let out = root().join("target/bench/results.json");
+    let mut c = Command::new(bin.with_file_name("synack-bench"));
+    c.env("SYNACK_BIN", &bin).arg("--out").arg(&out);
+    if quick {
+        c.arg("--quick");
+    }
+    run(&mut c).context("running the benchmarks")
 }
 
 fn lab_state_file() -> PathBuf {
@@ -425,7 +448,8 @@ fn bpf_linker_works() -> bool {
 /// (iproute2), the delay line's NFQUEUE and the proxies' interception rules
 /// (iptables), offloads off (ethtool), ground truth (tcpdump), curl for
 /// comparisons, the real proxies, a real Prometheus to scrape `synack
-/// monitor`, and Python for the watch tests' keep-alive client.
+/// monitor`, Python for the watch tests' keep-alive client, and wrk for the
+/// benchmarks' load.
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "iptables",
@@ -437,6 +461,7 @@ const APT_PACKAGES: &[&str] = &[
     "procps",
     "prometheus",
     "python3",
+    "wrk",
 ];
 
 fn setup(no_apt: bool) -> Result<()> {
@@ -611,6 +636,7 @@ fn main() -> ExitCode {
             std::process::exit(st.code().unwrap_or(1));
         }),
         Cmd::Lab { cmd } => lab(cmd),
+        Cmd::Bench { quick } => bench(quick),
         Cmd::Demo {
             think,
             client_rtt,

@@ -1,0 +1,593 @@
+//! synack's benchmarks (`cargo xtask bench [--quick]`, as root): accuracy
+//! against tcpdump and curl, the classifiers' cost per packet, throughput
+//! under load next to tcpdump, and how many new connections per second
+//! `synack watch` follows without loss. Every comparison is measured side
+//! by side in one run (these machines are shared and noisy): ratios and
+//! medians, not single absolute times. Writes a JSON file and prints a table.
+//!
+//! `synack-bench gen RATE SECS HOST:PORT` is the connection generator the
+//! scale step runs inside a namespace (one short HTTP/1.0 request per
+//! connection, paced).
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use std::{
+    fs,
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+use synack_tests::{
+    Capture, Netns, Packet, Pair, Proc, TempDir, sibling_bin, start_origin,
+    synack_bin,
+    topo::{Bins, Delays, Lab, Via, url},
+    truth, unique, wait_for,
+};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let r = if args.first().map(String::as_str) == Some("gen") {
+        generator(&args[1..])
+    } else {
+        bench(&args)
+    };
+    if let Err(e) = r {
+        eprintln!("synack-bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Percentiles of absolute values: (median, p99, max).
+fn stats(v: &[f64]) -> (f64, f64, f64) {
+    let mut a: Vec<f64> = v.iter().map(|x| x.abs()).collect();
+    a.sort_by(f64::total_cmp);
+    if a.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let at = |q: f64| a[((a.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99), a[a.len() - 1])
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/bench/results.json"));
+    if !synack_tests::is_root() {
+        bail!("the benchmarks build namespaces and load eBPF programs: run them as root");
+    }
+    let started = Instant::now();
+    let mut results = serde_json::Map::new();
+    results.insert("quick".into(), quick.into());
+    results.insert("synack".into(), synack_bin().display().to_string().into());
+
+    eprintln!("bench: accuracy (lab, tcpdump, curl)");
+    results.insert("accuracy".into(), accuracy(quick)?);
+    eprintln!("bench: cost per packet (kernel BPF run-time statistics)");
+    results.insert("cost_per_packet".into(), cost_per_packet(quick)?);
+    eprintln!("bench: overhead under load (wrk)");
+    results.insert("overhead".into(), overhead(quick)?);
+    eprintln!("bench: scale of synack watch");
+    results.insert("scale".into(), scale(quick)?);
+    results.insert(
+        "duration_s".into(),
+        json!(started.elapsed().as_secs_f64().round()),
+    );
+    let v = Value::Object(results);
+    if let Some(d) = out.parent() {
+        fs::create_dir_all(d)?;
+    }
+    fs::write(&out, serde_json::to_string_pretty(&v)?)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("{}", table(&v));
+    eprintln!("bench: results in {}", out.display());
+    Ok(())
+}
+
+fn f(v: &Value, path: &[&str]) -> f64 {
+    let mut x = v;
+    for p in path {
+        x = &x[*p];
+    }
+    x.as_f64().unwrap_or(f64::NAN)
+}
+
+fn table(v: &Value) -> String {
+    let mut s = String::new();
+    let a = &v["accuracy"];
+    s.push_str(&format!(
+        "accuracy: |synack - tcpdump| over {} connections (us)          median      p99      max\n",
+        a["connections"]
+    ));
+    for k in ["handshake_rtt", "tls_rtt", "wire_ttfb"] {
+        s.push_str(&format!(
+            "  {k:<58}{:>9.1}{:>9.1}{:>9.1}\n",
+            f(a, &[k, "median_us"]),
+            f(a, &[k, "p99_us"]),
+            f(a, &[k, "max_us"])
+        ));
+    }
+    s.push_str(&format!(
+        "  user-space TTFB minus wire TTFB, median (us): synack {:.1}, curl -w {:.1} ({} requests each)\n",
+        f(a, &["user_ttfb", "synack_minus_wire_median_us"]),
+        f(a, &["user_ttfb", "curl_minus_wire_median_us"]),
+        a["user_ttfb"]["requests"]
+    ));
+    let c = &v["cost_per_packet"];
+    s.push_str(&format!(
+        "cost per packet (ns, median over rounds): untracked flows {:.0}, tracked flows (watch) {:.0}\n",
+        f(c, &["untracked_ns"]),
+        f(c, &["tracked_ns"])
+    ));
+    let o = &v["overhead"];
+    s.push_str(&format!(
+        "throughput under wrk (median req/s over {} rounds): bare {:.0}, synack watch {:.0} ({:.3} of bare), tcpdump -w {:.0} ({:.3} of bare)\n",
+        o["rounds"],
+        f(o, &["bare_rps"]),
+        f(o, &["watch_rps"]),
+        f(o, &["watch_ratio"]),
+        f(o, &["tcpdump_rps"]),
+        f(o, &["tcpdump_ratio"])
+    ));
+    let sc = &v["scale"];
+    s.push_str(&format!(
+        "scale: synack watch followed {} new connections/s with no loss (highest step tried {}); peak memory {:.1} MiB; load-and-attach {:.0} ms (median)\n",
+        sc["max_lossless_cps"],
+        sc["highest_step_cps"],
+        f(sc, &["peak_rss_mib"]),
+        f(sc, &["startup_ms_median"])
+    ));
+    s
+}
+
+/// synack --json in a namespace; returns its records.
+fn synack_json(ns: &Netns, args: &[&str]) -> Result<Vec<Value>> {
+    let o = ns
+        .command(synack_bin().to_str().context("path")?)
+        .arg("--json")
+        .args(args)
+        .output()?;
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).context("synack printed non-JSON"))
+        .collect()
+}
+
+fn sockaddr(v: &Value) -> Option<(IpAddr, u16)> {
+    let s: SocketAddr = v.as_str()?.parse().ok()?;
+    Some((s.ip(), s.port()))
+}
+
+/// First client payload and the first server payload after it (TLS:
+/// ClientHello to ServerHello), from a capture.
+fn first_exchange(pkts: &[Packet], local: (IpAddr, u16), remote: (IpAddr, u16)) -> Option<u64> {
+    let ch = pkts
+        .iter()
+        .find(|p| (p.src, p.sport) == local && (p.dst, p.dport) == remote && p.payload_len > 0)?;
+    let sh = pkts.iter().find(|p| {
+        (p.src, p.sport) == remote && (p.dst, p.dport) == local && p.payload_len > 0 && p.ts_ns > ch.ts_ns
+    })?;
+    Some(sh.ts_ns - ch.ts_ns)
+}
+
+/// 1. Accuracy: synack's wire intervals against tcpdump's for the same
+/// packets, over at least 1,000 connections through the lab; user-space
+/// TTFB of synack and of curl -w against the wire.
+fn accuracy(quick: bool) -> Result<Value> {
+    let ms = |v: f64| Duration::from_secs_f64(v / 1000.0);
+    let lab = Lab::up(&Bins::beside_synack(), Delays::rtt(ms(1.0), ms(2.0)), false)?;
+    let dir = TempDir::new()?;
+    let ca = lab.ca_path();
+    let ca = ca.to_str().context("path")?.to_string();
+    let cap = Capture::start(&lab.client, &lab.client_if, &dir)?;
+    // HTTPS for the handshake and TLS RTT, plain HTTP for the TTFB (its
+    // response turn needs no decryption to find in the capture).
+    let per_batch = 100;
+    let batches = 5;
+    let mut recs = Vec::new();
+    for i in 0..batches {
+        let https = url(Via::Direct, true, i % 2 == 1, "/delay/2");
+        let http = url(Via::Direct, false, i % 2 == 1, "/delay/2");
+        let n = per_batch.to_string();
+        recs.extend(synack_json(&lab.client, &["--cacert", &ca, "--count", &n, &https])?);
+        recs.extend(synack_json(&lab.client, &["--count", &n, &http])?);
+    }
+    // curl -w on the same path, for user-space TTFB.
+    let curl_n = if quick { 50 } else { 200 };
+    let mut curl = Vec::new();
+    for _ in 0..curl_n {
+        let o = lab
+            .client
+            .command("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{local_port} %{time_pretransfer} %{time_starttransfer}",
+                &url(Via::Direct, false, false, "/delay/2"),
+            ])
+            .output()?;
+        let t = String::from_utf8_lossy(&o.stdout).to_string();
+        let v: Vec<&str> = t.split_whitespace().collect();
+        if let [port, pre, start] = v.as_slice() {
+            curl.push((
+                port.parse::<u16>()?,
+                (start.parse::<f64>()? - pre.parse::<f64>()?) * 1e6,
+            ));
+        }
+    }
+    let pkts = cap.finish()?;
+
+    let (mut dh, mut dtls, mut dttfb, mut user) = (vec![], vec![], vec![], vec![]);
+    for r in &recs {
+        if !r["error"].is_null() {
+            continue;
+        }
+        let (Some(local), Some(remote)) = (sockaddr(&r["local_addr"]), sockaddr(&r["remote_addr"]))
+        else {
+            continue;
+        };
+        let t = truth(&pkts, local, remote, Duration::from_millis(1));
+        if let (Some(h), Some(s)) = (t.handshake_ns, r["wire"]["handshake_rtt_ms"].as_f64()) {
+            dh.push(s * 1e3 - h as f64 / 1e3);
+        }
+        if r["tls"] == true {
+            if let (Some(x), Some(s)) = (
+                first_exchange(&pkts, local, remote),
+                r["wire"]["tls_rtt_ms"].as_f64(),
+            ) {
+                dtls.push(s * 1e3 - x as f64 / 1e3);
+            }
+        } else if let (Some(x), Some(s)) = (t.ttfb_ns, r["wire"]["ttfb_ms"].as_f64()) {
+            dttfb.push(s * 1e3 - x as f64 / 1e3);
+            if let Some(u) = r["user"]["ttfb_ms"].as_f64() {
+                user.push(u * 1e3 - x as f64 / 1e3);
+            }
+        }
+    }
+    let mut curl_d = Vec::new();
+    for (port, ttfb_us) in &curl {
+        let local = pkts
+            .iter()
+            .find(|p| p.sport == *port && p.syn && !p.ack_flag)
+            .map(|p| ((p.src, p.sport), (p.dst, p.dport)));
+        if let Some((l, rm)) = local {
+            let t = truth(&pkts, l, rm, Duration::from_millis(1));
+            if let Some(x) = t.ttfb_ns {
+                curl_d.push(ttfb_us - x as f64 / 1e3);
+            }
+        }
+    }
+    let j = |v: &[f64]| {
+        let (m, p, x) = stats(v);
+        json!({"n": v.len(), "median_us": m, "p99_us": p, "max_us": x})
+    };
+    Ok(json!({
+        "connections": recs.len(),
+        "lab": "client link RTT 1 ms, mid-origin RTT 2 ms, origin think 2 ms, IPv4 and IPv6",
+        "handshake_rtt": j(&dh),
+        "tls_rtt": j(&dtls),
+        "wire_ttfb": j(&dttfb),
+        "user_ttfb": {
+            "requests": user.len().min(curl_d.len()),
+            "synack_minus_wire_median_us": median(user.clone()),
+            "curl_minus_wire_median_us": median(curl_d.clone()),
+            "synack_n": user.len(),
+            "curl_n": curl_d.len(),
+        },
+    }))
+}
+
+/// A two-namespace pair with the origin listening on 8080 in the server.
+struct Bed {
+    pair: Pair,
+    dir: TempDir,
+    _origin: Proc,
+}
+
+fn bed() -> Result<Bed> {
+    let pair = Pair::new()?;
+    let dir = TempDir::new()?;
+    let ca = dir.join("ca.pem");
+    let origin = start_origin(
+        &pair.server,
+        &sibling_bin("synack-origin"),
+        &dir,
+        &[
+            "--http",
+            "0.0.0.0:8080",
+            "--ca-out",
+            ca.to_str().context("path")?,
+        ],
+    )?;
+    Ok(Bed {
+        pair,
+        dir,
+        _origin: origin,
+    })
+}
+
+/// wrk for `secs` from the client namespace; requests per second.
+fn wrk(b: &Bed, secs: u32) -> Result<f64> {
+    let o = b
+        .pair
+        .client
+        .command("wrk")
+        .args([
+            "-t1",
+            "-c16",
+            &format!("-d{secs}s"),
+            &format!("http://{}:8080/", b.pair.server_v4),
+        ])
+        .output()
+        .context("running wrk (apt install wrk)")?;
+    let s = String::from_utf8_lossy(&o.stdout);
+    s.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("wrk said: {s}"))
+}
+
+/// `synack watch` in a namespace, ready; stdout and stderr to files.
+fn watch(ns: &Netns, dir: &TempDir, extra: &[&str]) -> Result<(Proc, PathBuf, Duration)> {
+    let err = dir.join(&format!("{}.err", unique("watch")));
+    let t0 = Instant::now();
+    let mut c = ns.command(synack_bin().to_str().context("path")?);
+    c.args(["watch", "--json", "--summary-every", "0"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&err)?);
+    let p = Proc::spawn(c, "synack watch")?;
+    let ready = wait_for(Duration::from_secs(30), "synack watch to attach", || {
+        fs::read_to_string(&err)
+            .ok()
+            .filter(|e| e.contains("synack watch: following"))
+            .map(|_| t0.elapsed())
+    })?;
+    Ok((p, err, ready))
+}
+
+/// 2. Cost per packet from the kernel's own statistics: the classifiers'
+/// run time over run count, for flows they do not track (active mode with
+/// nothing registered but one long request) and for flows they track
+/// (`synack watch`), under the same wrk load.
+fn cost_per_packet(quick: bool) -> Result<Value> {
+    let b = bed()?;
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("enabling BPF run-time statistics (kernel.bpf_stats_enabled)")?;
+    let snapshot = || -> (u64, u64) {
+        aya::programs::loaded_programs()
+            .filter_map(|p| p.ok())
+            .filter(|p| {
+                p.name_as_str()
+                    .is_some_and(|n| n == "synack_egress" || n == "synack_ingress")
+            })
+            .fold((0, 0), |(t, c), p| {
+                (t + p.run_time().as_nanos() as u64, c + p.run_count())
+            })
+    };
+    let rounds = if quick { 3 } else { 5 };
+    let (mut untracked, mut tracked) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        // Untracked: the active probe attached for one long request.
+        let mut c = b.pair.client.command(synack_bin().to_str().context("path")?);
+        c.args([
+            "--json",
+            &format!("http://{}:8080/delay/3000", b.pair.server_v4),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let mut p = Proc::spawn(c, "synack")?;
+        std::thread::sleep(Duration::from_millis(500));
+        let a = snapshot();
+        wrk(&b, 1)?;
+        let z = snapshot();
+        p.wait_exit(Duration::from_secs(10))?;
+        if z.1 > a.1 {
+            untracked.push((z.0 - a.0) as f64 / (z.1 - a.1) as f64);
+        }
+        // Tracked: synack watch follows every connection.
+        let (w, _, _) = watch(&b.pair.client, &b.dir, &[])?;
+        let a = snapshot();
+        wrk(&b, 1)?;
+        let z = snapshot();
+        drop(w);
+        if z.1 > a.1 {
+            tracked.push((z.0 - a.0) as f64 / (z.1 - a.1) as f64);
+        }
+    }
+    Ok(json!({
+        "rounds": rounds,
+        "untracked_ns": median(untracked.clone()),
+        "tracked_ns": median(tracked.clone()),
+        "untracked_rounds_ns": untracked,
+        "tracked_rounds_ns": tracked,
+        "note": "run_time_ns / run_cnt of synack_egress and synack_ingress (kernel.bpf_stats_enabled), wrk's HTTP/1.1 keep-alive load",
+    }))
+}
+
+/// 3. Throughput under load: wrk's requests per second with nothing
+/// attached, with `synack watch`, and with tcpdump writing the same traffic
+/// to a file, interleaved round by round.
+fn overhead(quick: bool) -> Result<Value> {
+    let b = bed()?;
+    let rounds = if quick { 3 } else { 5 };
+    let secs = if quick { 3 } else { 5 };
+    let (mut bare, mut with_watch, mut with_tcpdump) = (vec![], vec![], vec![]);
+    for _ in 0..rounds {
+        bare.push(wrk(&b, secs)?);
+        let (w, _, _) = watch(&b.pair.client, &b.dir, &[])?;
+        with_watch.push(wrk(&b, secs)?);
+        drop(w);
+        let cap = Capture::start(&b.pair.client, &b.pair.client_if, &b.dir)?;
+        with_tcpdump.push(wrk(&b, secs)?);
+        let file = cap.file.clone();
+        drop(cap);
+        let _ = fs::remove_file(file);
+    }
+    let (mb, mw, mt) = (
+        median(bare.clone()),
+        median(with_watch.clone()),
+        median(with_tcpdump.clone()),
+    );
+    Ok(json!({
+        "rounds": rounds,
+        "seconds_each": secs,
+        "bare_rps": mb,
+        "watch_rps": mw,
+        "tcpdump_rps": mt,
+        "watch_ratio": mw / mb,
+        "tcpdump_ratio": mt / mb,
+        "bare_rounds": bare,
+        "watch_rounds": with_watch,
+        "tcpdump_rounds": with_tcpdump,
+    }))
+}
+
+fn rss_peak_kib(pid: i32) -> Option<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// 4. Scale: new connections per second `synack watch` follows with no
+/// drop and no eviction, stepping the rate up; its peak memory; how long
+/// loading and attaching takes.
+fn scale(quick: bool) -> Result<Value> {
+    let b = bed()?;
+    let me = std::env::current_exe()?;
+    let secs = if quick { 2 } else { 4 };
+    let steps: &[u32] = if quick {
+        &[500, 1000, 2000, 4000]
+    } else {
+        &[250, 500, 1000, 2000, 3000, 4000, 6000, 8000]
+    };
+    let mut best = 0;
+    let mut highest = 0;
+    let mut peak_kib = 0;
+    let mut startups = Vec::new();
+    let mut log = Vec::new();
+    for &rate in steps {
+        let (mut w, err, ready) = watch(&b.pair.client, &b.dir, &["--port", "8080"])?;
+        startups.push(ready.as_secs_f64() * 1e3);
+        let o = b
+            .pair
+            .client
+            .command(me.to_str().context("path")?)
+            .args([
+                "gen",
+                &rate.to_string(),
+                &secs.to_string(),
+                &format!("{}:8080", b.pair.server_v4),
+            ])
+            .output()?;
+        let made: u64 = String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .parse()
+            .with_context(|| String::from_utf8_lossy(&o.stderr).to_string())?;
+        // Let watch see the last connections close, then stop it.
+        std::thread::sleep(Duration::from_millis(700));
+        if let Some(k) = rss_peak_kib(w.pid()) {
+            peak_kib = peak_kib.max(k);
+        }
+        w.signal(libc::SIGINT);
+        w.wait_exit(Duration::from_secs(20))?;
+        let e = fs::read_to_string(&err)?;
+        let reported: u64 = e
+            .split("synack watch: ")
+            .nth(2)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let lossless = e.contains("lost: 0 events (ring buffer full), 0 connections (kernel flow table full), 0 connections dropped")
+            && reported == made;
+        let achieved = made as f64 / secs as f64;
+        log.push(json!({"rate": rate, "made": made, "achieved_cps": achieved, "reported": reported, "lossless": lossless}));
+        highest = rate;
+        if lossless && achieved >= rate as f64 * 0.9 {
+            best = rate;
+        } else {
+            break;
+        }
+    }
+    Ok(json!({
+        "max_lossless_cps": best,
+        "highest_step_cps": highest,
+        "seconds_per_step": secs,
+        "steps": log,
+        "peak_rss_mib": peak_kib as f64 / 1024.0,
+        "startup_ms_median": median(startups.clone()),
+        "startup_ms": startups,
+    }))
+}
+
+/// The connection generator: RATE connections a second for SECS seconds to
+/// HOST:PORT, each one HTTP/1.0 request read to its end; prints how many
+/// completed.
+fn generator(args: &[String]) -> Result<()> {
+    let [rate, secs, addr] = args else {
+        bail!("usage: synack-bench gen RATE SECS HOST:PORT");
+    };
+    let rate: u32 = rate.parse()?;
+    let secs: u32 = secs.parse()?;
+    let addr: SocketAddr = addr.parse()?;
+    let threads = 8u32;
+    let per = (rate / threads).max(1);
+    let total = per as u64 * secs as u64;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let start = Instant::now() + Duration::from_millis(50);
+    let hs: Vec<_> = (0..threads)
+        .map(|t| {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let gap = Duration::from_secs_f64(1.0 / per as f64);
+                let offset = gap.mul_f64(t as f64 / threads as f64);
+                for i in 0..total {
+                    let at = start + offset + gap.mul_f64(i as f64);
+                    let now = Instant::now();
+                    if at > now {
+                        std::thread::sleep(at - now);
+                    }
+                    if one_request(addr).is_ok() {
+                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        let _ = h.join();
+    }
+    println!("{}", done.load(std::sync::atomic::Ordering::Relaxed));
+    Ok(())
+}
+
+fn one_request(addr: SocketAddr) -> Result<()> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: bench\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    if !buf.starts_with(b"HTTP/1.") {
+        bail!("not HTTP");
+    }
+    Ok(())
+}
