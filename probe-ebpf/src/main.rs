@@ -221,17 +221,19 @@ fn parse(ctx: &TcContext) -> Result<Pkt, ()> {
     };
     let tcp_off;
     let ip_payload_len: usize;
+    // Each header is read with one helper call (a fixed-size copy to the
+    // stack), not one per field: per-packet cost is mostly these calls.
     if proto == ETH_P_IP {
-        let vihl: u8 = read(ctx, l2)?;
-        if vihl >> 4 != 4 {
+        let h: [u8; 20] = read(ctx, l2)?;
+        if h[0] >> 4 != 4 {
             return Err(());
         }
-        let ihl = ((vihl & 0x0f) as usize) * 4;
+        let ihl = ((h[0] & 0x0f) as usize) * 4;
         if ihl < 20 {
             return Err(());
         }
-        let tot_len = u16::from_be(read::<u16>(ctx, l2 + 2)?) as usize;
-        let frag = u16::from_be(read::<u16>(ctx, l2 + 6)?);
+        let tot_len = u16::from_be_bytes([h[2], h[3]]) as usize;
+        let frag = u16::from_be_bytes([h[6], h[7]]);
         // Any fragment but an unfragmented packet: headers may be missing.
         if frag & 0x3fff != 0 {
             if frag & 0x1fff == 0 {
@@ -239,28 +241,25 @@ fn parse(ctx: &TcContext) -> Result<Pkt, ()> {
             }
             return Err(());
         }
-        p.ttl = read(ctx, l2 + 8)?;
-        let ip_proto: u8 = read(ctx, l2 + 9)?;
-        if ip_proto != IPPROTO_TCP {
+        p.ttl = h[8];
+        if h[9] != IPPROTO_TCP {
             return Err(());
         }
-        let s: [u8; 4] = read(ctx, l2 + 12)?;
-        let d: [u8; 4] = read(ctx, l2 + 16)?;
-        p.src[..4].copy_from_slice(&s);
-        p.dst[..4].copy_from_slice(&d);
+        p.src[..4].copy_from_slice(&h[12..16]);
+        p.dst[..4].copy_from_slice(&h[16..20]);
         p.ip_version = 4;
         tcp_off = l2 + ihl;
         ip_payload_len = tot_len.saturating_sub(ihl);
     } else if proto == ETH_P_IPV6 {
-        let v: u8 = read(ctx, l2)?;
-        if v >> 4 != 6 {
+        let h: [u8; 40] = read(ctx, l2)?;
+        if h[0] >> 4 != 6 {
             return Err(());
         }
-        let plen = u16::from_be(read::<u16>(ctx, l2 + 4)?) as usize;
-        let mut next: u8 = read(ctx, l2 + 6)?;
-        p.ttl = read(ctx, l2 + 7)?;
-        p.src = read(ctx, l2 + 8)?;
-        p.dst = read(ctx, l2 + 24)?;
+        let plen = u16::from_be_bytes([h[4], h[5]]) as usize;
+        let mut next: u8 = h[6];
+        p.ttl = h[7];
+        p.src.copy_from_slice(&h[8..24]);
+        p.dst.copy_from_slice(&h[24..40]);
         p.ip_version = 6;
         let mut off = l2 + 40;
         let mut ext = 0usize;
@@ -276,10 +275,9 @@ fn parse(ctx: &TcContext) -> Result<Pkt, ()> {
             if next != 0 && next != 43 && next != 60 {
                 return Err(());
             }
-            let nh: u8 = read(ctx, off)?;
-            let hl: u8 = read(ctx, off + 1)?;
-            let len = (hl as usize + 1) * 8;
-            next = nh;
+            let e: [u8; 2] = read(ctx, off)?;
+            let len = (e[1] as usize + 1) * 8;
+            next = e[0];
             off += len;
             ext += len;
         }
@@ -292,14 +290,14 @@ fn parse(ctx: &TcContext) -> Result<Pkt, ()> {
         return Err(());
     }
 
-    p.sport = u16::from_be(read::<u16>(ctx, tcp_off)?);
-    p.dport = u16::from_be(read::<u16>(ctx, tcp_off + 2)?);
-    p.seq = u32::from_be(read::<u32>(ctx, tcp_off + 4)?);
-    p.ack = u32::from_be(read::<u32>(ctx, tcp_off + 8)?);
-    let doff_byte: u8 = read(ctx, tcp_off + 12)?;
-    p.flags = read(ctx, tcp_off + 13)?;
-    p.window = u16::from_be(read::<u16>(ctx, tcp_off + 14)?);
-    let doff = ((doff_byte >> 4) as usize) * 4;
+    let t: [u8; 20] = read(ctx, tcp_off)?;
+    p.sport = u16::from_be_bytes([t[0], t[1]]);
+    p.dport = u16::from_be_bytes([t[2], t[3]]);
+    p.seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
+    p.ack = u32::from_be_bytes([t[8], t[9], t[10], t[11]]);
+    p.flags = t[13];
+    p.window = u16::from_be_bytes([t[14], t[15]]);
+    let doff = ((t[12] >> 4) as usize) * 4;
     if doff < 20 {
         return Err(());
     }
