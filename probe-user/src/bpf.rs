@@ -496,7 +496,8 @@ impl Hub {
         Ok(())
     }
 
-    fn pump(&mut self) {
+    /// Moves the ring buffer's events into the per-socket buffers.
+    pub fn pump(&mut self) {
         for ev in self.kernel.drain() {
             if let Some(v) = self.pending.get_mut(&ev.cookie) {
                 v.push(ev);
@@ -547,7 +548,17 @@ pub fn for_mode(mode: Mode, interfaces: &[String]) -> Result<Option<Kernel>, Ker
         Mode::Ebpf => Kernel::load_and_attach(interfaces).map(Some),
         Mode::Auto => match Kernel::load_and_attach(interfaces) {
             Ok(k) => Ok(Some(k)),
-            Err(e @ (KernelError::NoSuchInterface(_) | KernelError::NoInterfaces)) => Err(e),
+            // Only "not allowed" or "not there" falls back; anything else
+            // (a verifier refusal, a missing object) is a fault to report,
+            // not a reason to see less.
+            Err(e)
+                if !errno_in_chain(
+                    &e,
+                    &[libc::EPERM, libc::EACCES, libc::ENOSYS, libc::EOPNOTSUPP],
+                ) =>
+            {
+                Err(e)
+            }
             Err(e) => {
                 eprintln!(
                     "synack: eBPF not used ({}); timing with the sockets' own kernel timestamps \

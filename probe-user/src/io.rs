@@ -498,31 +498,58 @@ mod tests {
         assert_eq!(r.app_in, 6);
     }
 
-    /// Unprivileged mode on loopback: every read is recorded by offset, every
-    /// write gets a transmit stamp and an ACK stamp, keyed by offset.
+    /// Unprivileged mode on loopback: every read is recorded by offset with
+    /// the kernel's receive time, every write gets a transmit stamp and an
+    /// ACK stamp, keyed by offset.
     #[tokio::test]
     async fn stamped_stream_records_kernel_times() {
         let (client, mut server) = pair().await;
         crate::stamps::enable(client.as_raw_fd()).unwrap();
         let log: SharedLog = Arc::default();
         let mut raw = RawStream::new(client, log.clone(), false, true);
-        let before = mono_ns();
-        raw.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        let mut b = [0u8; 18];
-        server.read_exact(&mut b).await.unwrap();
-        server.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
-        let mut r = [0u8; 17];
-        raw.read_exact(&mut r).await.unwrap();
-        let after = mono_ns();
-        // The ACK stamp of the request may come a little after the response.
+        // The kernel turns receive stamping on asynchronously (a static key
+        // flipped from a work queue): exchange until a read is stamped.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut round = 0u64;
+        let (before, after) = loop {
+            let before = mono_ns();
+            raw.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            let mut b = [0u8; 18];
+            server.read_exact(&mut b).await.unwrap();
+            server.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+            let mut r = [0u8; 17];
+            raw.read_exact(&mut r).await.unwrap();
+            let after = mono_ns();
+            round += 1;
+            let stamped = lock(&log)
+                .stamps
+                .as_ref()
+                .unwrap()
+                .reads
+                .last()
+                .unwrap()
+                .2
+                .is_some();
+            if stamped {
+                break (before, after);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no receive stamp in {round} rounds"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        };
+        // The ACK stamp of the last request may come a little after the response.
         let fd = raw.get_ref().as_raw_fd();
+        let want = 18 * round - 1;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         loop {
             let enough = {
                 let mut l = lock(&log);
                 let s = l.stamps.as_mut().unwrap();
                 crate::stamps::drain_errqueue(fd, s);
-                s.tx.len() >= 2
+                s.tx.iter()
+                    .any(|&(k, kind, _)| k as u64 == want && kind == 2)
             };
             if enough || std::time::Instant::now() > deadline {
                 break;
@@ -530,28 +557,28 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         let s = lock(&log).stamps.clone().unwrap();
-        assert_eq!(s.writes, [(0, 18)]);
-        assert_eq!(s.reads.len(), 1);
-        let (a, b, ts) = s.reads[0];
-        assert_eq!((a, b), (0, 17));
-        // Loopback hands TCP its delivery time, not a receive stamp, so the
-        // kernel may give none here (on a NIC or veth it does: the lab tests).
-        if let Some(ts) = ts {
-            assert!(before <= ts && ts <= after, "{before} <= {ts} <= {after}");
-        }
+        assert_eq!(s.writes.len() as u64, round);
+        assert_eq!(*s.writes.last().unwrap(), (18 * (round - 1), 18 * round));
+        let (a, b, ts) = *s.reads.last().unwrap();
+        assert_eq!((a, b), (17 * (round - 1), 17 * round));
+        let ts = ts.unwrap();
+        assert!(before <= ts && ts <= after, "{before} <= {ts} <= {after}");
         assert!(
             s.tx.iter()
-                .any(|&(k, kind, t)| k == 17 && kind == 0 && t >= before && t <= after),
+                .any(|&(k, kind, t)| k as u64 == want && kind == 0 && t >= before && t <= after),
             "{:?}",
             s.tx
         );
         assert!(
-            s.tx.iter().any(|&(k, kind, _)| k == 17 && kind == 2),
+            s.tx.iter()
+                .any(|&(k, kind, _)| k as u64 == want && kind == 2),
             "ACK stamp: {:?}",
             s.tx
         );
         let f = s.flow(probe_common::FlowKey::default());
-        assert!(f.out_covering(0).is_some());
-        assert!(f.ack_covering(18, 0).is_some());
+        let last_req = 18 * (round - 1) as u32;
+        assert!(f.out_covering(last_req).is_some());
+        assert!(f.in_covering(17 * (round - 1) as u32).is_some());
+        assert!(f.ack_covering(18 * round as u32, 0).is_some());
     }
 }

@@ -481,7 +481,7 @@ pub fn statsd_lines(t: &Target, records: &[Record], o: &Outcome) -> Vec<String> 
                 "synack.phase.duration:{ms:.3}|d|#{tagstr},phase:{phase}"
             ));
         }
-        let retx = r.wire.retransmits.unwrap_or(0);
+        let retx = r.wire.retransmits.or(r.wire.retransmits_out).unwrap_or(0);
         if retx > 0 {
             out.push(format!("synack.retransmits:{retx}|c|#{tagstr}"));
         }

@@ -84,8 +84,13 @@ async fn serve(listener: tokio::net::TcpListener, m: Arc<Metrics>) {
     use http_body_util::Full;
     use hyper::{Request, Response, body::Incoming, service::service_fn};
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(_) => {
+                // Out of descriptors, say: wait instead of spinning.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let m = m.clone();
         tokio::task::spawn_local(async move {
@@ -116,6 +121,21 @@ async fn serve(listener: tokio::net::TcpListener, m: Arc<Metrics>) {
                 .serve_connection(io, svc)
                 .await;
         });
+    }
+}
+
+/// Sends an empty result if a check ends without sending its own.
+struct Report {
+    tx: Option<tokio::sync::mpsc::UnboundedSender<(String, Target, Vec<Record>)>>,
+    name: String,
+    target: Target,
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send((self.name.clone(), self.target.clone(), Vec::new()));
+        }
     }
 }
 
@@ -151,7 +171,12 @@ async fn check(
     match tokio::time::timeout(whole, p.run(&t.url, attempt)).await {
         Ok(r) => r,
         Err(_) => {
-            let mut r = Record::new(&t.url, "GET", "ebpf");
+            let method = t
+                .method
+                .as_ref()
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| if t.body.is_some() { "POST" } else { "GET" }.into());
+            let mut r = Record::new(&t.url, &method, p.mode());
             r.error = Some(ErrorInfo::new(
                 "timeout",
                 format!("the check did not finish within {whole:?}"),
@@ -344,6 +369,13 @@ async fn run_local(o: MonitorOptions) -> Result<()> {
             _ = &mut ctrlc => break,
             _ = term.recv() => break,
         }
+        // Keep the shared ring buffer drained while checks run (a check
+        // takes its events only when it ends).
+        if let Some(k) = kernel.as_ref()
+            && let Ok(mut h) = k.lock()
+        {
+            h.pump();
+        }
         if last_file_check.elapsed() >= Duration::from_secs(1) {
             last_file_check = Instant::now();
             if let Ok(t) = std::fs::read_to_string(&o.targets)
@@ -399,6 +431,14 @@ async fn run_local(o: MonitorOptions) -> Result<()> {
             let default_timeout = every.min(Duration::from_secs(10));
             let (cacert, insecure, attempt) = (o.cacert.clone(), o.insecure, s.runs - 1);
             tokio::task::spawn_local(async move {
+                // Whatever happens to the check (even a panic), its slot is
+                // given back: the guard reports an empty result when dropped
+                // without having sent one.
+                let mut guard = Report {
+                    tx: Some(tx.clone()),
+                    name: t.name.clone(),
+                    target: t.clone(),
+                };
                 let name = t.name.clone();
                 let recs = check(
                     k,
@@ -410,6 +450,7 @@ async fn run_local(o: MonitorOptions) -> Result<()> {
                     attempt,
                 )
                 .await;
+                guard.tx = None;
                 let _ = tx.send((name, t, recs));
             });
         }

@@ -303,6 +303,11 @@ impl Prober {
         }
     }
 
+    /// "ebpf" or "unprivileged".
+    pub fn mode(&self) -> &'static str {
+        self.mode
+    }
+
     fn hub(&self) -> Option<std::sync::MutexGuard<'_, Hub>> {
         self.kernel
             .as_ref()

@@ -2,9 +2,12 @@
 //! flow. Without eBPF, synack asks the kernel about its own sockets:
 //!
 //! - SO_TIMESTAMPING: the software receive time of the data each read
-//!   returns, the time each write left the stack (`SCM_TSTAMP_SND`) and the
-//!   time its last byte was acknowledged (`SCM_TSTAMP_ACK`), keyed by byte
-//!   offset (`SOF_TIMESTAMPING_OPT_ID`);
+//!   returns (of its newest segment: the kernel merges queued segments and
+//!   keeps the latest stamp; synack reads as soon as data arrives, so a
+//!   response's first segment is usually read alone), the time each write
+//!   left the stack (`SCM_TSTAMP_SND`) and the time its last byte was
+//!   acknowledged (`SCM_TSTAMP_ACK`), keyed by byte offset
+//!   (`SOF_TIMESTAMPING_OPT_ID`);
 //! - TCP_INFO right after connect(): the handshake RTT (the kernel's first
 //!   RTT sample is SYN to SYN-ACK), SYN retransmissions and the negotiated
 //!   options; at the end, retransmissions during the requests.
@@ -19,7 +22,10 @@ use probe_common::FlowKey;
 use std::{io, os::fd::RawFd};
 
 // Not in every libc release for every architecture: the values of
-// include/uapi/asm-generic/socket.h and linux/errqueue.h.
+// include/uapi/asm-generic/socket.h (x86, arm, arm64, riscv, powerpc, s390,
+// mips, loongarch) and linux/errqueue.h. SPARC numbers its options apart.
+#[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
+compile_error!("SO_TIMESTAMPING has another value on SPARC: add it here");
 const SO_TIMESTAMPING: libc::c_int = 37;
 const SCM_TIMESTAMPING: libc::c_int = SO_TIMESTAMPING;
 const SCM_TSTAMP_SND: u32 = 0;
@@ -104,7 +110,13 @@ pub fn tcp_info(fd: RawFd) -> Option<TcpInfo> {
         rtt_us: ti.tcpi_rtt,
         total_retrans: ti.tcpi_total_retrans,
         options: ti.tcpi_options,
-        snd_wscale: ti.tcpi_snd_rcv_wscale & 0x0f,
+        // Two 4-bit bitfields, tcpi_snd_wscale first: the low nibble on
+        // little-endian targets, the high one on big-endian.
+        snd_wscale: if cfg!(target_endian = "little") {
+            ti.tcpi_snd_rcv_wscale & 0x0f
+        } else {
+            ti.tcpi_snd_rcv_wscale >> 4
+        },
     })
 }
 
@@ -120,14 +132,20 @@ fn parse_cmsgs(msg: &libc::msghdr) -> (Option<u64>, Option<(u32, u32)>) {
         while !c.is_null() {
             let data = libc::CMSG_DATA(c);
             let h = &*c;
-            if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == SCM_TIMESTAMPING {
+            // Only as many bytes as the message holds (it may be truncated).
+            let holds = |n: usize| h.cmsg_len as usize >= libc::CMSG_LEN(n as u32) as usize;
+            if h.cmsg_level == libc::SOL_SOCKET
+                && h.cmsg_type == SCM_TIMESTAMPING
+                && holds(size_of::<libc::timespec>())
+            {
                 // struct scm_timestamping { struct timespec ts[3]; }: [0] software.
                 let t = std::ptr::read_unaligned(data.cast::<libc::timespec>());
                 if t.tv_sec != 0 || t.tv_nsec != 0 {
                     ts = Some(t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64);
                 }
-            } else if (h.cmsg_level == libc::SOL_IP && h.cmsg_type == libc::IP_RECVERR)
-                || (h.cmsg_level == libc::SOL_IPV6 && h.cmsg_type == libc::IPV6_RECVERR)
+            } else if ((h.cmsg_level == libc::SOL_IP && h.cmsg_type == libc::IP_RECVERR)
+                || (h.cmsg_level == libc::SOL_IPV6 && h.cmsg_type == libc::IPV6_RECVERR))
+                && holds(size_of::<libc::sock_extended_err>())
             {
                 let e = std::ptr::read_unaligned(data.cast::<libc::sock_extended_err>());
                 if e.ee_errno == libc::ENOMSG as u32 && e.ee_origin == SO_EE_ORIGIN_TIMESTAMPING {

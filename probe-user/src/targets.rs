@@ -191,6 +191,16 @@ fn parse_line(line: &str, no: usize) -> Result<Option<Target>, String> {
                         "tag {v:?}: keys are letters, digits, _-./; values have no , | #"
                     ));
                 }
+                let norm = |k: &str| -> String {
+                    k.chars()
+                        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                        .collect()
+                };
+                if t.tags.iter().any(|(k, _)| norm(k) == norm(a)) {
+                    return Err(format!(
+                        "tag key {a:?} given twice (or twice once -./ are read as _)"
+                    ));
+                }
                 t.tags.push((a.to_string(), b.to_string()));
             }
             "method" => {
@@ -300,6 +310,14 @@ https://api.example.com/health name=api
         let lines: Vec<usize> = e.iter().map(|e| e.line).collect();
         assert_eq!(lines, [6, 7, 8, 9, 11], "{e:#?}");
         assert!(e[4].message.contains("already used on line 3"), "{}", e[4]);
+    }
+
+    #[test]
+    fn tag_keys_are_unique_as_label_names() {
+        let (t, e) = parse("http://x/ tag=a-b:1 tag=a_b:2\nhttp://y/ tag=env:a tag=env:b\n");
+        assert!(t.is_empty());
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].message.contains("given twice"));
     }
 
     #[test]

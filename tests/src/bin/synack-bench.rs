@@ -20,8 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 use synack_tests::{
-    Capture, Netns, Packet, Pair, Proc, TempDir, sibling_bin, start_origin,
-    synack_bin,
+    Capture, Netns, Packet, Pair, Proc, TempDir, sibling_bin, start_origin, synack_bin,
     topo::{Bins, Delays, Lab, Via, url},
     truth, unique, wait_for,
 };
@@ -178,14 +177,17 @@ fn first_exchange(pkts: &[Packet], local: (IpAddr, u16), remote: (IpAddr, u16)) 
         .iter()
         .find(|p| (p.src, p.sport) == local && (p.dst, p.dport) == remote && p.payload_len > 0)?;
     let sh = pkts.iter().find(|p| {
-        (p.src, p.sport) == remote && (p.dst, p.dport) == local && p.payload_len > 0 && p.ts_ns > ch.ts_ns
+        (p.src, p.sport) == remote
+            && (p.dst, p.dport) == local
+            && p.payload_len > 0
+            && p.ts_ns > ch.ts_ns
     })?;
     Some(sh.ts_ns - ch.ts_ns)
 }
 
-/// 1. Accuracy: synack's wire intervals against tcpdump's for the same
-/// packets, over at least 1,000 connections through the lab; user-space
-/// TTFB of synack and of curl -w against the wire.
+/// Accuracy: synack's wire intervals against tcpdump's for the same packets,
+/// over at least 1,000 connections through the lab; user-space TTFB of
+/// synack and of curl -w against the wire.
 fn accuracy(quick: bool) -> Result<Value> {
     let ms = |v: f64| Duration::from_secs_f64(v / 1000.0);
     let lab = Lab::up(&Bins::beside_synack(), Delays::rtt(ms(1.0), ms(2.0)), false)?;
@@ -202,7 +204,10 @@ fn accuracy(quick: bool) -> Result<Value> {
         let https = url(Via::Direct, true, i % 2 == 1, "/delay/2");
         let http = url(Via::Direct, false, i % 2 == 1, "/delay/2");
         let n = per_batch.to_string();
-        recs.extend(synack_json(&lab.client, &["--cacert", &ca, "--count", &n, &https])?);
+        recs.extend(synack_json(
+            &lab.client,
+            &["--cacert", &ca, "--count", &n, &https],
+        )?);
         recs.extend(synack_json(&lab.client, &["--count", &n, &http])?);
     }
     // curl -w on the same path, for user-space TTFB.
@@ -361,7 +366,7 @@ fn watch(ns: &Netns, dir: &TempDir, extra: &[&str]) -> Result<(Proc, PathBuf, Du
     Ok((p, err, ready))
 }
 
-/// 2. Cost per packet from the kernel's own statistics: the classifiers'
+/// Cost per packet from the kernel's own statistics: the classifiers'
 /// run time over run count, for flows they do not track (active mode with
 /// nothing registered but one long request) and for flows they track
 /// (`synack watch`), under the same wrk load.
@@ -384,7 +389,10 @@ fn cost_per_packet(quick: bool) -> Result<Value> {
     let (mut untracked, mut tracked) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         // Untracked: the active probe attached for one long request.
-        let mut c = b.pair.client.command(synack_bin().to_str().context("path")?);
+        let mut c = b
+            .pair
+            .client
+            .command(synack_bin().to_str().context("path")?);
         c.args([
             "--json",
             &format!("http://{}:8080/delay/3000", b.pair.server_v4),
@@ -420,7 +428,7 @@ fn cost_per_packet(quick: bool) -> Result<Value> {
     }))
 }
 
-/// 3. Throughput under load: wrk's requests per second with nothing
+/// Throughput under load: wrk's requests per second with nothing
 /// attached, with `synack watch`, and with tcpdump writing the same traffic
 /// to a file, interleaved round by round.
 fn overhead(quick: bool) -> Result<Value> {
@@ -468,7 +476,7 @@ fn rss_peak_kib(pid: i32) -> Option<u64> {
         .ok()
 }
 
-/// 4. Scale: new connections per second `synack watch` follows with no
+/// Scale: new connections per second `synack watch` follows with no
 /// drop and no eviction, stepping the rate up; its peak memory; how long
 /// loading and attaching takes.
 fn scale(quick: bool) -> Result<Value> {
@@ -499,10 +507,16 @@ fn scale(quick: bool) -> Result<Value> {
                 &format!("{}:8080", b.pair.server_v4),
             ])
             .output()?;
-        let made: u64 = String::from_utf8_lossy(&o.stdout)
-            .trim()
-            .parse()
-            .with_context(|| String::from_utf8_lossy(&o.stderr).to_string())?;
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        let mut it = out.split_whitespace();
+        let made: u64 = it
+            .next()
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("generator: {out} {}", String::from_utf8_lossy(&o.stderr)))?;
+        let took: f64 = it
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(secs as f64);
         // Let watch see the last connections close, then stop it.
         std::thread::sleep(Duration::from_millis(700));
         if let Some(k) = rss_peak_kib(w.pid()) {
@@ -519,7 +533,7 @@ fn scale(quick: bool) -> Result<Value> {
             .unwrap_or(0);
         let lossless = e.contains("lost: 0 events (ring buffer full), 0 connections (kernel flow table full), 0 connections dropped")
             && reported == made;
-        let achieved = made as f64 / secs as f64;
+        let achieved = made as f64 / took.max(secs as f64);
         log.push(json!({"rate": rate, "made": made, "achieved_cps": achieved, "reported": reported, "lossless": lossless}));
         highest = rate;
         if lossless && achieved >= rate as f64 * 0.9 {
@@ -576,7 +590,13 @@ fn generator(args: &[String]) -> Result<()> {
     for h in hs {
         let _ = h.join();
     }
-    println!("{}", done.load(std::sync::atomic::Ordering::Relaxed));
+    // Completed connections, and the seconds it really took (a generator
+    // that fell behind takes longer than planned).
+    println!(
+        "{} {:.3}",
+        done.load(std::sync::atomic::Ordering::Relaxed),
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
