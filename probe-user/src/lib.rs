@@ -8,6 +8,7 @@ pub mod monitor;
 pub mod netif;
 pub mod output;
 pub mod passive;
+pub mod privs;
 pub mod prober;
 pub mod procs;
 pub mod record;

@@ -436,6 +436,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let kernel = synack::bpf::for_mode(cli.mode, &cli.interfaces)
         .map_err(|e| anyhow::anyhow!(synack::bpf::help(&e)))
         .context("cannot start the kernel side (--mode unprivileged needs no privileges)")?;
+    // Loaded and attached: what is left needs (almost) no privilege.
+    synack::privs::drop_or_warn(&synack::privs::needed(
+        kernel.as_ref().map(|k| k.attach_mode),
+        false,
+    ));
     let mut prober = Prober::new(kernel, tls, opts);
 
     let mut all = Vec::new();

@@ -272,6 +272,14 @@ async fn run_local(o: MonitorOptions) -> Result<()> {
         None => None,
     };
 
+    // Loaded, attached and listening: drop what is no longer needed.
+    crate::privs::drop_or_warn(&crate::privs::needed(
+        kernel
+            .as_ref()
+            .and_then(|k| k.lock().ok().map(|h| h.kernel().attach_mode)),
+        false,
+    ));
+
     let mut slots: HashMap<String, Slot> = HashMap::new();
     let mut file_text = text;
     let apply = |slots: &mut HashMap<String, Slot>, list: Vec<Target>, errors: usize| {

@@ -285,6 +285,7 @@ pub async fn run(o: WatchOptions) -> Result<()> {
     let mut kernel = Kernel::load(&o.interfaces, Scope::Everything)
         .map_err(|e| anyhow::anyhow!(crate::bpf::help(&e)))
         .context("cannot start the kernel side")?;
+    crate::privs::drop_or_warn(&crate::privs::needed(Some(kernel.attach_mode), true));
     let nets = netif::local_nets().unwrap_or_default();
     let mut tracker = Tracker::new(o.settings.clone(), nets);
     let mut owners = SocketOwners::new();

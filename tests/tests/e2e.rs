@@ -479,3 +479,150 @@ fn leftovers_of_a_killed_run_are_swept() -> Result<()> {
     assert!(!dir.exists(), "{} left", dir.display());
     Ok(())
 }
+
+/// The effective capability mask of a process (CapEff in /proc/PID/status).
+fn cap_eff(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let v = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(v.trim(), 16).ok()
+}
+
+/// Least privilege: once attached, synack keeps no capability (the active
+/// probe) or only CAP_SYS_PTRACE (watch, to name other users' sockets), and
+/// still measures: map updates and the ring buffer go through the
+/// descriptors it holds.
+#[test]
+fn capabilities_are_dropped_after_attaching() -> Result<()> {
+    let _serial = need_root();
+    let lab = Lab::new()?;
+    let p = &lab.pair;
+    let bin = synack_bin();
+    let bin = bin.to_str().context("path")?;
+    let mut c = p.client.command(bin);
+    c.args(["--json", &url(p.server_v4, 8080, false, "/delay/1500")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut probe = Proc::spawn(c, "synack")?;
+    let pid = probe.pid();
+    let caps = wait_for(
+        Duration::from_secs(10),
+        "synack to drop its capabilities",
+        || cap_eff(pid).filter(|&c| c == 0),
+    );
+    let st = probe.wait_exit(Duration::from_secs(20))?;
+    let mut out = String::new();
+    if let Some(mut o) = probe.child.stdout.take() {
+        use std::io::Read;
+        o.read_to_string(&mut out)?;
+    }
+    caps.with_context(|| format!("CapEff of synack: {:?}", cap_eff(pid)))?;
+    assert!(st.success(), "synack failed: {out}");
+    let r: Value = serde_json::from_str(out.lines().next().context("no record")?)?;
+    assert!(r["error"].is_null(), "{r}");
+    assert!(r["wire"]["handshake_rtt_ms"].as_f64().is_some(), "{r}");
+    assert!(r["wire"]["ttfb_ms"].as_f64().is_some(), "{r}");
+    assert_eq!(r["drops"]["ringbuf_full"], 0);
+
+    // watch keeps CAP_SYS_PTRACE (bit 19) only.
+    let err = lab.dir.join("watch.err");
+    let mut c = p.client.command(bin);
+    c.args(["watch", "--summary-every", "0"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err)?);
+    let w = Proc::spawn(c, "synack watch")?;
+    let wpid = w.pid();
+    wait_for(Duration::from_secs(20), "watch to attach and drop", || {
+        let e = std::fs::read_to_string(&err).ok()?;
+        (e.contains("synack watch: following") && cap_eff(wpid) == Some(1 << 19)).then_some(())
+    })
+    .with_context(|| format!("CapEff of watch: {:x?}", cap_eff(wpid)))?;
+    Ok(())
+}
+
+/// Several synack processes on one host at once, in one namespace: an
+/// active probe, `synack watch` and `synack monitor`. Each has its own
+/// programs and maps; none disturbs the others' results, and watch sees
+/// every request the other two make.
+#[test]
+fn active_watch_and_monitor_run_side_by_side() -> Result<()> {
+    let _serial = need_root();
+    let lab = Lab::new()?;
+    let p = &lab.pair;
+    let bin = synack_bin();
+    let bin = bin.to_str().context("path")?;
+    let wout = lab.dir.join("watch.jsonl");
+    let werr = lab.dir.join("watch.err");
+    let mut c = p.client.command(bin);
+    c.args(["watch", "--json", "--summary-every", "0", "--port", "8080"])
+        .stdout(std::fs::File::create(&wout)?)
+        .stderr(std::fs::File::create(&werr)?);
+    let mut watch = Proc::spawn(c, "synack watch")?;
+    wait_for(Duration::from_secs(20), "watch to attach", || {
+        std::fs::read_to_string(&werr)
+            .ok()
+            .filter(|e| e.contains("synack watch: following"))
+            .map(|_| ())
+    })?;
+    let targets = lab.dir.join("targets.txt");
+    std::fs::write(
+        &targets,
+        format!("{} name=t\n", url(p.server_v4, 8080, false, "/delay/5")),
+    )?;
+    let mout = lab.dir.join("monitor.jsonl");
+    let mut c = p.client.command(bin);
+    c.args(["monitor", "--json", "--interval", "300ms", "--targets"])
+        .arg(&targets)
+        .stdout(std::fs::File::create(&mout)?)
+        .stderr(Stdio::null());
+    let mut monitor = Proc::spawn(c, "synack monitor")?;
+    let (code, active, err) = synack_json(
+        &p.client,
+        &["--count", "5", &url(p.server_v4, 8080, false, "/delay/10")],
+    )?;
+    assert_eq!(code, 0, "{err}");
+    wait_for(Duration::from_secs(20), "the monitor's checks", || {
+        let n = std::fs::read_to_string(&mout).ok()?.lines().count();
+        (n >= 3).then_some(())
+    })?;
+    monitor.signal(libc::SIGTERM);
+    assert!(monitor.wait_exit(Duration::from_secs(10))?.success());
+    let checks: Vec<Value> = std::fs::read_to_string(&mout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    // Let watch see the monitor's last connection close, then stop it.
+    let want = active.len() + checks.len();
+    wait_for(Duration::from_secs(10), "watch to report both", || {
+        let n = std::fs::read_to_string(&wout).ok()?.lines().count();
+        (n >= want).then_some(())
+    })?;
+    watch.signal(libc::SIGINT);
+    assert!(watch.wait_exit(Duration::from_secs(10))?.success());
+    let seen: Vec<Value> = std::fs::read_to_string(&wout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+
+    assert_eq!(active.len(), 5);
+    for r in active.iter().chain(checks.iter()) {
+        assert!(r["error"].is_null(), "{r}");
+        assert_eq!(r["mode"], "ebpf");
+        assert!(r["wire"]["ttfb_ms"].as_f64().is_some(), "{r}");
+        assert_eq!(r["drops"]["ringbuf_full"], 0, "{r}");
+    }
+    assert!(checks.iter().all(|r| r["check_success"] == true));
+    let by_comm = |c: &str| seen.iter().filter(|r| r["comm"] == c).count();
+    // Every request, plus at most the one check the monitor had in flight
+    // when it was stopped (sent, so seen by watch, but never reported).
+    assert!(
+        seen.len() == want || seen.len() == want + 1,
+        "watch saw {} requests for {want}: {seen:?}",
+        seen.len()
+    );
+    assert_eq!(
+        by_comm("synack"),
+        seen.len(),
+        "all of them from synack processes"
+    );
+    Ok(())
+}
