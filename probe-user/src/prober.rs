@@ -631,6 +631,8 @@ impl Prober {
         };
         let app = AppStream::new(io, log.clone());
         let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+            // Bounded buffering; a head over MAX_HEAD_BYTES is refused below.
+            .max_buf_size(4 * MAX_HEAD_BYTES)
             .handshake::<_, Full<Bytes>>(TokioIo::new(app))
             .await
             .map_err(|e| Failed::from(ErrorInfo::new("http", format!("HTTP/1.1 setup: {e}"))))?;
@@ -652,6 +654,13 @@ impl Prober {
             let step = async {
                 let resp = sender.send_request(req).await?;
                 let status = resp.status();
+                // The head as sent: status line, then "name: value\r\n" each.
+                let head_bytes: usize = 17
+                    + resp
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+                        .sum::<usize>();
                 let location = resp
                     .headers()
                     .get(header::LOCATION)
@@ -671,7 +680,7 @@ impl Prober {
                 while let Some(frame) = body.frame().await {
                     frame?;
                 }
-                Ok::<_, hyper::Error>((status, location, via, timing))
+                Ok::<_, hyper::Error>((status, location, via, timing, head_bytes))
             };
             let r = with_deadline(deadline, "response", step).await;
             m.done = Some(mono_ns());
@@ -686,7 +695,20 @@ impl Prober {
             m.out_end = io.out_start.map(|_| io.out_end);
             m.in_start = io.in_start;
             match r {
-                Ok(Ok((status, location, via, server_timing))) => {
+                Ok(Ok((_, _, _, _, head))) if head > MAX_HEAD_BYTES => {
+                    result = Err(Failed::with(
+                        ErrorInfo::new(
+                            "http",
+                            format!(
+                                "the response head is {head} bytes, over the {} KiB synack accepts",
+                                MAX_HEAD_BYTES / 1024
+                            ),
+                        ),
+                        m,
+                    ));
+                    break;
+                }
+                Ok(Ok((status, location, via, server_timing, _))) => {
                     done.push(Done {
                         marks: m,
                         status: status.as_u16(),
@@ -849,6 +871,9 @@ fn unprivileged_wire(
         None
     };
 }
+
+/// The largest response head (status line and headers) synack reads.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 trait AsyncStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> AsyncStream for T {}
