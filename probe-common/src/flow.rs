@@ -96,20 +96,12 @@ pub fn new_flow(cookie: u64, isn: u32, ifindex: u32) -> FlowState {
     FlowState {
         cookie,
         out_isn: isn,
-        in_isn: 0,
         out_high: isn.wrapping_add(1),
-        in_high: 0,
         acked_emitted: isn.wrapping_add(1),
         out_ifindex: ifindex,
-        in_ifindex: 0,
-        out_segs: 0,
-        in_segs: 0,
         flags: FLOW_HAVE_OUT_ISN,
-        last_payload_dir: 0,
         syn_count: 1,
-        _pad: [0; 5],
-        last_out_ns: 0,
-        last_in_ns: 0,
+        ..FlowState::default()
     }
 }
 
@@ -118,22 +110,12 @@ pub fn new_flow(cookie: u64, isn: u32, ifindex: u32) -> FlowState {
 #[inline(always)]
 pub fn new_server_flow(isn: u32, ifindex: u32) -> FlowState {
     FlowState {
-        cookie: 0,
-        out_isn: 0,
         in_isn: isn,
-        out_high: 0,
         in_high: isn.wrapping_add(1),
-        acked_emitted: 0,
-        out_ifindex: 0,
         in_ifindex: ifindex,
-        out_segs: 0,
-        in_segs: 0,
         flags: FLOW_HAVE_IN_ISN | FLOW_SERVER,
-        last_payload_dir: 0,
         syn_count: 1,
-        _pad: [0; 5],
-        last_out_ns: 0,
-        last_in_ns: 0,
+        ..FlowState::default()
     }
 }
 

@@ -131,13 +131,11 @@ fn attach_connect_hooks(ebpf: &mut Ebpf) -> Result<String, String> {
         // cgroup keep running. The kernel refuses any mode flag on a cgroup
         // link (EINVAL), hence "Single", which sends none.
         prog.attach(&dir, CgroupAttachMode::Single).map_err(|e| {
-            let mut msg = format!("attaching {name} to {}: {e}", display(&root));
-            let mut src = std::error::Error::source(&e);
-            while let Some(x) = src {
-                msg.push_str(&format!(": {x}"));
-                src = x.source();
-            }
-            msg
+            format!(
+                "attaching {name} to {}: {}",
+                display(&root),
+                crate::record::error_chain(&e)
+            )
         })?;
     }
     Ok(display(&root))
@@ -565,25 +563,10 @@ pub fn for_mode(mode: Mode, interfaces: &[String]) -> Result<Option<Kernel>, Ker
                      instead (mode unprivileged: no SYN-ACK TTL or hops, no incoming \
                      retransmissions). CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or root) would \
                      enable eBPF.",
-                    one_line(&e)
+                    crate::record::error_chain(&e)
                 );
                 Ok(None)
             }
         },
     }
-}
-
-fn one_line(e: &KernelError) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(x) = src {
-        let t = x.to_string();
-        // aya repeats its cause in its own message: keep each part once.
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = x.source();
-    }
-    s.replace('\n', " ")
 }

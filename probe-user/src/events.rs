@@ -104,33 +104,17 @@ pub(crate) fn encode(ev: &Event) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use probe_common::{EV_DATA, FlowKey};
+    use probe_common::EV_DATA;
 
     pub(crate) fn sample() -> Event {
-        Event {
-            ts_ns: 123,
-            cookie: 9,
-            key: FlowKey::default(),
-            seq: 1,
-            ack: 2,
-            payload_len: 3,
-            ifindex: 4,
-            window: 5,
-            kind: EV_DATA,
-            dir: 1,
-            tcp_flags: 0x18,
-            ttl: 64,
-            ev_flags: 0,
-            opt_len: 0,
-            options: [0; 40],
-            skb_tstamp: 0,
-            cgroup_id: 0,
-            peer_last_ns: 0,
-            peer_high: 0,
-            snap_len: 0,
-            skb_tstamp_type: 0,
-            _pad: 0,
-        }
+        // An incoming data event at t=123: seq 1, ack 2, 3 bytes.
+        let mut ev = crate::flows::tests::ev(EV_DATA, 1, 123, 1, 2, 3, 0);
+        ev.cookie = 9;
+        ev.ifindex = 4;
+        ev.window = 5;
+        ev.tcp_flags = 0x18;
+        ev.ttl = 64;
+        ev
     }
 
     #[test]

@@ -141,7 +141,7 @@ impl IoLog {
 
 pub type SharedLog = Arc<Mutex<IoLog>>;
 
-fn lock(l: &SharedLog) -> MutexGuard<'_, IoLog> {
+pub(crate) fn lock(l: &SharedLog) -> MutexGuard<'_, IoLog> {
     // A poisoned lock only means another thread panicked mid-update of
     // counters; the counters are still the best we have.
     l.lock().unwrap_or_else(|e| e.into_inner())

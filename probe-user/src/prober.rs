@@ -3,8 +3,7 @@
 //! leaves, and records the user-space marks of every phase.
 
 use crate::{
-    bpf::Kernel,
-    bpf::{Hub, SharedKernel},
+    bpf::{Hub, Kernel, SharedKernel},
     clock::mono_ns,
     flows::Flow,
     io::{AppStream, IoLog, RawStream, SharedLog},
@@ -253,14 +252,7 @@ impl From<ErrorInfo> for Failed {
 }
 
 fn http_error(e: &hyper::Error) -> ErrorInfo {
-    use std::error::Error as _;
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
+    let msg = crate::record::error_chain(e);
     let kind = if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
         "io"
     } else if e.is_parse() || e.is_parse_status() {
@@ -503,7 +495,7 @@ impl Prober {
         let n_done = done.len();
 
         // The socket is closed now (FIN or RST sent): collect what the kernel saw.
-        let stamps = lock_log(&log).stamps.take();
+        let stamps = crate::io::lock(&log).stamps.take();
         if self.opts.dump_events
             && let Some(s) = &stamps
         {
@@ -607,7 +599,7 @@ impl Prober {
         if stamped {
             let mut st = crate::stamps::Stamps::new();
             st.at_connect = crate::stamps::tcp_info(stream.as_raw_fd());
-            lock_log(log).stamps = Some(st);
+            crate::io::lock(log).stamps = Some(st);
         }
         let raw = RawStream::new(stream, log.clone(), t.tls, stamped);
         let io: Box<dyn AsyncStream> = if t.tls {
@@ -643,7 +635,7 @@ impl Prober {
         for i in 0..n {
             let req = self.build_request(t, method)?;
             {
-                let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
+                let mut l = crate::io::lock(log);
                 l.arm();
             }
             let request_start = mono_ns();
@@ -685,7 +677,7 @@ impl Prober {
             let r = with_deadline(deadline, "response", step).await;
             m.done = Some(mono_ns());
             let io = {
-                let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
+                let mut l = crate::io::lock(log);
                 l.disarm()
             };
             m.first_write = io.first_write_ns;
@@ -831,10 +823,6 @@ impl Prober {
             r.drops = k.drops();
         }
     }
-}
-
-fn lock_log(l: &SharedLog) -> std::sync::MutexGuard<'_, IoLog> {
-    l.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Unprivileged mode: the wire fields the socket's own timestamps and

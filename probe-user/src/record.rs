@@ -17,6 +17,22 @@ pub struct ErrorInfo {
     pub message: String,
 }
 
+/// An error and its causes on one line ("a: b: c"), each part once (some
+/// libraries repeat their cause in their own message).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        let t = x.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = x.source();
+    }
+    s.replace('\n', " ")
+}
+
 impl ErrorInfo {
     pub fn new(kind: &str, message: impl Into<String>) -> Self {
         ErrorInfo {

@@ -234,40 +234,27 @@ impl Stamps {
     pub fn flow(&self, key: FlowKey) -> Flow {
         let mut f = Flow::new(key, 0);
         f.set_offset_isns();
+        let seg = |ts: u64, a: u64, b: u64| Seg {
+            ts_ns: ts,
+            seq: a as u32,
+            len: (b - a) as u32,
+            retrans: false,
+            turn_start: false,
+        };
         let mut events: Vec<(u64, bool, Seg)> = Vec::new();
         for &(k, kind, ts) in &self.tx {
             let Some((a, b)) = self.write_of(k) else {
                 continue;
             };
             match kind {
-                SCM_TSTAMP_SND => events.push((
-                    ts,
-                    true,
-                    Seg {
-                        ts_ns: ts,
-                        seq: a as u32,
-                        len: (b - a) as u32,
-                        retrans: false,
-                        turn_start: false,
-                    },
-                )),
+                SCM_TSTAMP_SND => events.push((ts, true, seg(ts, a, b))),
                 SCM_TSTAMP_ACK => f.acks.push((ts, b as u32)),
                 _ => {}
             }
         }
         for &(a, b, ts) in &self.reads {
             if let Some(ts) = ts {
-                events.push((
-                    ts,
-                    false,
-                    Seg {
-                        ts_ns: ts,
-                        seq: a as u32,
-                        len: (b - a) as u32,
-                        retrans: false,
-                        turn_start: false,
-                    },
-                ));
+                events.push((ts, false, seg(ts, a, b)));
             }
         }
         // Turns: a segment is the start of one when the other side spoke since.

@@ -17,6 +17,64 @@ use std::{
     time::Duration,
 };
 
+/// A namespace pair with synack-origin serving in the server namespace:
+/// HTTP on 8080 and HTTPS on 8443, IPv4 and IPv6, its certificate valid
+/// for both server addresses and for origin.test, signed by the CA in
+/// `ca()`.
+pub struct Served {
+    // Drop order: the origin, then the namespaces, then the files.
+    pub origin: Proc,
+    pub pair: Pair,
+    pub dir: TempDir,
+}
+
+impl Served {
+    pub fn new() -> Result<Self> {
+        let pair = Pair::new()?;
+        let dir = TempDir::new()?;
+        let ca = dir.join("ca.pem");
+        let (v4, v6) = (pair.server_v4.to_string(), pair.server_v6.to_string());
+        let origin = start_origin(
+            &pair.server,
+            &sibling_bin("synack-origin"),
+            &dir,
+            &[
+                "--http",
+                "0.0.0.0:8080",
+                "--http",
+                "[::]:8080",
+                "--https",
+                "0.0.0.0:8443",
+                "--https",
+                "[::]:8443",
+                "--san",
+                &v4,
+                "--san",
+                &v6,
+                "--san",
+                "origin.test",
+                "--ca-out",
+                ca.to_str().context("temporary path is not UTF-8")?,
+            ],
+        )?;
+        Ok(Served { origin, pair, dir })
+    }
+
+    /// The PEM file of the CA that signed the origin's certificate.
+    pub fn ca(&self) -> String {
+        self.dir.join("ca.pem").to_string_lossy().into_owned()
+    }
+}
+
+/// The JSON objects of a JSON-lines output (synack --json).
+pub fn json_lines(out: &[u8]) -> Result<Vec<serde_json::Value>> {
+    let text = String::from_utf8_lossy(out);
+    text.lines()
+        .map(serde_json::from_str)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("not JSON lines: {text}"))
+}
+
 /// A tcpdump capture in a namespace, nanosecond timestamps, every packet
 /// written as it comes (--immediate-mode, -U).
 pub struct Capture {

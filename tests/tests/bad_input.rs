@@ -61,24 +61,8 @@ fn every_bad_input_has_its_error_and_exit_status() -> Result<()> {
         is_root(),
         "the bad-input matrix builds namespaces and loads eBPF programs: run it as root"
     );
-    let pair = Pair::new()?;
-    let dir = TempDir::new()?;
-    let ca = dir.join("ca.pem");
-    let _origin = start_origin(
-        &pair.server,
-        &sibling_bin("synack-origin"),
-        &dir,
-        &[
-            "--http",
-            "0.0.0.0:8080",
-            "--https",
-            "0.0.0.0:8443",
-            "--san",
-            "origin.test",
-            "--ca-out",
-            ca.to_str().context("path")?,
-        ],
-    )?;
+    let served = Served::new()?;
+    let (pair, dir) = (&served.pair, &served.dir);
     let ready = dir.join("misbehaving.ready");
     let mut c = pair.server.command("python3");
     c.args(["-c", MISBEHAVING])
@@ -110,7 +94,7 @@ fn every_bad_input_has_its_error_and_exit_status() -> Result<()> {
     )?;
 
     let s = pair.server_v4.to_string();
-    let ca = ca.to_string_lossy().into_owned();
+    let ca = served.ca();
     let a = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let cases = vec![
         Case {

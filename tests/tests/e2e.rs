@@ -29,12 +29,7 @@ fn synack_json(ns: &Netns, args: &[&str]) -> Result<(i32, Vec<Value>, String)> {
         .args(args)
         .output()
         .context("running synack")?;
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    let recs = stdout
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<Vec<Value>, _>>()
-        .with_context(|| format!("synack printed non-JSON: {stdout}"))?;
+    let recs = json_lines(&o.stdout)?;
     Ok((
         o.status.code().unwrap_or(-1),
         recs,
@@ -59,52 +54,7 @@ fn url(ip: IpAddr, port: u16, tls: bool, path: &str) -> String {
     }
 }
 
-struct Lab {
-    pair: Pair,
-    dir: TempDir,
-    _origin: Proc,
-}
-
-impl Lab {
-    fn new() -> Result<Self> {
-        let pair = Pair::new()?;
-        let dir = TempDir::new()?;
-        let ca = dir.join("ca.pem");
-        let (v4, v6) = (pair.server_v4.to_string(), pair.server_v6.to_string());
-        let origin = start_origin(
-            &pair.server,
-            &sibling_bin("synack-origin"),
-            &dir,
-            &[
-                "--http",
-                "0.0.0.0:8080",
-                "--http",
-                "[::]:8080",
-                "--https",
-                "0.0.0.0:8443",
-                "--https",
-                "[::]:8443",
-                "--san",
-                &v4,
-                "--san",
-                &v6,
-                "--san",
-                "origin.test",
-                "--ca-out",
-                ca.to_str().context("path")?,
-            ],
-        )?;
-        Ok(Lab {
-            pair,
-            dir,
-            _origin: origin,
-        })
-    }
-
-    fn ca(&self) -> String {
-        self.dir.join("ca.pem").to_string_lossy().into_owned()
-    }
-}
+type Lab = Served;
 
 /// The acceptance test: handshake RTT and wire TTFB against tcpdump's
 /// intervals for the same packets, IPv4 and IPv6, HTTP and HTTPS (with TLS 1.3
@@ -420,10 +370,7 @@ fn other_traffic_is_not_tracked() -> Result<()> {
         p.client.exec(&["curl", "-s", "-o", "/dev/null", &other])?;
     }
     let out = child.wait_with_output()?;
-    let recs: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
+    let recs = json_lines(&out.stdout)?;
     assert_eq!(recs.len(), 1);
     let syns = recs[0]["timeline"]
         .as_array()
@@ -586,10 +533,7 @@ fn active_watch_and_monitor_run_side_by_side() -> Result<()> {
     })?;
     monitor.signal(libc::SIGTERM);
     assert!(monitor.wait_exit(Duration::from_secs(10))?.success());
-    let checks: Vec<Value> = std::fs::read_to_string(&mout)?
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
+    let checks = json_lines(&std::fs::read(&mout)?)?;
     // Let watch see the monitor's last connection close, then stop it.
     let want = active.len() + checks.len();
     wait_for(Duration::from_secs(10), "watch to report both", || {
@@ -598,10 +542,7 @@ fn active_watch_and_monitor_run_side_by_side() -> Result<()> {
     })?;
     watch.signal(libc::SIGINT);
     assert!(watch.wait_exit(Duration::from_secs(10))?.success());
-    let seen: Vec<Value> = std::fs::read_to_string(&wout)?
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
+    let seen = json_lines(&std::fs::read(&wout)?)?;
 
     assert_eq!(active.len(), 5);
     for r in active.iter().chain(checks.iter()) {

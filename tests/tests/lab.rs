@@ -40,10 +40,7 @@ fn synack(lab: &Lab, args: &[&str]) -> Result<Vec<Value>> {
         .arg(&ca)
         .args(args)
         .output()?;
-    let recs = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<Vec<Value>, _>>()?;
+    let recs = synack_tests::json_lines(&o.stdout)?;
     anyhow::ensure!(
         !recs.is_empty(),
         "synack printed nothing: {}",

@@ -82,6 +82,17 @@ fn prometheus(ns: &Netns, dir: &TempDir) -> Result<Proc> {
     Proc::spawn(c, "prometheus")
 }
 
+/// The monitor's own /metrics, from inside its namespace.
+fn metrics(ns: &Netns) -> Result<String> {
+    ns.exec(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        "http://127.0.0.1:9777/metrics",
+    ])
+}
+
 /// One instant query; returns (labels, value) per series.
 fn query(ns: &Netns, q: &str) -> Result<Vec<(Value, f64)>> {
     let out = ns.exec(&[
@@ -316,15 +327,7 @@ fn prometheus_statsd_reload_and_failing_targets() -> Result<()> {
     // Edit the file while it runs: one target goes, one comes; the others
     // keep their counts (read from the monitor itself, before and after).
     let direct_success = |c: &Netns| -> Option<f64> {
-        let m = c
-            .exec(&[
-                "curl",
-                "-sS",
-                "--max-time",
-                "5",
-                "http://127.0.0.1:9777/metrics",
-            ])
-            .ok()?;
+        let m = metrics(c).ok()?;
         m.lines()
             .find_map(|l| {
                 l.strip_prefix("synack_checks_total{target=\"direct\",result=\"success\"} ")
@@ -342,28 +345,12 @@ fn prometheus_statsd_reload_and_failing_targets() -> Result<()> {
         .join("\n");
     fs::write(&targets, edited)?;
     wait_for(Duration::from_secs(20), "the edit to take effect", || {
-        let m = c
-            .exec(&[
-                "curl",
-                "-sS",
-                "--max-time",
-                "5",
-                "http://127.0.0.1:9777/metrics",
-            ])
-            .ok()?;
+        let m = metrics(c).ok()?;
         (m.contains("synack_check_success{target=\"added\"} 1") && !m.contains("target=\"slow\""))
             .then_some(())
     })
     .with_context(|| {
-        let m = c
-            .exec(&[
-                "curl",
-                "-sS",
-                "--max-time",
-                "5",
-                "http://127.0.0.1:9777/metrics",
-            ])
-            .unwrap_or_default();
+        let m = metrics(c).unwrap_or_default();
         format!("{}\n{m}", fs::read_to_string(&err).unwrap_or_default())
     })?;
     let after_edit = direct_success(&lab.client).context("direct's success count")?;
@@ -376,10 +363,7 @@ fn prometheus_statsd_reload_and_failing_targets() -> Result<()> {
     let st = monitor.wait_exit(Duration::from_secs(10))?;
     assert!(st.success(), "monitor exit: {st}");
     // JSON lines: every record names its target; failures are results.
-    let recs: Vec<Value> = fs::read_to_string(&out)?
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
+    let recs = synack_tests::json_lines(&fs::read(&out)?)?;
     for t in ["direct", "proxied", "refused", "slow", "reset", "added"] {
         assert!(
             recs.iter().any(|r| r["target"] == t),

@@ -40,10 +40,7 @@ fn synack(lab: &Lab, unprivileged: bool, args: &[&str]) -> Result<(Vec<Value>, S
         .arg(&ca)
         .args(args)
         .output()?;
-    let recs = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<Vec<Value>, _>>()?;
+    let recs = synack_tests::json_lines(&o.stdout)?;
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     anyhow::ensure!(!recs.is_empty(), "synack printed nothing: {err}");
     Ok((recs, err))

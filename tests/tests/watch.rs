@@ -61,11 +61,7 @@ impl Watch {
         if !st.success() {
             bail!("synack watch exited with {st}: {err}");
         }
-        let recs = fs::read_to_string(&self.out)?
-            .lines()
-            .map(serde_json::from_str)
-            .collect::<Result<Vec<Value>, _>>()
-            .context("synack watch printed non-JSON")?;
+        let recs = json_lines(&fs::read(&self.out)?)?;
         Ok((recs, err))
     }
 }
@@ -77,41 +73,7 @@ fn host(ip: IpAddr) -> String {
     }
 }
 
-struct Lab {
-    pair: Pair,
-    dir: TempDir,
-    origin: Proc,
-}
-
-impl Lab {
-    fn new() -> Result<Self> {
-        let pair = Pair::new()?;
-        let dir = TempDir::new()?;
-        let ca = dir.join("ca.pem");
-        let origin = start_origin(
-            &pair.server,
-            &sibling_bin("synack-origin"),
-            &dir,
-            &[
-                "--http",
-                "0.0.0.0:8080",
-                "--http",
-                "[::]:8080",
-                "--https",
-                "0.0.0.0:8443",
-                "--san",
-                "origin.test",
-                "--ca-out",
-                ca.to_str().context("path")?,
-            ],
-        )?;
-        Ok(Lab { pair, dir, origin })
-    }
-
-    fn ca(&self) -> String {
-        self.dir.join("ca.pem").to_string_lossy().into_owned()
-    }
-}
+type Lab = Served;
 
 /// Runs a client to completion in a namespace; returns its pid.
 fn run_client(ns: &Netns, program: &str, args: &[&str]) -> Result<u32> {
@@ -129,6 +91,26 @@ fn run_cmd(mut c: Command, label: &str) -> Result<u32> {
         bail!("{label} failed: {}", String::from_utf8_lossy(&o.stderr));
     }
     Ok(pid)
+}
+
+/// curl over HTTPS from the client namespace to origin.test (resolved to
+/// the server's IPv4 address), trusting the lab's CA; returns its pid.
+fn curl_tls(lab: &Lab, path: &str) -> Result<u32> {
+    let p = &lab.pair;
+    run_client(
+        &p.client,
+        "curl",
+        &[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "--cacert",
+            &lab.ca(),
+            "--resolve",
+            &format!("origin.test:8443:{}", p.server_v4),
+            &format!("https://origin.test:8443{path}"),
+        ],
+    )
 }
 
 /// A keep-alive client that is not curl: several requests on one connection.
@@ -276,21 +258,7 @@ fn every_request_once_with_its_process_and_tcpdump_times() -> Result<()> {
     for path in paths {
         expected.push((pid as u64, "GET".into(), path.into(), 200));
     }
-    let ca = lab.ca();
-    let tls_pid = run_client(
-        &p.client,
-        "curl",
-        &[
-            "-sS",
-            "-o",
-            "/dev/null",
-            "--cacert",
-            &ca,
-            "--resolve",
-            &format!("origin.test:8443:{}", p.server_v4),
-            "https://origin.test:8443/delay/20",
-        ],
-    )?;
+    let tls_pid = curl_tls(&lab, "/delay/20")?;
 
     // Every request is reported once its connection closed (the clients
     // have exited): wait for them, bounded, then stop.
@@ -581,21 +549,7 @@ fn filters_include_and_exclude_what_they_say() -> Result<()> {
             &format!("http://{}:8080/delay/2", host(p.server_v6)),
         ],
     )?;
-    let ca = lab.ca();
-    let tls = run_client(
-        &p.client,
-        "curl",
-        &[
-            "-sS",
-            "-o",
-            "/dev/null",
-            "--cacert",
-            &ca,
-            "--resolve",
-            &format!("origin.test:8443:{}", p.server_v4),
-            "https://origin.test:8443/delay/3",
-        ],
-    )?;
+    let tls = curl_tls(&lab, "/delay/3")?;
     let mut in_scope = p.client.command("curl");
     in_scope
         .args([
@@ -675,21 +629,7 @@ fn server_side_direction_and_a_local_client() -> Result<()> {
             &format!("http://{v4}:8080/redirect/x"),
         ],
     )?;
-    let ca = lab.ca();
-    run_client(
-        &p.client,
-        "curl",
-        &[
-            "-sS",
-            "-o",
-            "/dev/null",
-            "--cacert",
-            &ca,
-            "--resolve",
-            &format!("origin.test:8443:{}", p.server_v4),
-            "https://origin.test:8443/delay/6",
-        ],
-    )?;
+    curl_tls(&lab, "/delay/6")?;
     // A port nobody listens on: refused, counted, nothing left open.
     let refused = p
         .client

@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 use synack_tests::{
-    Capture, Netns, Packet, Pair, Proc, TempDir, sibling_bin, start_origin, synack_bin,
+    Capture, Netns, Packet, Proc, Served, TempDir, synack_bin,
     topo::{Bins, Delays, Lab, Via, url},
     truth, unique, wait_for,
 };
@@ -159,10 +159,7 @@ fn synack_json(ns: &Netns, args: &[&str]) -> Result<Vec<Value>> {
         .arg("--json")
         .args(args)
         .output()?;
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).context("synack printed non-JSON"))
-        .collect()
+    synack_tests::json_lines(&o.stdout)
 }
 
 fn sockaddr(v: &Value) -> Option<(IpAddr, u16)> {
@@ -297,33 +294,11 @@ fn accuracy(quick: bool) -> Result<Value> {
     }))
 }
 
-/// A two-namespace pair with the origin listening on 8080 in the server.
-struct Bed {
-    pair: Pair,
-    dir: TempDir,
-    _origin: Proc,
-}
+/// A two-namespace pair with the origin in the server namespace.
+type Bed = Served;
 
 fn bed() -> Result<Bed> {
-    let pair = Pair::new()?;
-    let dir = TempDir::new()?;
-    let ca = dir.join("ca.pem");
-    let origin = start_origin(
-        &pair.server,
-        &sibling_bin("synack-origin"),
-        &dir,
-        &[
-            "--http",
-            "0.0.0.0:8080",
-            "--ca-out",
-            ca.to_str().context("path")?,
-        ],
-    )?;
-    Ok(Bed {
-        pair,
-        dir,
-        _origin: origin,
-    })
+    Served::new()
 }
 
 /// wrk for `secs` from the client namespace; requests per second.
@@ -348,13 +323,20 @@ fn wrk(b: &Bed, secs: u32) -> Result<f64> {
 }
 
 /// `synack watch` in a namespace, ready; stdout and stderr to files.
-fn watch(ns: &Netns, dir: &TempDir, extra: &[&str]) -> Result<(Proc, PathBuf, Duration)> {
+/// With `records`, its JSON records go to a file (`Watch::out`); else to
+/// /dev/null, as in the throughput rounds.
+fn watch(ns: &Netns, dir: &TempDir, extra: &[&str], records: bool) -> Result<Watch> {
     let err = dir.join(&format!("{}.err", unique("watch")));
+    let out = dir.join(&format!("{}.jsonl", unique("watch")));
     let t0 = Instant::now();
     let mut c = ns.command(synack_bin().to_str().context("path")?);
     c.args(["watch", "--json", "--summary-every", "0"])
         .args(extra)
-        .stdout(Stdio::null())
+        .stdout(if records {
+            Stdio::from(fs::File::create(&out)?)
+        } else {
+            Stdio::null()
+        })
         .stderr(fs::File::create(&err)?);
     let p = Proc::spawn(c, "synack watch")?;
     let ready = wait_for(Duration::from_secs(30), "synack watch to attach", || {
@@ -363,7 +345,21 @@ fn watch(ns: &Netns, dir: &TempDir, extra: &[&str]) -> Result<(Proc, PathBuf, Du
             .filter(|e| e.contains("synack watch: following"))
             .map(|_| t0.elapsed())
     })?;
-    Ok((p, err, ready))
+    Ok(Watch {
+        proc: p,
+        err,
+        out,
+        ready,
+    })
+}
+
+struct Watch {
+    proc: Proc,
+    /// Its stderr (summary) and stdout (one JSON record per request).
+    err: PathBuf,
+    out: PathBuf,
+    /// From start to attached.
+    ready: Duration,
 }
 
 /// Cost per packet from the kernel's own statistics: the classifiers'
@@ -400,7 +396,11 @@ fn cost_per_packet(quick: bool) -> Result<Value> {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
         let mut p = Proc::spawn(c, "synack")?;
-        std::thread::sleep(Duration::from_millis(500));
+        // Attached once both classifiers have run (the request's SYN out,
+        // its SYN-ACK in); statistics count from zero for new programs.
+        wait_for(Duration::from_secs(10), "synack to attach", || {
+            (snapshot().1 >= 2).then_some(())
+        })?;
         let a = snapshot();
         wrk(&b, 1)?;
         let z = snapshot();
@@ -409,7 +409,7 @@ fn cost_per_packet(quick: bool) -> Result<Value> {
             untracked.push((z.0 - a.0) as f64 / (z.1 - a.1) as f64);
         }
         // Tracked: synack watch follows every connection.
-        let (w, _, _) = watch(&b.pair.client, &b.dir, &[])?;
+        let w = watch(&b.pair.client, &b.dir, &[], false)?;
         let a = snapshot();
         wrk(&b, 1)?;
         let z = snapshot();
@@ -438,7 +438,7 @@ fn overhead(quick: bool) -> Result<Value> {
     let (mut bare, mut with_watch, mut with_tcpdump) = (vec![], vec![], vec![]);
     for _ in 0..rounds {
         bare.push(wrk(&b, secs)?);
-        let (w, _, _) = watch(&b.pair.client, &b.dir, &[])?;
+        let w = watch(&b.pair.client, &b.dir, &[], false)?;
         with_watch.push(wrk(&b, secs)?);
         drop(w);
         let cap = Capture::start(&b.pair.client, &b.pair.client_if, &b.dir)?;
@@ -494,7 +494,12 @@ fn scale(quick: bool) -> Result<Value> {
     let mut startups = Vec::new();
     let mut log = Vec::new();
     for &rate in steps {
-        let (mut w, err, ready) = watch(&b.pair.client, &b.dir, &["--port", "8080"])?;
+        let Watch {
+            proc: mut w,
+            err,
+            out: records,
+            ready,
+        } = watch(&b.pair.client, &b.dir, &["--port", "8080"], true)?;
         startups.push(ready.as_secs_f64() * 1e3);
         let o = b
             .pair
@@ -517,8 +522,16 @@ fn scale(quick: bool) -> Result<Value> {
             .next()
             .and_then(|v| v.parse().ok())
             .unwrap_or(secs as f64);
-        // Let watch see the last connections close, then stop it.
-        std::thread::sleep(Duration::from_millis(700));
+        // Let watch report the last connections (a lossy step never gets
+        // there: the deadline ends the wait, the summary tells).
+        let _ = wait_for(
+            Duration::from_secs(5),
+            "watch to report every request",
+            || {
+                let n = fs::read_to_string(&records).ok()?.lines().count() as u64;
+                (n >= made).then_some(())
+            },
+        );
         if let Some(k) = rss_peak_kib(w.pid()) {
             peak_kib = peak_kib.max(k);
         }
