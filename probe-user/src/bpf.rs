@@ -88,14 +88,22 @@ impl KernelError {
 
 /// The error, with what to do about missing privileges.
 pub fn help(e: &KernelError) -> String {
-    if e.is_permission() {
-        format!(
+    let refused = errno_in_chain(e, &[libc::EPERM, libc::EACCES]);
+    match crate::privs::grant_hint() {
+        // The verifier's log after a refusal for want of CAP_PERFMON (EACCES)
+        // is noise to an operator; the missing capability is the news.
+        Some(hint) if refused => format!("{}\n\n{hint}.", without_verifier_log(&e.to_string())),
+        _ if e.is_permission() => format!(
             "{e}\n\nsynack loads eBPF programs and needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON \
-             (or root). Run it with sudo, or in a container with those capabilities."
-        )
-    } else {
-        e.to_string()
+             (or root). This process has them, so something else refuses: a seccomp filter, \
+             an LSM, or kernel.unprivileged_bpf_disabled with a user namespace."
+        ),
+        _ => e.to_string(),
     }
+}
+
+fn without_verifier_log(s: &str) -> &str {
+    s.split(". Verifier output:").next().unwrap_or(s)
 }
 
 /// True when an I/O error with one of these errnos is anywhere in the chain.
@@ -558,12 +566,17 @@ pub fn for_mode(mode: Mode, interfaces: &[String]) -> Result<Option<Kernel>, Ker
                 Err(e)
             }
             Err(e) => {
+                let missing = crate::privs::missing_for_ebpf();
                 eprintln!(
                     "synack: eBPF not used ({}); timing with the sockets' own kernel timestamps \
                      instead (mode unprivileged: no SYN-ACK TTL or hops, no incoming \
-                     retransmissions). CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or root) would \
-                     enable eBPF.",
-                    crate::record::error_chain(&e)
+                     retransmissions). {} would enable eBPF.",
+                    without_verifier_log(&crate::record::error_chain(&e)),
+                    if missing.is_empty() {
+                        "CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or root)".to_string()
+                    } else {
+                        missing.join(" and ")
+                    }
                 );
                 Ok(None)
             }

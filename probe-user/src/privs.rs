@@ -50,6 +50,54 @@ pub fn needed(attach: Option<AttachMode>, watch: bool) -> Vec<Capability> {
     keep
 }
 
+/// What loading and attaching takes: CAP_BPF (maps, programs), CAP_PERFMON
+/// (the verifier refuses the classifiers' pointer arithmetic without it),
+/// CAP_NET_ADMIN (tc and cgroup attachment).
+pub const FOR_EBPF: [Capability; 3] = [
+    Capability::CAP_BPF,
+    Capability::CAP_NET_ADMIN,
+    Capability::CAP_PERFMON,
+];
+
+/// The capabilities loading needs that this process's effective set lacks,
+/// as `CAP_X` names. Kernels before 5.8 know neither CAP_BPF nor
+/// CAP_PERFMON; there CAP_SYS_ADMIN stands in for both.
+pub fn missing_for_ebpf() -> Vec<String> {
+    let has = |c: Capability| caps::has_cap(None, CapSet::Effective, c).unwrap_or(false);
+    // /proc/sys/kernel/cap_last_cap says which capabilities the kernel knows.
+    let old_kernel = caps::runtime::procfs_all_supported(None)
+        .map(|all| !all.contains(&Capability::CAP_BPF))
+        .unwrap_or(false);
+    FOR_EBPF
+        .iter()
+        .copied()
+        .filter(|&c| {
+            let stand_in =
+                old_kernel && c != Capability::CAP_NET_ADMIN && has(Capability::CAP_SYS_ADMIN);
+            !has(c) && !stand_in
+        })
+        .map(|c| c.to_string())
+        .collect()
+}
+
+/// What to tell an operator whose synack could not load its programs: which
+/// capabilities are missing and how to grant them. None when nothing is
+/// missing (the failure has another cause).
+pub fn grant_hint() -> Option<String> {
+    let missing = missing_for_ebpf();
+    if missing.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "this process lacks {}: synack needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or \
+         root). Run it with sudo; in a container add exactly those three capabilities \
+         (docker run --cap-add BPF --cap-add NET_ADMIN --cap-add PERFMON, or the \
+         DaemonSet in packaging/kubernetes); as a service see packaging/systemd. Kernels \
+         before 5.8 need CAP_SYS_ADMIN instead of CAP_BPF and CAP_PERFMON",
+        missing.join(", ")
+    ))
+}
+
 /// Keeps only `keep` in the permitted and effective sets (the inheritable
 /// and ambient sets are cleared), for this thread and every thread it
 /// starts from now on. Returns what was dropped.

@@ -20,7 +20,7 @@ use std::{
 /// A namespace pair with synack-origin serving in the server namespace:
 /// HTTP on 8080 and HTTPS on 8443, IPv4 and IPv6, its certificate valid
 /// for both server addresses and for origin.test, signed by the CA in
-/// `ca()`.
+/// `ca()`; on 8444 (IPv4) the same with a certificate that expired in 2021.
 pub struct Served {
     // Drop order: the origin, then the namespaces, then the files.
     pub origin: Proc,
@@ -47,6 +47,8 @@ impl Served {
                 "0.0.0.0:8443",
                 "--https",
                 "[::]:8443",
+                "--https-expired",
+                "0.0.0.0:8444",
                 "--san",
                 &v4,
                 "--san",

@@ -199,6 +199,19 @@ fn every_bad_input_has_its_error_and_exit_status() -> Result<()> {
             message: None,
         },
         Case {
+            name: "TLS: an expired certificate",
+            args: a(&[
+                "--cacert",
+                &ca,
+                "--resolve",
+                &format!("origin.test:8444:{s}"),
+                "https://origin.test:8444/",
+            ]),
+            exit: 1,
+            kind: Some("tls"),
+            message: Some("expired"),
+        },
+        Case {
             name: "the control: a good request",
             args: a(&[
                 "--cacert",
@@ -271,4 +284,51 @@ impl Drop for EtcGuard {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
     }
+}
+
+/// A targets file with broken lines: each is reported on stderr with its
+/// number and why, and the good line is still checked (monitor keeps
+/// running; a service must not die on a typo).
+#[test]
+fn a_targets_file_with_broken_lines() -> Result<()> {
+    assert!(is_root(), "builds namespaces: run it as root");
+    let served = Served::new()?;
+    let (pair, dir) = (&served.pair, &served.dir);
+    let targets = dir.join("targets.txt");
+    fs::write(
+        &targets,
+        format!(
+            "# a comment\n\
+             not-a-url name=broken\n\
+             http://{}:8080/ timeout=soon\n\
+             http://{}:8080/delay/5 name=good expect=2xx\n",
+            pair.server_v4, pair.server_v4
+        ),
+    )?;
+    let (out, err) = (dir.join("out.jsonl"), dir.join("err.txt"));
+    let mut c = pair.client.command(synack_bin().to_str().context("path")?);
+    c.args(["monitor", "--json", "--interval", "1s", "--targets"])
+        .arg(&targets)
+        .stdout(fs::File::create(&out)?)
+        .stderr(fs::File::create(&err)?);
+    let mut p = Proc::spawn(c, "synack monitor")?;
+    let rec = wait_for(Duration::from_secs(20), "the good target's record", || {
+        let text = fs::read_to_string(&out).ok()?;
+        serde_json::from_str::<Value>(text.lines().next()?).ok()
+    });
+    let said = fs::read_to_string(&err)?;
+    let rec = rec.with_context(|| format!("stderr: {said}"))?;
+    assert_eq!(rec["target"], "good", "{rec}");
+    assert!(rec["error"].is_null(), "{rec}");
+    for n in ["line 2", "line 3"] {
+        assert!(said.contains(n), "stderr does not name {n}: {said}");
+    }
+    assert!(
+        !said.contains("line 1") && !said.contains("line 4"),
+        "{said}"
+    );
+    p.signal(libc::SIGTERM);
+    let st = p.wait_exit(Duration::from_secs(10))?;
+    assert!(st.success(), "monitor did not stop cleanly ({st}): {said}");
+    Ok(())
 }

@@ -3,6 +3,8 @@
 //! The eBPF crate (probe-ebpf) needs nightly, rust-src and bpf-linker; this is
 //! the one place that knows how to get and drive them (see docs/build.md).
 
+mod lint;
+
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use std::{
@@ -24,7 +26,8 @@ enum Cmd {
     /// bpf-linker built against nightly's LLVM, and the Debian packages the
     /// tests use.
     Setup {
-        /// Skip the Debian packages (apt-get).
+        /// Only what building needs: skip the Debian packages (apt-get) and
+        /// the linters (packaging/Dockerfile builds this way).
         #[arg(long)]
         no_apt: bool,
     },
@@ -74,6 +77,11 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Check what no test can run here: the Dockerfile (hadolint and a dry
+    /// run of its build steps), the Kubernetes manifests (yamllint,
+    /// kubernetes-validate --strict), the systemd unit (systemd-analyze
+    /// verify), and rustfmt. Part of `test`.
+    Lint,
     /// The lab: client, mid and server namespaces with a delay line, haproxy
     /// and squid in mid, and the origin (needs root).
     Lab {
@@ -449,7 +457,7 @@ fn bpf_linker_works() -> bool {
 /// (iptables), offloads off (ethtool), ground truth (tcpdump), curl for
 /// comparisons, the real proxies, a real Prometheus to scrape `synack
 /// monitor`, Python for the watch tests' keep-alive client, and wrk for the
-/// benchmarks' load.
+/// benchmarks' load, systemd-analyze to check the unit file.
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "iptables",
@@ -462,6 +470,7 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus",
     "python3",
     "wrk",
+    "systemd",
 ];
 
 fn setup(no_apt: bool) -> Result<()> {
@@ -533,6 +542,14 @@ fn setup(no_apt: bool) -> Result<()> {
         if run(&mut c).is_err() || !bpf_linker_works() {
             missing.push("bpf-linker (see docs/build.md)");
         }
+    }
+
+    if !no_apt {
+        eprintln!("xtask setup: linters for the packaging (target/lint-venv)");
+    }
+    if !no_apt && let Err(e) = lint::install_tools() {
+        eprintln!("xtask setup: {e:#}");
+        missing.push("the linters (python3 -m venv, pip install from PyPI)");
     }
 
     if !no_apt {
@@ -642,7 +659,13 @@ fn main() -> ExitCode {
             client_rtt,
             server_rtt,
         } => demo(think, client_rtt, server_rtt),
-        Cmd::Test { args } => build(false).and_then(|bin| test(&bin, &args)),
+        Cmd::Lint => build(false).and_then(|bin| lint::lint(&bin)),
+        Cmd::Test { args } => build(false).and_then(|bin| {
+            // The linters run even when a test failed: both results count.
+            let tests = test(&bin, &args);
+            let lints = lint::lint(&bin);
+            tests.and(lints)
+        }),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -23,6 +23,10 @@ struct Cli {
     /// HTTPS listen address; repeatable.
     #[arg(long)]
     https: Vec<SocketAddr>,
+    /// HTTPS listen address whose certificate (same names, same CA) expired
+    /// in 2021: the expired-certificate case of the tests. Repeatable.
+    #[arg(long)]
+    https_expired: Vec<SocketAddr>,
     /// Names and IPs the certificate is valid for.
     #[arg(long = "san", default_value = "localhost")]
     sans: Vec<String>,
@@ -81,7 +85,8 @@ async fn handle(
         .expect("static response"))
 }
 
-fn tls_config(cli: &Cli) -> Result<rustls::ServerConfig> {
+/// The server configurations for the good certificate and the expired one.
+fn tls_configs(cli: &Cli) -> Result<(rustls::ServerConfig, rustls::ServerConfig)> {
     let ca_key = rcgen::KeyPair::generate()?;
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -93,19 +98,26 @@ fn tls_config(cli: &Cli) -> Result<rustls::ServerConfig> {
     let params = rcgen::CertificateParams::new(cli.sans.clone())?;
     let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
     let cert = params.signed_by(&key, &issuer)?;
+    let mut old = rcgen::CertificateParams::new(cli.sans.clone())?;
+    old.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    old.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let expired = old.signed_by(&key, &issuer)?;
     std::fs::write(&cli.ca_out, ca.pem())
         .with_context(|| format!("writing {}", cli.ca_out.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone(), ca.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    cfg.send_tls13_tickets = cli.tickets;
-    Ok(cfg)
+    let config = |leaf: &rcgen::Certificate| -> Result<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone(), ca.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )?;
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        cfg.send_tls13_tickets = cli.tickets;
+        Ok(cfg)
+    };
+    Ok((config(&cert)?, config(&expired)?))
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -117,20 +129,24 @@ async fn main() -> Result<()> {
         eprintln!("synack-origin: no real-time priority; think times may jitter under load");
     }
     let body = Bytes::from(vec![b'x'; cli.body_bytes]);
-    let acceptor = if cli.https.is_empty() {
-        None
+    let (good, expired) = if cli.https.is_empty() && cli.https_expired.is_empty() {
+        (None, None)
     } else {
-        Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&cli)?)))
+        let (g, e) = tls_configs(&cli)?;
+        (
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(g))),
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(e))),
+        )
     };
     let mut tasks = Vec::new();
-    for (addr, tls) in cli
+    for (addr, acceptor) in cli
         .http
         .iter()
-        .map(|a| (*a, false))
-        .chain(cli.https.iter().map(|a| (*a, true)))
+        .map(|a| (*a, None))
+        .chain(cli.https.iter().map(|a| (*a, good.clone())))
+        .chain(cli.https_expired.iter().map(|a| (*a, expired.clone())))
     {
         let l = bind(addr)?;
-        let acceptor = if tls { acceptor.clone() } else { None };
         let body = body.clone();
         tasks.push(tokio::spawn(async move {
             loop {

@@ -1,0 +1,356 @@
+//! The packaging, run as packaged: the systemd unit's ExecStart as its
+//! unprivileged user with exactly its ambient capabilities and
+//! NoNewPrivileges, and the DaemonSet container's command as uid 0 with
+//! exactly its added capabilities (all others dropped) and no privilege
+//! escalation. Both must attach the eBPF side (`--mode ebpf` fails
+//! otherwise) and time a real request. Every place that names the
+//! capability set (unit, manifest, Dockerfile, README) must name the same.
+//! (Linters and a dry run of the Dockerfile: `cargo xtask lint`.)
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use std::{
+    collections::BTreeSet,
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+use synack_tests::{Proc, Served, TempDir, is_root, synack_bin, wait_for};
+use yaml_rust2::{Yaml, YamlLoader};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn read(rel: &str) -> Result<String> {
+    fs::read_to_string(repo().join(rel)).with_context(|| rel.to_string())
+}
+
+/// `CAP_NET_ADMIN` and `NET_ADMIN` both become `net_admin` (setpriv's
+/// spelling).
+fn cap_name(s: &str) -> String {
+    s.trim()
+        .trim_start_matches("CAP_")
+        .trim_start_matches("cap_")
+        .to_ascii_lowercase()
+}
+
+struct Unit {
+    exec: Vec<String>,
+    ambient: BTreeSet<String>,
+    bounding: BTreeSet<String>,
+    dynamic_user: bool,
+    no_new_privs: bool,
+}
+
+fn unit(text: &str) -> Result<Unit> {
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{k}=")))
+            .map(str::to_string)
+    };
+    let caps = |k: &str| -> Result<BTreeSet<String>> {
+        Ok(get(k)
+            .with_context(|| format!("the unit has no {k}="))?
+            .split_whitespace()
+            .map(cap_name)
+            .collect())
+    };
+    Ok(Unit {
+        exec: get("ExecStart")
+            .context("the unit has no ExecStart=")?
+            .split_whitespace()
+            .map(str::to_string)
+            .collect(),
+        ambient: caps("AmbientCapabilities")?,
+        bounding: caps("CapabilityBoundingSet")?,
+        dynamic_user: get("DynamicUser").as_deref() == Some("yes"),
+        no_new_privs: get("NoNewPrivileges").as_deref() == Some("yes"),
+    })
+}
+
+struct Container {
+    args: Vec<String>,
+    add: BTreeSet<String>,
+    drop_all: bool,
+    uid: i64,
+    privileged: bool,
+    no_escalation: bool,
+}
+
+fn daemonset(text: &str) -> Result<Container> {
+    let docs = YamlLoader::load_from_str(text).context("the manifest is not YAML")?;
+    let ds = docs
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("DaemonSet"))
+        .context("no DaemonSet in the manifest")?;
+    let c = &ds["spec"]["template"]["spec"]["containers"][0];
+    let strings = |y: &Yaml| -> Vec<String> {
+        y.as_vec()
+            .map(|v| {
+                v.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let sc = &c["securityContext"];
+    Ok(Container {
+        args: strings(&c["args"]),
+        add: strings(&sc["capabilities"]["add"])
+            .iter()
+            .map(|s| cap_name(s))
+            .collect(),
+        drop_all: strings(&sc["capabilities"]["drop"]).contains(&"ALL".to_string()),
+        uid: sc["runAsUser"].as_i64().context("runAsUser")?,
+        privileged: sc["privileged"].as_bool().unwrap_or(false),
+        no_escalation: sc["allowPrivilegeEscalation"].as_bool() == Some(false),
+    })
+}
+
+/// Every `--cap-add X` of a text (docker run examples).
+fn cap_adds(text: &str) -> BTreeSet<String> {
+    let w: Vec<&str> = text.split_whitespace().collect();
+    w.windows(2)
+        .filter(|p| p[0] == "--cap-add")
+        .map(|p| cap_name(p[1]))
+        .collect()
+}
+
+#[test]
+fn every_place_names_the_same_capabilities() -> Result<()> {
+    let u = unit(&read("packaging/systemd/synack-monitor.service")?)?;
+    let k = daemonset(&read("packaging/kubernetes/synack-monitor.yaml")?)?;
+    let docker = cap_adds(&read("packaging/Dockerfile")?);
+    let readme = cap_adds(&read("README.md")?);
+    let want: BTreeSet<String> = ["bpf", "net_admin", "perfmon"].map(String::from).into();
+    assert_eq!(u.ambient, want, "the unit's AmbientCapabilities");
+    assert_eq!(u.bounding, want, "the unit's CapabilityBoundingSet");
+    assert_eq!(k.add, want, "the DaemonSet's capabilities.add");
+    assert_eq!(docker, want, "the Dockerfile's docker run example");
+    assert_eq!(readme, want, "README's docker run examples");
+    assert!(
+        u.dynamic_user && u.no_new_privs,
+        "the unit runs unprivileged"
+    );
+    assert!(
+        k.drop_all && !k.privileged && k.no_escalation && k.uid == 0,
+        "the container drops everything else, is not privileged, cannot escalate"
+    );
+    assert!(u.exec.iter().any(|a| a == "--mode") && k.args.iter().any(|a| a == "--mode"));
+    Ok(())
+}
+
+/// Runs `argv` in the client namespace under setpriv, waits for a checked
+/// record, and returns it.
+fn run_monitor(s: &Served, setpriv: &[String], argv: &[String], dir: &TempDir) -> Result<Value> {
+    let out = dir.join("out.jsonl");
+    let err = dir.join("err.txt");
+    let mut c = s.pair.client.command("setpriv");
+    c.args(setpriv)
+        .args(argv)
+        .arg("--json")
+        .stdout(fs::File::create(&out)?)
+        .stderr(fs::File::create(&err)?);
+    let mut p = Proc::spawn(c, "packaged synack")?;
+    let rec = wait_for(Duration::from_secs(30), "a check's record", || {
+        if let Ok(Some(st)) = p.child.try_wait() {
+            return Some(Err(anyhow::anyhow!(
+                "synack exited ({st}): {}",
+                fs::read_to_string(&err).unwrap_or_default()
+            )));
+        }
+        let text = fs::read_to_string(&out).ok()?;
+        let line = text.lines().next()?;
+        Some(serde_json::from_str::<Value>(line).map_err(anyhow::Error::from))
+    });
+    let said = fs::read_to_string(&err).unwrap_or_default();
+    let rec = rec.with_context(|| format!("stderr: {said}"))??;
+    p.signal(libc::SIGTERM);
+    let st = p.wait_exit(Duration::from_secs(10))?;
+    assert!(
+        st.success(),
+        "synack did not stop cleanly on SIGTERM ({st}): {said}"
+    );
+    Ok(rec)
+}
+
+fn assert_timed(rec: &Value) {
+    assert_eq!(rec["mode"], "ebpf", "{rec}");
+    assert!(rec["error"].is_null(), "{rec}");
+    assert_eq!(rec["http_status"], 200, "{rec}");
+    for f in ["handshake_rtt_ms", "ttfb_ms", "synack_ttl"] {
+        assert!(rec["wire"][f].as_f64().is_some(), "wire.{f}: {rec}");
+    }
+}
+
+/// A directory and files the unit's dynamic (unprivileged) user can read,
+/// with a copy of synack standing in for /usr/local/bin/synack.
+fn world_readable(dir: &TempDir, targets: &str) -> Result<(String, String)> {
+    fs::set_permissions(&dir.0, fs::Permissions::from_mode(0o755))?;
+    let t = dir.join("targets.txt");
+    fs::write(&t, targets)?;
+    fs::set_permissions(&t, fs::Permissions::from_mode(0o644))?;
+    let bin = dir.join("synack");
+    fs::copy(synack_bin(), &bin).context("copying synack")?;
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))?;
+    let s = |p: PathBuf| p.to_str().map(str::to_string).context("path is not UTF-8");
+    Ok((s(bin)?, s(t)?))
+}
+
+fn setpriv_caps(caps: &BTreeSet<String>) -> String {
+    let mut s = "-all".to_string();
+    for c in caps {
+        s.push_str(",+");
+        s.push_str(c);
+    }
+    s
+}
+
+/// The systemd unit's ExecStart, as the unit runs it: a user that is not
+/// root, the ambient capabilities and bounding set it names, no new
+/// privileges. Only the paths and the interval (30 s, whose first check
+/// could come late) are changed.
+#[test]
+fn the_systemd_unit_works_with_its_capabilities() -> Result<()> {
+    assert!(is_root(), "the packaging test needs root: cargo xtask test");
+    let u = unit(&read("packaging/systemd/synack-monitor.service")?)?;
+    let s = Served::new()?;
+    let dir = TempDir::new()?;
+    let (bin, targets) = world_readable(
+        &dir,
+        &format!("http://{}:8080/delay/5 name=origin\n", s.pair.server_v4),
+    )?;
+    let argv = packaged_argv(&u.exec, &bin, &[("/etc/synack/targets.txt", &targets)])?;
+    let caps = setpriv_caps(&u.ambient);
+    let setpriv = [
+        // DynamicUser: some uid that is not root; nobody stands in.
+        "--reuid=65534".to_string(),
+        "--regid=65534".to_string(),
+        "--clear-groups".to_string(),
+        format!("--bounding-set={}", setpriv_caps(&u.bounding)),
+        format!("--inh-caps={caps}"),
+        format!("--ambient-caps={caps}"),
+        "--no-new-privs".to_string(),
+    ];
+    let rec = run_monitor(&s, &setpriv, &argv, &dir)?;
+    assert_timed(&rec);
+    Ok(())
+}
+
+/// The DaemonSet container's command: uid 0, every capability dropped but
+/// the added ones, no privilege escalation, and HTTPS with the mounted CA.
+#[test]
+fn the_daemonset_works_with_its_capabilities() -> Result<()> {
+    assert!(is_root(), "the packaging test needs root: cargo xtask test");
+    let k = daemonset(&read("packaging/kubernetes/synack-monitor.yaml")?)?;
+    let s = Served::new()?;
+    let dir = TempDir::new()?;
+    let (bin, targets) = world_readable(
+        &dir,
+        &format!("https://{}:8443/delay/5 name=origin\n", s.pair.server_v4),
+    )?;
+    let mut exec = vec!["/usr/local/bin/synack".to_string()];
+    exec.extend(k.args.iter().cloned());
+    let ca = s.ca();
+    let argv = packaged_argv(
+        &exec,
+        &bin,
+        &[
+            ("/etc/synack/targets/targets.txt", &targets),
+            ("/etc/synack/cluster-ca/ca.crt", &ca),
+            // The pod's IP is the client namespace's loopback here.
+            ("$(POD_IP)", "127.0.0.1"),
+        ],
+    )?;
+    let setpriv = [
+        format!("--bounding-set={}", setpriv_caps(&k.add)),
+        "--inh-caps=-all".to_string(),
+        "--ambient-caps=-all".to_string(),
+        "--no-new-privs".to_string(),
+    ];
+    let rec = run_monitor(&s, &setpriv, &argv, &dir)?;
+    assert_timed(&rec);
+    assert_eq!(rec["tls"], true, "{rec}");
+    Ok(())
+}
+
+/// The packaged command line with the installed paths replaced; every
+/// replacement must be used (a renamed path in the packaging fails here).
+fn packaged_argv(exec: &[String], bin: &str, paths: &[(&str, &str)]) -> Result<Vec<String>> {
+    if exec.first().map(String::as_str) != Some("/usr/local/bin/synack") {
+        bail!("the packaged command does not run /usr/local/bin/synack: {exec:?}");
+    }
+    let mut argv = vec![bin.to_string()];
+    let mut used = vec![false; paths.len()];
+    let mut it = exec[1..].iter();
+    while let Some(a) = it.next() {
+        if a == "--interval" {
+            it.next().context("--interval without a value")?;
+            argv.extend(["--interval".to_string(), "1s".to_string()]);
+            continue;
+        }
+        let mut a = a.clone();
+        for (i, (from, to)) in paths.iter().enumerate() {
+            if a.contains(from) {
+                a = a.replace(from, to);
+                used[i] = true;
+            }
+        }
+        argv.push(a);
+    }
+    if let Some(i) = used.iter().position(|u| !u) {
+        bail!("the packaged command no longer uses {}", paths[i].0);
+    }
+    Ok(argv)
+}
+
+/// Without one of the three capabilities, synack names the one that is
+/// missing and how to grant it (not the verifier's log), in both modes:
+/// `--mode ebpf` fails with exit status 2, auto falls back and says which
+/// capability would enable eBPF. Nothing leaves loopback: it fails before
+/// any request (ebpf) or is refused by a closed loopback port (auto).
+#[test]
+fn a_missing_capability_is_named() -> Result<()> {
+    assert!(is_root(), "the packaging test needs root: cargo xtask test");
+    let all = ["bpf", "net_admin", "perfmon"];
+    for lack in all {
+        let keep: BTreeSet<String> = all
+            .iter()
+            .filter(|c| **c != lack)
+            .map(|c| c.to_string())
+            .collect();
+        let run = |mode: &str| -> Result<std::process::Output> {
+            Ok(std::process::Command::new("setpriv")
+                .arg(format!("--bounding-set={}", setpriv_caps(&keep)))
+                .args(["--inh-caps=-all", "--ambient-caps=-all"])
+                .arg(synack_bin())
+                .args(["--mode", mode, "--json", "http://127.0.0.1:9/"])
+                .output()?)
+        };
+        let want = format!("CAP_{}", lack.to_ascii_uppercase());
+        let o = run("ebpf")?;
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "without {want}: {err}");
+        assert!(
+            err.contains(&format!("lacks {want}")),
+            "without {want}: {err}"
+        );
+        assert!(!err.contains("Verifier output"), "without {want}: {err}");
+        let o = run("auto")?;
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!("{want} would enable eBPF")),
+            "without {want}, auto: {err}"
+        );
+        let rec: Value = serde_json::from_slice(
+            o.stdout
+                .split(|b| *b == b'\n')
+                .next()
+                .context("no record")?,
+        )?;
+        assert_eq!(rec["mode"], "unprivileged", "{rec}");
+    }
+    Ok(())
+}
