@@ -197,13 +197,132 @@ pub struct Kernel {
     config: Array<MapData, u32>,
     owners: HashMap<MapData, u64, Owner>,
     local_addrs: HashMap<MapData, [u8; 16], u8>,
+    l2: HashMap<MapData, u32, u32>,
+    /// Attach to interfaces that come up later (no -i was given).
+    follow_new: bool,
+    /// New interfaces that could not be attached: reported once, not retried.
+    refused: std::collections::HashSet<u32>,
     pub interfaces: Vec<Interface>,
     pub attach_mode: AttachMode,
     /// Where the connect hooks are attached (Scope::Everything), or why not.
     pub connect_hooks: Result<String, String>,
     undecodable: u64,
     evicted: u64,
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+}
+
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, KernelError> {
+    ebpf.program_mut(name)
+        .ok_or(KernelError::Missing(name))?
+        .try_into()
+        .map_err(|source| KernelError::Program {
+            name,
+            source: Box::new(source),
+        })
+}
+
+/// Attaches both classifiers to one interface: tcx while `mode` says so
+/// (switching `mode` to netlink for good when the kernel has no tcx), else a
+/// clsact filter. The links live in the programs until they are dropped.
+fn attach_iface(
+    ebpf: &mut Ebpf,
+    l2: &mut HashMap<MapData, u32, u32>,
+    i: &Interface,
+    mode: &mut AttachMode,
+) -> Result<(), KernelError> {
+    l2.insert(i.index, i.l2_len(), 0)
+        .map_err(|source| KernelError::Map {
+            name: "L2_LEN",
+            source: Box::new(source),
+        })?;
+    for (name, dir, dir_s) in [
+        (PROG_EGRESS, TcAttachType::Egress, "egress"),
+        (PROG_INGRESS, TcAttachType::Ingress, "ingress"),
+    ] {
+        let prog = classifier(ebpf, name)?;
+        let mut res = Err(None);
+        if *mode == AttachMode::Tcx {
+            res = prog
+                .attach_with_options(
+                    &i.name,
+                    dir,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(Some);
+            if let Err(Some(e)) = &res
+                && !errno_in_chain(e, &[libc::EPERM, libc::EACCES, libc::ENODEV])
+            {
+                *mode = AttachMode::Netlink;
+            }
+        }
+        if *mode == AttachMode::Netlink {
+            // EEXIST when the qdisc is already there is fine.
+            let _ = tc::qdisc_add_clsact(&i.name);
+            res = prog
+                .attach_with_options(
+                    &i.name,
+                    dir,
+                    TcAttachOptions::Netlink(tc::NlOptions::default()),
+                )
+                .map_err(Some);
+        }
+        if let Err(Some(source)) = res {
+            return Err(KernelError::Attach {
+                name,
+                iface: i.name.clone(),
+                dir: dir_s,
+                source: Box::new(source),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Interfaces that came and went since the last look (`Kernel::follow_interfaces`).
+#[derive(Debug, Default)]
+pub struct IfChanges {
+    /// Attached interfaces that no longer exist; their links went with them.
+    pub gone: Vec<Interface>,
+    /// New interfaces that are up, now attached.
+    pub added: Vec<Interface>,
+    /// New interfaces synack could not attach to, and why (not retried).
+    pub failed: Vec<(Interface, String)>,
+}
+
+impl IfChanges {
+    pub fn is_empty(&self) -> bool {
+        self.gone.is_empty() && self.added.is_empty() && self.failed.is_empty()
+    }
+
+    /// One line for an operator per change, `who` first (e.g. "synack watch").
+    pub fn report(&self, who: &str, now: &[Interface]) -> Vec<String> {
+        let names: Vec<&str> = now.iter().map(|i| i.name.as_str()).collect();
+        let still = if names.is_empty() {
+            "no interface is left".to_string()
+        } else {
+            format!("attached to {}", names.join(", "))
+        };
+        let mut v = Vec::new();
+        for i in &self.gone {
+            v.push(format!(
+                "{who}: interface {} (index {}) is gone; {still}",
+                i.name, i.index
+            ));
+        }
+        for i in &self.added {
+            v.push(format!("{who}: interface {} came up; {still}", i.name));
+        }
+        for (i, e) in &self.failed {
+            v.push(format!(
+                "{who}: interface {} came up but cannot be attached ({e}); connections through it are not seen",
+                i.name
+            ));
+        }
+        v
+    }
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
@@ -253,74 +372,19 @@ impl Kernel {
             .load(OBJECT)
             .map_err(|e| KernelError::Load(Box::new(e)))?;
         let mut l2: HashMap<MapData, u32, u32> = take(&mut ebpf, "L2_LEN")?;
-        for i in &interfaces {
-            l2.insert(i.index, i.l2_len(), 0)
-                .map_err(|source| KernelError::Map {
-                    name: "L2_LEN",
-                    source: Box::new(source),
-                })?;
-        }
-
-        // tcx links (>= 6.6) first: the kernel releases them whatever way
-        // synack ends. Where tcx is missing, fall back to a clsact filter.
-        let mut attach_mode = AttachMode::Tcx;
-        for (name, dir) in [
-            (PROG_EGRESS, TcAttachType::Egress),
-            (PROG_INGRESS, TcAttachType::Ingress),
-        ] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(KernelError::Missing(name))?
-                .try_into()
+        for name in [PROG_EGRESS, PROG_INGRESS] {
+            classifier(&mut ebpf, name)?
+                .load()
                 .map_err(|source| KernelError::Program {
                     name,
                     source: Box::new(source),
                 })?;
-            prog.load().map_err(|source| KernelError::Program {
-                name,
-                source: Box::new(source),
-            })?;
-            let dir_s = if dir == TcAttachType::Egress {
-                "egress"
-            } else {
-                "ingress"
-            };
-            for i in &interfaces {
-                let mut res = Err(None);
-                if attach_mode == AttachMode::Tcx {
-                    res = prog
-                        .attach_with_options(
-                            &i.name,
-                            dir,
-                            TcAttachOptions::TcxOrder(LinkOrder::default()),
-                        )
-                        .map_err(Some);
-                    if let Err(Some(e)) = &res
-                        && !errno_in_chain(e, &[libc::EPERM, libc::EACCES])
-                    {
-                        attach_mode = AttachMode::Netlink;
-                    }
-                }
-                if attach_mode == AttachMode::Netlink {
-                    // EEXIST when the qdisc is already there is fine.
-                    let _ = tc::qdisc_add_clsact(&i.name);
-                    res = prog
-                        .attach_with_options(
-                            &i.name,
-                            dir,
-                            TcAttachOptions::Netlink(tc::NlOptions::default()),
-                        )
-                        .map_err(Some);
-                }
-                if let Err(Some(source)) = res {
-                    return Err(KernelError::Attach {
-                        name,
-                        iface: i.name.clone(),
-                        dir: dir_s,
-                        source: Box::new(source),
-                    });
-                }
-            }
+        }
+        // tcx links (>= 6.6) first: the kernel releases them whatever way
+        // synack ends. Where tcx is missing, fall back to a clsact filter.
+        let mut attach_mode = AttachMode::Tcx;
+        for i in &interfaces {
+            attach_iface(&mut ebpf, &mut l2, i, &mut attach_mode)?;
         }
 
         let connect_hooks = if scope == Scope::Everything {
@@ -337,18 +401,69 @@ impl Kernel {
             config: take(&mut ebpf, "CONFIG")?,
             owners: take(&mut ebpf, "OWNERS")?,
             local_addrs: take(&mut ebpf, "LOCAL_ADDRS")?,
+            l2,
+            // Only watch, which follows what the host does, attaches to
+            // interfaces that come later; it keeps CAP_NET_ADMIN for that.
+            follow_new: only.is_empty() && scope == Scope::Everything,
+            refused: Default::default(),
             interfaces,
             attach_mode,
             connect_hooks,
             undecodable: 0,
             evicted: 0,
-            _ebpf: ebpf,
+            ebpf,
         };
         if scope == Scope::Everything {
             k.refresh_local_addrs()?;
             k.set_config(CFG_TRACK_ALL_OUT | CFG_TRACK_ALL_IN | CFG_SNAPSHOT | CFG_LOCAL_ONLY)?;
         }
         Ok(k)
+    }
+
+    /// Follows interfaces coming and going while synack runs: forgets the
+    /// ones that disappeared (the kernel removed their links and filters
+    /// with them) and, for watch with no interface named (-i), attaches to
+    /// new ones that are up. An interface that fails to attach is reported once;
+    /// the others go on either way.
+    pub fn follow_interfaces(&mut self) -> Result<IfChanges, KernelError> {
+        let all = netif::list().map_err(KernelError::Interfaces)?;
+        let mut ch = IfChanges::default();
+        self.interfaces.retain(|i| {
+            let here = all.iter().any(|a| a.index == i.index && a.name == i.name);
+            if !here {
+                ch.gone.push(i.clone());
+            }
+            here
+        });
+        for i in &ch.gone {
+            let _ = self.l2.remove(&i.index);
+        }
+        if self.follow_new {
+            for i in all.into_iter().filter(|a| a.up) {
+                if self.interfaces.iter().any(|k| k.index == i.index)
+                    || self.refused.contains(&i.index)
+                {
+                    continue;
+                }
+                match attach_iface(&mut self.ebpf, &mut self.l2, &i, &mut self.attach_mode) {
+                    Ok(()) => {
+                        self.interfaces.push(i.clone());
+                        ch.added.push(i);
+                    }
+                    Err(e) => {
+                        self.refused.insert(i.index);
+                        let why = crate::record::error_chain(&e);
+                        ch.failed.push((i, why));
+                    }
+                }
+            }
+        }
+        Ok(ch)
+    }
+
+    /// True when `follow_interfaces` attaches to new interfaces.
+    pub fn follows_new_interfaces(&self) -> bool {
+        self.follow_new
     }
 
     /// Writes this namespace's addresses to `LOCAL_ADDRS` (and removes the
@@ -489,6 +604,11 @@ impl Hub {
             kernel,
             pending: std::collections::HashMap::new(),
         }))
+    }
+
+    /// `Kernel::follow_interfaces` on the shared kernel.
+    pub fn follow_interfaces(&mut self) -> Result<IfChanges, KernelError> {
+        self.kernel.follow_interfaces()
     }
 
     pub fn kernel(&self) -> &Kernel {

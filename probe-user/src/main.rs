@@ -440,6 +440,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     synack::privs::drop_or_warn(&synack::privs::needed(
         kernel.as_ref().map(|k| k.attach_mode),
         false,
+        false,
     ));
     let mut prober = Prober::new(kernel, tls, opts);
 
@@ -527,7 +528,11 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("synack watch: {e:#}");
-                ExitCode::from(2)
+                if e.is::<synack::watch::InterfacesGone>() {
+                    ExitCode::from(1)
+                } else {
+                    ExitCode::from(2)
+                }
             }
         };
     }

@@ -278,6 +278,7 @@ async fn run_local(o: MonitorOptions) -> Result<()> {
             .as_ref()
             .and_then(|k| k.lock().ok().map(|h| h.kernel().attach_mode)),
         false,
+        false,
     ));
 
     let mut slots: HashMap<String, Slot> = HashMap::new();
@@ -386,6 +387,19 @@ async fn run_local(o: MonitorOptions) -> Result<()> {
         }
         if last_file_check.elapsed() >= Duration::from_secs(1) {
             last_file_check = Instant::now();
+            // Interfaces come and go; checks through the remaining ones go on.
+            if let Some(k) = kernel.as_ref()
+                && let Ok(mut h) = k.lock()
+            {
+                match h.follow_interfaces() {
+                    Ok(ch) => {
+                        for l in ch.report("synack monitor", &h.kernel().interfaces) {
+                            eprintln!("{l}");
+                        }
+                    }
+                    Err(e) => eprintln!("synack monitor: cannot list interfaces: {e}"),
+                }
+            }
             if let Ok(t) = std::fs::read_to_string(&o.targets)
                 && t != file_text
             {

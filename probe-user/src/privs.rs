@@ -33,13 +33,16 @@ fn kernel_before(release: &str, v: (u32, u32)) -> bool {
 }
 
 /// What is still needed after loading, and why.
-pub fn needed(attach: Option<AttachMode>, watch: bool) -> Vec<Capability> {
+/// `follow_new`: the kernel side attaches to interfaces that come up later
+/// (watch without -i), which takes CAP_NET_ADMIN.
+pub fn needed(attach: Option<AttachMode>, watch: bool, follow_new: bool) -> Vec<Capability> {
     let mut keep = Vec::new();
     if attach.is_some() && map_ops_need_cap_bpf() {
         keep.push(Capability::CAP_BPF);
     }
-    if attach == Some(AttachMode::Netlink) {
-        // clsact filters are removed over netlink at exit.
+    if attach == Some(AttachMode::Netlink) || (attach.is_some() && follow_new) {
+        // clsact filters are removed over netlink at exit; new interfaces
+        // are attached to as they come.
         keep.push(Capability::CAP_NET_ADMIN);
     }
     if watch {
@@ -138,12 +141,16 @@ mod tests {
             }
             v
         };
-        assert_eq!(needed(Some(AttachMode::Tcx), false), with(vec![]));
+        assert_eq!(needed(Some(AttachMode::Tcx), false, false), with(vec![]));
         assert_eq!(
-            needed(Some(AttachMode::Netlink), false),
+            needed(Some(AttachMode::Netlink), false, false),
             with(vec![Capability::CAP_NET_ADMIN])
         );
-        assert_eq!(needed(None, true), [Capability::CAP_SYS_PTRACE]);
+        assert_eq!(
+            needed(Some(AttachMode::Tcx), true, true),
+            with(vec![Capability::CAP_NET_ADMIN, Capability::CAP_SYS_PTRACE])
+        );
+        assert_eq!(needed(None, true, true), [Capability::CAP_SYS_PTRACE]);
     }
 
     #[test]

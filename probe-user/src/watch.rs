@@ -285,7 +285,11 @@ pub async fn run(o: WatchOptions) -> Result<()> {
     let mut kernel = Kernel::load(&o.interfaces, Scope::Everything)
         .map_err(|e| anyhow::anyhow!(crate::bpf::help(&e)))
         .context("cannot start the kernel side")?;
-    crate::privs::drop_or_warn(&crate::privs::needed(Some(kernel.attach_mode), true));
+    crate::privs::drop_or_warn(&crate::privs::needed(
+        Some(kernel.attach_mode),
+        true,
+        kernel.follows_new_interfaces(),
+    ));
     let nets = netif::local_nets().unwrap_or_default();
     let mut tracker = Tracker::new(o.settings.clone(), nets);
     let mut owners = SocketOwners::new();
@@ -325,11 +329,15 @@ pub async fn run(o: WatchOptions) -> Result<()> {
     let mut next_summary = o.summary_every.map(|d| Instant::now() + d);
     // Addresses come and go (DHCP, a new container): re-read them now and then.
     let mut next_addrs = Instant::now() + Duration::from_secs(5);
+    // Interfaces come and go (containers' veths): each second, forget the
+    // gone ones and attach to new ones.
+    let mut next_ifaces = Instant::now() + Duration::from_secs(1);
     let mut next_scan = Instant::now();
     let mut totals = Totals::new();
     let mut done: Vec<Done> = Vec::new();
     let stdout = std::io::stdout();
     let mut stop = false;
+    let mut all_gone = false;
     while !stop {
         tokio::select! {
             g = ring.readable() => {
@@ -403,6 +411,27 @@ pub async fn run(o: WatchOptions) -> Result<()> {
                 .and_then(|_| out.flush())
                 .context("cannot write to stdout")?;
         }
+        if Instant::now() >= next_ifaces {
+            next_ifaces = Instant::now() + Duration::from_secs(1);
+            match kernel.follow_interfaces() {
+                Ok(ch) => {
+                    for l in ch.report("synack watch", &kernel.interfaces) {
+                        eprintln!("{l}");
+                    }
+                    if !ch.gone.is_empty() && kernel.interfaces.is_empty() {
+                        // Nothing more can be seen: end as on Ctrl-C (the
+                        // summary is printed), then fail.
+                        all_gone = true;
+                        stop = true;
+                    }
+                    if !ch.added.is_empty() {
+                        // A new interface usually brings new addresses.
+                        next_addrs = Instant::now();
+                    }
+                }
+                Err(e) => eprintln!("synack watch: cannot list interfaces: {e}"),
+            }
+        }
         if Instant::now() >= next_addrs {
             next_addrs = Instant::now() + Duration::from_secs(5);
             if let Err(e) = kernel.refresh_local_addrs() {
@@ -430,8 +459,20 @@ pub async fn run(o: WatchOptions) -> Result<()> {
             started.elapsed().as_secs_f64()
         )
     );
+    if all_gone {
+        return Err(InterfacesGone.into());
+    }
     Ok(())
 }
+
+/// Watch ended because every interface it was attached to went away: a
+/// failure while running (exit status 1), not one to start (2).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "every interface it was attached to is gone; attach to others with -i, or leave -i out \
+     to follow every interface, new ones included"
+)]
+pub struct InterfacesGone;
 
 #[cfg(test)]
 mod tests {

@@ -754,3 +754,93 @@ fn server_side_direction_and_a_local_client() -> Result<()> {
     check_diffs(&dh, "server-side handshake and TTFB");
     Ok(())
 }
+
+/// The effective capability mask of a process (CapEff in /proc/PID/status).
+fn cap_eff(pid: i32) -> Option<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    u64::from_str_radix(
+        s.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim(),
+        16,
+    )
+    .ok()
+}
+
+/// Interfaces that come and go while watch runs: a deleted one is reported
+/// and the others go on (a request after the deletion is still seen); a new
+/// one is attached to (watch keeps CAP_NET_ADMIN, bit 12, for that, and
+/// CAP_SYS_PTRACE, bit 19); a watch given only `-i` interfaces that all
+/// disappear ends with its summary and exit status 1.
+#[test]
+fn interfaces_that_come_and_go() -> Result<()> {
+    let _serial = need_root();
+    let lab = Lab::new()?;
+    let p = &lab.pair;
+    // A veth pair with both ends in the client namespace (this kernel may
+    // have no dummy driver); deleting one end deletes both.
+    let dummy = |name: &str| -> Result<()> {
+        let peer = format!("{name}p");
+        p.client.exec(&[
+            "ip", "link", "add", name, "type", "veth", "peer", "name", &peer,
+        ])?;
+        for n in [name, &peer] {
+            p.client.exec(&["ip", "link", "set", n, "up"])?;
+        }
+        Ok(())
+    };
+    dummy("synack-d1")?;
+    let w = Watch::start(&p.client, &lab.dir, &["--port", "8080"])?;
+    let url = format!("http://{}:8080/", host(p.server_v4));
+    let stderr_has = |w: &Watch, what: &str| -> Result<()> {
+        wait_for(Duration::from_secs(10), what, || {
+            fs::read_to_string(&w.err)
+                .ok()
+                .filter(|e| e.contains(what))
+                .map(|_| ())
+        })
+        .with_context(|| fs::read_to_string(&w.err).unwrap_or_default())
+    };
+    let records = |w: &Watch| json_lines(&fs::read(&w.out).unwrap_or_default()).unwrap_or_default();
+    run_client(&p.client, "curl", &["-sS", "-o", "/dev/null", &url])?;
+    wait_for(Duration::from_secs(10), "the first request", || {
+        (records(&w).len() == 1).then_some(())
+    })?;
+
+    p.client.exec(&["ip", "link", "del", "synack-d1"])?;
+    stderr_has(&w, "interface synack-d1 (index")?;
+    run_client(&p.client, "curl", &["-sS", "-o", "/dev/null", &url])?;
+    wait_for(
+        Duration::from_secs(10),
+        "a request after the deletion",
+        || (records(&w).len() == 2).then_some(()),
+    )?;
+
+    dummy("synack-d2")?;
+    stderr_has(&w, "interface synack-d2 came up")?;
+    let caps = cap_eff(w.proc.pid()).context("CapEff")?;
+    assert_eq!(caps, (1 << 12) | (1 << 19), "watch's CapEff {caps:#x}");
+    let (recs, err) = w.stop()?;
+    assert_eq!(recs.len(), 2, "{err}");
+    assert!(!err.contains("cannot be attached"), "{err}");
+
+    // Only -i synack-d2: when it goes, nothing can be seen any more.
+    let mut only = Watch::start(&p.client, &lab.dir, &["-i", "synack-d2"])?;
+    let caps = cap_eff(only.proc.pid()).context("CapEff")?;
+    assert_eq!(
+        caps,
+        1 << 19,
+        "watch -i keeps CAP_SYS_PTRACE only: {caps:#x}"
+    );
+    p.client.exec(&["ip", "link", "del", "synack-d2"])?;
+    let st = only.proc.wait_exit(Duration::from_secs(10))?;
+    let err = fs::read_to_string(&only.err)?;
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(
+        err.contains("synack watch: every interface it was attached to is gone"),
+        "{err}"
+    );
+    assert!(
+        err.contains("synack watch:"),
+        "the summary is printed: {err}"
+    );
+    Ok(())
+}
