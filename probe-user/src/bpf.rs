@@ -11,7 +11,7 @@ use aya::{
     programs::{
         CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
         links::LinkOrder,
-        tc::{self, TcAttachOptions},
+        tc::{self, SchedClassifierLink, TcAttachOptions},
     },
 };
 use probe_common::{
@@ -208,7 +208,58 @@ pub struct Kernel {
     pub connect_hooks: Result<String, String>,
     undecodable: u64,
     evicted: u64,
+    /// clsact filters (netlink mode): detached on drop, before the ledger
+    /// that records them is removed.
+    netlink: Netlink,
     ebpf: Ebpf,
+}
+
+/// The netlink filters this process attached, and their ledger (see
+/// `leftovers`), for kernels without tcx.
+#[derive(Default)]
+struct Netlink {
+    links: Vec<(u32, SchedClassifierLink)>,
+    book: Option<crate::leftovers::Book>,
+    /// The ledger could not be written (read-only /run, say): said once.
+    warned: bool,
+}
+
+impl Netlink {
+    fn record(&mut self, i: &Interface, ingress: bool, link: SchedClassifierLink) {
+        let f = crate::leftovers::Filter {
+            ifname: i.name.clone(),
+            ifindex: i.index,
+            ingress,
+            priority: link.priority().unwrap_or(0),
+            handle: link.handle().map(u32::from).unwrap_or(0),
+        };
+        self.links.push((i.index, link));
+        let r = match &mut self.book {
+            Some(b) => b.add(f),
+            None => crate::leftovers::Book::new().and_then(|mut b| {
+                b.add(f)?;
+                self.book = Some(b);
+                Ok(())
+            }),
+        };
+        if let Err(e) = r
+            && !self.warned
+        {
+            self.warned = true;
+            eprintln!(
+                "synack: cannot record the tc filters it attaches in {} ({e}): if synack is \
+                 killed, remove them with `tc filter del dev IFACE ingress|egress`",
+                crate::leftovers::dir().display()
+            );
+        }
+    }
+
+    fn forget_interface(&mut self, ifindex: u32) {
+        self.links.retain(|(i, _)| *i != ifindex);
+        if let Some(b) = &mut self.book {
+            let _ = b.remove_interface(ifindex);
+        }
+    }
 }
 
 fn classifier<'a>(
@@ -226,12 +277,14 @@ fn classifier<'a>(
 
 /// Attaches both classifiers to one interface: tcx while `mode` says so
 /// (switching `mode` to netlink for good when the kernel has no tcx), else a
-/// clsact filter. The links live in the programs until they are dropped.
+/// clsact filter. tcx links live in the programs, netlink ones in `netlink`
+/// (recorded in the ledger); both are detached when dropped.
 fn attach_iface(
     ebpf: &mut Ebpf,
     l2: &mut HashMap<MapData, u32, u32>,
     i: &Interface,
     mode: &mut AttachMode,
+    netlink: &mut Netlink,
 ) -> Result<(), KernelError> {
     l2.insert(i.index, i.l2_len(), 0)
         .map_err(|source| KernelError::Map {
@@ -243,40 +296,39 @@ fn attach_iface(
         (PROG_INGRESS, TcAttachType::Ingress, "ingress"),
     ] {
         let prog = classifier(ebpf, name)?;
-        let mut res = Err(None);
+        let attach_err = |source| KernelError::Attach {
+            name,
+            iface: i.name.clone(),
+            dir: dir_s,
+            source: Box::new(source),
+        };
         if *mode == AttachMode::Tcx {
-            res = prog
-                .attach_with_options(
-                    &i.name,
-                    dir,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
-                )
-                .map_err(Some);
-            if let Err(Some(e)) = &res
-                && !errno_in_chain(e, &[libc::EPERM, libc::EACCES, libc::ENODEV])
-            {
-                *mode = AttachMode::Netlink;
+            match prog.attach_with_options(
+                &i.name,
+                dir,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            ) {
+                Ok(_) => continue,
+                // Not allowed, or no such interface: tcx is there all right.
+                Err(e) if errno_in_chain(&e, &[libc::EPERM, libc::EACCES, libc::ENODEV]) => {
+                    return Err(attach_err(e));
+                }
+                Err(_) => *mode = AttachMode::Netlink,
             }
         }
-        if *mode == AttachMode::Netlink {
-            // EEXIST when the qdisc is already there is fine.
-            let _ = tc::qdisc_add_clsact(&i.name);
-            res = prog
-                .attach_with_options(
-                    &i.name,
-                    dir,
-                    TcAttachOptions::Netlink(tc::NlOptions::default()),
-                )
-                .map_err(Some);
-        }
-        if let Err(Some(source)) = res {
-            return Err(KernelError::Attach {
-                name,
-                iface: i.name.clone(),
-                dir: dir_s,
-                source: Box::new(source),
-            });
-        }
+        // EEXIST when the qdisc is already there is fine.
+        let _ = tc::qdisc_add_clsact(&i.name);
+        let id = prog
+            .attach_with_options(
+                &i.name,
+                dir,
+                TcAttachOptions::Netlink(tc::NlOptions::default()),
+            )
+            .map_err(attach_err)?;
+        // Held here rather than in the program, to be recorded: a filter
+        // outlives a killed process.
+        let link = prog.take_link(id).map_err(attach_err)?;
+        netlink.record(i, dir == TcAttachType::Ingress, link);
     }
     Ok(())
 }
@@ -380,11 +432,21 @@ impl Kernel {
                     source: Box::new(source),
                 })?;
         }
+        // Loading worked, so this process may detach filters too: remove
+        // the ones a killed synack left behind (netlink mode).
+        for l in crate::leftovers::sweep(&crate::leftovers::dir()).report() {
+            eprintln!("{l}");
+        }
         // tcx links (>= 6.6) first: the kernel releases them whatever way
         // synack ends. Where tcx is missing, fall back to a clsact filter.
-        let mut attach_mode = AttachMode::Tcx;
+        // SYNACK_TC_ATTACH=netlink forces the fallback (its tests).
+        let mut attach_mode = match std::env::var("SYNACK_TC_ATTACH").as_deref() {
+            Ok("netlink") => AttachMode::Netlink,
+            _ => AttachMode::Tcx,
+        };
+        let mut netlink = Netlink::default();
         for i in &interfaces {
-            attach_iface(&mut ebpf, &mut l2, i, &mut attach_mode)?;
+            attach_iface(&mut ebpf, &mut l2, i, &mut attach_mode, &mut netlink)?;
         }
 
         let connect_hooks = if scope == Scope::Everything {
@@ -411,6 +473,7 @@ impl Kernel {
             connect_hooks,
             undecodable: 0,
             evicted: 0,
+            netlink,
             ebpf,
         };
         if scope == Scope::Everything {
@@ -437,6 +500,7 @@ impl Kernel {
         });
         for i in &ch.gone {
             let _ = self.l2.remove(&i.index);
+            self.netlink.forget_interface(i.index);
         }
         if self.follow_new {
             for i in all.into_iter().filter(|a| a.up) {
@@ -445,7 +509,13 @@ impl Kernel {
                 {
                     continue;
                 }
-                match attach_iface(&mut self.ebpf, &mut self.l2, &i, &mut self.attach_mode) {
+                match attach_iface(
+                    &mut self.ebpf,
+                    &mut self.l2,
+                    &i,
+                    &mut self.attach_mode,
+                    &mut self.netlink,
+                ) {
                     Ok(()) => {
                         self.interfaces.push(i.clone());
                         ch.added.push(i);

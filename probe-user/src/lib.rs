@@ -3,6 +3,7 @@ pub mod clock;
 pub mod events;
 pub mod flows;
 pub mod io;
+pub mod leftovers;
 pub mod metrics;
 pub mod monitor;
 pub mod netif;

@@ -29,6 +29,14 @@ pub fn l2_len_for(link_type: u16) -> u32 {
     }
 }
 
+/// The index of the interface with this name, if there is one.
+pub fn index_of(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid NUL-terminated string; 0 means no such interface.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
 /// All interfaces in this network namespace.
 pub fn list() -> io::Result<Vec<Interface>> {
     let sock = Socket::dgram()?;

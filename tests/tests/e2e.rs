@@ -570,3 +570,87 @@ fn active_watch_and_monitor_run_side_by_side() -> Result<()> {
     );
     Ok(())
 }
+
+/// The clsact fallback (kernels without tcx, forced here with
+/// SYNACK_TC_ATTACH=netlink): a normal end removes the filters; a SIGKILL
+/// cannot, so they stay, and the next synack to start in the namespace
+/// removes them, says so, and leaves nothing behind itself.
+#[test]
+fn netlink_filters_of_a_killed_synack_are_removed_at_the_next_start() -> Result<()> {
+    let _serial = need_root();
+    let lab = Lab::new()?;
+    let p = &lab.pair;
+    let run_dir = lab.dir.join("run");
+    let ledgers = run_dir.join("filters");
+    let ifaces = ["lo", p.client_if.as_str()];
+    let bin = synack_bin();
+    let bin = bin.to_str().context("path")?;
+    let synack_filters = |i: &str| -> Result<usize> {
+        Ok(clsact_filters(&p.client, i)?
+            .lines()
+            .filter(|l| l.contains("synack_"))
+            .count())
+    };
+    let watch = |what: &str| -> Result<(Proc, std::path::PathBuf)> {
+        let err = lab.dir.join(&format!("{what}.err"));
+        let mut c = p.client.command(bin);
+        c.args(["watch", "--summary-every", "0"])
+            .env("SYNACK_TC_ATTACH", "netlink")
+            .env("SYNACK_RUN_DIR", &run_dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err)?);
+        let w = Proc::spawn(c, "synack watch")?;
+        wait_for(Duration::from_secs(20), "watch to attach", || {
+            std::fs::read_to_string(&err)
+                .ok()
+                .filter(|e| e.contains("(Netlink)"))
+        })
+        .with_context(|| std::fs::read_to_string(&err).unwrap_or_default())?;
+        Ok((w, err))
+    };
+
+    // A normal end (SIGTERM) detaches and removes its ledger.
+    let (mut w, _) = watch("term")?;
+    for i in ifaces {
+        assert_eq!(synack_filters(i)?, 2, "ingress and egress on {i}");
+    }
+    w.signal(libc::SIGTERM);
+    assert!(w.wait_exit(Duration::from_secs(20))?.success());
+    for i in ifaces {
+        assert_eq!(synack_filters(i)?, 0, "after SIGTERM, on {i}");
+    }
+    assert_eq!(std::fs::read_dir(&ledgers)?.count(), 0, "ledger left");
+
+    // SIGKILL: the filters stay...
+    let (mut w, _) = watch("kill")?;
+    let pid = w.pid();
+    w.signal(libc::SIGKILL);
+    w.wait_exit(Duration::from_secs(20))?;
+    for i in ifaces {
+        assert_eq!(synack_filters(i)?, 2, "after SIGKILL, on {i}");
+    }
+    // ...until the next synack starts.
+    let u = url(p.server_v4, 8080, false, "/delay/1");
+    let o = p
+        .client
+        .command(bin)
+        .args(["--mode", "ebpf", "--json", &u])
+        .env("SYNACK_TC_ATTACH", "netlink")
+        .env("SYNACK_RUN_DIR", &run_dir)
+        .output()?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "removed 4 tc filter(s) left attached by synack pid {pid}"
+        )),
+        "{err}"
+    );
+    let r: Value = serde_json::from_slice(&o.stdout)?;
+    assert!(r["wire"]["ttfb_ms"].as_f64().is_some(), "{r}");
+    for i in ifaces {
+        assert_eq!(synack_filters(i)?, 0, "after the sweep, on {i}");
+    }
+    assert_eq!(std::fs::read_dir(&ledgers)?.count(), 0, "ledger left");
+    Ok(())
+}
