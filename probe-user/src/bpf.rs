@@ -50,6 +50,11 @@ pub enum KernelError {
     Load(#[source] Box<aya::EbpfError>),
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
+    #[error(
+        "synack's eBPF side needs Linux 5.8 or later (BPF ring buffer, CAP_BPF); this kernel is \
+         {0}. --mode unprivileged works on any kernel (no SYN-ACK TTL or hops)"
+    )]
+    TooOld(String),
     #[error("the kernel refused program {name}: {source}")]
     Program {
         name: &'static str,
@@ -403,6 +408,13 @@ impl Kernel {
         if OBJECT.is_empty() {
             return Err(KernelError::NoObject);
         }
+        // The ring buffer (5.8) is the newest thing the programs need; older
+        // kernels would refuse it with a bare EINVAL.
+        if let Some(rel) = crate::privs::kernel_release()
+            && crate::privs::kernel_before(&rel, (5, 8))
+        {
+            return Err(KernelError::TooOld(rel));
+        }
         let all = netif::list().map_err(KernelError::Interfaces)?;
         let interfaces: Vec<Interface> = if only.is_empty() {
             all.into_iter().filter(|i| i.up).collect()
@@ -748,25 +760,28 @@ pub fn for_mode(mode: Mode, interfaces: &[String]) -> Result<Option<Kernel>, Ker
             // (a verifier refusal, a missing object) is a fault to report,
             // not a reason to see less.
             Err(e)
-                if !errno_in_chain(
-                    &e,
-                    &[libc::EPERM, libc::EACCES, libc::ENOSYS, libc::EOPNOTSUPP],
-                ) =>
+                if !matches!(e, KernelError::TooOld(_))
+                    && !errno_in_chain(
+                        &e,
+                        &[libc::EPERM, libc::EACCES, libc::ENOSYS, libc::EOPNOTSUPP],
+                    ) =>
             {
                 Err(e)
             }
             Err(e) => {
                 let missing = crate::privs::missing_for_ebpf();
+                let enable = if matches!(e, KernelError::TooOld(_)) {
+                    String::new()
+                } else if missing.is_empty() {
+                    " CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or root) would enable eBPF.".into()
+                } else {
+                    format!(" {} would enable eBPF.", missing.join(" and "))
+                };
                 eprintln!(
                     "synack: eBPF not used ({}); timing with the sockets' own kernel timestamps \
                      instead (mode unprivileged: no SYN-ACK TTL or hops, no incoming \
-                     retransmissions). {} would enable eBPF.",
+                     retransmissions).{enable}",
                     without_verifier_log(&crate::record::error_chain(&e)),
-                    if missing.is_empty() {
-                        "CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or root)".to_string()
-                    } else {
-                        missing.join(" and ")
-                    }
                 );
                 Ok(None)
             }

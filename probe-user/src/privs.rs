@@ -11,18 +11,24 @@ use caps::{CapSet, Capability, CapsHashSet};
 /// unprivileged BPF is disabled, map reads and writes through a descriptor
 /// included; later ones only refuse creating maps and loading programs.
 fn map_ops_need_cap_bpf() -> bool {
+    kernel_release().is_none_or(|rel| kernel_before(&rel, (6, 0)))
+}
+
+/// uname's release string, e.g. "6.18.2".
+pub fn kernel_release() -> Option<String> {
     // SAFETY: zeroed utsname is a valid out-parameter.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointer.
     if unsafe { libc::uname(&mut u) } != 0 {
-        return true;
+        return None;
     }
     // SAFETY: uname NUL-terminates release.
-    let rel = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }.to_string_lossy();
-    kernel_before(&rel, (6, 0))
+    let rel = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) };
+    Some(rel.to_string_lossy().into_owned())
 }
 
-fn kernel_before(release: &str, v: (u32, u32)) -> bool {
+/// True when `release` is older than `v` (or unreadable).
+pub fn kernel_before(release: &str, v: (u32, u32)) -> bool {
     let mut it = release
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|x| x.parse::<u32>().ok());

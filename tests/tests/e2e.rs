@@ -654,3 +654,63 @@ fn netlink_filters_of_a_killed_synack_are_removed_at_the_next_start() -> Result<
     assert_eq!(std::fs::read_dir(&ledgers)?.count(), 0, "ledger left");
     Ok(())
 }
+
+/// Kernel features synack does without, or says plainly that it lacks:
+/// with no kernel BTF (/sys/kernel/btf) and no tracefs or debugfs (hidden
+/// under empty mounts in a private mount namespace) the probe and watch
+/// work, as they use neither CO-RE nor tracepoints; on a kernel older than
+/// 5.8 (uname faked by setarch --uname-2.6) `--mode ebpf` fails with a
+/// plain message and auto falls back to unprivileged.
+#[test]
+fn no_btf_no_tracefs_and_an_old_kernel() -> Result<()> {
+    let _serial = need_root();
+    let lab = Lab::new()?;
+    let p = &lab.pair;
+    let bin = synack_bin();
+    let bin = bin.to_str().context("path")?;
+    let u = url(p.server_v4, 8080, false, "/delay/2");
+    let hide = "for d in /sys/kernel/btf /sys/kernel/tracing /sys/kernel/debug; do \
+                mount -t tmpfs none $d || exit 9; done; \
+                test -z \"$(ls /sys/kernel/btf)\" || exit 8; exec \"$@\"";
+    let hidden = |args: &[&str]| -> Result<std::process::Output> {
+        Ok(p.client
+            .command("unshare")
+            .args(["-m", "sh", "-c", hide, "sh", bin])
+            .args(args)
+            .output()?)
+    };
+    let o = hidden(&["--mode", "ebpf", "--json", &u])?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "without BTF and tracefs: {err}");
+    let r: Value = serde_json::from_slice(&o.stdout)?;
+    assert_eq!(r["mode"], "ebpf");
+    assert!(r["wire"]["ttfb_ms"].as_f64().is_some(), "{r}");
+    assert!(r["wire"]["synack_ttl"].as_u64().is_some(), "{r}");
+    let o = hidden(&["watch", "--duration", "1s", "--summary-every", "0"])?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "watch without BTF and tracefs: {err}");
+    assert!(err.contains("synack watch: following"), "{err}");
+
+    let old = |mode: &str| -> Result<std::process::Output> {
+        Ok(p.client
+            .command("setarch")
+            .args(["x86_64", "--uname-2.6", bin, "--mode", mode, "--json", &u])
+            .output()?)
+    };
+    let o = old("ebpf")?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("needs Linux 5.8 or later"), "{err}");
+    assert!(
+        err.contains("--mode unprivileged works on any kernel"),
+        "{err}"
+    );
+    let o = old("auto")?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("eBPF not used"), "{err}");
+    let r: Value = serde_json::from_slice(&o.stdout)?;
+    assert_eq!(r["mode"], "unprivileged", "{r}");
+    assert!(r["wire"]["ttfb_ms"].as_f64().is_some(), "{r}");
+    Ok(())
+}
