@@ -295,15 +295,16 @@ fn clsact_filters(ns: &Netns, ifn: &str) -> Result<String> {
     Ok(s)
 }
 
-/// After synack ends (normally, by SIGINT, by SIGKILL) nothing of it stays
-/// attached: no tcx link, no clsact filter, and its programs are unloaded.
+/// After synack ends (normally, by SIGINT, by SIGKILL, by SIGABRT: what a
+/// panic that aborts comes to) nothing of it stays attached: no tcx link,
+/// no clsact filter, and its programs are unloaded.
 #[test]
 fn nothing_stays_attached() -> Result<()> {
     let _serial = need_root();
     let lab = Lab::new()?;
     let p = &lab.pair;
     let ifaces = ["lo", p.client_if.as_str()];
-    for how in ["exit", "sigint", "sigkill"] {
+    for how in ["exit", "sigint", "sigkill", "sigabrt"] {
         let delay = if how == "exit" {
             "/delay/600"
         } else {
@@ -328,6 +329,7 @@ fn nothing_stays_attached() -> Result<()> {
         match how {
             "sigint" => proc.signal(libc::SIGINT),
             "sigkill" => proc.signal(libc::SIGKILL),
+            "sigabrt" => proc.signal(libc::SIGABRT),
             _ => {}
         }
         let st = proc.wait_exit(Duration::from_secs(20))?;
