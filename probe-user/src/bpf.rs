@@ -213,39 +213,58 @@ pub struct Kernel {
     pub connect_hooks: Result<String, String>,
     undecodable: u64,
     evicted: u64,
-    /// clsact filters (netlink mode): detached on drop, before the ledger
-    /// that records them is removed.
-    netlink: Netlink,
+    /// Every classifier link, by interface: detached on drop (before the
+    /// ledger of netlink filters is removed, and before the programs go).
+    links: Links,
     ebpf: Ebpf,
 }
 
-/// The netlink filters this process attached, and their ledger (see
-/// `leftovers`), for kernels without tcx.
+/// The links this process attached, per interface index, and for netlink
+/// filters their ledger (see `leftovers`): a filter outlives a killed
+/// process, a tcx link does not.
 #[derive(Default)]
-struct Netlink {
+struct Links {
+    // Field order: links are detached before the ledger is removed.
     links: Vec<(u32, SchedClassifierLink)>,
     book: Option<crate::leftovers::Book>,
     /// The ledger could not be written (read-only /run, say): said once.
     warned: bool,
 }
 
-impl Netlink {
-    fn record(&mut self, i: &Interface, ingress: bool, link: SchedClassifierLink) {
-        let f = crate::leftovers::Filter {
-            ifname: i.name.clone(),
-            ifindex: i.index,
-            ingress,
-            priority: link.priority().unwrap_or(0),
-            handle: link.handle().map(u32::from).unwrap_or(0),
-        };
+impl Links {
+    fn add(&mut self, i: &Interface, ingress: bool, link: SchedClassifierLink, prog_id: u32) {
+        // Only netlink links have a priority; tcx ones need no ledger.
+        let filter = link
+            .priority()
+            .ok()
+            .map(|priority| crate::leftovers::Filter {
+                ifname: i.name.clone(),
+                ifindex: i.index,
+                ingress,
+                priority,
+                handle: link.handle().map(u32::from).unwrap_or(0),
+                prog_id,
+            });
         self.links.push((i.index, link));
-        let r = match &mut self.book {
-            Some(b) => b.add(f),
-            None => crate::leftovers::Book::new().and_then(|mut b| {
-                b.add(f)?;
-                self.book = Some(b);
-                Ok(())
-            }),
+        let Some(f) = filter else { return };
+        let hint = format!(
+            "tc filter del dev {} {} pref {} handle {:#x} bpf",
+            f.ifname,
+            if ingress { "ingress" } else { "egress" },
+            f.priority,
+            f.handle
+        );
+        let r = if f.priority == 0 {
+            Err(std::io::Error::other("the kernel gave no priority"))
+        } else {
+            match &mut self.book {
+                Some(b) => b.add(f),
+                None => crate::leftovers::Book::new().and_then(|mut b| {
+                    b.add(f)?;
+                    self.book = Some(b);
+                    Ok(())
+                }),
+            }
         };
         if let Err(e) = r
             && !self.warned
@@ -253,7 +272,7 @@ impl Netlink {
             self.warned = true;
             eprintln!(
                 "synack: cannot record the tc filters it attaches in {} ({e}): if synack is \
-                 killed, remove them with `tc filter del dev IFACE ingress|egress`",
+                 killed, they stay; remove each by hand, e.g. `{hint}`",
                 crate::leftovers::dir().display()
             );
         }
@@ -282,14 +301,28 @@ fn classifier<'a>(
 
 /// Attaches both classifiers to one interface: tcx while `mode` says so
 /// (switching `mode` to netlink for good when the kernel has no tcx), else a
-/// clsact filter. tcx links live in the programs, netlink ones in `netlink`
-/// (recorded in the ledger); both are detached when dropped.
+/// clsact filter. On failure nothing of this interface stays attached.
 fn attach_iface(
     ebpf: &mut Ebpf,
     l2: &mut HashMap<MapData, u32, u32>,
     i: &Interface,
     mode: &mut AttachMode,
-    netlink: &mut Netlink,
+    links: &mut Links,
+) -> Result<(), KernelError> {
+    let r = attach_both(ebpf, l2, i, mode, links);
+    if r.is_err() {
+        links.forget_interface(i.index);
+        let _ = l2.remove(&i.index);
+    }
+    r
+}
+
+fn attach_both(
+    ebpf: &mut Ebpf,
+    l2: &mut HashMap<MapData, u32, u32>,
+    i: &Interface,
+    mode: &mut AttachMode,
+    links: &mut Links,
 ) -> Result<(), KernelError> {
     l2.insert(i.index, i.l2_len(), 0)
         .map_err(|source| KernelError::Map {
@@ -307,33 +340,51 @@ fn attach_iface(
             dir: dir_s,
             source: Box::new(source),
         };
+        let prog_id = prog.info().map(|p| p.id()).map_err(attach_err)?;
+        let mut id = None;
         if *mode == AttachMode::Tcx {
             match prog.attach_with_options(
                 &i.name,
                 dir,
                 TcAttachOptions::TcxOrder(LinkOrder::default()),
             ) {
-                Ok(_) => continue,
-                // Not allowed, or no such interface: tcx is there all right.
-                Err(e) if errno_in_chain(&e, &[libc::EPERM, libc::EACCES, libc::ENODEV]) => {
-                    return Err(attach_err(e));
+                Ok(l) => id = Some(l),
+                // What a kernel without tcx says to its attach type; any
+                // other error (no privilege, no interface, no descriptor
+                // left) is an error here, not a reason to change mode.
+                Err(e)
+                    if errno_in_chain(
+                        &e,
+                        &[
+                            libc::EINVAL,
+                            libc::EOPNOTSUPP,
+                            libc::ENOSYS,
+                            524, /* ENOTSUPP */
+                        ],
+                    ) =>
+                {
+                    *mode = AttachMode::Netlink
                 }
-                Err(_) => *mode = AttachMode::Netlink,
+                Err(e) => return Err(attach_err(e)),
             }
         }
-        // EEXIST when the qdisc is already there is fine.
-        let _ = tc::qdisc_add_clsact(&i.name);
-        let id = prog
-            .attach_with_options(
-                &i.name,
-                dir,
-                TcAttachOptions::Netlink(tc::NlOptions::default()),
-            )
-            .map_err(attach_err)?;
-        // Held here rather than in the program, to be recorded: a filter
-        // outlives a killed process.
+        let id = match id {
+            Some(id) => id,
+            None => {
+                // EEXIST when the qdisc is already there is fine.
+                let _ = tc::qdisc_add_clsact(&i.name);
+                prog.attach_with_options(
+                    &i.name,
+                    dir,
+                    TcAttachOptions::Netlink(tc::NlOptions::default()),
+                )
+                .map_err(attach_err)?
+            }
+        };
+        // Held per interface rather than in the program, so that a gone
+        // interface's links are let go, and netlink ones recorded.
         let link = prog.take_link(id).map_err(attach_err)?;
-        netlink.record(i, dir == TcAttachType::Ingress, link);
+        links.add(i, dir == TcAttachType::Ingress, link, prog_id);
     }
     Ok(())
 }
@@ -444,11 +495,6 @@ impl Kernel {
                     source: Box::new(source),
                 })?;
         }
-        // Loading worked, so this process may detach filters too: remove
-        // the ones a killed synack left behind (netlink mode).
-        for l in crate::leftovers::sweep(&crate::leftovers::dir()).report() {
-            eprintln!("{l}");
-        }
         // tcx links (>= 6.6) first: the kernel releases them whatever way
         // synack ends. Where tcx is missing, fall back to a clsact filter.
         // SYNACK_TC_ATTACH=netlink forces the fallback (its tests).
@@ -456,9 +502,14 @@ impl Kernel {
             Ok("netlink") => AttachMode::Netlink,
             _ => AttachMode::Tcx,
         };
-        let mut netlink = Netlink::default();
+        let mut links = Links::default();
         for i in &interfaces {
-            attach_iface(&mut ebpf, &mut l2, i, &mut attach_mode, &mut netlink)?;
+            attach_iface(&mut ebpf, &mut l2, i, &mut attach_mode, &mut links)?;
+        }
+        // Attaching worked, so this process may detach filters too: remove
+        // the ones a killed synack left behind (netlink mode).
+        for l in crate::leftovers::sweep(&crate::leftovers::dir()).report() {
+            eprintln!("{l}");
         }
 
         let connect_hooks = if scope == Scope::Everything {
@@ -485,7 +536,7 @@ impl Kernel {
             connect_hooks,
             undecodable: 0,
             evicted: 0,
-            netlink,
+            links,
             ebpf,
         };
         if scope == Scope::Everything {
@@ -503,16 +554,22 @@ impl Kernel {
     pub fn follow_interfaces(&mut self) -> Result<IfChanges, KernelError> {
         let all = netif::list().map_err(KernelError::Interfaces)?;
         let mut ch = IfChanges::default();
-        self.interfaces.retain(|i| {
-            let here = all.iter().any(|a| a.index == i.index && a.name == i.name);
-            if !here {
-                ch.gone.push(i.clone());
-            }
-            here
-        });
+        // By index: a renamed interface keeps its links (the sweep, too,
+        // finds filters by index).
+        self.interfaces
+            .retain_mut(|i| match all.iter().find(|a| a.index == i.index) {
+                Some(a) => {
+                    i.name.clone_from(&a.name);
+                    true
+                }
+                None => {
+                    ch.gone.push(i.clone());
+                    false
+                }
+            });
         for i in &ch.gone {
             let _ = self.l2.remove(&i.index);
-            self.netlink.forget_interface(i.index);
+            self.links.forget_interface(i.index);
         }
         if self.follow_new {
             for i in all.into_iter().filter(|a| a.up) {
@@ -526,7 +583,7 @@ impl Kernel {
                     &mut self.l2,
                     &i,
                     &mut self.attach_mode,
-                    &mut self.netlink,
+                    &mut self.links,
                 ) {
                     Ok(()) => {
                         self.interfaces.push(i.clone());

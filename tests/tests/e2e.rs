@@ -576,7 +576,8 @@ fn active_watch_and_monitor_run_side_by_side() -> Result<()> {
 /// The clsact fallback (kernels without tcx, forced here with
 /// SYNACK_TC_ATTACH=netlink): a normal end removes the filters; a SIGKILL
 /// cannot, so they stay, and the next synack to start in the namespace
-/// removes them, says so, and leaves nothing behind itself.
+/// removes them, says so, and leaves nothing behind itself, while the
+/// filters of a synack that still runs, on the same interfaces, stay.
 #[test]
 fn netlink_filters_of_a_killed_synack_are_removed_at_the_next_start() -> Result<()> {
     let _serial = need_root();
@@ -593,7 +594,8 @@ fn netlink_filters_of_a_killed_synack_are_removed_at_the_next_start() -> Result<
             .filter(|l| l.contains("synack_"))
             .count())
     };
-    let watch = |what: &str| -> Result<(Proc, std::path::PathBuf)> {
+    let files = || std::fs::read_dir(&ledgers).map(|d| d.count()).unwrap_or(0);
+    let watch = |what: &str| -> Result<Proc> {
         let err = lab.dir.join(&format!("{what}.err"));
         let mut c = p.client.command(bin);
         c.args(["watch", "--summary-every", "0"])
@@ -608,28 +610,35 @@ fn netlink_filters_of_a_killed_synack_are_removed_at_the_next_start() -> Result<
                 .filter(|e| e.contains("(Netlink)"))
         })
         .with_context(|| std::fs::read_to_string(&err).unwrap_or_default())?;
-        Ok((w, err))
+        Ok(w)
     };
 
-    // A normal end (SIGTERM) detaches and removes its ledger.
-    let (mut w, _) = watch("term")?;
+    // A normal end (SIGTERM) detaches and removes its ledger and lock.
+    let mut w = watch("term")?;
     for i in ifaces {
         assert_eq!(synack_filters(i)?, 2, "ingress and egress on {i}");
     }
+    assert_eq!(files(), 2, "a ledger and its lock");
     w.signal(libc::SIGTERM);
     assert!(w.wait_exit(Duration::from_secs(20))?.success());
     for i in ifaces {
         assert_eq!(synack_filters(i)?, 0, "after SIGTERM, on {i}");
     }
-    assert_eq!(std::fs::read_dir(&ledgers)?.count(), 0, "ledger left");
+    assert_eq!(files(), 0, "ledger left");
 
+    // One that keeps running through what follows.
+    let mut live = watch("live")?;
     // SIGKILL: the filters stay...
-    let (mut w, _) = watch("kill")?;
+    let mut w = watch("kill")?;
     let pid = w.pid();
     w.signal(libc::SIGKILL);
     w.wait_exit(Duration::from_secs(20))?;
     for i in ifaces {
-        assert_eq!(synack_filters(i)?, 2, "after SIGKILL, on {i}");
+        assert_eq!(
+            synack_filters(i)?,
+            4,
+            "the live one's and the killed one's on {i}"
+        );
     }
     // ...until the next synack starts.
     let u = url(p.server_v4, 8080, false, "/delay/1");
@@ -648,12 +657,19 @@ fn netlink_filters_of_a_killed_synack_are_removed_at_the_next_start() -> Result<
         )),
         "{err}"
     );
+    assert!(!err.contains("cannot"), "{err}");
     let r: Value = serde_json::from_slice(&o.stdout)?;
     assert!(r["wire"]["ttfb_ms"].as_f64().is_some(), "{r}");
     for i in ifaces {
-        assert_eq!(synack_filters(i)?, 0, "after the sweep, on {i}");
+        assert_eq!(synack_filters(i)?, 2, "only the live one's on {i}");
     }
-    assert_eq!(std::fs::read_dir(&ledgers)?.count(), 0, "ledger left");
+    assert_eq!(files(), 2, "only the live one's ledger and lock");
+    live.signal(libc::SIGTERM);
+    assert!(live.wait_exit(Duration::from_secs(20))?.success());
+    for i in ifaces {
+        assert_eq!(synack_filters(i)?, 0, "at the end, on {i}");
+    }
+    assert_eq!(files(), 0, "ledger left");
     Ok(())
 }
 

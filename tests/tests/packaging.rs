@@ -16,7 +16,7 @@ use std::{
     path::{Path, PathBuf},
     time::Duration,
 };
-use synack_tests::{Proc, Served, TempDir, is_root, synack_bin, wait_for};
+use synack_tests::{Netns, Proc, Served, TempDir, is_root, synack_bin, unique, wait_for};
 use yaml_rust2::{Yaml, YamlLoader};
 
 fn repo() -> PathBuf {
@@ -309,11 +309,13 @@ fn packaged_argv(exec: &[String], bin: &str, paths: &[(&str, &str)]) -> Result<V
 /// Without one of the three capabilities, synack names the one that is
 /// missing and how to grant it (not the verifier's log), in both modes:
 /// `--mode ebpf` fails with exit status 2, auto falls back and says which
-/// capability would enable eBPF. Nothing leaves loopback: it fails before
-/// any request (ebpf) or is refused by a closed loopback port (auto).
+/// capability would enable eBPF. In a namespace of its own, with its own
+/// ledger directory; nothing leaves its loopback.
 #[test]
 fn a_missing_capability_is_named() -> Result<()> {
     assert!(is_root(), "the packaging test needs root: cargo xtask test");
+    let ns = Netns::new(&unique("synack-caps"))?;
+    let run_dir = TempDir::new()?;
     let all = ["bpf", "net_admin", "perfmon"];
     for lack in all {
         let keep: BTreeSet<String> = all
@@ -322,7 +324,9 @@ fn a_missing_capability_is_named() -> Result<()> {
             .map(|c| c.to_string())
             .collect();
         let run = |mode: &str| -> Result<std::process::Output> {
-            Ok(std::process::Command::new("setpriv")
+            Ok(ns
+                .command("setpriv")
+                .env("SYNACK_RUN_DIR", &run_dir.0)
                 .arg(format!("--bounding-set={}", setpriv_caps(&keep)))
                 .args(["--inh-caps=-all", "--ambient-caps=-all"])
                 .arg(synack_bin())

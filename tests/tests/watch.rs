@@ -816,6 +816,17 @@ fn interfaces_that_come_and_go() -> Result<()> {
 
     dummy("synack-d2")?;
     stderr_has(&w, "interface synack-d2 came up")?;
+    // Really attached: both programs, per synack-inspect.
+    let v: Value = serde_json::from_str(&p.client.exec(&[
+        env!("CARGO_BIN_EXE_synack-inspect"),
+        "--iface",
+        "synack-d2",
+    ])?)?;
+    assert_eq!(
+        v["attached"].as_array().map(Vec::len),
+        Some(2),
+        "programs on synack-d2: {v}"
+    );
     let caps = cap_eff(w.proc.pid()).context("CapEff")?;
     assert_eq!(caps, (1 << 12) | (1 << 19), "watch's CapEff {caps:#x}");
     let (recs, err) = w.stop()?;
