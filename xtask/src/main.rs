@@ -415,7 +415,7 @@ const FUZZ_TARGETS: &[(&str, usize)] = &[
     ("http_request", 1 + 1024),
     ("http_status", 1024),
     ("client_hello_sni", 1024),
-    ("targets_file", 8192),
+    ("targets_file", 4096),
     // A SnapEvent record is 152 + 1024 bytes; other sizes are refused early.
     ("event_decode", 1200),
 ];
