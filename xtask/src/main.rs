@@ -980,3 +980,61 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The end of a libFuzzer run that found a panic, as cargo-fuzz 0.13
+    /// prints it: what the fuzz step's summary and crash report are read from.
+    const CRASH: &str = "\
+#2\tINITED cov: 22 ft: 23 corp: 10/4417b exec/s: 0 rss: 27Mb
+#9\tNEW    cov: 23 ft: 24 corp: 11/4420b lim: 1024 exec/s: 0 rss: 27Mb L: 3/1024 MS: 1 ChangeByte-
+
+thread '<unnamed>' (2347) panicked at fuzz_targets/http_status.rs:8:5:
+injected failure
+stack backtrace:
+   0: __rustc::rust_begin_unwind
+==2347== ERROR: libFuzzer: deadly signal
+MS: 1 ChangeByte-; base unit: 0000
+artifact_prefix='/w/fuzz/artifacts/http_status/'; Test unit written to /w/fuzz/artifacts/http_status/crash-35143
+Base64: SFRUUC8xLjEgNDA0
+stat::number_of_executed_units: 14
+stat::peak_rss_mb:              99
+";
+
+    #[test]
+    fn crash_reports_are_read_from_libfuzzer_output() {
+        let st = fuzz_stats(CRASH);
+        assert_eq!(st.runs, Some(14));
+        assert_eq!((st.cov, st.features), (Some(23), Some(24)));
+        assert_eq!(
+            st.artifact.as_deref(),
+            Some(Path::new("/w/fuzz/artifacts/http_status/crash-35143"))
+        );
+        assert_eq!(
+            crash_excerpt(CRASH),
+            [
+                "thread '<unnamed>' (2347) panicked at fuzz_targets/http_status.rs:8:5:",
+                "injected failure"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_clean_run_has_numbers_and_no_artifact() {
+        let log = "#1200\tDONE   cov: 258 ft: 963 corp: 340/37Kb lim: 1025 exec/s: 104295 rss: 28Mb\n\
+                   Done 2085917 runs in 21 second(s)\n\
+                   stat::number_of_executed_units: 2085917\n";
+        let st = fuzz_stats(log);
+        assert_eq!(st.runs, Some(2085917));
+        assert_eq!((st.cov, st.features), (Some(258), Some(963)));
+        assert!(st.artifact.is_none());
+        // A hang or an out-of-memory report has no panic line.
+        let oom = "#5\tNEW cov: 1 ft: 1\n==9== ERROR: libFuzzer: out-of-memory (used: 2100Mb; exceeds: 2048Mb)\nSUMMARY: libFuzzer: out-of-memory\n";
+        assert_eq!(
+            crash_excerpt(oom)[0],
+            oom.lines().nth(1).unwrap_or_default()
+        );
+    }
+}
