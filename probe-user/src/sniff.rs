@@ -78,27 +78,35 @@ fn printable(s: &str, max: usize) -> String {
 /// Parses the request line and the Host header of a request's first bytes.
 pub fn http_request(b: &[u8], keep_query: bool) -> Option<HttpRequest> {
     let (method, target) = request_line(b)?;
-    let (mut host, path) = match target
+    let (mut host, path, absolute) = match target
         .strip_prefix("http://")
         .or_else(|| target.strip_prefix("https://"))
     {
         Some(rest) => {
-            let (auth, p) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            (Some(auth.to_string()), if p.is_empty() { "/" } else { p })
+            // The authority ends at '/', '?' or '#' (RFC 3986, 3.2): in
+            // "http://h?token=x" the query is not part of the host, and is as
+            // private as any other (found by fuzzing).
+            let (auth, p) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+            (Some(auth.to_string()), p, true)
         }
-        None => (None, target),
+        None => (None, target, false),
     };
     let path = if keep_query {
         path
     } else {
         path.split(['?', '#']).next().unwrap_or(path)
     };
+    let path = if absolute && !path.starts_with('/') {
+        format!("/{path}")
+    } else {
+        path.to_string()
+    };
     if host.is_none() {
         host = header(b, "host");
     }
     Some(HttpRequest {
         method: printable(method, MAX_METHOD),
-        path: printable(path, MAX_PATH),
+        path: printable(&path, MAX_PATH),
         host: host.map(|h| printable(&h, MAX_HOST)),
     })
 }
@@ -274,6 +282,26 @@ pub(crate) mod tests {
         // The Host header after the end of the header block is body, not a header.
         let b = b"GET / HTTP/1.1\r\nA: b\r\n\r\nHost: no\r\n";
         assert_eq!(http_request(b, false).unwrap().host, None);
+    }
+
+    #[test]
+    fn absolute_form_without_a_path_keeps_its_query_private() {
+        // Regression from fuzzing: the query and fragment ended up in the host.
+        let b = b"GET http://proxy.example?token=secret HTTP/1.1\r\nHost: h\r\n\r\n";
+        let r = http_request(b, false).unwrap();
+        assert_eq!(r.host.as_deref(), Some("proxy.example"));
+        assert_eq!(r.path, "/");
+        assert_eq!(http_request(b, true).unwrap().path, "/?token=secret");
+        let r = http_request(b"GET https://h.example#frag HTTP/1.1\r\n", false).unwrap();
+        assert_eq!(
+            (r.host.as_deref(), r.path.as_str()),
+            (Some("h.example"), "/")
+        );
+        let r = http_request(b"HEAD http://h.example HTTP/1.0\r\n", true).unwrap();
+        assert_eq!(
+            (r.host.as_deref(), r.path.as_str()),
+            (Some("h.example"), "/")
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! `method=`, `header="Name: value"` (repeatable), `data=` (request body),
 //! `expect=` (a status such as 200, a class such as 2xx, or a list: 200,204;
 //! default 200-399), `reuse=N`, `timeout=` (default: the interval, at most
-//! 10 s), `interval=` (this target's own). Values may be quoted with '' or "".
+//! 10 s), `interval=` (this target's own; both at most a day). Values may be quoted with '' or "".
 //! `#` starts a comment. A broken line is reported with its number; the
 //! others still run.
 
@@ -108,6 +108,10 @@ fn words(line: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+/// Longest `timeout=` or `interval=`: the monitor computes with them
+/// (timeout x (reuse + 1), now + interval), which must not overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
 fn duration(v: &str) -> Result<Duration, String> {
     let (num, mul) = if let Some(x) = v.strip_suffix("ms") {
         (x, 1e-3)
@@ -124,7 +128,13 @@ fn duration(v: &str) -> Result<Duration, String> {
     if !n.is_finite() || n <= 0.0 {
         return Err(format!("{v:?} must be a positive duration"));
     }
-    Ok(Duration::from_secs_f64(n * mul))
+    // Found by fuzzing: from_secs_f64 panics on "1e300s", and "1e-300s"
+    // rounds to zero, which is not positive either.
+    match Duration::try_from_secs_f64(n * mul) {
+        Ok(d) if d.is_zero() => Err(format!("{v:?} must be a positive duration")),
+        Ok(d) if d <= MAX_DURATION => Ok(d),
+        _ => Err(format!("{v:?} is longer than a day")),
+    }
 }
 
 fn expect(v: &str) -> Result<Expect, String> {
@@ -318,6 +328,22 @@ https://api.example.com/health name=api
         assert!(t.is_empty());
         assert_eq!(e.len(), 2, "{e:?}");
         assert!(e[0].message.contains("given twice"));
+    }
+
+    #[test]
+    fn durations_out_of_range_are_line_errors() {
+        // Regressions from fuzzing: these panicked (too big for a Duration)
+        // or gave a zero interval.
+        let (t, e) = parse(
+            "http://a/ timeout=1e300s\nhttp://b/ interval=1e308m\nhttp://c/ interval=1e-300s\n\
+             http://d/ timeout=1e18s reuse=100\nhttp://e/ interval=86401s\nhttp://f/ interval=1440m\n",
+        );
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert_eq!(t[0].interval, Some(MAX_DURATION));
+        let lines: Vec<usize> = e.iter().map(|e| e.line).collect();
+        assert_eq!(lines, [1, 2, 3, 4, 5], "{e:#?}");
+        assert!(e[0].message.contains("longer than a day"), "{}", e[0]);
+        assert!(e[2].message.contains("positive"), "{}", e[2]);
     }
 
     #[test]

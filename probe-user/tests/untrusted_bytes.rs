@@ -1,8 +1,9 @@
 //! Every parser of untrusted bytes against random and mutated input: it may
 //! refuse, it must never panic (a panic in `synack watch` would end it) and
 //! what it keeps stays bounded. Seeded, so a failure reproduces; bounded in
-//! count, so it runs in the ordinary test suite. (cargo-fuzz targets, which
-//! search coverage-guided, are still to come: issue 7.)
+//! count, so it runs in the ordinary test suite. The coverage-guided search
+//! over the same parsers and invariants is in fuzz/fuzz_targets/ (`cargo
+//! xtask fuzz`, docs/fuzzing.md).
 
 use synack::{events, sniff, targets, tcp};
 

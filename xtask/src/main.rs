@@ -26,8 +26,8 @@ enum Cmd {
     /// bpf-linker built against nightly's LLVM, and the Debian packages the
     /// tests use.
     Setup {
-        /// Only what building needs: skip the Debian packages (apt-get) and
-        /// the linters (packaging/Dockerfile builds this way).
+        /// Only what building needs: skip the Debian packages (apt-get),
+        /// cargo-fuzz and the linters (packaging/Dockerfile builds this way).
         #[arg(long)]
         no_apt: bool,
     },
@@ -48,11 +48,25 @@ enum Cmd {
     },
     /// Build everything and run the whole test suite: unit tests, the eBPF
     /// programs under BPF_PROG_TEST_RUN, and the end-to-end tests in network
-    /// namespaces (these need root).
+    /// namespaces (these need root); then `fuzz` for its default time, unless
+    /// a test filter is given.
     Test {
+        /// Skip the fuzzing step.
+        #[arg(long)]
+        no_fuzz: bool,
         /// Extra arguments for `cargo test` (after --), e.g. a test name filter.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Coverage-guided fuzzing (cargo-fuzz, fuzz/) of every parser of
+    /// untrusted bytes, each target for a bounded time over a scratch copy of
+    /// its committed corpus; fails on the first crash it finds in any target.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = FUZZ_SECONDS)]
+        seconds: u32,
+        /// Targets to run (default: all).
+        targets: Vec<String>,
     },
     /// The lab demo: brings the lab up, times HTTPS requests to the same
     /// origin directly and through a transparent TCP proxy, prints both
@@ -308,9 +322,51 @@ fn demo(think: u32, client_rtt: f64, server_rtt: f64) -> Result<()> {
     Ok(())
 }
 
-/// Runs the whole suite and ends with one line that sums every test binary's
-/// results (cargo's own last line is a doc-test run with nothing in it).
-fn test(bin: &Path, args: &[String]) -> Result<()> {
+/// Runs the whole suite, then the fuzz targets, and ends with one line that
+/// sums every test binary's results and the fuzz targets' (cargo's own last
+/// line is a doc-test run with nothing in it).
+fn test(bin: &Path, args: &[String], no_fuzz: bool) -> Result<()> {
+    let (passed, failed, ignored) = cargo_test(bin, args)?;
+    println!("cargo test: {passed} passed, {failed} failed, {ignored} skipped");
+    let fuzz = if failed > 0 {
+        println!("fuzz: skipped (cargo test failed)");
+        None
+    } else if no_fuzz || !args.is_empty() {
+        // A filter asks for a few tests, quickly; fuzzing is minutes.
+        println!("fuzz: skipped (--no-fuzz or a test filter)");
+        None
+    } else {
+        Some(fuzz(FUZZ_SECONDS, &[]))
+    };
+    let (fuzz_ok, fuzz_failed) = match &fuzz {
+        Some(Ok(f)) => (f.ok, f.crashed),
+        // It could not run (no cargo-fuzz, a build error): that fails too.
+        Some(Err(e)) => {
+            println!("fuzz: {e:#}");
+            (0, 1)
+        }
+        None => (0, 0),
+    };
+    println!(
+        "total: {} passed, {} failed, {ignored} skipped",
+        passed + fuzz_ok,
+        failed + fuzz_failed
+    );
+    if failed > 0 {
+        bail!("cargo test failed");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    match fuzz {
+        Some(Err(e)) => Err(e),
+        Some(Ok(f)) => f.check(),
+        None => Ok(()),
+    }
+}
+
+/// `cargo test --workspace`, echoed: (passed, failed, ignored).
+fn cargo_test(bin: &Path, args: &[String]) -> Result<(u64, u64, u64)> {
     use std::io::{BufRead, BufReader};
     let obj = root().join("target/bpf/bpfel-unknown-none/release/probe-ebpf");
     let mut child = Command::new("cargo")
@@ -346,14 +402,265 @@ fn test(bin: &Path, args: &[String]) -> Result<()> {
         }
     }
     let st = child.wait()?;
-    println!("total: {passed} passed, {failed} failed, {ignored} skipped");
-    if !st.success() {
-        bail!("cargo test failed ({st})");
+    if !st.success() && failed == 0 {
+        // A build error or a crashed test binary: no "test result" line says so.
+        failed = 1;
+        eprintln!("xtask: cargo test failed ({st})");
     }
-    if passed == 0 {
-        bail!("no test ran");
+    Ok((passed, failed, ignored))
+}
+
+/// Seconds per fuzz target in `cargo xtask test`: with six targets, two
+/// minutes of CI time (docs/fuzzing.md for longer runs).
+const FUZZ_SECONDS: u32 = 20;
+
+/// The fuzz targets and the longest input each gets (-max_len): what the
+/// kernel or a file can really hand the parser, plus a little.
+const FUZZ_TARGETS: &[(&str, usize)] = &[
+    // At most 40 option bytes in a TCP header.
+    ("tcp_options", 64),
+    // A payload snapshot (SNAP_BYTES), after one byte that picks keep_query.
+    ("http_request", 1 + 1024),
+    ("http_status", 1024),
+    ("client_hello_sni", 1024),
+    ("targets_file", 4096),
+    // A SnapEvent record is 152 + 1024 bytes; other sizes are refused early.
+    ("event_decode", 1200),
+];
+
+/// How the fuzz targets are built (and so how a crash is reproduced).
+/// Without AddressSanitizer: the parsers are safe Rust, whose out-of-bounds
+/// accesses and overflows already panic (cargo-fuzz keeps debug assertions
+/// on), and a panic is a crash to libFuzzer, which stays coverage-guided.
+/// ASan instruments every dependency (ring's C included): it doubled the
+/// clean build here (4.3 against 2 minutes on 2 cores) for little to find.
+const FUZZ_BUILD: &[&str] = &["+nightly", "fuzz", "build", "--sanitizer", "none"];
+const FUZZ_RUN: &[&str] = &["+nightly", "fuzz", "run", "--sanitizer", "none"];
+
+/// What a fuzzing round found: targets that ran their time, and crashed ones.
+struct FuzzOutcome {
+    ok: u64,
+    crashed: u64,
+}
+
+impl FuzzOutcome {
+    fn check(&self) -> Result<()> {
+        if self.crashed > 0 {
+            bail!(
+                "fuzz: {} of {} targets crashed (see above)",
+                self.crashed,
+                self.ok + self.crashed
+            );
+        }
+        Ok(())
     }
-    Ok(())
+}
+
+/// A scratch directory, removed however the fuzz step ends.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// libFuzzer's closing numbers, from its output.
+#[derive(Default)]
+struct FuzzStats {
+    runs: Option<u64>,
+    cov: Option<u64>,
+    features: Option<u64>,
+    artifact: Option<PathBuf>,
+}
+
+fn fuzz_stats(log: &str) -> FuzzStats {
+    let mut st = FuzzStats::default();
+    let field = |line: &str, name: &str| -> Option<u64> {
+        let mut w = line.split_whitespace();
+        w.find(|x| *x == name)?;
+        w.next()?.parse().ok()
+    };
+    for line in log.lines() {
+        if let Some(n) = line.strip_prefix("stat::number_of_executed_units:") {
+            st.runs = n.trim().parse().ok();
+        }
+        if line.contains(" cov: ") {
+            st.cov = field(line, "cov:").or(st.cov);
+            st.features = field(line, "ft:").or(st.features);
+        }
+        if let Some((_, p)) = line.split_once("Test unit written to ") {
+            st.artifact = Some(PathBuf::from(p.trim()));
+        }
+    }
+    st
+}
+
+/// The lines of a crash report worth showing in a CI log: the panic message
+/// or sanitizer error, without the backtrace.
+fn crash_excerpt(log: &str) -> Vec<&str> {
+    let lines: Vec<&str> = log.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.contains("panicked at") || l.contains("ERROR: libFuzzer"))
+        .unwrap_or(lines.len().saturating_sub(15));
+    lines[start..]
+        .iter()
+        .take_while(|l| !l.starts_with("stack backtrace:"))
+        .take(15)
+        .copied()
+        .collect()
+}
+
+/// Builds the fuzz targets, then runs each for `seconds` over a scratch copy
+/// of fuzz/corpus/TARGET (what it discovers is not kept: the committed
+/// corpus changes only by hand, see docs/fuzzing.md).
+fn fuzz(seconds: u32, only: &[String]) -> Result<FuzzOutcome> {
+    let root = root();
+    let fuzz_dir = root.join("fuzz");
+    for t in only {
+        if !FUZZ_TARGETS.iter().any(|(n, _)| n == t) {
+            let all: Vec<&str> = FUZZ_TARGETS.iter().map(|(n, _)| *n).collect();
+            bail!("no fuzz target {t:?} (there are: {})", all.join(", "));
+        }
+    }
+    if output(Command::new("cargo").args(["+nightly", "fuzz", "--version"])).is_none() {
+        bail!("cargo-fuzz is missing: run `cargo xtask setup`");
+    }
+    // probe-user's build script reruns on every build while the eBPF object
+    // it embeds is missing, rebuilding the crate before each target; the
+    // parsers do not need the object, so they get an empty one that stays.
+    let target_dir = fuzz_dir.join("target");
+    std::fs::create_dir_all(&target_dir)
+        .with_context(|| format!("creating {}", target_dir.display()))?;
+    let no_ebpf = target_dir.join("no-ebpf.o");
+    if !no_ebpf.exists() {
+        std::fs::write(&no_ebpf, b"").with_context(|| format!("writing {}", no_ebpf.display()))?;
+    }
+    let cargo = |args: &[&str]| {
+        let mut c = Command::new("cargo");
+        c.current_dir(&root)
+            .args(args)
+            .env("SYNACK_EBPF_OBJECT", &no_ebpf)
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("RUSTC")
+            .env_remove("RUSTC_WRAPPER");
+        // What `cargo run` set for xtask itself: ring's build script reruns
+        // when CARGO_MANIFEST_DIR changes, so with it the fuzz build would
+        // differ from the one a person reproducing a crash gets, and each
+        // would rebuild ring and all above it.
+        for (k, _) in env::vars_os() {
+            if k.to_str().is_some_and(|k| {
+                k.starts_with("CARGO_PKG_")
+                    || [
+                        "CARGO_MANIFEST_DIR",
+                        "CARGO_MANIFEST_PATH",
+                        "CARGO_CRATE_NAME",
+                        "CARGO_BIN_NAME",
+                        "CARGO_PRIMARY_PACKAGE",
+                    ]
+                    .contains(&k)
+            }) {
+                c.env_remove(k);
+            }
+        }
+        c
+    };
+
+    println!(
+        "fuzz: building the targets (cargo {})",
+        FUZZ_BUILD.join(" ")
+    );
+    let t0 = std::time::Instant::now();
+    run(&mut cargo(FUZZ_BUILD)).context("building the fuzz targets")?;
+    println!("fuzz: built in {:.0} s", t0.elapsed().as_secs_f64());
+
+    let scratch = Scratch(env::temp_dir().join(format!("synack-fuzz-{}", std::process::id())));
+    let logs = target_dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let mut out = FuzzOutcome { ok: 0, crashed: 0 };
+    for &(name, max_len) in FUZZ_TARGETS {
+        if !only.is_empty() && !only.iter().any(|t| t == name) {
+            continue;
+        }
+        let seeds = fuzz_dir.join("corpus").join(name);
+        let corpus = scratch.0.join(name);
+        std::fs::create_dir_all(&corpus)?;
+        let mut n_seeds = 0;
+        for e in
+            std::fs::read_dir(&seeds).with_context(|| format!("reading {}", seeds.display()))?
+        {
+            let p = e?.path();
+            if p.is_file() {
+                std::fs::copy(&p, corpus.join(p.file_name().context("file name")?))?;
+                n_seeds += 1;
+            }
+        }
+        let mut args: Vec<String> = FUZZ_RUN.iter().map(|s| s.to_string()).collect();
+        args.extend([name.to_string(), corpus.display().to_string(), "--".into()]);
+        args.extend([
+            format!("-max_total_time={seconds}"),
+            format!("-max_len={max_len}"),
+            // Far above what any target needs: a leak or a blow-up, not noise.
+            "-rss_limit_mb=2048".into(),
+            // A parser that takes seconds on one input is a hang.
+            "-timeout=10".into(),
+            "-print_final_stats=1".into(),
+        ]);
+        let dict = fuzz_dir.join("dict").join(format!("{name}.dict"));
+        if dict.exists() {
+            args.push(format!("-dict={}", dict.display()));
+        }
+        let log_path = logs.join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let st = cargo(&argv)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .status()
+            .with_context(|| format!("starting cargo fuzz run {name}"))?;
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let stats = fuzz_stats(&text);
+        let n_corpus = std::fs::read_dir(&corpus).map(|d| d.count()).unwrap_or(0);
+        let num = |v: Option<u64>| v.map_or("?".to_string(), |n| n.to_string());
+        let summary = format!(
+            "{} runs, cov {} ft {}, corpus {n_seeds} -> {n_corpus} inputs",
+            num(stats.runs),
+            num(stats.cov),
+            num(stats.features)
+        );
+        if st.success() {
+            println!("fuzz: {name:<17} ok       {summary} in {seconds} s");
+            out.ok += 1;
+            continue;
+        }
+        out.crashed += 1;
+        println!("fuzz: {name:<17} CRASHED  {summary}");
+        for l in crash_excerpt(&text) {
+            println!("fuzz:   | {l}");
+        }
+        println!("fuzz:   full output: {}", log_path.display());
+        match &stats.artifact {
+            Some(a) => {
+                println!("fuzz:   input: {}", a.display());
+                println!(
+                    "fuzz:   reproduce: cd {} && SYNACK_EBPF_OBJECT={} cargo {} {name} {}",
+                    root.display(),
+                    no_ebpf.display(),
+                    FUZZ_RUN.join(" "),
+                    a.display()
+                );
+            }
+            None => println!("fuzz:   no crash input was written ({st})"),
+        }
+    }
+    println!(
+        "fuzz: {} targets ran {seconds} s each, {} crashed",
+        out.ok + out.crashed,
+        out.crashed
+    );
+    Ok(out)
 }
 
 fn print_lab(st: &synack_lab::topo::State, bin: &Path, ca: &Path) {
@@ -457,8 +764,10 @@ fn bpf_linker_works() -> bool {
 /// (iptables), offloads off (ethtool), ground truth (tcpdump), curl for
 /// comparisons, the real proxies, a real Prometheus to scrape `synack
 /// monitor`, Python for the watch tests' keep-alive client, and wrk for the
-/// benchmarks' load, systemd-analyze to check the unit file.
+/// benchmarks' load; g++ builds libFuzzer for the fuzz targets;
+/// systemd-analyze checks the unit file.
 const APT_PACKAGES: &[&str] = &[
+    "g++",
     "iproute2",
     "iptables",
     "ethtool",
@@ -472,6 +781,10 @@ const APT_PACKAGES: &[&str] = &[
     "wrk",
     "systemd",
 ];
+
+/// The cargo-fuzz that `cargo xtask fuzz` was written against (its flags
+/// and output are what the fuzz step parses).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 fn setup(no_apt: bool) -> Result<()> {
     let mut missing = Vec::new();
@@ -542,6 +855,25 @@ fn setup(no_apt: bool) -> Result<()> {
         if run(&mut c).is_err() || !bpf_linker_works() {
             missing.push("bpf-linker (see docs/build.md)");
         }
+    }
+
+    // Testing tools, not building ones: --no-apt (the image build) skips them.
+    if !no_apt {
+        eprintln!("xtask setup: cargo-fuzz {CARGO_FUZZ_VERSION}");
+    }
+    if !no_apt
+        && !output(Command::new("cargo").args(["+nightly", "fuzz", "--version"]))
+            .is_some_and(|v| v.ends_with(CARGO_FUZZ_VERSION))
+        && run(Command::new("cargo").args([
+            "install",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--locked",
+        ]))
+        .is_err()
+    {
+        missing.push("cargo-fuzz (cargo install cargo-fuzz --locked)");
     }
 
     if !no_apt {
@@ -660,12 +992,13 @@ fn main() -> ExitCode {
             server_rtt,
         } => demo(think, client_rtt, server_rtt),
         Cmd::Lint => build(false).and_then(|bin| lint::lint(&bin)),
-        Cmd::Test { args } => build(false).and_then(|bin| {
+        Cmd::Test { no_fuzz, args } => build(false).and_then(|bin| {
             // The linters run even when a test failed: both results count.
-            let tests = test(&bin, &args);
+            let tests = test(&bin, &args, no_fuzz);
             let lints = lint::lint(&bin);
             tests.and(lints)
         }),
+        Cmd::Fuzz { seconds, targets } => fuzz(seconds, &targets).and_then(|f| f.check()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -673,5 +1006,63 @@ fn main() -> ExitCode {
             eprintln!("xtask: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The end of a libFuzzer run that found a panic, as cargo-fuzz 0.13
+    /// prints it: what the fuzz step's summary and crash report are read from.
+    const CRASH: &str = "\
+#2\tINITED cov: 22 ft: 23 corp: 10/4417b exec/s: 0 rss: 27Mb
+#9\tNEW    cov: 23 ft: 24 corp: 11/4420b lim: 1024 exec/s: 0 rss: 27Mb L: 3/1024 MS: 1 ChangeByte-
+
+thread '<unnamed>' (2347) panicked at fuzz_targets/http_status.rs:8:5:
+injected failure
+stack backtrace:
+   0: __rustc::rust_begin_unwind
+==2347== ERROR: libFuzzer: deadly signal
+MS: 1 ChangeByte-; base unit: 0000
+artifact_prefix='/w/fuzz/artifacts/http_status/'; Test unit written to /w/fuzz/artifacts/http_status/crash-35143
+Base64: SFRUUC8xLjEgNDA0
+stat::number_of_executed_units: 14
+stat::peak_rss_mb:              99
+";
+
+    #[test]
+    fn crash_reports_are_read_from_libfuzzer_output() {
+        let st = fuzz_stats(CRASH);
+        assert_eq!(st.runs, Some(14));
+        assert_eq!((st.cov, st.features), (Some(23), Some(24)));
+        assert_eq!(
+            st.artifact.as_deref(),
+            Some(Path::new("/w/fuzz/artifacts/http_status/crash-35143"))
+        );
+        assert_eq!(
+            crash_excerpt(CRASH),
+            [
+                "thread '<unnamed>' (2347) panicked at fuzz_targets/http_status.rs:8:5:",
+                "injected failure"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_clean_run_has_numbers_and_no_artifact() {
+        let log = "#1200\tDONE   cov: 258 ft: 963 corp: 340/37Kb lim: 1025 exec/s: 104295 rss: 28Mb\n\
+                   Done 2085917 runs in 21 second(s)\n\
+                   stat::number_of_executed_units: 2085917\n";
+        let st = fuzz_stats(log);
+        assert_eq!(st.runs, Some(2085917));
+        assert_eq!((st.cov, st.features), (Some(258), Some(963)));
+        assert!(st.artifact.is_none());
+        // A hang or an out-of-memory report has no panic line.
+        let oom = "#5\tNEW cov: 1 ft: 1\n==9== ERROR: libFuzzer: out-of-memory (used: 2100Mb; exceeds: 2048Mb)\nSUMMARY: libFuzzer: out-of-memory\n";
+        assert_eq!(
+            crash_excerpt(oom)[0],
+            oom.lines().nth(1).unwrap_or_default()
+        );
     }
 }

@@ -1,0 +1,31 @@
+//! Ring-buffer records from the eBPF classifiers. The kernel side is ours,
+//! but a mismatched object (old build, other version) sends bytes of any
+//! shape, and every record then also reaches the payload sniffers.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use probe_common::{Event, SNAP_BYTES, SnapEvent};
+use synack::{events, sniff};
+
+fuzz_target!(|b: &[u8]| {
+    let Ok((ev, snap)) = events::decode(b) else {
+        return;
+    };
+    // Only the two record sizes decode, and the snapshot is exactly the
+    // bytes the record says are valid: never more than the record holds.
+    assert!(b.len() == size_of::<Event>() || b.len() == size_of::<SnapEvent>());
+    assert!((probe_common::EV_SYN..=probe_common::EV_RST).contains(&ev.kind));
+    assert!(snap.len() <= SNAP_BYTES);
+    if b.len() == size_of::<SnapEvent>() {
+        assert_eq!(snap, &b[size_of::<Event>()..][..ev.snap_len as usize]);
+    } else {
+        assert!(snap.is_empty());
+    }
+    // What watch does next with such a record.
+    let n = (ev.opt_len as usize).min(ev.options.len());
+    let _ = synack::tcp::parse_options(&ev.options[..n]);
+    let _ = sniff::classify(snap);
+    let _ = sniff::http_request(snap, false);
+    let _ = sniff::client_hello_sni(snap);
+    let _ = sniff::records(snap, ev.payload_len);
+});
