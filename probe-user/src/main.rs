@@ -340,24 +340,7 @@ fn watch_options(a: WatchArgs) -> Result<synack::watch::WatchOptions> {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, mul) = if let Some(v) = s.strip_suffix("ms") {
-        (v, 1e-3)
-    } else if let Some(v) = s.strip_suffix('s') {
-        (v, 1.0)
-    } else if let Some(v) = s.strip_suffix('m') {
-        (v, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (examples: 5, 2.5s, 300ms, 1m)"))?;
-    if !v.is_finite() || v < 0.0 {
-        return Err(format!("{s:?} must be a non-negative duration"));
-    }
-    Ok(Duration::from_secs_f64(v * mul))
+    synack::targets::parse_duration(s, true)
 }
 
 fn parse_header(h: &str) -> Result<(HeaderName, HeaderValue)> {

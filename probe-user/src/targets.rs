@@ -113,6 +113,13 @@ fn words(line: &str) -> Result<Vec<String>, String> {
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 fn duration(v: &str) -> Result<Duration, String> {
+    parse_duration(v, false)
+}
+
+/// A duration as `5`, `2.5s`, `300ms` or `1m`, at most a day; zero only when
+/// `zero_ok`. Shared by the targets file and the command line.
+pub fn parse_duration(v: &str, zero_ok: bool) -> Result<Duration, String> {
+    let v = v.trim();
     let (num, mul) = if let Some(x) = v.strip_suffix("ms") {
         (x, 1e-3)
     } else if let Some(x) = v.strip_suffix('s') {
@@ -123,15 +130,16 @@ fn duration(v: &str) -> Result<Duration, String> {
         (v, 1.0)
     };
     let n: f64 = num
+        .trim()
         .parse()
-        .map_err(|_| format!("{v:?} is not a duration (5s, 300ms, 1m)"))?;
-    if !n.is_finite() || n <= 0.0 {
+        .map_err(|_| format!("{v:?} is not a duration (examples: 5, 2.5s, 300ms, 1m)"))?;
+    if !n.is_finite() || n < 0.0 || (n == 0.0 && !zero_ok) {
         return Err(format!("{v:?} must be a positive duration"));
     }
     // Found by fuzzing: from_secs_f64 panics on "1e300s", and "1e-300s"
     // rounds to zero, which is not positive either.
     match Duration::try_from_secs_f64(n * mul) {
-        Ok(d) if d.is_zero() => Err(format!("{v:?} must be a positive duration")),
+        Ok(d) if d.is_zero() && !zero_ok => Err(format!("{v:?} must be a positive duration")),
         Ok(d) if d <= MAX_DURATION => Ok(d),
         _ => Err(format!("{v:?} is longer than a day")),
     }

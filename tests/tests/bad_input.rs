@@ -231,6 +231,13 @@ fn every_bad_input_has_its_error_and_exit_status() -> Result<()> {
             kind: None,
             message: None,
         },
+        Case {
+            name: "a duration too big for any clock",
+            args: a(&["--max-time", "1e300", "http://x/"]),
+            exit: 2,
+            kind: None,
+            message: None,
+        },
     ];
 
     let bin = synack_bin();
