@@ -732,3 +732,80 @@ fn no_btf_no_tracefs_and_an_old_kernel() -> Result<()> {
     assert!(r["wire"]["ttfb_ms"].as_f64().is_some(), "{r}");
     Ok(())
 }
+
+/// `synack monitor` when an interface it is attached to disappears: it says
+/// so, and the checks go on with their wire times (through the interfaces
+/// that remain).
+#[test]
+fn monitor_goes_on_when_an_interface_goes() -> Result<()> {
+    let _serial = need_root();
+    let lab = Lab::new()?;
+    let p = &lab.pair;
+    p.client.exec(&[
+        "ip",
+        "link",
+        "add",
+        "synack-m1",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "synack-m1p",
+    ])?;
+    for n in ["synack-m1", "synack-m1p"] {
+        p.client.exec(&["ip", "link", "set", n, "up"])?;
+    }
+    let targets = lab.dir.join("targets.txt");
+    std::fs::write(
+        &targets,
+        format!("http://{}:8080/delay/2 name=origin\n", p.server_v4),
+    )?;
+    let (out, err) = (lab.dir.join("monitor.jsonl"), lab.dir.join("monitor.err"));
+    let mut c = p.client.command(synack_bin().to_str().context("path")?);
+    c.args([
+        "monitor",
+        "--mode",
+        "ebpf",
+        "--json",
+        "--interval",
+        "1s",
+        "--targets",
+    ])
+    .arg(&targets)
+    .stdout(std::fs::File::create(&out)?)
+    .stderr(std::fs::File::create(&err)?);
+    let mut m = Proc::spawn(c, "synack monitor")?;
+    let records = || -> Vec<Value> {
+        json_lines(&std::fs::read(&out).unwrap_or_default()).unwrap_or_default()
+    };
+    wait_for(Duration::from_secs(20), "a first check", || {
+        (!records().is_empty()).then_some(())
+    })
+    .with_context(|| std::fs::read_to_string(&err).unwrap_or_default())?;
+    p.client.exec(&["ip", "link", "del", "synack-m1"])?;
+    wait_for(
+        Duration::from_secs(10),
+        "the interface to be reported gone",
+        || {
+            std::fs::read_to_string(&err)
+                .ok()
+                .filter(|e| e.contains("synack monitor: interface synack-m1 (index"))
+        },
+    )
+    .with_context(|| std::fs::read_to_string(&err).unwrap_or_default())?;
+    let before = records().len();
+    let later = wait_for(Duration::from_secs(10), "a check after that", || {
+        let r = records();
+        (r.len() > before).then(|| r[r.len() - 1].clone())
+    })?;
+    assert!(later["error"].is_null(), "{later}");
+    assert!(later["wire"]["ttfb_ms"].as_f64().is_some(), "{later}");
+    m.signal(libc::SIGTERM);
+    let st = m.wait_exit(Duration::from_secs(10))?;
+    assert!(
+        st.success(),
+        "{st}: {}",
+        std::fs::read_to_string(&err).unwrap_or_default()
+    );
+    Ok(())
+}
