@@ -317,6 +317,7 @@ fn attach_iface(
     r
 }
 
+/// `attach_iface` without the roll-back.
 fn attach_both(
     ebpf: &mut Ebpf,
     l2: &mut HashMap<MapData, u32, u32>,
