@@ -11,7 +11,10 @@ use synack_tests::{
     topo::{Bins, Delays, Lab, Via},
 };
 
-const RUNS: &str = "7";
+/// Runs per mode and scenario: the two modes are separate runs, so their
+/// medians carry the lab's own jitter (the delay line, haproxy); more runs
+/// keep it well under the bound.
+const RUNS: &str = "15";
 /// The bound on |unprivileged - eBPF|, per scenario (medians).
 const AGREE_MS: f64 = 0.3;
 
@@ -51,10 +54,22 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// A wire time of each record's request `index`. A TTFB less what the
+/// origin says it spent (its Server-Timing header): the two modes are
+/// separate runs, and the origin's think time (a sleep, which overshoots by
+/// up to a millisecond on a busy machine) is noise the same in neither, not
+/// something either mode measures differently.
 fn wire(recs: &[Value], k: &str, index: u64) -> Vec<f64> {
     recs.iter()
         .filter(|r| r["request_index"] == index)
-        .filter_map(|r| r["wire"][k].as_f64())
+        .filter_map(|r| {
+            let v = r["wire"][k].as_f64()?;
+            if k == "ttfb_ms" {
+                Some(v - r["server_timing_ms"].as_f64()?)
+            } else {
+                Some(v)
+            }
+        })
         .collect()
 }
 
@@ -125,7 +140,12 @@ fn unprivileged_mode_agrees_with_ebpf_in_the_lab() -> Result<()> {
             );
             let (ma, mb) = (median(a), median(b));
             eprintln!(
-                "{name}: {k} (request {index}) median eBPF {ma:.3} ms, unprivileged {mb:.3} ms, difference {:.3} ms",
+                "{name}: {k}{} (request {index}) median eBPF {ma:.3} ms, unprivileged {mb:.3} ms, difference {:.3} ms",
+                if k == "ttfb_ms" {
+                    " less Server-Timing"
+                } else {
+                    ""
+                },
                 mb - ma
             );
             assert!(
