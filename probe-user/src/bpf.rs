@@ -247,13 +247,7 @@ impl Links {
             });
         self.links.push((i.index, link));
         let Some(f) = filter else { return };
-        let hint = format!(
-            "tc filter del dev {} {} pref {} handle {:#x} bpf",
-            f.ifname,
-            if ingress { "ingress" } else { "egress" },
-            f.priority,
-            f.handle
-        );
+        let (priority, handle) = (f.priority, f.handle);
         let r = if f.priority == 0 {
             Err(std::io::Error::other("the kernel gave no priority"))
         } else {
@@ -270,6 +264,13 @@ impl Links {
             && !self.warned
         {
             self.warned = true;
+            let hint = format!(
+                "tc filter del dev {} {} pref {} handle {:#x} bpf",
+                i.name,
+                if ingress { "ingress" } else { "egress" },
+                priority,
+                handle
+            );
             eprintln!(
                 "synack: cannot record the tc filters it attaches in {} ({e}): if synack is \
                  killed, they stay; remove each by hand, e.g. `{hint}`",
@@ -309,85 +310,76 @@ fn attach_iface(
     mode: &mut AttachMode,
     links: &mut Links,
 ) -> Result<(), KernelError> {
-    let r = attach_both(ebpf, l2, i, mode, links);
+    let r = (|| {
+        l2.insert(i.index, i.l2_len(), 0)
+            .map_err(|source| KernelError::Map {
+                name: "L2_LEN",
+                source: Box::new(source),
+            })?;
+        for (name, dir, dir_s) in [
+            (PROG_EGRESS, TcAttachType::Egress, "egress"),
+            (PROG_INGRESS, TcAttachType::Ingress, "ingress"),
+        ] {
+            let prog = classifier(ebpf, name)?;
+            let attach_err = |source| KernelError::Attach {
+                name,
+                iface: i.name.clone(),
+                dir: dir_s,
+                source: Box::new(source),
+            };
+            let prog_id = prog.info().map(|p| p.id()).map_err(attach_err)?;
+            let mut id = None;
+            if *mode == AttachMode::Tcx {
+                match prog.attach_with_options(
+                    &i.name,
+                    dir,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                ) {
+                    Ok(l) => id = Some(l),
+                    // What a kernel without tcx says to its attach type; any
+                    // other error (no privilege, no interface, no descriptor
+                    // left) is an error here, not a reason to change mode.
+                    Err(e)
+                        if errno_in_chain(
+                            &e,
+                            &[
+                                libc::EINVAL,
+                                libc::EOPNOTSUPP,
+                                libc::ENOSYS,
+                                524, /* ENOTSUPP */
+                            ],
+                        ) =>
+                    {
+                        *mode = AttachMode::Netlink
+                    }
+                    Err(e) => return Err(attach_err(e)),
+                }
+            }
+            let id = match id {
+                Some(id) => id,
+                None => {
+                    // EEXIST when the qdisc is already there is fine.
+                    let _ = tc::qdisc_add_clsact(&i.name);
+                    prog.attach_with_options(
+                        &i.name,
+                        dir,
+                        TcAttachOptions::Netlink(tc::NlOptions::default()),
+                    )
+                    .map_err(attach_err)?
+                }
+            };
+            // Held per interface rather than in the program, so that a gone
+            // interface's links are let go, and netlink ones recorded.
+            let link = prog.take_link(id).map_err(attach_err)?;
+            links.add(i, dir == TcAttachType::Ingress, link, prog_id);
+        }
+        Ok(())
+    })();
     if r.is_err() {
         links.forget_interface(i.index);
         let _ = l2.remove(&i.index);
     }
     r
-}
-
-/// `attach_iface` without the roll-back.
-fn attach_both(
-    ebpf: &mut Ebpf,
-    l2: &mut HashMap<MapData, u32, u32>,
-    i: &Interface,
-    mode: &mut AttachMode,
-    links: &mut Links,
-) -> Result<(), KernelError> {
-    l2.insert(i.index, i.l2_len(), 0)
-        .map_err(|source| KernelError::Map {
-            name: "L2_LEN",
-            source: Box::new(source),
-        })?;
-    for (name, dir, dir_s) in [
-        (PROG_EGRESS, TcAttachType::Egress, "egress"),
-        (PROG_INGRESS, TcAttachType::Ingress, "ingress"),
-    ] {
-        let prog = classifier(ebpf, name)?;
-        let attach_err = |source| KernelError::Attach {
-            name,
-            iface: i.name.clone(),
-            dir: dir_s,
-            source: Box::new(source),
-        };
-        let prog_id = prog.info().map(|p| p.id()).map_err(attach_err)?;
-        let mut id = None;
-        if *mode == AttachMode::Tcx {
-            match prog.attach_with_options(
-                &i.name,
-                dir,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            ) {
-                Ok(l) => id = Some(l),
-                // What a kernel without tcx says to its attach type; any
-                // other error (no privilege, no interface, no descriptor
-                // left) is an error here, not a reason to change mode.
-                Err(e)
-                    if errno_in_chain(
-                        &e,
-                        &[
-                            libc::EINVAL,
-                            libc::EOPNOTSUPP,
-                            libc::ENOSYS,
-                            524, /* ENOTSUPP */
-                        ],
-                    ) =>
-                {
-                    *mode = AttachMode::Netlink
-                }
-                Err(e) => return Err(attach_err(e)),
-            }
-        }
-        let id = match id {
-            Some(id) => id,
-            None => {
-                // EEXIST when the qdisc is already there is fine.
-                let _ = tc::qdisc_add_clsact(&i.name);
-                prog.attach_with_options(
-                    &i.name,
-                    dir,
-                    TcAttachOptions::Netlink(tc::NlOptions::default()),
-                )
-                .map_err(attach_err)?
-            }
-        };
-        // Held per interface rather than in the program, so that a gone
-        // interface's links are let go, and netlink ones recorded.
-        let link = prog.take_link(id).map_err(attach_err)?;
-        links.add(i, dir == TcAttachType::Ingress, link, prog_id);
-    }
-    Ok(())
 }
 
 /// Interfaces that came and went since the last look (`Kernel::follow_interfaces`).

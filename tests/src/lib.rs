@@ -68,6 +68,46 @@ impl Served {
     }
 }
 
+/// The effective capability mask of a process (CapEff in /proc/PID/status).
+pub fn cap_eff(pid: i32) -> Option<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    u64::from_str_radix(
+        s.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim(),
+        16,
+    )
+    .ok()
+}
+
+/// `synack --json --cacert LAB_CA ARGS` in the lab's client namespace, run
+/// behind `wrap` (setpriv and its flags, say; empty for none). Returns the
+/// records, at least one, and stderr.
+pub fn lab_synack(
+    lab: &topo::Lab,
+    wrap: &[&str],
+    args: &[&str],
+) -> Result<(Vec<serde_json::Value>, String)> {
+    let bin = synack_bin();
+    let bin = bin.to_str().context("synack path is not UTF-8")?;
+    let mut c = match wrap.split_first() {
+        Some((w, rest)) => {
+            let mut c = lab.client.command(w);
+            c.args(rest).arg(bin);
+            c
+        }
+        None => lab.client.command(bin),
+    };
+    let o = c
+        .arg("--json")
+        .arg("--cacert")
+        .arg(lab.ca_path())
+        .args(args)
+        .output()?;
+    let recs = json_lines(&o.stdout)?;
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    anyhow::ensure!(!recs.is_empty(), "synack printed nothing: {err}");
+    Ok((recs, err))
+}
+
 /// The JSON objects of a JSON-lines output (synack --json).
 pub fn json_lines(out: &[u8]) -> Result<Vec<serde_json::Value>> {
     let text = String::from_utf8_lossy(out);

@@ -429,13 +429,6 @@ fn leftovers_of_a_killed_run_are_swept() -> Result<()> {
     Ok(())
 }
 
-/// The effective capability mask of a process (CapEff in /proc/PID/status).
-fn cap_eff(pid: i32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let v = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
-    u64::from_str_radix(v.trim(), 16).ok()
-}
-
 /// Least privilege: once attached, synack keeps no capability (the active
 /// probe) or only CAP_SYS_PTRACE and CAP_NET_ADMIN (watch, to name other
 /// users' sockets and attach to new interfaces), and
@@ -612,22 +605,26 @@ fn netlink_filters_of_a_killed_synack_are_removed_at_the_next_start() -> Result<
         .with_context(|| std::fs::read_to_string(&err).unwrap_or_default())?;
         Ok(w)
     };
-
     // A normal end (SIGTERM) detaches and removes its ledger and lock.
-    let mut w = watch("term")?;
+    let end_cleanly = |mut w: Proc, when: &str| -> Result<()> {
+        w.signal(libc::SIGTERM);
+        assert!(w.wait_exit(Duration::from_secs(20))?.success());
+        for i in ifaces {
+            assert_eq!(synack_filters(i)?, 0, "{when}, on {i}");
+        }
+        assert_eq!(files(), 0, "ledger left {when}");
+        Ok(())
+    };
+
+    let w = watch("term")?;
     for i in ifaces {
         assert_eq!(synack_filters(i)?, 2, "ingress and egress on {i}");
     }
     assert_eq!(files(), 2, "a ledger and its lock");
-    w.signal(libc::SIGTERM);
-    assert!(w.wait_exit(Duration::from_secs(20))?.success());
-    for i in ifaces {
-        assert_eq!(synack_filters(i)?, 0, "after SIGTERM, on {i}");
-    }
-    assert_eq!(files(), 0, "ledger left");
+    end_cleanly(w, "after SIGTERM")?;
 
     // One that keeps running through what follows.
-    let mut live = watch("live")?;
+    let live = watch("live")?;
     // SIGKILL: the filters stay...
     let mut w = watch("kill")?;
     let pid = w.pid();
@@ -664,13 +661,7 @@ fn netlink_filters_of_a_killed_synack_are_removed_at_the_next_start() -> Result<
         assert_eq!(synack_filters(i)?, 2, "only the live one's on {i}");
     }
     assert_eq!(files(), 2, "only the live one's ledger and lock");
-    live.signal(libc::SIGTERM);
-    assert!(live.wait_exit(Duration::from_secs(20))?.success());
-    for i in ifaces {
-        assert_eq!(synack_filters(i)?, 0, "at the end, on {i}");
-    }
-    assert_eq!(files(), 0, "ledger left");
-    Ok(())
+    end_cleanly(live, "at the end")
 }
 
 /// Kernel features synack does without, or says plainly that it lacks:

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 use std::{sync::Mutex, time::Duration};
 use synack_tests::{
-    is_root, synack_bin,
+    is_root,
     topo::{Bins, Delays, Lab, Via},
 };
 
@@ -31,22 +31,7 @@ fn lab(d: Delays) -> Result<Lab> {
 
 /// synack --json in the client namespace.
 fn synack(lab: &Lab, args: &[&str]) -> Result<Vec<Value>> {
-    let ca = lab.ca_path();
-    let o = lab
-        .client
-        .command(synack_bin().to_str().context("path")?)
-        .arg("--json")
-        .arg("--cacert")
-        .arg(&ca)
-        .args(args)
-        .output()?;
-    let recs = synack_tests::json_lines(&o.stdout)?;
-    anyhow::ensure!(
-        !recs.is_empty(),
-        "synack printed nothing: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    Ok(recs)
+    synack_tests::lab_synack(lab, &[], args).map(|(recs, _)| recs)
 }
 
 fn f(r: &Value, path: &[&str]) -> f64 {

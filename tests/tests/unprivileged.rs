@@ -3,11 +3,11 @@
 //! sockets' own kernel timestamps, and its handshake RTT and wire TTFB agree
 //! with the eBPF mode's for the same scenarios; the verdicts hold.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::Value;
 use std::time::Duration;
 use synack_tests::{
-    is_root, synack_bin,
+    is_root,
     topo::{Bins, Delays, Lab, Via},
 };
 
@@ -21,32 +21,14 @@ const AGREE_MS: f64 = 0.3;
 /// synack --json in the client namespace; with `unprivileged`, every
 /// capability dropped first. Returns (records, stderr).
 fn synack(lab: &Lab, unprivileged: bool, args: &[&str]) -> Result<(Vec<Value>, String)> {
-    let bin = synack_bin();
-    let bin = bin.to_str().context("path")?;
-    let ca = lab.ca_path();
-    let mut c = if unprivileged {
-        let mut c = lab.client.command("setpriv");
-        c.args([
-            "--inh-caps=-all",
-            "--ambient-caps=-all",
-            "--bounding-set=-all",
-            "--no-new-privs",
-            bin,
-        ]);
-        c
-    } else {
-        lab.client.command(bin)
-    };
-    let o = c
-        .arg("--json")
-        .arg("--cacert")
-        .arg(&ca)
-        .args(args)
-        .output()?;
-    let recs = synack_tests::json_lines(&o.stdout)?;
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    anyhow::ensure!(!recs.is_empty(), "synack printed nothing: {err}");
-    Ok((recs, err))
+    let drop_all: &[&str] = &[
+        "setpriv",
+        "--inh-caps=-all",
+        "--ambient-caps=-all",
+        "--bounding-set=-all",
+        "--no-new-privs",
+    ];
+    synack_tests::lab_synack(lab, if unprivileged { drop_all } else { &[] }, args)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

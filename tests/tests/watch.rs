@@ -755,16 +755,6 @@ fn server_side_direction_and_a_local_client() -> Result<()> {
     Ok(())
 }
 
-/// The effective capability mask of a process (CapEff in /proc/PID/status).
-fn cap_eff(pid: i32) -> Option<u64> {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    u64::from_str_radix(
-        s.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim(),
-        16,
-    )
-    .ok()
-}
-
 /// Interfaces that come and go while watch runs: a deleted one is reported
 /// and the others go on (a request after the deletion is still seen); a new
 /// one is attached to (watch keeps CAP_NET_ADMIN, bit 12, for that, and
