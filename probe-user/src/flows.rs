@@ -392,6 +392,44 @@ pub(crate) mod tests {
         f
     }
 
+    /// An event whose options are the timestamps option (kind 8).
+    fn ts_ev(kind: u8, dir: u8, ts: u64, seq: u32, tsval: u32, tsecr: u32) -> Event {
+        let mut e = ev(kind, dir, ts, seq, 0, 0, 0);
+        let mut o = [0u8; 40];
+        o[..2].copy_from_slice(&[1, 1]);
+        o[2..4].copy_from_slice(&[8, 10]);
+        o[4..8].copy_from_slice(&tsval.to_be_bytes());
+        o[8..12].copy_from_slice(&tsecr.to_be_bytes());
+        e.options = o;
+        e.opt_len = 12;
+        e
+    }
+
+    #[test]
+    fn karn_the_tsecr_names_the_syn_answered() {
+        let run = |tsecr: Option<u32>| {
+            let mut f = Flow::new(FlowKey::default(), 5);
+            f.push(&ts_ev(EV_SYN, DIR_OUT, 0, 100, 500, 0));
+            f.push(&ts_ev(EV_SYN, DIR_OUT, 1000, 100, 1500, 0));
+            f.push(&match tsecr {
+                Some(e) => ts_ev(EV_SYNACK, DIR_IN, 1010, 7000, 9, e),
+                None => ev(EV_SYNACK, DIR_IN, 1010, 7000, 101, 0, 0),
+            });
+            f.handshake_checked()
+        };
+        // answers the retransmitted SYN: a clean round trip
+        assert_eq!(run(Some(1500)), Some((1000, 1010, true)));
+        // the peer's timer resent its SYN-ACK for the first SYN: no RTT
+        assert_eq!(run(Some(500)), Some((0, 1010, false)));
+        // no timestamps: ambiguous
+        assert_eq!(run(None), Some((1000, 1010, false)));
+        // one SYN: clean whatever the options
+        let mut f = Flow::new(FlowKey::default(), 5);
+        f.push(&ev(EV_SYN, DIR_OUT, 0, 100, 0, 0, 0));
+        f.push(&ev(EV_SYNACK, DIR_IN, 20, 7000, 101, 0, 0));
+        assert_eq!(f.handshake_checked(), Some((0, 20, true)));
+    }
+
     #[test]
     fn handshake_uses_the_syn_that_was_answered() {
         let f = sample_flow();

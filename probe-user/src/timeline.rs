@@ -4,7 +4,7 @@
 
 use crate::{
     clock::ms_between,
-    flows::Flow,
+    flows::{Flow, Seg},
     record::{TimelineEntry, UserTimes, WireTimes},
     tcp::hops_from_ttl,
 };
@@ -49,18 +49,33 @@ pub struct RequestMarks {
 /// is new.
 fn tls_round2(f: &Flow, response_at: Option<u64>, request_at: Option<u64>) -> Option<(u64, u64)> {
     let request_at = request_at?;
-    let finished = f
+    let off = |s: &Seg| f.offset(DIR_OUT, s.seq).map(u64::from);
+    let request = f
         .out
         .iter()
-        .filter(|s| !s.retrans)
-        // The request's own first segment counts: a client may send its
-        // Finished and the request in one segment (as `synack watch` sees
-        // curl do), and one sent right after the Finished is as good.
-        .filter(|s| {
-            f.offset(DIR_OUT, s.seq)
-                .is_some_and(|o| o > 0 && (o as u64) <= request_at)
-        })
-        .max_by_key(|s| s.ts_ns)?;
+        .find(|s| !s.retrans && off(s) == Some(request_at));
+    // Our last handshake segment before the request's own...
+    let before = f
+        .out
+        .iter()
+        .filter(|s| !s.retrans && off(s).is_some_and(|o| o > 0 && o < request_at))
+        .max_by_key(|s| s.ts_ns);
+    // ...unless server handshake bytes came in after it: then the Finished
+    // could only leave later, in the request's own segment (a client that
+    // sends its Finished and the request together, as curl does).
+    let last_in_before_request = request.and_then(|r| {
+        f.inb
+            .iter()
+            .filter(|i| !i.retrans && i.ts_ns < r.ts_ns)
+            .map(|i| i.ts_ns)
+            .max()
+    });
+    let finished = match (before, request) {
+        (Some(b), Some(r)) if last_in_before_request.is_some_and(|t| t > b.ts_ns) => r,
+        (Some(b), _) => b,
+        (None, Some(r)) => r,
+        (None, None) => return None,
+    };
     let reply = f
         .inb
         .iter()
@@ -387,6 +402,93 @@ mod tests {
             ]
         );
         assert!(tl.windows(2).all(|p| p[0].t_ns <= p[1].t_ns));
+    }
+
+    /// A TLS 1.3 connection: SYN 0, SYN-ACK 100, ClientHello 200 (300
+    /// bytes); then `segs`: (direction, ts, stream offset, length).
+    fn tls_flow(segs: &[(u8, u64, u32, u32)]) -> Flow {
+        use crate::flows::tests::ev;
+        use probe_common::{DIR_IN, EV_DATA, EV_SYN, EV_SYNACK};
+        let mut f = Flow::new(probe_common::FlowKey::default(), 5);
+        f.push(&ev(EV_SYN, DIR_OUT, 0, 100, 0, 0, 0));
+        f.push(&ev(EV_SYNACK, DIR_IN, 100, 7000, 101, 0, 0));
+        f.push(&ev(EV_DATA, DIR_OUT, 200, 101, 7001, 300, 0));
+        for &(dir, ts, off, len) in segs {
+            let seq = if dir == DIR_OUT {
+                101 + off
+            } else {
+                7001 + off
+            };
+            f.push(&ev(EV_DATA, dir, ts, seq, 0, len, 0));
+        }
+        f
+    }
+
+    #[test]
+    fn the_finished_is_our_last_handshake_segment_not_the_change_cipher_spec() {
+        use probe_common::DIR_IN;
+        // A server flight over two round trips: ServerHello 300, our CCS
+        // 310, the rest of the certificate 700, our Finished 900, the
+        // request 950, the ticket 1300, the response 1400.
+        let f = tls_flow(&[
+            (DIR_IN, 300, 0, 1400),
+            (DIR_OUT, 310, 300, 6),
+            (DIR_IN, 700, 1400, 20000),
+            (DIR_OUT, 900, 306, 80),
+            (DIR_OUT, 950, 386, 100),
+            (DIR_IN, 1300, 21400, 200),
+            (DIR_IN, 1400, 21600, 500),
+        ]);
+        assert_eq!(tls_round2(&f, Some(21600), Some(386)), Some((900, 1300)));
+        // Finished and request in one segment after the server's flight
+        let f = tls_flow(&[
+            (DIR_IN, 300, 0, 1400),
+            (DIR_OUT, 310, 300, 6),
+            (DIR_IN, 700, 1400, 2000),
+            (DIR_OUT, 900, 306, 180),
+            (DIR_IN, 1300, 3400, 200),
+            (DIR_IN, 1400, 3600, 500),
+        ]);
+        assert_eq!(tls_round2(&f, Some(3600), Some(306)), Some((900, 1300)));
+        // the first bytes after the Finished are the response: no sample
+        assert_eq!(tls_round2(&f, Some(3400), Some(306)), None);
+    }
+
+    #[test]
+    fn a_lost_first_response_segment_is_timed_by_the_next_one() {
+        use probe_common::DIR_IN;
+        // request 1000; response segment 2 arrives at 1500, segment 1 is
+        // resent and arrives at 3000
+        let mut f = tls_flow(&[(DIR_OUT, 1000, 300, 100), (DIR_IN, 1500, 1448, 1448)]);
+        let mut e = crate::flows::tests::ev(probe_common::EV_DATA, DIR_IN, 3000, 7001, 0, 1448, 0);
+        e.ev_flags = probe_common::EVF_RETRANS;
+        f.push(&e);
+        let m = RequestMarks {
+            out_start: Some(300),
+            out_end: Some(400),
+            in_start: Some(0),
+            ..Default::default()
+        };
+        let (w, _) = assemble(Some(&f), None, false, &m);
+        assert_eq!(w.ttfb_ms, Some(500e-6));
+    }
+
+    #[test]
+    fn client_turns_count_each_wait_once() {
+        use probe_common::DIR_IN;
+        // SYN-ACK 100 -> ClientHello 200: 100 ours; ServerHello 300 ->
+        // CCS 400: 100; the rest in at 450, Finished at 1400: ours since
+        // the CCS left and the flight came, 950; request 1500: 100 more.
+        let f = tls_flow(&[
+            (DIR_IN, 300, 0, 1400),
+            (DIR_OUT, 400, 300, 6),
+            (DIR_IN, 450, 1400, 1000),
+            (DIR_OUT, 1400, 306, 80),
+            (DIR_OUT, 1500, 386, 100),
+        ]);
+        assert_eq!(client_turns(&f, 100, 1500), 100 + 100 + 950 + 100);
+        // nothing counts before the SYN-ACK or after the request
+        assert_eq!(client_turns(&f, 100, 200), 100);
     }
 
     #[test]

@@ -286,6 +286,111 @@ pub fn median_max(v: &[f64]) -> (f64, f64) {
     (a[a.len() / 2], a[a.len() - 1])
 }
 
+/// A cgroup with a CPU quota for the tests' processes (cgroup v2 `cpu.max`
+/// where the v2 hierarchy has the cpu controller, else v1's cpu controller
+/// with `cpu.cfs_quota_us`), removed on drop: any process still in it is
+/// moved back to the parent first.
+pub struct CpuCgroup {
+    pub dir: PathBuf,
+    parent: PathBuf,
+}
+
+impl CpuCgroup {
+    /// A new cgroup allowed `percent` of one CPU (100 ms periods).
+    pub fn new(percent: u32) -> Result<Self> {
+        let mounts = fs::read_to_string("/proc/self/mountinfo")?;
+        let mut v2 = None;
+        let mut v1 = None;
+        for l in mounts.lines() {
+            let Some((pre, post)) = l.split_once(" - ") else {
+                continue;
+            };
+            let point = pre.split_whitespace().nth(4).unwrap_or_default();
+            let mut p = post.split_whitespace();
+            let fstype = p.next().unwrap_or_default();
+            let opts = p.nth(1).unwrap_or_default();
+            if fstype == "cgroup2" {
+                let ctl = fs::read_to_string(Path::new(point).join("cgroup.controllers"))
+                    .unwrap_or_default();
+                if ctl.split_whitespace().any(|c| c == "cpu") {
+                    v2 = Some(PathBuf::from(point));
+                }
+            } else if fstype == "cgroup" && opts.split(',').any(|o| o == "cpu") {
+                v1 = Some(PathBuf::from(point));
+            }
+        }
+        let quota = 100_000 * percent as u64 / 100;
+        if let Some(root) = v2 {
+            // The root's children get the cpu controller.
+            let _ = fs::write(root.join("cgroup.subtree_control"), "+cpu");
+            let dir = root.join(unique("synack-test-cpu"));
+            fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let g = CpuCgroup { dir, parent: root };
+            fs::write(g.dir.join("cpu.max"), format!("{quota} 100000"))
+                .context("setting cpu.max")?;
+            return Ok(g);
+        }
+        let root = v1.context("no cgroup hierarchy with the cpu controller")?;
+        let dir = root.join(unique("synack-test-cpu"));
+        fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let g = CpuCgroup { dir, parent: root };
+        fs::write(g.dir.join("cpu.cfs_period_us"), "100000").context("cfs_period_us")?;
+        fs::write(g.dir.join("cpu.cfs_quota_us"), quota.to_string()).context("cfs_quota_us")?;
+        Ok(g)
+    }
+
+    /// The file a pid is written to, to move it into the cgroup.
+    pub fn procs(&self) -> PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+
+    /// A shell prefix that moves itself into the cgroup and then runs the
+    /// command after it: `sh -c 'echo $$ > PROCS && exec "$@"' sh CMD...`.
+    pub fn wrap(&self) -> Vec<String> {
+        vec![
+            "sh".into(),
+            "-c".into(),
+            format!("echo $$ > {} && exec \"$@\"", self.procs().display()),
+            "sh".into(),
+        ]
+    }
+
+    /// A process that spins in the cgroup, eating its quota.
+    pub fn spin(&self) -> Result<Proc> {
+        let mut c = std::process::Command::new("sh");
+        c.arg("-c")
+            .arg(format!(
+                "echo $$ > {} && exec sh -c 'while :; do :; done'",
+                self.procs().display()
+            ))
+            .stdout(Stdio::null());
+        let p = Proc::spawn(c, "busy loop")?;
+        let pid = p.pid().to_string();
+        wait_for(
+            Duration::from_secs(5),
+            "the busy loop to join its cgroup",
+            || {
+                fs::read_to_string(self.procs())
+                    .ok()
+                    .filter(|s| s.lines().any(|l| l == pid))
+                    .map(|_| ())
+            },
+        )?;
+        Ok(p)
+    }
+}
+
+impl Drop for CpuCgroup {
+    fn drop(&mut self) {
+        if let Ok(s) = fs::read_to_string(self.procs()) {
+            for pid in s.lines() {
+                let _ = fs::write(self.parent.join("cgroup.procs"), pid);
+            }
+        }
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
