@@ -98,6 +98,9 @@ impl Mitmproxy {
             .args(set("connection_strategy", "eager"))
             // Keep HTTP/1.1 on both sides, like the rest of the lab.
             .args(set("http2", "false"))
+            .args(set("stream_large_bodies", "1"))
+            .args(set("flow_detail", "0"))
+            .args(set("termlog_verbosity", "error"))
             .stdout(Stdio::null())
             .stderr(lab.log("mitmproxy")?);
         let mut proc = Proc::spawn(c, "mitmdump")?;
