@@ -418,6 +418,13 @@ fn intercepted(hold_origin_rtt: bool) -> Result<()> {
             let scenario = format!("no interception {mode} {d}");
             holds(&scenario, || {
                 let recs = runs(&lab, &lab.ca_path(), mode, &d)?;
+                let mut es = Errors::new("server_ms vs the origin's Server-Timing");
+                for r in &recs {
+                    if let Some(s) = opt(r, &["phases", "server_ms"]) {
+                        es.push(s - spent(r, think));
+                    }
+                }
+                es.report(&scenario);
                 for r in &recs {
                     ok(r, mode);
                     let t = trimmed(r);
