@@ -14,7 +14,9 @@
 //! Ports on the origin: 8080 (HTTP) and 8443 (HTTPS) go straight through
 //! mid; 9080 and 9443 are intercepted by haproxy (mode tcp, original
 //! destination: nat REDIRECT for IPv4, TPROXY for IPv6); 10080 by squid
-//! (intercept, HTTP only).
+//! (intercept, HTTP only); 11443 by mitmproxy (TLS-intercepting, started on
+//! demand: `intercept::Mitmproxy`). 8445 (straight) and 9445 (haproxy) serve
+//! a certificate too big for the initial congestion window.
 
 use crate::{Netns, Proc, TempDir, sh, unique, wait_for};
 use anyhow::{Context, Result, bail};
@@ -31,6 +33,11 @@ pub const HTTPS: u16 = 8443;
 pub const PROXY_HTTP: u16 = 9080;
 pub const PROXY_HTTPS: u16 = 9443;
 pub const SQUID_HTTP: u16 = 10080;
+/// HTTPS intercepted by mitmproxy (`intercept::Mitmproxy`).
+pub const INTERCEPT_HTTPS: u16 = 11443;
+/// HTTPS with a ~30 KB certificate, straight and through haproxy.
+pub const BIG_HTTPS: u16 = 8445;
+pub const PROXY_BIG_HTTPS: u16 = 9445;
 const HAPROXY_PORT: u16 = 15001;
 const SQUID_INTERCEPT_PORT: u16 = 3129;
 const SQUID_PLAIN_PORT: u16 = 3128;
@@ -90,6 +97,8 @@ pub enum Via {
     TcpProxy,
     /// Intercepted by squid (HTTP only).
     HttpProxy,
+    /// Intercepted by mitmproxy (HTTPS only, its own CA), when started.
+    TlsInterceptor,
 }
 
 /// Where the lab's helper programs are.
@@ -329,11 +338,19 @@ impl Lab {
                 &format!("[::]:{port}"),
             ]);
         }
-        for port in [HTTPS, PROXY_HTTPS] {
+        for port in [HTTPS, PROXY_HTTPS, INTERCEPT_HTTPS] {
             c.args([
                 "--https",
                 &format!("0.0.0.0:{port}"),
                 "--https",
+                &format!("[::]:{port}"),
+            ]);
+        }
+        for port in [BIG_HTTPS, PROXY_BIG_HTTPS] {
+            c.args([
+                "--https-big",
+                &format!("0.0.0.0:{port}"),
+                "--https-big",
                 &format!("[::]:{port}"),
             ]);
         }
@@ -372,7 +389,7 @@ impl Lab {
         Ok(())
     }
 
-    fn wait_listen(&self, ns: &Netns, port: u16, what: &str) -> Result<()> {
+    pub(crate) fn wait_listen(&self, ns: &Netns, port: u16, what: &str) -> Result<()> {
         wait_for(Duration::from_secs(15), what, || {
             ns.exec(&["ss", "-Hltn", &format!("sport = :{port}")])
                 .ok()
@@ -381,7 +398,7 @@ impl Lab {
         })
     }
 
-    /// haproxy in mid, terminating TCP for ports 9080/9443 and connecting to
+    /// haproxy in mid, terminating TCP for ports 9080/9443/9445 and connecting to
     /// the original destination.
     fn haproxy(&mut self) -> Result<()> {
         let cfg = self.dir.join("haproxy.cfg");
@@ -394,7 +411,7 @@ impl Lab {
                  backend original\n  server orig 0.0.0.0:0\n"
             ),
         )?;
-        let ports = format!("{PROXY_HTTP},{PROXY_HTTPS}");
+        let ports = format!("{PROXY_HTTP},{PROXY_HTTPS},{PROXY_BIG_HTTPS}");
         let m = &self.mid;
         // Never let mid's own connections reach the proxy: haproxy would
         // connect to itself in a loop.
@@ -539,7 +556,7 @@ impl Lab {
 
     /// A log file in the lab's directory for a process's stderr (also keeps
     /// a persisted lab's processes off the terminal that started them).
-    fn log(&self, name: &str) -> Result<std::fs::File> {
+    pub(crate) fn log(&self, name: &str) -> Result<std::fs::File> {
         let p = self.dir.join(&format!("{name}.log"));
         std::fs::OpenOptions::new()
             .create(true)
@@ -597,8 +614,9 @@ pub fn url(via: Via, tls: bool, v6: bool, path: &str) -> String {
         (Via::TcpProxy, false) => PROXY_HTTP,
         (Via::TcpProxy, true) => PROXY_HTTPS,
         (Via::HttpProxy, _) => SQUID_HTTP,
+        (Via::TlsInterceptor, _) => INTERCEPT_HTTPS,
     };
-    let scheme = if tls && via != Via::HttpProxy {
+    let scheme = if via == Via::TlsInterceptor || (tls && via != Via::HttpProxy) {
         "https"
     } else {
         "http"

@@ -777,6 +777,8 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "haproxy",
     "squid",
+    // The lab's TLS-intercepting proxy (tests/tests/lab_interception.rs).
+    "mitmproxy",
     "procps",
     "prometheus",
     "python3",

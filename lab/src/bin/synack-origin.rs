@@ -27,6 +27,17 @@ struct Cli {
     /// in 2021: the expired-certificate case of the tests. Repeatable.
     #[arg(long)]
     https_expired: Vec<SocketAddr>,
+    /// HTTPS listen address whose certificate (same key, same CA) also
+    /// lists `--big-cert-names` made-up names, like a multi-domain
+    /// certificate: a first flight larger than the initial congestion
+    /// window (10 segments), so the handshake needs more than one round
+    /// trip. Repeatable.
+    #[arg(long)]
+    https_big: Vec<SocketAddr>,
+    /// How many made-up names (about 34 bytes each in the certificate) the
+    /// `--https-big` certificate adds: 900 make it about 30 KB.
+    #[arg(long, default_value_t = 900)]
+    big_cert_names: usize,
     /// Names and IPs the certificate is valid for.
     #[arg(long = "san", default_value = "localhost")]
     sans: Vec<String>,
@@ -85,8 +96,21 @@ async fn handle(
         .expect("static response"))
 }
 
-/// The server configurations for the good certificate and the expired one.
-fn tls_configs(cli: &Cli) -> Result<(rustls::ServerConfig, rustls::ServerConfig)> {
+/// Names under .lab that a multi-domain certificate for many tenants might
+/// list (none resolves anywhere; they only make the certificate big).
+fn made_up_names(n: usize) -> impl Iterator<Item = String> {
+    (0..n).map(|i| format!("store-{i:04}.eu-west-{}.customers.lab", i % 7))
+}
+
+/// The server configurations for the good certificate, the expired one and
+/// the big one.
+fn tls_configs(
+    cli: &Cli,
+) -> Result<(
+    rustls::ServerConfig,
+    rustls::ServerConfig,
+    rustls::ServerConfig,
+)> {
     let ca_key = rcgen::KeyPair::generate()?;
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -102,6 +126,13 @@ fn tls_configs(cli: &Cli) -> Result<(rustls::ServerConfig, rustls::ServerConfig)
     old.not_before = rcgen::date_time_ymd(2020, 1, 1);
     old.not_after = rcgen::date_time_ymd(2021, 1, 1);
     let expired = old.signed_by(&key, &issuer)?;
+    let big_names = cli
+        .sans
+        .iter()
+        .cloned()
+        .chain(made_up_names(cli.big_cert_names))
+        .collect::<Vec<_>>();
+    let big = rcgen::CertificateParams::new(big_names)?.signed_by(&key, &issuer)?;
     std::fs::write(&cli.ca_out, ca.pem())
         .with_context(|| format!("writing {}", cli.ca_out.display()))?;
     let config = |leaf: &rcgen::Certificate| -> Result<rustls::ServerConfig> {
@@ -117,7 +148,7 @@ fn tls_configs(cli: &Cli) -> Result<(rustls::ServerConfig, rustls::ServerConfig)
         cfg.send_tls13_tickets = cli.tickets;
         Ok(cfg)
     };
-    Ok((config(&cert)?, config(&expired)?))
+    Ok((config(&cert)?, config(&expired)?, config(&big)?))
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -129,15 +160,14 @@ async fn main() -> Result<()> {
         eprintln!("synack-origin: no real-time priority; think times may jitter under load");
     }
     let body = Bytes::from(vec![b'x'; cli.body_bytes]);
-    let (good, expired) = if cli.https.is_empty() && cli.https_expired.is_empty() {
-        (None, None)
-    } else {
-        let (g, e) = tls_configs(&cli)?;
-        (
-            Some(tokio_rustls::TlsAcceptor::from(Arc::new(g))),
-            Some(tokio_rustls::TlsAcceptor::from(Arc::new(e))),
-        )
-    };
+    let (good, expired, big) =
+        if cli.https.is_empty() && cli.https_expired.is_empty() && cli.https_big.is_empty() {
+            (None, None, None)
+        } else {
+            let (g, e, b) = tls_configs(&cli)?;
+            let acceptor = |c| Some(tokio_rustls::TlsAcceptor::from(Arc::new(c)));
+            (acceptor(g), acceptor(e), acceptor(b))
+        };
     let mut tasks = Vec::new();
     for (addr, acceptor) in cli
         .http
@@ -145,6 +175,7 @@ async fn main() -> Result<()> {
         .map(|a| (*a, None))
         .chain(cli.https.iter().map(|a| (*a, good.clone())))
         .chain(cli.https_expired.iter().map(|a| (*a, expired.clone())))
+        .chain(cli.https_big.iter().map(|a| (*a, big.clone())))
     {
         let l = bind(addr)?;
         let body = body.clone();

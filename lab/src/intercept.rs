@@ -1,0 +1,154 @@
+//! TLS interception in the lab, by a proxy no one here wrote: mitmproxy
+//! (Debian's 8.1.1, `mitmdump`) in mid, transparent, terminating the
+//! client's TLS with its own CA and opening its own TLS connection to the
+//! origin, which it verifies against the lab's origin CA.
+//!
+//! Connections from the client to the origin's port 11443
+//! (`topo::INTERCEPT_HTTPS`) are redirected to it: iptables and ip6tables
+//! nat REDIRECT; mitmproxy reads the original destination with
+//! SO_ORIGINAL_DST (IPv4) and IP6T_SO_ORIGINAL_DST (IPv6), so both families
+//! are intercepted.
+//!
+//! Also here: the URLs of the origin's big-certificate ports
+//! (`topo::BIG_HTTPS` straight, `topo::PROXY_BIG_HTTPS` through haproxy).
+
+use crate::topo::{
+    BIG_HTTPS, INTERCEPT_HTTPS, Lab, MID_C_V4, MID_C_V6, MID_S_V4, MID_S_V6, PROXY_BIG_HTTPS,
+    SERVER_V4, SERVER_V6, Via,
+};
+use crate::{Proc, wait_for};
+use anyhow::{Context, Result, bail};
+use std::{path::PathBuf, process::Stdio, time::Duration};
+
+/// Where mitmproxy listens in mid (the REDIRECT target).
+pub const MITM_PORT: u16 = 15002;
+
+/// mitmproxy running in the lab's mid namespace. Dropping it stops the
+/// process by its pid; its files go with the lab's directory and its
+/// iptables rules with mid.
+pub struct Mitmproxy {
+    proc: Proc,
+    /// mitmproxy's CA certificate (PEM), to hand to synack's `--cacert`.
+    pub ca: PathBuf,
+}
+
+impl Mitmproxy {
+    /// Starts mitmproxy in `lab`'s mid namespace and intercepts
+    /// `INTERCEPT_HTTPS`. Returns once it has written its CA and listens.
+    pub fn start(lab: &Lab) -> Result<Self> {
+        let confdir = lab.dir.join("mitmproxy");
+        std::fs::create_dir_all(&confdir)?;
+        let m = &lab.mid;
+        let port = MITM_PORT.to_string();
+        // Never let mid's own connections reach the proxy: as with haproxy,
+        // a connection to its own port would make it connect to itself.
+        for (ipt, src) in [
+            ("iptables", MID_C_V4),
+            ("iptables", MID_S_V4),
+            ("iptables", "127.0.0.0/8"),
+            ("ip6tables", MID_C_V6),
+            ("ip6tables", MID_S_V6),
+            ("ip6tables", "::1"),
+        ] {
+            m.exec(&[
+                ipt, "-A", "INPUT", "-p", "tcp", "--dport", &port, "-s", src, "-j", "REJECT",
+            ])?;
+        }
+        for ipt in ["iptables", "ip6tables"] {
+            m.exec(&[
+                ipt,
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-i",
+                &lab.mid_c_if,
+                "-p",
+                "tcp",
+                "--dport",
+                &INTERCEPT_HTTPS.to_string(),
+                "-j",
+                "REDIRECT",
+                "--to-ports",
+                &port,
+            ])
+            .with_context(|| format!("{ipt} nat REDIRECT (IPv6 needs the kernel's IPv6 NAT)"))?;
+        }
+        let origin_ca = lab.ca_path();
+        let set = |k: &str, v: &str| ["--set".to_string(), format!("{k}={v}")];
+        let mut c = m.command("chrt");
+        // Real-time class like haproxy, the delay line and the origin: a
+        // proxy at normal priority on a busy 2-core machine is now and then
+        // late forwarding a request, which the lab would charge to the
+        // server.
+        c.args(["-f", "30", "mitmdump", "--mode", "transparent"])
+            .args(["--listen-port", &port])
+            // No flow printing: the lab measures milliseconds.
+            .arg("-q")
+            .args(set("confdir", &confdir.display().to_string()))
+            // Verify the origin against the lab's CA, never --ssl-insecure.
+            .args(set(
+                "ssl_verify_upstream_trusted_ca",
+                &origin_ca.display().to_string(),
+            ))
+            // mitmproxy's default, said out loud: connect upstream when the
+            // client connects, and do the upstream TLS handshake before
+            // answering the ClientHello (to copy the origin's names into its
+            // own certificate and mirror its ALPN), as interceptors do.
+            .args(set("connection_strategy", "eager"))
+            // Keep HTTP/1.1 on both sides, like the rest of the lab.
+            .args(set("http2", "false"))
+            .args(set("stream_large_bodies", "1"))
+            .args(set("flow_detail", "0"))
+            .args(set("termlog_verbosity", "error"))
+            .stdout(Stdio::null())
+            .stderr(lab.log("mitmproxy")?);
+        let mut proc = Proc::spawn(c, "mitmdump")?;
+        let ca = confdir.join("mitmproxy-ca-cert.pem");
+        // Python starts in a second or two; give a busy machine time.
+        wait_for(
+            Duration::from_secs(60),
+            "mitmproxy to write its CA and listen (IPv4 and IPv6)",
+            || {
+                if let Ok(Some(st)) = proc.child.try_wait() {
+                    return Some(Err(anyhow::anyhow!(
+                        "mitmdump exited ({st}); see {}",
+                        lab.dir.join("mitmproxy.log").display()
+                    )));
+                }
+                let listening = m
+                    .exec(&["ss", "-Hltn", &format!("sport = :{MITM_PORT}")])
+                    .ok()?;
+                let both = listening.contains("0.0.0.0:") && listening.contains("[::]:");
+                (ca.exists() && both).then_some(Ok(()))
+            },
+        )??;
+        // The CA file is written whole before mitmproxy listens, but check
+        // it is a certificate rather than trust the order.
+        let pem = std::fs::read_to_string(&ca)?;
+        if !pem.contains("BEGIN CERTIFICATE") {
+            bail!("{} is not a PEM certificate", ca.display());
+        }
+        Ok(Mitmproxy { proc, ca })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.proc.pid()
+    }
+}
+
+/// A URL on the origin's big-certificate HTTPS port, reached the given way
+/// (`Via::Direct` or `Via::TcpProxy`).
+pub fn big_cert_url(via: Via, v6: bool, path: &str) -> Result<String> {
+    let port = match via {
+        Via::Direct => BIG_HTTPS,
+        Via::TcpProxy => PROXY_BIG_HTTPS,
+        other => bail!("the big certificate is not served {other:?}"),
+    };
+    let host = if v6 {
+        format!("[{SERVER_V6}]")
+    } else {
+        SERVER_V4.to_string()
+    };
+    Ok(format!("https://{host}:{port}{path}"))
+}
