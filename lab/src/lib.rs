@@ -7,6 +7,7 @@
 //! file instead, for `cargo xtask lab up` / `lab down`.
 
 pub mod delay;
+pub mod paths;
 pub mod topo;
 
 use anyhow::{Context, Result, bail};
