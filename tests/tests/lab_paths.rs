@@ -463,6 +463,9 @@ fn random_loss_is_network_time_on_a_direct_path() -> Result<()> {
                     let count = |p: &str| fine.iter().filter(|r| r["verdict"]["path"] == p).count();
                     let (mut rtx, mut syn_rtx, mut waited) = (0u64, 0u64, 0usize);
                     let mut es = Errors::new("server_ms vs the origin's think time");
+                    // What does not hold, each with its record: reported
+                    // all together, then asserted.
+                    let mut bad: Vec<String> = Vec::new();
                     for r in &fine {
                         let k = r["wire"]["retransmits"].as_u64().unwrap_or(0);
                         let ks = r["wire"]["syn_retransmits"].as_u64().unwrap_or(0);
@@ -471,19 +474,36 @@ fn random_loss_is_network_time_on_a_direct_path() -> Result<()> {
                         if let Some(s) = r["phases"]["server_ms"].as_f64() {
                             es.push(s - spent(r, think));
                         }
-                        if k + ks > 0 {
+                        let path = r["verdict"]["path"].as_str().unwrap_or("");
+                        // Acceptable: "unknown" in unprivileged mode after a
+                        // SYN retransmission. TCP_INFO takes no RTT sample
+                        // from a retransmitted SYN (Karn), so the socket
+                        // itself cannot time the handshake, and synack says
+                        // it cannot tell rather than guess.
+                        let excused = path == "unknown"
+                            && mode == "unprivileged"
+                            && ks > 0
+                            && r["wire"]["handshake_rtt_ms"].is_null();
+                        if path != "direct" && !excused {
+                            bad.push(format!("verdict {path}: {}", brief(r)));
+                        }
+                        if k + ks > 0 && !excused {
                             waited += 1;
-                            let net = f(r, &["phases", "network_ms"]);
-                            assert!(
-                                net > rtt,
-                                "{scenario}: a retransmission and network {net} ms: {}",
-                                brief(r)
-                            );
+                            match r["phases"]["network_ms"].as_f64() {
+                                // A SYN retransmission waits Linux's 1 s
+                                // initial RTO; any other at least the RTT.
+                                Some(net) if net > rtt && (ks == 0 || net >= 1000.0) => {}
+                                net => bad.push(format!(
+                                    "{k} retransmissions, {ks} of SYN, network {net:?}: {}",
+                                    brief(r)
+                                )),
+                            }
                         }
                     }
                     eprintln!(
                         "{scenario}: {} requests, {} failed, direct {}, unknown {}, middlebox {}; \
-                         retransmits {rtx}, SYN retransmits {syn_rtx}, on {waited} requests",
+                         retransmits {rtx}, SYN retransmits {syn_rtx}, on {waited} requests \
+                         (not counting excused unknowns)",
                         recs.len(),
                         failed.len(),
                         count("direct"),
@@ -494,10 +514,11 @@ fn random_loss_is_network_time_on_a_direct_path() -> Result<()> {
                     for r in &failed {
                         eprintln!("{scenario}: failed request: {r}");
                     }
-                    assert!(failed.is_empty(), "{scenario}: requests failed: {failed:?}");
-                    for r in &fine {
-                        assert_eq!(r["verdict"]["path"], "direct", "{scenario}: {}", brief(r));
+                    for b in &bad {
+                        eprintln!("{scenario}: wrong: {b}");
                     }
+                    assert!(failed.is_empty(), "{scenario}: requests failed: {failed:?}");
+                    assert!(bad.is_empty(), "{scenario}: {} records wrong", bad.len());
                     assert!(
                         rtx + syn_rtx > 0,
                         "{scenario}: no retransmission seen at {pct} % loss"
@@ -611,12 +632,17 @@ fn thread_per_connection_origin_under_load_is_not_a_middlebox() -> Result<()> {
         .take(3)
         .map(|r| brief(r))
         .collect();
-    assert!(
-        count("middlebox") == 0,
-        "watch called {} of {} requests middlebox, e.g. {mb:?}",
-        count("middlebox"),
-        ours.len()
-    );
+    if count("middlebox") > 0 {
+        // Noted, not thrown: the --reuse half below still runs and reports.
+        let why = format!(
+            "watch called {} of {} requests middlebox, e.g. {}",
+            count("middlebox"),
+            ours.len(),
+            serde_json::to_string(&mb)?
+        );
+        eprintln!("watch under wrk: FAILED: {why}");
+        wrong.0.push(why);
+    }
 
     // synack --reuse 5 while wrk loads the origin, in both modes.
     for mode in MODES {
