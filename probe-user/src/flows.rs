@@ -51,6 +51,8 @@ pub struct Flow {
     /// CLOCK_MONOTONIC ns of each SYN (first one, then retransmissions):
     /// ours on a client-side flow, the peer's on a server-side one.
     pub syns: Vec<u64>,
+    /// The TSval of each of those SYNs (timestamps option), in the same order.
+    pub syn_tsvals: Vec<Option<u32>>,
     /// The SYN-ACK: the peer's on a client-side flow, ours on a server-side one.
     pub synack: Option<SynAck>,
     /// Server-side flow: the peer's SYN (its TTL tells the client's hops).
@@ -82,6 +84,7 @@ impl Flow {
             out_isn: None,
             in_isn: None,
             syns: Vec::new(),
+            syn_tsvals: Vec::new(),
             synack: None,
             synack_dups: 0,
             out: Vec::new(),
@@ -118,6 +121,7 @@ impl Flow {
                     self.syn_in = Some(handshake_pkt(ev));
                 }
                 self.syns.push(ev.ts_ns);
+                self.syn_tsvals.push(syn_tsval(ev));
             }
             EV_SYNACK if ev.dir == DIR_OUT => {
                 if self.synack.is_some() {
@@ -142,6 +146,7 @@ impl Flow {
                     self.out_isn = Some(ev.seq);
                 }
                 self.syns.push(ev.ts_ns);
+                self.syn_tsvals.push(syn_tsval(ev));
             }
             EV_SYNACK => {
                 if ev.ev_flags & EVF_RETRANS != 0 || self.synack.is_some() {
@@ -209,11 +214,42 @@ impl Flow {
         self.offset(DIR_IN, seq)
     }
 
-    /// The SYN the SYN-ACK answered (the last one sent before it) and the SYN-ACK.
+    /// The SYN the SYN-ACK answered and the SYN-ACK: the SYN whose TSval
+    /// the SYN-ACK's TSecr echoes, else the last one sent before it.
     pub fn handshake(&self) -> Option<(u64, u64)> {
+        self.handshake_checked().map(|(syn, sa, _)| (syn, sa))
+    }
+
+    /// `handshake()`, and whether it is a clean round trip (Karn's rule):
+    /// only one SYN was sent, or the TSecr names the SYN answered and that
+    /// SYN is the last one sent before the SYN-ACK (an earlier one means
+    /// the peer's timer resent its SYN-ACK: no round trip either).
+    pub fn handshake_checked(&self) -> Option<(u64, u64, bool)> {
         let sa = self.synack.as_ref()?;
-        let syn = self.syns.iter().copied().filter(|&t| t <= sa.ts_ns).max()?;
-        Some((syn, sa.ts_ns))
+        let before: Vec<(u64, Option<u32>)> = self
+            .syns
+            .iter()
+            .copied()
+            .zip(
+                self.syn_tsvals
+                    .iter()
+                    .copied()
+                    .chain(std::iter::repeat(None)),
+            )
+            .filter(|&(t, _)| t <= sa.ts_ns)
+            .collect();
+        let last = before.iter().map(|x| x.0).max()?;
+        let echoed = sa
+            .options
+            .as_ref()
+            .ok()
+            .and_then(|o| o.timestamps)
+            .map(|(_, tsecr)| tsecr);
+        let named = echoed.and_then(|e| before.iter().rev().find(|x| x.1 == Some(e)));
+        Some(match named {
+            Some(&(t, _)) => (t, sa.ts_ns, t == last),
+            None => (last, sa.ts_ns, before.len() == 1),
+        })
     }
 
     /// SYNs sent after the first.
@@ -278,6 +314,15 @@ pub fn key_addrs(key: &FlowKey) -> (std::net::SocketAddr, std::net::SocketAddr) 
         std::net::SocketAddr::new(ip(&key.local_addr), key.local_port),
         std::net::SocketAddr::new(ip(&key.remote_addr), key.remote_port),
     )
+}
+
+/// The TSval of a SYN's timestamps option.
+fn syn_tsval(ev: &Event) -> Option<u32> {
+    let n = (ev.opt_len as usize).min(ev.options.len());
+    parse_options(&ev.options[..n])
+        .ok()
+        .and_then(|o| o.timestamps)
+        .map(|t| t.0)
 }
 
 fn handshake_pkt(ev: &Event) -> SynAck {

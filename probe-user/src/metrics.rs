@@ -563,10 +563,7 @@ mod tests {
         r.wire.retransmits_out = Some(1);
         r.wire.retransmits_in = Some(0);
         r.phases.server_ms = Some(20.0);
-        r.verdict = Some(Verdict {
-            path: PathKind::Middlebox,
-            reasons: vec![],
-        });
+        r.verdict = Some(Verdict::new(PathKind::Middlebox, vec![]));
         r
     }
 

@@ -178,6 +178,159 @@ pub fn on_link(ip: std::net::IpAddr, nets: &[LocalNet]) -> bool {
     })
 }
 
+/// Whether the destination is reached without a gateway, as the routing
+/// table says (`ip route get`): a local subnet, a point-to-point link (a
+/// tun, a tunnel, a `scope link` route) or this host itself. Falls back to
+/// subnet membership when the kernel cannot be asked.
+pub fn reached_on_link(ip: std::net::IpAddr, nets: &[LocalNet]) -> bool {
+    match route_via_gateway(ip) {
+        Some(via) => !via,
+        None => on_link(ip, nets),
+    }
+}
+
+const RTM_NEWROUTE: u16 = 24;
+const RTM_GETROUTE: u16 = 26;
+const NLMSG_ERROR: u16 = 2;
+const RTA_DST: u16 = 1;
+const RTA_GATEWAY: u16 = 5;
+const RTA_MULTIPATH: u16 = 9;
+const RTA_VIA: u16 = 18;
+const RTN_UNICAST: u8 = 1;
+const RTN_LOCAL: u8 = 2;
+
+/// The RTM_GETROUTE request for one destination (nlmsghdr, rtmsg, RTA_DST).
+fn route_request(ip: std::net::IpAddr, seq: u32) -> Vec<u8> {
+    let (family, addr): (u8, Vec<u8>) = match ip {
+        std::net::IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
+        std::net::IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
+    };
+    let len = 16 + 12 + 4 + addr.len();
+    let mut m = Vec::with_capacity(len);
+    m.extend_from_slice(&(len as u32).to_ne_bytes());
+    m.extend_from_slice(&RTM_GETROUTE.to_ne_bytes());
+    m.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    // rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags
+    m.extend_from_slice(&[family, (addr.len() * 8) as u8, 0, 0, 0, 0, 0, 0]);
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(&((4 + addr.len()) as u16).to_ne_bytes());
+    m.extend_from_slice(&RTA_DST.to_ne_bytes());
+    m.extend_from_slice(&addr);
+    m
+}
+
+/// Reads the kernel's answer to `route_request`: Some(true) when the route
+/// has a gateway (RTA_GATEWAY, RTA_VIA, or a multipath next hop with one),
+/// Some(false) for a unicast route without one or a local address, None
+/// for an error or an unreachable destination.
+fn parse_route_reply(b: &[u8]) -> Option<bool> {
+    let u16_at = |o: usize| b.get(o..o + 2).map(|x| u16::from_ne_bytes([x[0], x[1]]));
+    let u32_at = |o: usize| {
+        b.get(o..o + 4)
+            .map(|x| u32::from_ne_bytes([x[0], x[1], x[2], x[3]]))
+    };
+    let len = u32_at(0)? as usize;
+    if len > b.len() || len < 16 + 12 {
+        return None;
+    }
+    match u16_at(4)? {
+        RTM_NEWROUTE => {}
+        NLMSG_ERROR => return None,
+        _ => return None,
+    }
+    let rtype = *b.get(16 + 7)?;
+    if rtype == RTN_LOCAL {
+        return Some(false);
+    }
+    if rtype != RTN_UNICAST {
+        return None;
+    }
+    let mut o = 16 + 12;
+    while o + 4 <= len {
+        let alen = u16_at(o)? as usize;
+        let atype = u16_at(o + 2)? & 0x3fff;
+        if alen < 4 || o + alen > len {
+            break;
+        }
+        match atype {
+            RTA_GATEWAY | RTA_VIA => return Some(true),
+            RTA_MULTIPATH => {
+                // rtnexthop (8 bytes) then its own attributes, per hop.
+                let end = o + alen;
+                let mut h = o + 4;
+                while h + 8 <= end {
+                    let hlen = u16_at(h)? as usize;
+                    if hlen < 8 || h + hlen > end {
+                        break;
+                    }
+                    let mut a = h + 8;
+                    while a + 4 <= h + hlen {
+                        let l = u16_at(a)? as usize;
+                        let t = u16_at(a + 2)? & 0x3fff;
+                        if l < 4 {
+                            break;
+                        }
+                        if t == RTA_GATEWAY || t == RTA_VIA {
+                            return Some(true);
+                        }
+                        a += (l + 3) & !3;
+                    }
+                    h += (hlen + 3) & !3;
+                }
+            }
+            _ => {}
+        }
+        o += (alen + 3) & !3;
+    }
+    Some(false)
+}
+
+/// Asks the kernel for its route to `ip` (needs no privilege).
+pub fn route_via_gateway(ip: std::net::IpAddr) -> Option<bool> {
+    // SAFETY: plain socket(2) call; the fd is closed below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    let fd = Socket(fd);
+    let req = route_request(ip, 1);
+    // SAFETY: the buffer is valid for its length; fd is a netlink socket.
+    let sent = unsafe { libc::send(fd.0, req.as_ptr().cast(), req.len(), 0) };
+    if sent != req.len() as isize {
+        return None;
+    }
+    let mut buf = vec![0u8; 8192];
+    // A reply that does not come at once will not come: bound the wait.
+    let tv = libc::timeval {
+        tv_sec: 1,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt with a timeval of the right size.
+    unsafe {
+        libc::setsockopt(
+            fd.0,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    // SAFETY: recv into a buffer we own, within its length.
+    let n = unsafe { libc::recv(fd.0, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n <= 0 {
+        return None;
+    }
+    parse_route_reply(&buf[..n as usize])
+}
+
 struct Socket(i32);
 
 impl Socket {
@@ -244,6 +397,77 @@ mod tests {
         assert_eq!(lo.link_type, 772);
         assert_eq!(lo.l2_len(), 14);
         assert_eq!(lo.index, 1);
+    }
+
+    /// A reply as the kernel writes it: nlmsghdr, rtmsg, attributes.
+    fn reply(rtype: u8, attrs: &[(u16, Vec<u8>)]) -> Vec<u8> {
+        let mut body = vec![libc::AF_INET as u8, 32, 0, 0, 254, 0, 0, rtype, 0, 0, 0, 0];
+        for (t, v) in attrs {
+            let l = 4 + v.len();
+            body.extend_from_slice(&(l as u16).to_ne_bytes());
+            body.extend_from_slice(&t.to_ne_bytes());
+            body.extend_from_slice(v);
+            while body.len() % 4 != 0 {
+                body.push(0);
+            }
+        }
+        let mut m = Vec::new();
+        m.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+        m.extend_from_slice(&RTM_NEWROUTE.to_ne_bytes());
+        m.extend_from_slice(&[0; 10]);
+        m.extend_from_slice(&body);
+        m
+    }
+
+    #[test]
+    fn route_replies_say_whether_a_gateway_is_in_between() {
+        let dst = (RTA_DST, vec![10, 10, 2, 1]);
+        let oif = (4u16, 3u32.to_ne_bytes().to_vec());
+        let gw = (RTA_GATEWAY, vec![10, 10, 1, 254]);
+        assert_eq!(
+            parse_route_reply(&reply(RTN_UNICAST, &[dst.clone(), oif.clone()])),
+            Some(false)
+        );
+        assert_eq!(
+            parse_route_reply(&reply(RTN_UNICAST, &[dst.clone(), gw.clone(), oif.clone()])),
+            Some(true)
+        );
+        assert_eq!(
+            parse_route_reply(&reply(RTN_LOCAL, std::slice::from_ref(&dst))),
+            Some(false)
+        );
+        assert_eq!(
+            parse_route_reply(&reply(7, std::slice::from_ref(&dst))),
+            None,
+            "unreachable"
+        );
+        // a multipath route whose next hop has a gateway
+        let mut hop = vec![0u8; 8];
+        hop[0..2].copy_from_slice(&(8u16 + 8).to_ne_bytes());
+        hop.extend_from_slice(&8u16.to_ne_bytes());
+        hop.extend_from_slice(&RTA_GATEWAY.to_ne_bytes());
+        hop.extend_from_slice(&[10, 0, 0, 1]);
+        assert_eq!(
+            parse_route_reply(&reply(RTN_UNICAST, &[dst, (RTA_MULTIPATH, hop)])),
+            Some(true)
+        );
+        // an error message, and garbage, say nothing
+        let mut err = reply(RTN_UNICAST, &[]);
+        err[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        assert_eq!(parse_route_reply(&err), None);
+        assert_eq!(parse_route_reply(&[1, 2, 3]), None);
+        let req = route_request("fd00:2::1".parse().unwrap(), 9);
+        assert_eq!(req.len(), 16 + 12 + 4 + 16);
+        assert_eq!(
+            u32::from_ne_bytes([req[0], req[1], req[2], req[3]]) as usize,
+            req.len()
+        );
+    }
+
+    #[test]
+    fn the_kernel_routes_loopback_locally() {
+        // No privilege needed: every network namespace has loopback.
+        assert_eq!(route_via_gateway("127.0.0.1".parse().unwrap()), Some(false));
     }
 
     #[test]

@@ -109,6 +109,19 @@ pub fn human(r: &Record) -> String {
     if let Some(sa) = synack_line(r) {
         let _ = writeln!(s, "  {sa}");
     }
+    if let Some(t) = &r.tls_info {
+        let _ = writeln!(
+            s,
+            "  TLS: {}{}, certificate {} issued by {}",
+            t.version.as_deref().unwrap_or("?"),
+            t.alpn
+                .as_deref()
+                .map(|a| format!(" ({a})"))
+                .unwrap_or_default(),
+            t.cert_subject.as_deref().unwrap_or("-"),
+            t.cert_issuer.as_deref().unwrap_or("-")
+        );
+    }
     if let Some(v) = &r.verdict {
         let a = crate::verdict::Analysis {
             verdict: v.clone(),
@@ -120,6 +133,13 @@ pub fn human(r: &Record) -> String {
             "\n  verdict: {}",
             crate::verdict::sentence(&a, &r.facts())
         );
+        if let Some(i) = v.evidence_from {
+            let _ = writeln!(
+                s,
+                "  (from the measurements of request {} on this connection)",
+                i + 1
+            );
+        }
         let p = &r.phases;
         if p.network_ms.is_some() || p.local_stack_ms.is_some() {
             let _ = writeln!(

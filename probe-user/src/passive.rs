@@ -129,6 +129,9 @@ struct Conn {
     /// Socket cgroup id from the first outgoing event that had one.
     cgroup_id: u64,
     last_ns: u64,
+    /// Client side: the routing table reaches the peer without a gateway
+    /// (None: not asked, or the kernel could not say).
+    route_on_link: Option<bool>,
 }
 
 /// A finished request, ready for attribution and printing.
@@ -145,8 +148,16 @@ pub struct Tracker {
     settings: Settings,
     conns: HashMap<FlowKey, Conn>,
     nets: Vec<LocalNet>,
+    /// Asks the routing table whether a peer is reached through a gateway
+    /// (replaced in unit tests), and its answers per peer address.
+    route: fn(std::net::IpAddr) -> Option<bool>,
+    routes: HashMap<std::net::IpAddr, Option<bool>>,
     pub stats: PassiveStats,
 }
+
+/// Peer addresses whose route is remembered; past that the memory starts
+/// over (routes change rarely; a scan of many peers must not grow it).
+const ROUTE_CACHE: usize = 4096;
 
 impl Tracker {
     pub fn new(settings: Settings, nets: Vec<LocalNet>) -> Self {
@@ -154,8 +165,23 @@ impl Tracker {
             settings,
             conns: HashMap::new(),
             nets,
+            route: crate::netif::route_via_gateway,
+            routes: HashMap::new(),
             stats: PassiveStats::default(),
         }
+    }
+
+    /// On-link by the routing table, remembered per address.
+    fn route_on_link(&mut self, ip: std::net::IpAddr) -> Option<bool> {
+        if let Some(v) = self.routes.get(&ip) {
+            return *v;
+        }
+        if self.routes.len() >= ROUTE_CACHE {
+            self.routes.clear();
+        }
+        let v = (self.route)(ip).map(|via| !via);
+        self.routes.insert(ip, v);
+        v
     }
 
     /// Connections currently followed.
@@ -184,6 +210,10 @@ impl Tracker {
             self.stats.peak_open = self.stats.peak_open.max(self.conns.len() as u64 + 1);
             let mut flow = Flow::new(ev.key, ev.cookie);
             flow.keep_events = false;
+            let route_on_link = match side {
+                Side::Client => self.route_on_link(key_addrs(&ev.key).1.ip()),
+                Side::Server => None,
+            };
             self.conns.insert(
                 ev.key,
                 Conn {
@@ -200,6 +230,7 @@ impl Tracker {
                     first: None,
                     cgroup_id: 0,
                     last_ns: ev.ts_ns,
+                    route_on_link,
                 },
             );
         }
@@ -643,6 +674,9 @@ fn build(c: &mut Conn, p: Pending, nets: &[LocalNet]) -> Record {
     match c.side {
         Side::Client => {
             r.remote_on_link = Some(on_link(remote.ip(), nets));
+            if let Some(&routed) = c.route_on_link.as_ref() {
+                r.remote_on_link = Some(routed);
+            }
             let marks = RequestMarks {
                 out_start: off(&c.flow, req_dir, p.req_seq),
                 out_end: p.req_end_seq.and_then(|s| off(&c.flow, req_dir, s)),
@@ -845,7 +879,11 @@ mod tests {
     impl Run {
         fn new() -> Self {
             Run {
-                t: Tracker::new(Settings::default(), Vec::new()),
+                t: Tracker {
+                    // No routing table in unit tests: subnet membership decides.
+                    route: |_| None,
+                    ..Tracker::new(Settings::default(), Vec::new())
+                },
                 out: Vec::new(),
             }
         }

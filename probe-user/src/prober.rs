@@ -439,9 +439,11 @@ impl Prober {
         };
         conn.dns_done = Some(mono_ns());
         base.remote_addr = Some(addr.to_string());
+        // By the routing table: a point-to-point or `scope link` route is
+        // on-link although no subnet of ours holds the address.
         base.remote_on_link = crate::netif::local_nets()
             .ok()
-            .map(|nets| crate::netif::on_link(addr.ip(), &nets));
+            .map(|nets| crate::netif::reached_on_link(addr.ip(), &nets));
         base.ip_version = Some(if addr.is_ipv4() { 4 } else { 6 });
 
         let sock = match if addr.is_ipv4() {
@@ -617,6 +619,7 @@ impl Prober {
                     ErrorInfo::new("tls", format!("TLS handshake with {}: {e}", t.host))
                 })?;
             conn.tls_done = Some(mono_ns());
+            base.tls_info = Some(tls_info(s.get_ref().1));
             Box::new(s)
         } else {
             Box::new(raw)
@@ -1010,6 +1013,29 @@ pub fn flow_key(local: SocketAddr, remote: SocketAddr) -> FlowKey {
         remote_port: remote.port(),
         ip_version: v,
         _pad: [0; 3],
+    }
+}
+
+/// What the handshake settled: version, ALPN, and whose certificate came.
+fn tls_info(c: &rustls::ClientConnection) -> crate::record::TlsInfo {
+    let version = c.protocol_version().map(|v| match v {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_string(),
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_string(),
+        other => format!("{other:?}"),
+    });
+    let alpn = c
+        .alpn_protocol()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    let leaf = c
+        .peer_certificates()
+        .and_then(|v| v.first())
+        .and_then(|der| x509_parser::parse_x509_certificate(der.as_ref()).ok())
+        .map(|(_, cert)| (cert.subject().to_string(), cert.issuer().to_string()));
+    crate::record::TlsInfo {
+        version,
+        alpn,
+        cert_subject: leaf.as_ref().map(|x| x.0.clone()),
+        cert_issuer: leaf.map(|x| x.1),
     }
 }
 

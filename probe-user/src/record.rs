@@ -42,6 +42,19 @@ impl ErrorInfo {
     }
 }
 
+/// The TLS session as the client saw it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TlsInfo {
+    /// "TLSv1.3", "TLSv1.2".
+    pub version: Option<String>,
+    /// The protocol ALPN chose ("http/1.1"), null when none.
+    pub alpn: Option<String>,
+    /// The end-entity certificate's subject and issuer (RFC 4514 strings):
+    /// behind a TLS-intercepting proxy the issuer is the proxy's CA.
+    pub cert_subject: Option<String>,
+    pub cert_issuer: Option<String>,
+}
+
 /// User-space times, milliseconds. Null where the phase did not happen (a
 /// reused connection has no DNS, connect or TLS) or did not complete.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -63,6 +76,10 @@ pub struct UserTimes {
 pub struct WireTimes {
     /// SYN out to SYN-ACK in (the SYN that was answered).
     pub handshake_rtt_ms: Option<f64>,
+    /// The handshake is a clean round trip (Karn's rule): one SYN, or the
+    /// SYN-ACK's TSecr names the last SYN sent. False: a retransmission
+    /// makes it ambiguous and the verdict does not use it as an RTT.
+    pub handshake_clean: Option<bool>,
     /// First SYN out to SYN-ACK in, including retransmission waits.
     pub connect_wait_ms: Option<f64>,
     /// SYNs sent again before the SYN-ACK.
@@ -90,6 +107,9 @@ pub struct WireTimes {
     pub data_rtt_ms: Option<f64>,
     /// Request's first segment out to the response's first segment in.
     pub ttfb_ms: Option<f64>,
+    /// The request's first bytes went out again before the response came:
+    /// ms from the first transmission to the last copy (null: not resent).
+    pub request_resent_ms: Option<f64>,
     /// Server side (`synack watch`): TTL (IPv4) or hop limit (IPv6) of the
     /// client's SYN as it arrived, and the hops it crossed.
     pub client_ttl: Option<u8>,
@@ -147,6 +167,9 @@ pub struct Record {
     pub connection_reused: bool,
     /// https:// (TLS) or not.
     pub tls: bool,
+    /// What the TLS handshake gave: version, ALPN and whose certificate
+    /// (null for plain HTTP, or before the handshake completed).
+    pub tls_info: Option<TlsInfo>,
     /// The destination is on one of this host's subnets (no gateway between).
     pub remote_on_link: Option<bool>,
     /// The response's Via header (a hint of a proxy, never the proof).
@@ -198,11 +221,14 @@ impl Record {
             unprivileged: self.mode == "unprivileged",
             tls: self.tls,
             handshake: w.handshake_rtt_ms,
+            handshake_clean: w.handshake_clean.unwrap_or(true),
             ttl: w.synack_ttl,
             initial_ttl: w.synack_initial_ttl,
             hops: w.synack_hops,
             tls_rtt: w.tls_rtt_ms,
             tls_round2: w.tls_round2_ms,
+            data_rtt: w.data_rtt_ms,
+            request_resent: w.request_resent_ms,
             ttfb: w.ttfb_ms,
             retransmits: w.retransmits.unwrap_or(0),
             span: w.span_ms,
@@ -210,6 +236,7 @@ impl Record {
             on_link: self.remote_on_link,
             probe_ttl: self.path_probe_ttl,
             via: self.via.clone(),
+            cert_issuer: self.tls_info.as_ref().and_then(|t| t.cert_issuer.clone()),
             remote: self.remote_addr.clone().unwrap_or_default(),
         }
     }
@@ -234,6 +261,7 @@ impl Record {
             request_index: 0,
             connection_reused: false,
             tls: url.starts_with("https:"),
+            tls_info: None,
             remote_on_link: None,
             via: None,
             server_timing_ms: None,

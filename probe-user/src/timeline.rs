@@ -37,35 +37,41 @@ pub struct RequestMarks {
     pub in_start: Option<u64>,
 }
 
-/// Our second TLS flight and the first incoming payload after it, when that
-/// payload lies before the response (offset below `response_at`): the TLS
-/// endpoint answered at once. The flight is timed by its last segment before
-/// the request (`request_at`): a TLS 1.3 client may send its
-/// ChangeCipherSpec first and its Finished only after checking the
-/// server's certificate, and the server answers the Finished.
+/// Our last TLS handshake flight (the Finished) and the first incoming
+/// payload after it, when that payload lies before the response (offset
+/// below `response_at`): the TLS endpoint answered at once. The Finished is
+/// the last segment we sent up to the request (`request_at`), not our
+/// first flight after the ClientHello: a TLS 1.3 client sends its
+/// ChangeCipherSpec as soon as the ServerHello arrives, and a server flight
+/// larger than its initial window (a long certificate chain) goes on
+/// arriving a round trip later: that is no reply. Our Finished can only
+/// leave once the whole server flight is in, so whatever arrives after it
+/// is new.
 fn tls_round2(f: &Flow, response_at: Option<u64>, request_at: Option<u64>) -> Option<(u64, u64)> {
-    let second = f.out.iter().filter(|s| s.turn_start && !s.retrans).nth(1)?;
+    let request_at = request_at?;
+    let finished = f
+        .out
+        .iter()
+        .filter(|s| !s.retrans)
+        // The request's own first segment counts: a client may send its
+        // Finished and the request in one segment (as `synack watch` sees
+        // curl do), and one sent right after the Finished is as good.
+        .filter(|s| {
+            f.offset(DIR_OUT, s.seq)
+                .is_some_and(|o| o > 0 && (o as u64) <= request_at)
+        })
+        .max_by_key(|s| s.ts_ns)?;
     let reply = f
         .inb
         .iter()
-        .find(|s| !s.retrans && s.ts_ns > second.ts_ns)?;
-    let second = f
-        .out
-        .iter()
-        .filter(|s| !s.retrans && s.ts_ns >= second.ts_ns && s.ts_ns < reply.ts_ns)
-        .filter(|s| match (request_at, f.offset(DIR_OUT, s.seq)) {
-            (Some(r), Some(o)) => (o as u64) < r,
-            _ => s.seq == second.seq,
-        })
-        .max_by_key(|s| s.ts_ns)
-        .unwrap_or(second);
+        .find(|s| !s.retrans && s.ts_ns > finished.ts_ns)?;
     let reply_off = f.in_offset(reply.seq)? as u64;
     if reply_off >= response_at? {
         // That is the response itself: think time is in it.
         return None;
     }
-    let (ro, ri) = f.retransmits_between(second.ts_ns, reply.ts_ns);
-    (ro + ri == 0).then_some((second.ts_ns, reply.ts_ns))
+    let (ro, ri) = f.retransmits_between(finished.ts_ns, reply.ts_ns);
+    (ro + ri == 0).then_some((finished.ts_ns, reply.ts_ns))
 }
 
 fn ms(a: Option<u64>, b: Option<u64>) -> Option<f64> {
@@ -130,8 +136,9 @@ pub fn assemble(
         })
     };
 
-    if let Some((syn, sa)) = f.handshake() {
+    if let Some((syn, sa, clean)) = f.handshake_checked() {
         w.handshake_rtt_ms = Some(ms_between(syn, sa));
+        w.handshake_clean = Some(clean);
     }
     if let (Some(first), Some(sa)) = (f.syns.first(), f.synack.as_ref()) {
         w.connect_wait_ms = Some(ms_between(*first, sa.ts_ns));
@@ -194,15 +201,43 @@ pub fn assemble(
             w.data_rtt_ms = Some(ms_between(t, a));
         }
     }
-    let resp_in = req
-        .in_start
-        .and_then(|o| f.in_covering(o as u32))
-        .map(|s| s.ts_ns);
+    // The first response bytes to arrive, whichever they are: when the
+    // first segment was lost, a later one arrives first (and the first
+    // comes again after a retransmission timeout, which is not the server's
+    // time).
+    let resp_in = req.in_start.and_then(|o| {
+        let first = f.in_covering(o as u32).map(|s| s.ts_ns);
+        let later = f
+            .inb
+            .iter()
+            .filter(|s| !s.retrans && req_out.is_none_or(|t| s.ts_ns > t))
+            .filter(|s| {
+                f.in_offset(s.seq)
+                    .is_some_and(|x| x as u64 > o && x as u64 - o < 1 << 30)
+            })
+            .map(|s| s.ts_ns)
+            .min();
+        match (first, later) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    });
     if let Some(t) = resp_in {
         wire("response_in", t);
     }
     if let (Some(a), Some(b)) = (req_out, resp_in) {
         w.ttfb_ms = Some(ms_between(a, b));
+        // The request sent again before the response: the server may have
+        // had only the copy (the verdict decides, knowing the path's RTT).
+        if let Some(o) = req.out_start {
+            w.request_resent_ms = f
+                .out
+                .iter()
+                .filter(|s| s.retrans && s.ts_ns > a && s.ts_ns < b)
+                .filter(|s| f.offset(DIR_OUT, s.seq).is_some_and(|x| (x as u64) <= o))
+                .map(|s| ms_between(a, s.ts_ns))
+                .max_by(f64::total_cmp);
+        }
     }
     let span_start = if conn.is_some() {
         f.syns.first().copied()

@@ -136,10 +136,11 @@ impl Totals {
     fn add(&mut self, r: &Record) {
         self.reported += 1;
         self.failed += r.error.is_some() as u64;
-        self.middlebox +=
-            r.verdict
-                .as_ref()
-                .is_some_and(|v| v.path == crate::verdict::PathKind::Middlebox) as u64;
+        // Only requests whose own measurements show it: a connection's
+        // later requests inherit its verdict and say so (`evidence_from`).
+        self.middlebox += r.verdict.as_ref().is_some_and(|v| {
+            v.path == crate::verdict::PathKind::Middlebox && v.evidence_from.is_none()
+        }) as u64;
         let vals = [
             r.wire.handshake_rtt_ms,
             r.wire.ttfb_ms,
