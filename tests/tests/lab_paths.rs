@@ -266,7 +266,7 @@ fn router_that_keeps_the_ttl_is_direct() -> Result<()> {
                             assert_eq!(r["wire"]["synack_hops"], 0, "{scenario}: {}", brief(r));
                         }
                     }
-                    check_direct(&recs, &scenario, think, rtt + base, 1.5);
+                    check_direct(&recs, &scenario, think, rtt + base, 3.0);
                     Ok(())
                 });
             }
@@ -321,7 +321,7 @@ fn point_to_point_tunnel_is_direct() -> Result<()> {
                         assert!(f(r, &["wire", "handshake_rtt_ms"]) >= rtt);
                     }
                     // Two user-space pumps each way: a little more jitter.
-                    check_direct(&recs, &scenario, think, rtt + base, 2.5);
+                    check_direct(&recs, &scenario, think, rtt + base, 3.0);
                     Ok(())
                 });
             }
