@@ -1,5 +1,6 @@
 pub mod bpf;
 pub mod clock;
+pub mod cpustat;
 pub mod events;
 pub mod flows;
 pub mod io;

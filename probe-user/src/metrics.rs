@@ -20,7 +20,7 @@ use prometheus_client::{
 use std::sync::{Mutex, atomic::AtomicU64};
 
 /// The phases, as label values, with how each is read from a record (ms).
-pub const PHASES: [&str; 9] = [
+pub const PHASES: [&str; 10] = [
     "dns",
     "connect",
     "tls",
@@ -29,8 +29,12 @@ pub const PHASES: [&str; 9] = [
     "server",
     "middlebox",
     "network",
+    "client",
     "total",
 ];
+
+/// The values of `synack_bottleneck`'s phase label.
+const BOTTLENECKS: [&str; 4] = ["network", "middlebox", "server", "client"];
 
 /// A record's phase durations in milliseconds, for the phases it has.
 pub fn phase_values(r: &Record) -> Vec<(&'static str, f64)> {
@@ -43,6 +47,7 @@ pub fn phase_values(r: &Record) -> Vec<(&'static str, f64)> {
         r.phases.server_ms,
         r.phases.middlebox_ms,
         r.phases.network_ms,
+        r.phases.client_ms,
         r.user.total_ms,
     ];
     PHASES
@@ -99,6 +104,7 @@ pub struct Metrics {
     phase: Family<PhaseL, Histogram, fn() -> Histogram>,
     success: Family<TargetL, Gauge>,
     middlebox: Family<TargetL, Gauge>,
+    bottleneck: Family<PhaseL, Gauge>,
     ttl: Family<TargetL, Gauge>,
     hops: Family<TargetL, Gauge>,
     status: Family<TargetL, Gauge>,
@@ -140,6 +146,7 @@ impl Metrics {
             phase,
             success: Family::default(),
             middlebox: Family::default(),
+            bottleneck: Family::default(),
             ttl: Family::default(),
             hops: Family::default(),
             status: Family::default(),
@@ -168,6 +175,11 @@ impl Metrics {
             "synack_path_middlebox",
             "1 if the last check found a TCP-terminating middlebox on the path, 0 if the path was direct (absent while unknown)",
             m.middlebox.clone(),
+        );
+        registry.register(
+            "synack_bottleneck",
+            "1 for the phase (network, middlebox, server, client) that held most of the last check's time, 0 for the others (absent while unknown)",
+            m.bottleneck.clone(),
         );
         registry.register(
             "synack_synack_ttl",
@@ -335,6 +347,27 @@ impl Metrics {
                 PathKind::Unknown => {}
             }
         }
+        let last_bottleneck = records
+            .iter()
+            .rev()
+            .find_map(|r| r.verdict.as_ref())
+            .and_then(|v| v.bottleneck);
+        for p in BOTTLENECKS {
+            let l = PhaseL {
+                target: tl.target.clone(),
+                phase: p.to_string(),
+            };
+            match last_bottleneck {
+                Some(b) => {
+                    self.bottleneck
+                        .get_or_create(&l)
+                        .set((b.name() == p) as i64);
+                }
+                None => {
+                    self.bottleneck.remove(&l);
+                }
+            }
+        }
         if let Some(r) = records.iter().find(|r| r.wire.synack_ttl.is_some()) {
             self.ttl
                 .get_or_create(&tl)
@@ -374,6 +407,12 @@ impl Metrics {
         let tl = Self::t(target);
         for p in PHASES {
             self.phase.remove(&PhaseL {
+                target: target.to_string(),
+                phase: p.to_string(),
+            });
+        }
+        for p in BOTTLENECKS {
+            self.bottleneck.remove(&PhaseL {
                 target: target.to_string(),
                 phase: p.to_string(),
             });
@@ -504,6 +543,17 @@ pub fn statsd_lines(t: &Target, records: &[Record], o: &Outcome) -> Vec<String> 
             PathKind::Unknown => {}
         }
     }
+    if let Some(b) = records
+        .iter()
+        .rev()
+        .find_map(|r| r.verdict.as_ref())
+        .and_then(|v| v.bottleneck)
+    {
+        out.push(format!(
+            "synack.bottleneck:1|g|#{tagstr},phase:{}",
+            b.name()
+        ));
+    }
     if let Some(ttl) = records.iter().find_map(|r| r.wire.synack_ttl) {
         out.push(format!("synack.synack.ttl:{ttl}|g|#{tagstr}"));
     }
@@ -563,7 +613,10 @@ mod tests {
         r.wire.retransmits_out = Some(1);
         r.wire.retransmits_in = Some(0);
         r.phases.server_ms = Some(20.0);
-        r.verdict = Some(Verdict::new(PathKind::Middlebox, vec![]));
+        r.verdict = Some(Verdict {
+            bottleneck: Some(crate::verdict::Bottleneck::Server),
+            ..Verdict::new(PathKind::Middlebox, vec![])
+        });
         r
     }
 
@@ -586,6 +639,8 @@ mod tests {
         let s = m.encode();
         for want in [
             "synack_phase_duration_seconds_count{target=\"api\",phase=\"server\"} 1",
+            "synack_bottleneck{target=\"api\",phase=\"server\"} 1",
+            "synack_bottleneck{target=\"api\",phase=\"client\"} 0",
             "synack_phase_duration_seconds_sum{target=\"api\",phase=\"wire_ttfb\"} 0.045",
             "synack_check_success{target=\"api\"} 1",
             "synack_path_middlebox{target=\"api\"} 1",
@@ -642,6 +697,10 @@ mod tests {
         );
         assert!(lines.contains(&"synack.check.success:1|g|#target:api,env:prod".to_string()));
         assert!(lines.contains(&"synack.path.middlebox:1|g|#target:api,env:prod".to_string()));
+        assert!(
+            lines.contains(&"synack.bottleneck:1|g|#target:api,env:prod,phase:server".to_string()),
+            "{lines:?}"
+        );
         for l in &lines {
             let (name_val, rest) = l.split_once('|').unwrap();
             let (name, val) = name_val.split_once(':').unwrap();

@@ -140,16 +140,23 @@ pub fn human(r: &Record) -> String {
                 i + 1
             );
         }
+        if let Some(b) = &v.summary {
+            let _ = writeln!(s, "  bottleneck: {b}");
+        }
         let p = &r.phases;
-        if p.network_ms.is_some() || p.local_stack_ms.is_some() {
+        if p.network_ms.is_some() || p.client_ms.is_some() {
             let _ = writeln!(
                 s,
-                "  phases:  network {}  |  middlebox {}  |  server {}  |  local stack {}",
+                "  phases:  network {}  |  middlebox {}  |  server {}  |  client {} (local stack {})",
                 f(p.network_ms),
                 f(p.middlebox_ms),
                 f(p.server_ms),
+                f(p.client_ms),
                 f(p.local_stack_ms)
             );
+        }
+        if let Some(bar) = phase_bar(r, 60) {
+            let _ = writeln!(s, "  {bar}");
         }
         for why in &v.reasons {
             let _ = writeln!(s, "    - {why}");
@@ -198,27 +205,25 @@ fn synack_line(r: &Record) -> Option<String> {
 
 /// `|DNS|TCP|=== TLS ===|=== wait ===|body|`, each phase's width
 /// proportional to its user-space duration.
-pub fn waterfall(r: &Record, width: usize) -> Option<String> {
-    let u = &r.user;
-    let total = u.total_ms?;
-    if total <= 0.0 {
-        return None;
-    }
-    let ttfb_end = [u.dns_ms, u.connect_ms, u.tls_ms, u.ttfb_ms]
-        .iter()
-        .flatten()
-        .sum::<f64>();
-    let rest = (total - ttfb_end).max(0.0);
-    let phases = [
-        ("DNS", u.dns_ms),
-        ("TCP", u.connect_ms),
-        ("TLS", u.tls_ms),
-        ("wait", u.ttfb_ms),
-        ("rest", Some(rest)),
+/// The verdict's phases as one bar, in the order the time passed: where
+/// the time went rather than which call took it.
+pub fn phase_bar(r: &Record, width: usize) -> Option<String> {
+    let p = &r.phases;
+    let parts = [
+        ("network", p.network_ms?),
+        ("middlebox", p.middlebox_ms.unwrap_or(0.0)),
+        ("server", p.server_ms?),
+        ("client", p.client_ms.unwrap_or(0.0)),
     ];
+    let total: f64 = parts.iter().map(|x| x.1.max(0.0)).sum();
+    (total > 0.0).then(|| bar(&parts.map(|(n, v)| (n, Some(v))), total, width))
+}
+
+/// Cells proportional to each part of `total`, each named where it fits.
+fn bar(parts: &[(&str, Option<f64>)], total: f64, width: usize) -> String {
     let mut out = String::from("|");
-    for (name, ms) in phases {
-        let Some(ms) = ms else { continue };
+    for (name, ms) in parts {
+        let Some(ms) = *ms else { continue };
         if ms <= 0.0 {
             continue;
         }
@@ -237,7 +242,28 @@ pub fn waterfall(r: &Record, width: usize) -> Option<String> {
         out.push_str(&cell);
         out.push('|');
     }
-    Some(out)
+    out
+}
+
+pub fn waterfall(r: &Record, width: usize) -> Option<String> {
+    let u = &r.user;
+    let total = u.total_ms?;
+    if total <= 0.0 {
+        return None;
+    }
+    let ttfb_end = [u.dns_ms, u.connect_ms, u.tls_ms, u.ttfb_ms]
+        .iter()
+        .flatten()
+        .sum::<f64>();
+    let rest = (total - ttfb_end).max(0.0);
+    let phases = [
+        ("DNS", u.dns_ms),
+        ("TCP", u.connect_ms),
+        ("TLS", u.tls_ms),
+        ("wait", u.ttfb_ms),
+        ("rest", Some(rest)),
+    ];
+    Some(bar(&phases, total, width))
 }
 
 /// One line per request for `synack watch`: who, what, and where the time went.
@@ -295,6 +321,9 @@ pub fn check_line(r: &Record) -> String {
     if let Some(v) = num(r.phases.middlebox_ms) {
         parts.push(format!("middlebox {v}"));
     }
+    if let Some(v) = num(r.phases.client_ms) {
+        parts.push(format!("client {v}"));
+    }
     if r.wire.retransmits.is_some_and(|n| n > 0) {
         parts.push(format!("retx {}", r.wire.retransmits.unwrap_or(0)));
     }
@@ -313,6 +342,9 @@ pub fn check_line(r: &Record) -> String {
                 crate::verdict::PathKind::Unknown => "path unknown",
             }
         );
+        if let Some(b) = v.bottleneck {
+            let _ = write!(s, ", bottleneck {}", b.name());
+        }
     }
     s
 }

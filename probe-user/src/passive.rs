@@ -715,7 +715,10 @@ fn build(c: &mut Conn, p: Pending, nets: &[LocalNet]) -> Record {
                 r.phases = a.phases;
                 r.middlebox = a.middlebox;
             }
-            local_turns(&c.flow, p.index, &mut r);
+            // No user-space marks here: the client's share is its turns
+            // inside the wire span, which local_stack_ms has always been in
+            // watch's records.
+            r.phases.local_stack_ms = r.phases.client_ms;
         }
         Side::Server => server_side(c, &p, &mut r),
     }
@@ -723,43 +726,6 @@ fn build(c: &mut Conn, p: Pending, nets: &[LocalNet]) -> Record {
     c.flow
         .prune_before(p.resp_last.map(|x| x.0).unwrap_or(p.req_ts));
     r
-}
-
-/// On the first request, the time this host held the turn inside the wire
-/// span (between the peer's last bytes and our next turn: TLS processing
-/// such as certificate checks, the program preparing its request) is local,
-/// not network: it moves from `network_ms` to `local_stack_ms`.
-fn local_turns(f: &Flow, index: u32, r: &mut Record) {
-    if index != 0 {
-        return;
-    }
-    let Some(req_out) = r.at("request_out") else {
-        return;
-    };
-    let Some(sa) = f.synack.as_ref().map(|s| s.ts_ns) else {
-        return;
-    };
-    let mut local = 0u64;
-    for s in f.out.iter().filter(|s| s.turn_start && !s.retrans) {
-        if s.ts_ns > req_out {
-            break;
-        }
-        let before = f
-            .inb
-            .iter()
-            .filter(|i| i.ts_ns < s.ts_ns)
-            .map(|i| i.ts_ns)
-            .max()
-            .unwrap_or(sa)
-            .max(sa);
-        local += s.ts_ns.saturating_sub(before);
-    }
-    let local = local as f64 / 1e6;
-    if let Some(n) = r.phases.network_ms {
-        let moved = local.min(n);
-        r.phases.network_ms = Some(n - moved);
-        r.phases.local_stack_ms = Some(moved);
-    }
 }
 
 fn entry(event: &'static str, t_ns: u64) -> TimelineEntry {

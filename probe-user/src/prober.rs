@@ -218,11 +218,15 @@ pub struct Prober {
     tls: Arc<ClientConfig>,
     opts: Options,
     mode: &'static str,
+    /// Where this process's CPU throttling is counted (found once).
+    cpu: crate::cpustat::CpuSources,
 }
 
 /// A request that completed.
 struct Done {
     marks: RequestMarks,
+    /// The CPU this process did not get while the request ran.
+    stall: crate::verdict::ClientStall,
     status: u16,
     via: Option<String>,
     server_timing: Option<f64>,
@@ -292,6 +296,7 @@ impl Prober {
             tls,
             opts,
             mode,
+            cpu: crate::cpustat::CpuSources::find(),
         }
     }
 
@@ -517,6 +522,7 @@ impl Prober {
             r.http_status = Some(d.status);
             r.via = d.via.clone();
             r.server_timing_ms = d.server_timing;
+            r.client = Some(d.stall.clone());
             r.request_bytes = Some(d.request_bytes);
             r.response_bytes = Some(d.response_bytes);
             self.finish(
@@ -585,6 +591,7 @@ impl Prober {
         key: &mut Option<FlowKey>,
         redirect: &mut Option<String>,
     ) -> Result<(), Failed> {
+        let mut cpu_before = crate::cpustat::CpuSnapshot::take(&self.cpu);
         conn.connect_call = Some(mono_ns());
         let stream = with_deadline(deadline, "connect", sock.connect(addr))
             .await?
@@ -641,6 +648,9 @@ impl Prober {
                 let mut l = crate::io::lock(log);
                 l.arm();
             }
+            if i > 0 {
+                cpu_before = crate::cpustat::CpuSnapshot::take(&self.cpu);
+            }
             let request_start = mono_ns();
             let mut m = RequestMarks {
                 request_start: Some(request_start),
@@ -679,6 +689,7 @@ impl Prober {
             };
             let r = with_deadline(deadline, "response", step).await;
             m.done = Some(mono_ns());
+            let stall = stall_of(&cpu_before.until(&crate::cpustat::CpuSnapshot::take(&self.cpu)));
             let io = {
                 let mut l = crate::io::lock(log);
                 l.disarm()
@@ -706,6 +717,7 @@ impl Prober {
                 Ok(Ok((status, location, via, server_timing, _))) => {
                     done.push(Done {
                         marks: m,
+                        stall,
                         status: status.as_u16(),
                         via,
                         server_timing,
@@ -838,6 +850,7 @@ fn unprivileged_wire(
 ) {
     use crate::stamps::{TCPI_OPT_SACK, TCPI_OPT_TIMESTAMPS, TCPI_OPT_WSCALE};
     let response_in = r.at("response_in");
+    let request_out = r.at("request_out");
     let w = &mut r.wire;
     if conn.is_some() {
         w.handshake_rtt_ms = s.handshake_rtt_ms();
@@ -850,6 +863,17 @@ fn unprivileged_wire(
         // The span starts at connect(): the SYN leaves within microseconds.
         if let (Some(a), Some(b)) = (conn.and_then(|c| c.connect_call), response_in) {
             w.span_ms = Some(crate::clock::ms_between(a, b));
+        }
+        // No SYN-ACK time of its own: connect() plus the handshake RTT.
+        let synack = conn
+            .and_then(|c| c.connect_call)
+            .map(|c| c + w.handshake_rtt_ms.map_or(0, |h| (h * 1e6).max(0.0) as u64));
+        if let (Some(sa), Some(t)) = (synack, request_out) {
+            let f = s.flow(probe_common::FlowKey::default());
+            w.client_turns_ms = Some(crate::clock::ms_between(
+                0,
+                crate::timeline::client_turns(&f, sa, t),
+            ));
         }
     }
     // Only outgoing retransmissions are counted (TCP_INFO), and only for the
@@ -1013,6 +1037,17 @@ pub fn flow_key(local: SocketAddr, remote: SocketAddr) -> FlowKey {
         remote_port: remote.port(),
         ip_version: v,
         _pad: [0; 3],
+    }
+}
+
+/// The counters' growth as the record gives it, in ms.
+fn stall_of(g: &crate::cpustat::Growth) -> crate::verdict::ClientStall {
+    let ms = |x: Option<u64>| x.map(|v| v as f64 / 1e6);
+    crate::verdict::ClientStall {
+        run_delay_ms: ms(g.run_delay_ns),
+        throttled_ms: ms(g.throttled_ns),
+        throttled_periods: g.throttled_periods,
+        steal_ms: ms(g.steal_ns),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use crate::{
     bpf::Drops,
-    verdict::{Middlebox, Phases, Verdict},
+    verdict::{ClientStall, Middlebox, Phases, Verdict},
 };
 use serde::Serialize;
 
@@ -121,6 +121,11 @@ pub struct WireTimes {
     /// First SYN (or, on a reused connection, the request) out to the
     /// response in: the wire span the phases below divide up.
     pub span_ms: Option<f64>,
+    /// Inside the wire span, the time the next move was ours: from an
+    /// incoming segment to our next outgoing one that answers it (SYN-ACK
+    /// -> ClientHello, the server's flight -> our Finished), and from our
+    /// Finished to the request.
+    pub client_turns_ms: Option<f64>,
 }
 
 /// One point of the request's timeline.
@@ -189,8 +194,11 @@ pub struct Record {
     pub timeline: Vec<TimelineEntry>,
     /// Is there a middlebox on the path, and why synack thinks so.
     pub verdict: Option<Verdict>,
-    /// Where the wire time went.
+    /// Where the time went.
     pub phases: Phases,
+    /// The CPU this process did not get while the request ran (null where
+    /// not measured: `synack watch`, a failed request).
+    pub client: Option<ClientStall>,
     /// The TCP-terminating middlebox, when one was found.
     pub middlebox: Option<Middlebox>,
     /// Loss counters for the whole run so far.
@@ -228,6 +236,8 @@ impl Record {
             tls_rtt: w.tls_rtt_ms,
             tls_round2: w.tls_round2_ms,
             data_rtt: w.data_rtt_ms,
+            client_turns: w.client_turns_ms,
+            stall: self.client.clone(),
             request_resent: w.request_resent_ms,
             ttfb: w.ttfb_ms,
             retransmits: w.retransmits.unwrap_or(0),
@@ -274,6 +284,7 @@ impl Record {
             timeline: Vec::new(),
             verdict: None,
             phases: Phases::default(),
+            client: None,
             middlebox: None,
             drops: Drops::default(),
         }

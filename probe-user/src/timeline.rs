@@ -74,6 +74,39 @@ fn tls_round2(f: &Flow, response_at: Option<u64>, request_at: Option<u64>) -> Op
     (ro + ri == 0).then_some((finished.ts_ns, reply.ts_ns))
 }
 
+/// The time from `start` (the SYN-ACK's arrival) to `until` (the
+/// request's first segment out) when the next move was ours: from each
+/// incoming segment to our next outgoing payload segment that answers it
+/// (SYN-ACK -> ClientHello, the server's flight -> our Finished, ...), and
+/// from one of our segments to the next when nothing came in between (a
+/// request written after the Finished). Intervals never overlap, so a stall
+/// is counted once. ns.
+pub fn client_turns(f: &Flow, start: u64, until: u64) -> u64 {
+    let mut held = 0u64;
+    let mut last_out: Option<u64> = None;
+    let mut outs: Vec<u64> = f
+        .out
+        .iter()
+        .filter(|s| !s.retrans && s.ts_ns >= start && s.ts_ns <= until)
+        .map(|s| s.ts_ns)
+        .collect();
+    outs.sort_unstable();
+    for t in outs {
+        let came = f
+            .inb
+            .iter()
+            .filter(|i| i.ts_ns < t)
+            .map(|i| i.ts_ns)
+            .max()
+            .unwrap_or(start)
+            .max(start);
+        let from = last_out.map_or(came, |o| o.max(came));
+        held += t.saturating_sub(from);
+        last_out = Some(t);
+    }
+    held
+}
+
 fn ms(a: Option<u64>, b: Option<u64>) -> Option<f64> {
     Some(ms_between(a?, b?))
 }
@@ -239,6 +272,11 @@ pub fn assemble(
                 .max_by(f64::total_cmp);
         }
     }
+    w.client_turns_ms = match (conn.is_some(), f.synack.as_ref(), req_out) {
+        (true, Some(sa), Some(t)) => Some(ms_between(0, client_turns(f, sa.ts_ns, t))),
+        (false, _, Some(_)) => Some(0.0),
+        _ => None,
+    };
     let span_start = if conn.is_some() {
         f.syns.first().copied()
     } else {

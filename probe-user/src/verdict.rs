@@ -30,6 +30,21 @@
 
 use serde::Serialize;
 
+/// The CPU this process did not get while a request ran, ms (JSON
+/// `client`); null where the host does not expose the counter.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ClientStall {
+    /// Time synack's threads waited for a CPU while runnable (schedstat).
+    pub run_delay_ms: Option<f64>,
+    /// Time synack's cgroup was held back by its CPU quota (cpu.stat).
+    pub throttled_ms: Option<f64>,
+    /// Quota periods in which it was throttled.
+    pub throttled_periods: Option<u64>,
+    /// Time the hypervisor ran something else on this machine's vCPUs
+    /// (/proc/stat steal, all CPUs summed; 10 ms resolution).
+    pub steal_ms: Option<f64>,
+}
+
 /// What one request contributes, taken from its record.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Facts {
@@ -66,6 +81,10 @@ pub struct Facts {
     pub retransmits: u32,
     /// Wire span (first SYN or request -> response), ms.
     pub span: Option<f64>,
+    /// Inside the wire span, the time the next move was ours, ms.
+    pub client_turns: Option<f64>,
+    /// The CPU this process did not get while the request ran.
+    pub stall: Option<ClientStall>,
     /// The same span in user space (connect() or request start -> first byte read), ms.
     pub user_span: Option<f64>,
     /// The destination is reached without a gateway (routing table).
@@ -145,6 +164,11 @@ pub struct Verdict {
     /// otherwise the `request_index` on the same connection whose
     /// measurements (handshake, TLS) it rests on.
     pub evidence_from: Option<u32>,
+    /// The phase that holds most of this request's time (null when the
+    /// phases are unknown).
+    pub bottleneck: Option<Bottleneck>,
+    /// One sentence on where the time went, with numbers.
+    pub summary: Option<String>,
 }
 
 impl Verdict {
@@ -158,14 +182,46 @@ impl Verdict {
     }
 }
 
-/// Where the wire time of the request went, ms. They add up to the wire span
-/// (`wire.span_ms`); `local_stack_ms` is user time on top of it.
+/// Where the time of the request went, ms. network + middlebox + server +
+/// client add up to the user-space span (connect() or the request's start
+/// to the first byte read); in `synack watch`, which has no user-space
+/// marks, to the wire span.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Phases {
+    /// In flight, or waiting on the other side for a round trip.
     pub network_ms: Option<f64>,
     pub middlebox_ms: Option<f64>,
     pub server_ms: Option<f64>,
+    /// The next move was ours: from an incoming segment to our next
+    /// outgoing one that answers it, and from data's arrival in the kernel
+    /// to the read that returned it (local_stack_ms is part of it).
+    pub client_ms: Option<f64>,
+    /// User-space span minus wire span (as before client_ms existed): the
+    /// part of client_ms outside the wire span (connect() to the SYN, the
+    /// response's arrival to its read). `synack watch`: the client's turns.
     pub local_stack_ms: Option<f64>,
+}
+
+/// The phase that holds most of the request's time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bottleneck {
+    Network,
+    Middlebox,
+    Server,
+    Client,
+}
+
+impl Bottleneck {
+    /// The name, as in JSON and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bottleneck::Network => "network",
+            Bottleneck::Middlebox => "middlebox",
+            Bottleneck::Server => "server",
+            Bottleneck::Client => "client",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -358,11 +414,15 @@ fn clues(first: Option<&Facts>) -> Clues {
     }
     if let (Some(k), Some(false)) = (f.probe_ttl, f.on_link) {
         if k <= 1 {
-            c.hop.get_or_insert(format!(
+            let probe = format!(
                 "a SYN sent with TTL {k}, which dies at the first router, was answered: the \
                  first hop terminates TCP for {}, or it keeps the TTL",
                 f.remote
-            ));
+            );
+            c.hop = Some(match c.hop.take() {
+                Some(ttl) => format!("{ttl}; {probe}"),
+                None => probe,
+            });
         } else {
             c.far = Some(format!(
                 "the TCP endpoint is {k} hops away (TTL-limited SYNs)"
@@ -842,6 +902,8 @@ pub fn analyze(conn: &[Facts]) -> Vec<Analysis> {
                 reasons: reasons.clone(),
                 candidates: candidates.clone(),
                 evidence_from: None,
+                bottleneck: None,
+                summary: None,
             };
             v.reasons.extend(notes.iter().cloned());
             v.reasons.extend(limits.iter().cloned());
@@ -857,6 +919,12 @@ pub fn analyze(conn: &[Facts]) -> Vec<Analysis> {
                 v.explanation = None;
                 v.reasons.insert(0, m);
             }
+            let (bottleneck, summary, why) = bottleneck(f, &phases, mb.as_ref());
+            v.bottleneck = bottleneck;
+            v.summary = summary;
+            if let Some(w) = why {
+                v.reasons.insert(0, w);
+            }
             Analysis {
                 verdict: v,
                 phases,
@@ -864,6 +932,114 @@ pub fn analyze(conn: &[Facts]) -> Vec<Analysis> {
             }
         })
         .collect()
+}
+
+/// What the CPU counters say about a client that held the request.
+fn stall_words(st: &ClientStall) -> Vec<String> {
+    let mut w = Vec::new();
+    if let (Some(n), Some(t)) = (st.throttled_periods, st.throttled_ms)
+        && n > 0
+    {
+        w.push(format!(
+            "its cgroup was throttled {n} time{} ({} held by its CPU quota)",
+            if n == 1 { "" } else { "s" },
+            r(t)
+        ));
+    }
+    if let Some(d) = st.run_delay_ms.filter(|&d| d >= 1.0) {
+        w.push(format!("its threads waited {} for a CPU", r(d)));
+    }
+    if let Some(x) = st.steal_ms.filter(|&x| x > 0.0) {
+        w.push(format!("the hypervisor stole {} of CPU time", r(x)));
+    }
+    w
+}
+
+/// The phase with most of the time, a sentence for people, and (when the
+/// client holds a large share) a reason naming why.
+fn bottleneck(
+    f: &Facts,
+    p: &Phases,
+    mb: Option<&Middlebox>,
+) -> (Option<Bottleneck>, Option<String>, Option<String>) {
+    let total = match (p.network_ms, p.middlebox_ms, p.server_ms, p.client_ms) {
+        (Some(n), Some(m), Some(s), Some(c)) => Some(n + m + s + c),
+        _ => None,
+    };
+    let phases = [
+        (Bottleneck::Network, p.network_ms),
+        (Bottleneck::Middlebox, p.middlebox_ms),
+        (Bottleneck::Server, p.server_ms),
+        (Bottleneck::Client, p.client_ms),
+    ];
+    // With every phase known, the largest; otherwise only a client that
+    // holds most of the user-space span by itself can be named.
+    let top = match total {
+        Some(_) => phases
+            .iter()
+            .filter_map(|(b, v)| v.map(|v| (*b, v)))
+            .max_by(|a, b| a.1.total_cmp(&b.1)),
+        None => p
+            .client_ms
+            .zip(f.user_span)
+            .filter(|(c, u)| *c > 0.5 * u)
+            .map(|(c, _)| (Bottleneck::Client, c)),
+    };
+    let Some((b, v)) = top else {
+        return (None, None, None);
+    };
+    let of = total.or(f.user_span).unwrap_or(v);
+    let stall = f.stall.as_ref().map(stall_words).unwrap_or_default();
+    let summary = match b {
+        Bottleneck::Client => {
+            let mut s = format!("this host held the request {} of {}", r(v), r(of));
+            if stall.is_empty() {
+                s.push_str(" (its own turns: TLS work, reading, scheduling)");
+            } else {
+                s.push_str(": ");
+                s.push_str(&stall.join(", "));
+            }
+            s
+        }
+        Bottleneck::Network => format!(
+            "the network holds {} of {} (round trips{})",
+            r(v),
+            r(of),
+            if f.retransmits > 0 || f.request_resent.is_some() {
+                " and loss waits"
+            } else {
+                ""
+            }
+        ),
+        Bottleneck::Middlebox => format!(
+            "the middlebox's way to the origin holds {} of {}{}",
+            r(v),
+            r(of),
+            mb.and_then(|m| m.origin_rtt_ms)
+                .map(|o| format!(" ({} per origin round trip)", r(o)))
+                .unwrap_or_default()
+        ),
+        Bottleneck::Server => format!("the server holds {} of {}", r(v), r(of)),
+    };
+    let why = (b == Bottleneck::Client).then(|| {
+        let mut s = format!(
+            "the client held the request {} of {}: the wire round trips stayed as they \
+             were, the time went between a packet's arrival and this host's answer to it",
+            r(v),
+            r(of)
+        );
+        if stall.is_empty() {
+            s.push_str(
+                "; no CPU throttling, run-queue wait or steal was counted (a slow CPU, or \
+                 work in this process)",
+            );
+        } else {
+            s.push_str("; ");
+            s.push_str(&stall.join(", "));
+        }
+        s
+    });
+    (Some(b), Some(summary), why)
 }
 
 /// The request's phases under the chosen explanation, and a sentence when
@@ -874,10 +1050,18 @@ fn phases(
     path: PathKind,
     r2: Option<(f64, &'static str)>,
 ) -> (Phases, Option<Middlebox>, Option<String>) {
+    let local = match (f.user_span, f.span) {
+        (Some(u), Some(w)) => Some(u - w),
+        _ => None,
+    };
+    let turns = f.client_turns.unwrap_or(0.0);
     let mut p = Phases {
-        local_stack_ms: match (f.user_span, f.span) {
-            (Some(u), Some(w)) => Some(u - w),
-            _ => None,
+        local_stack_ms: local,
+        // Whatever the path: our own turns do not depend on the model.
+        client_ms: match (local, f.client_turns) {
+            (Some(l), _) => Some(l + turns),
+            (None, Some(t)) => Some(t),
+            (None, None) => None,
         },
         ..Default::default()
     };
@@ -917,7 +1101,7 @@ fn phases(
         }
         PathKind::Unknown => return (p, mb, None),
     };
-    let network = span - server - middlebox;
+    let network = span - server - middlebox - turns;
     let tol = slack(r1);
     let misfit = if server < -tol {
         Some(format!(
@@ -1048,6 +1232,8 @@ mod tests {
             retransmits: 0,
             span: Some(h + t + ttfb + 1.0),
             user_span: Some(h + t + ttfb + 2.0),
+            client_turns: Some(1.0),
+            stall: None,
             on_link: Some(false),
             probe_ttl: None,
             via: None,
@@ -1068,6 +1254,7 @@ mod tests {
             } else {
                 ttfb + 0.2
             }),
+            client_turns: Some(if index == 0 { 0.2 } else { 0.0 }),
             ..tls(h, 0.0, None, ttfb, hops)
         }
     }
@@ -1399,6 +1586,59 @@ mod tests {
         let a = analyze(&[f]);
         assert_eq!(a[0].verdict.path, PathKind::Direct);
         assert!(a[0].verdict.reasons.iter().any(|r| r.contains("hint")));
+    }
+
+    #[test]
+    fn a_starved_client_is_the_clients_time_not_the_networks() {
+        // direct 20 ms path, think 13 ms; the client answered every packet
+        // late: 200 ms of its own turns inside the wire span, 180 ms between
+        // the response's arrival and its read.
+        let mut f = tls(20.9, 21.0, Some(20.95), 34.0, 1);
+        f.client_turns = Some(200.0);
+        f.span = Some(20.9 + 21.0 + 200.0 + 34.0);
+        f.user_span = Some(20.9 + 21.0 + 200.0 + 34.0 + 180.0);
+        f.stall = Some(ClientStall {
+            run_delay_ms: Some(12.0),
+            throttled_ms: Some(350.0),
+            throttled_periods: Some(4),
+            steal_ms: Some(0.0),
+        });
+        let a = analyze(&[f.clone()]);
+        let p = &a[0].phases;
+        assert_eq!(a[0].verdict.path, PathKind::Direct, "{:?}", a[0].verdict);
+        assert!(near(p.client_ms.unwrap(), 380.0, 0.01), "{p:?}");
+        // in flight: the handshake, the TLS round trip, the request's round trip
+        assert!(
+            near(p.network_ms.unwrap(), 20.9 + 21.0 + 20.9, 0.01),
+            "{p:?}"
+        );
+        assert!(near(p.server_ms.unwrap(), 13.1, 0.01));
+        let sum = p.network_ms.unwrap()
+            + p.middlebox_ms.unwrap()
+            + p.server_ms.unwrap()
+            + p.client_ms.unwrap();
+        assert!(near(sum, f.user_span.unwrap(), 1e-9), "the phases add up");
+        assert_eq!(a[0].verdict.bottleneck, Some(Bottleneck::Client));
+        let summary = a[0].verdict.summary.clone().unwrap();
+        assert!(summary.contains("throttled 4 times"), "{summary}");
+        assert!(
+            a[0].verdict.reasons[0].contains("380 ms"),
+            "{:?}",
+            a[0].verdict
+        );
+        // the same request unstarved: the network holds most
+        let a = analyze(&[tls(20.9, 21.0, Some(20.95), 34.0, 1)]);
+        assert_eq!(a[0].verdict.bottleneck, Some(Bottleneck::Network));
+        assert!(a[0].phases.client_ms.unwrap() < 3.0);
+    }
+
+    #[test]
+    fn a_slow_server_is_the_bottleneck_and_unknown_phases_name_none() {
+        let a = analyze(&[http(0, 10.6, 211.0, 1)]);
+        assert_eq!(a[0].verdict.bottleneck, Some(Bottleneck::Server));
+        let a = analyze(&[http(0, 4.4, 105.8, 0)]);
+        assert_eq!(a[0].verdict.path, PathKind::Unknown);
+        assert_eq!(a[0].verdict.bottleneck, None);
     }
 
     #[test]

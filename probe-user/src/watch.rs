@@ -111,6 +111,8 @@ struct Totals {
     filtered_out: u64,
     failed: u64,
     middlebox: u64,
+    /// Requests per bottleneck: network, middlebox, server, client.
+    bottlenecks: [u64; 4],
     phases: Vec<(&'static str, Samples)>,
 }
 
@@ -121,12 +123,14 @@ impl Totals {
             filtered_out: 0,
             failed: 0,
             middlebox: 0,
+            bottlenecks: [0; 4],
             phases: [
                 "handshake RTT",
                 "wire TTFB",
                 "server",
                 "network",
                 "middlebox",
+                "client",
             ]
             .into_iter()
             .map(|n| (n, Samples::new()))
@@ -141,12 +145,16 @@ impl Totals {
         self.middlebox += r.verdict.as_ref().is_some_and(|v| {
             v.path == crate::verdict::PathKind::Middlebox && v.evidence_from.is_none()
         }) as u64;
+        if let Some(b) = r.verdict.as_ref().and_then(|v| v.bottleneck) {
+            self.bottlenecks[b as usize] += 1;
+        }
         let vals = [
             r.wire.handshake_rtt_ms,
             r.wire.ttfb_ms,
             r.phases.server_ms,
             r.phases.network_ms,
             r.phases.middlebox_ms,
+            r.phases.client_ms,
         ];
         for ((_, s), v) in self.phases.iter_mut().zip(vals) {
             s.add(v);
@@ -199,6 +207,10 @@ fn final_summary(t: &Totals, st: &PassiveStats, k: &crate::bpf::Drops, secs: f64
         st.refused,
         st.other_protocol,
     );
+    let [n, m, sv, c] = t.bottlenecks;
+    s.push_str(&format!(
+        "  bottleneck: network {n}, middlebox {m}, server {sv}, client {c} requests\n"
+    ));
     s.push_str("  phase (ms)            p50       p90       p99       max   samples\n");
     for (name, smp) in &t.phases {
         if let Some(p) = smp.pcts() {
