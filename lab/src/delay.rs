@@ -83,6 +83,46 @@ impl SynDropper {
     }
 }
 
+/// Drops packets at random with a set probability, from a seeded generator
+/// (splitmix64) so that a failing run can be replayed with the same seed:
+/// the n-th packet of a queue meets the same fate every time.
+pub struct RandomDrop {
+    /// Drop when the next draw is below this (of 2^64).
+    threshold: u64,
+    /// Always drop (100 %): the threshold cannot say "all of u64".
+    all: bool,
+    state: u64,
+}
+
+impl RandomDrop {
+    /// `percent` of the packets dropped (0 to 100), the sequence fixed by
+    /// `seed`.
+    pub fn new(percent: f64, seed: u64) -> Self {
+        let p = (percent / 100.0).clamp(0.0, 1.0);
+        RandomDrop {
+            threshold: (p * u64::MAX as f64) as u64,
+            all: p >= 1.0,
+            state: seed,
+        }
+    }
+
+    fn next(&mut self) -> u64 {
+        // splitmix64 (Steele, Lea, Flood 2014): full period, well mixed,
+        // no dependency.
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Decides for one packet.
+    pub fn should_drop(&mut self) -> bool {
+        let x = self.next();
+        self.all || x < self.threshold
+    }
+}
+
 /// Addresses, ports and sequence number of a SYN.
 fn syn_identity(ip: &[u8]) -> Option<Vec<u8>> {
     let (addrs, off) = match ip.first()? >> 4 {
@@ -158,6 +198,32 @@ mod tests {
         let mut ack = syn(4, 1);
         ack[33] = 0x10;
         assert!(!SynDropper::new(5).should_drop(&ack));
+    }
+
+    #[test]
+    fn random_drop_rate_and_replay() {
+        let n = 100_000;
+        let count = |pct: f64, seed: u64| {
+            let mut d = RandomDrop::new(pct, seed);
+            (0..n).filter(|_| d.should_drop()).count()
+        };
+        assert_eq!(count(0.0, 7), 0, "0 % drops nothing");
+        assert_eq!(count(100.0, 7), n, "100 % drops everything");
+        for pct in [1.0, 12.5, 50.0] {
+            let got = count(pct, 42) as f64 / n as f64 * 100.0;
+            assert!((got - pct).abs() < 0.5, "{pct} % asked, {got} % dropped");
+        }
+        // The same seed replays the same fates; another seed does not.
+        let fates = |seed: u64| {
+            let mut d = RandomDrop::new(12.0, seed);
+            (0..1000).map(|_| d.should_drop()).collect::<Vec<_>>()
+        };
+        assert_eq!(fates(3), fates(3));
+        assert_ne!(fates(3), fates(4));
+        // No long runs of drops at 12 %: losses are spread, not bursty.
+        let f = fates(3);
+        let longest = f.split(|x| !x).map(|run| run.len()).max().unwrap_or(0);
+        assert!(longest <= 6, "a run of {longest} drops in a row");
     }
 
     #[test]

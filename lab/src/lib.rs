@@ -8,6 +8,7 @@
 
 pub mod delay;
 pub mod intercept;
+pub mod paths;
 pub mod topo;
 
 use anyhow::{Context, Result, bail};

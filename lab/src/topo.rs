@@ -65,6 +65,23 @@ pub struct Delays {
     /// Drop the first SYN of each of the client's next N connections in mid
     /// (the retransmitted SYNs pass).
     pub drop_syns: u32,
+    /// Random loss per link and direction, percent of the packets.
+    #[serde(default)]
+    pub loss: Loss,
+    /// Seed of the random loss (synack-delay prints it; the same seed drops
+    /// the same packets of the same sequence again).
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// Random loss per link and direction, in percent (whole percents keep
+/// `Delays` comparable).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Loss {
+    pub client_out: u8,
+    pub client_in: u8,
+    pub server_out: u8,
+    pub server_in: u8,
 }
 
 impl Delays {
@@ -75,7 +92,7 @@ impl Delays {
             client_in: client - client / 2,
             server_out: server / 2,
             server_in: server - server / 2,
-            drop_syns: 0,
+            ..Default::default()
         }
     }
 
@@ -304,6 +321,11 @@ impl Lab {
             .args(["--queue", &format!("2={}", us(d.server_in))])
             .args(["--queue", &format!("3={}", us(d.server_out))])
             .args(["--drop-syns", &d.drop_syns.to_string(), "--drop-queue", "0"])
+            .args(["--loss", &format!("0={}", d.loss.client_out)])
+            .args(["--loss", &format!("1={}", d.loss.client_in)])
+            .args(["--loss", &format!("2={}", d.loss.server_in)])
+            .args(["--loss", &format!("3={}", d.loss.server_out)])
+            .args(["--seed", &d.seed.to_string()])
             .arg("--ready-file")
             .arg(&ready)
             .stdout(Stdio::null())

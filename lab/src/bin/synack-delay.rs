@@ -1,10 +1,12 @@
 //! The lab's delay line: holds every packet of an NFQUEUE queue for a set
-//! time, in arrival order (one FIFO per queue, so packets never reorder), and
-//! can drop the first N TCP SYNs of a queue. The kernel here has no netem;
-//! iptables -j NFQUEUE and this program stand in for it.
+//! time, in arrival order (one FIFO per queue, so packets never reorder), can
+//! drop the first N TCP SYNs of a queue, and can drop a share of a queue's
+//! packets at random (seeded, so a run can be replayed). The kernel here has
+//! no netem; iptables -j NFQUEUE and this program stand in for it.
 //!
 //!   synack-delay --queue 0=2ms --queue 1=2ms --queue 2=20ms --queue 3=20ms \
-//!                --drop-syns 1 --drop-queue 0 --ready-file /tmp/ready
+//!                --drop-syns 1 --drop-queue 0 --loss 2=12.5 --seed 7 \
+//!                --ready-file /tmp/ready
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -14,7 +16,7 @@ use std::{
     path::PathBuf,
     time::{Duration, Instant},
 };
-use synack_lab::delay::{DelayLine, SynDropper};
+use synack_lab::delay::{DelayLine, RandomDrop, SynDropper};
 
 /// Delays (and optionally drops) the packets of NFQUEUE queues.
 #[derive(Parser)]
@@ -29,6 +31,14 @@ struct Cli {
     /// The queue whose SYNs are dropped.
     #[arg(long, default_value_t = 0)]
     drop_queue: u16,
+    /// QUEUE=PERCENT: drop that share of the queue's packets at random
+    /// (before they are delayed); repeatable.
+    #[arg(long = "loss", value_parser = parse_loss)]
+    loss: Vec<(u16, f64)>,
+    /// Seed of the random drops; queue Q draws from seed + Q. Printed on
+    /// stderr, so a failing run can be replayed packet for packet.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
     /// File written once every queue is bound.
     #[arg(long)]
     ready_file: Option<PathBuf>,
@@ -51,6 +61,22 @@ fn parse_queue(s: &str) -> Result<(u16, Duration), String> {
         return Err(format!("delay {d:?} out of range"));
     }
     Ok((q, Duration::from_nanos((us * 1000.0) as u64)))
+}
+
+fn parse_loss(s: &str) -> Result<(u16, f64), String> {
+    let (q, p) = s
+        .split_once('=')
+        .ok_or("expected QUEUE=PERCENT, e.g. 2=12.5")?;
+    let q: u16 = q.parse().map_err(|_| format!("bad queue number {q:?}"))?;
+    let p: f64 = p
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("bad percentage {p:?}"))?;
+    if !(0.0..=100.0).contains(&p) {
+        return Err(format!("loss {p} % out of range"));
+    }
+    Ok((q, p))
 }
 
 /// The fd of the netlink socket `Queue::open` just made: nfq does not expose
@@ -92,9 +118,19 @@ fn wait_readable(fd: i32, timeout: Duration) {
     unsafe { libc::ppoll(&mut p, 1, &ts, std::ptr::null()) };
 }
 
-fn serve(mut q: Queue, fd: i32, delay: Duration, drop_syns: u32) -> Result<()> {
-    let mut line = DelayLine::new(delay);
-    let mut dropper = SynDropper::new(drop_syns);
+/// What one queue does to its packets.
+#[derive(Clone, Copy)]
+struct Plan {
+    delay: Duration,
+    drop_syns: u32,
+    loss: f64,
+    seed: u64,
+}
+
+fn serve(mut q: Queue, fd: i32, plan: Plan) -> Result<()> {
+    let mut line = DelayLine::new(plan.delay);
+    let mut dropper = SynDropper::new(plan.drop_syns);
+    let mut random = RandomDrop::new(plan.loss, plan.seed);
     loop {
         let wait = line
             .next_due()
@@ -104,7 +140,11 @@ fn serve(mut q: Queue, fd: i32, delay: Duration, drop_syns: u32) -> Result<()> {
         loop {
             match q.recv() {
                 Ok(mut msg) => {
-                    if dropper.should_drop(msg.get_payload()) {
+                    // Both droppers decide for every packet, so the random
+                    // sequence is the same whatever the SYN dropper did.
+                    let syn = dropper.should_drop(msg.get_payload());
+                    let lost = random.should_drop();
+                    if syn || lost {
                         msg.set_verdict(Verdict::Drop);
                         q.verdict(msg)?;
                         continue;
@@ -125,12 +165,7 @@ fn serve(mut q: Queue, fd: i32, delay: Duration, drop_syns: u32) -> Result<()> {
 /// Opening is serialised so the new-fd trick above sees one socket at a time.
 static OPEN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn start(
-    num: u16,
-    delay: Duration,
-    drop: u32,
-    ready: std::sync::mpsc::Sender<Result<()>>,
-) -> Result<()> {
+fn start(num: u16, plan: Plan, ready: std::sync::mpsc::Sender<Result<()>>) -> Result<()> {
     let setup = || -> Result<(Queue, i32)> {
         let _g = OPEN.lock().unwrap_or_else(|e| e.into_inner());
         let (mut q, fd) = open_queue()?;
@@ -144,7 +179,7 @@ fn start(
     match setup() {
         Ok((q, fd)) => {
             let _ = ready.send(Ok(()));
-            serve(q, fd, delay, drop)
+            serve(q, fd, plan)
         }
         Err(e) => {
             let msg = format!("{e:#}");
@@ -167,13 +202,28 @@ fn main() -> Result<()> {
     let (tx, rx) = std::sync::mpsc::channel();
     let mut threads = Vec::new();
     for &(num, delay) in &cli.queues {
-        let drop = if num == cli.drop_queue {
-            cli.drop_syns
-        } else {
-            0
+        let plan = Plan {
+            delay,
+            drop_syns: if num == cli.drop_queue {
+                cli.drop_syns
+            } else {
+                0
+            },
+            loss: cli
+                .loss
+                .iter()
+                .rfind(|(q, _)| *q == num)
+                .map_or(0.0, |l| l.1),
+            seed: cli.seed.wrapping_add(num as u64),
         };
+        if plan.loss > 0.0 {
+            eprintln!(
+                "synack-delay: queue {num} drops {} % at random, seed {} (--seed {})",
+                plan.loss, plan.seed, cli.seed
+            );
+        }
         let tx = tx.clone();
-        threads.push(std::thread::spawn(move || start(num, delay, drop, tx)));
+        threads.push(std::thread::spawn(move || start(num, plan, tx)));
     }
     for _ in &cli.queues {
         rx.recv().context("a queue thread died while starting")??;
