@@ -155,6 +155,9 @@ pub struct Tracker {
     pub stats: PassiveStats,
 }
 
+/// Repeats of a connection's first request kept for the verdict.
+const REPEATS_KEPT: usize = 8;
+
 /// Peer addresses whose route is remembered; past that the memory starts
 /// over (routes change rarely; a scan of many peers must not grow it).
 const ROUTE_CACHE: usize = 4096;
@@ -685,6 +688,7 @@ fn build(c: &mut Conn, p: Pending, nets: &[LocalNet]) -> Record {
             };
             let conn = (p.index == 0).then(|| ConnMarks {
                 tls,
+                tls13: c.tls_version == Some(0x0304),
                 ..Default::default()
             });
             let (w, mut tl) = timeline::assemble(Some(&c.flow), conn.as_ref(), tls, &marks);
@@ -704,7 +708,9 @@ fn build(c: &mut Conn, p: Pending, nets: &[LocalNet]) -> Record {
             let mut f = r.facts();
             f.repeats_first = p.index == 0 || c.first.as_ref() == Some(&me);
             let mut facts: Vec<Facts> = c.facts.clone();
-            if f.index == 0 || (f.repeats_first && c.facts.len() < 2) {
+            // The first request and a few repeats of it: how much the
+            // repeats vary among themselves is the reuse rule's noise.
+            if f.index == 0 || (f.repeats_first && c.facts.len() < REPEATS_KEPT + 1) {
                 c.facts.push(f.clone());
             }
             if !facts.iter().any(|x| x.index == f.index) {

@@ -627,6 +627,7 @@ impl Prober {
                 })?;
             conn.tls_done = Some(mono_ns());
             base.tls_info = Some(tls_info(s.get_ref().1));
+            conn.tls13 = s.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
             Box::new(s)
         } else {
             Box::new(raw)
@@ -864,15 +865,18 @@ fn unprivileged_wire(
         if let (Some(a), Some(b)) = (conn.and_then(|c| c.connect_call), response_in) {
             w.span_ms = Some(crate::clock::ms_between(a, b));
         }
-        // No SYN-ACK time of its own: connect() plus the handshake RTT.
-        let synack = conn
-            .and_then(|c| c.connect_call)
-            .map(|c| c + w.handshake_rtt_ms.map_or(0, |h| (h * 1e6).max(0.0) as u64));
+        // No SYN-ACK time of its own: connect() plus the handshake RTT, or,
+        // when the SYN went again (no RTT for it), connect() returning: the
+        // wait for the answered SYN is the network's, not ours.
+        let synack = conn.and_then(|c| match w.handshake_rtt_ms {
+            Some(h) => c.connect_call.map(|t| t + (h * 1e6).max(0.0) as u64),
+            None => c.connect_done,
+        });
         if let (Some(sa), Some(t)) = (synack, request_out) {
             let f = s.flow(probe_common::FlowKey::default());
             w.client_turns_ms = Some(crate::clock::ms_between(
                 0,
-                crate::timeline::client_turns(&f, sa, t),
+                crate::timeline::client_turns(&f, sa, t, conn.is_some_and(|c| c.tls13)),
             ));
         }
     }

@@ -98,6 +98,10 @@ pub struct WireTimes {
     pub synack_timestamps: Option<bool>,
     /// ClientHello out to the first server payload in.
     pub tls_rtt_ms: Option<f64>,
+    /// ClientHello out to the first ACK covering it: a round trip to the
+    /// TCP endpoint (a holding TLS proxy acknowledges at once; a server
+    /// sends its ACK with its ServerHello).
+    pub client_hello_acked_ms: Option<f64>,
     /// Our second TLS flight (Finished) out to the server's next bytes in (a
     /// TLS 1.3 session ticket, or the TLS 1.2 Finished), when those came
     /// before the response: a round trip to the TLS endpoint with no server
@@ -236,6 +240,7 @@ impl Record {
             tls_rtt: w.tls_rtt_ms,
             tls_round2: w.tls_round2_ms,
             data_rtt: w.data_rtt_ms,
+            client_hello_acked: w.client_hello_acked_ms,
             client_turns: w.client_turns_ms,
             stall: self.client.clone(),
             request_resent: w.request_resent_ms,

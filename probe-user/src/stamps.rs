@@ -242,19 +242,48 @@ impl Stamps {
             turn_start: false,
         };
         let mut events: Vec<(u64, bool, Seg)> = Vec::new();
-        for &(k, kind, ts) in &self.tx {
+        // The kernel stamps every transmission of a write: a second
+        // SCM_TSTAMP_SND for the same bytes is a retransmission.
+        let mut sent: Vec<(u64, u64, u64)> = Vec::new();
+        let mut tx = self.tx.clone();
+        tx.sort_by_key(|x| x.2);
+        for &(k, kind, ts) in &tx {
             let Some((a, b)) = self.write_of(k) else {
                 continue;
             };
             match kind {
-                SCM_TSTAMP_SND => events.push((ts, true, seg(ts, a, b))),
+                SCM_TSTAMP_SND => {
+                    let again = sent.iter().any(|&(x, y, t)| x == a && y == b && t < ts);
+                    sent.push((a, b, ts));
+                    events.push((
+                        ts,
+                        true,
+                        Seg {
+                            retrans: again,
+                            ..seg(ts, a, b)
+                        },
+                    ));
+                }
                 SCM_TSTAMP_ACK => f.acks.push((ts, b as u32)),
                 _ => {}
             }
         }
-        for &(a, b, ts) in &self.reads {
+        for (i, &(a, b, ts)) in self.reads.iter().enumerate() {
             if let Some(ts) = ts {
-                events.push((ts, false, seg(ts, a, b)));
+                // The kernel stamps a read with the newest segment it drew
+                // from: when a later read has the same stamp, both came from
+                // data queued together (a client that read late), and this
+                // one's own arrival is unknown, only bounded: it is kept as
+                // such (flagged like a retransmission, never a clean sample).
+                let merged = self.reads[i + 1..].iter().any(|r| r.2 == Some(ts));
+                events.push((
+                    ts,
+                    false,
+                    Seg {
+                        retrans: merged,
+                        ..seg(ts, a, b)
+                    },
+                ));
             }
         }
         // Turns: a segment is the start of one when the other side spoke since.
@@ -325,6 +354,36 @@ mod tests {
         assert_eq!(turns, [true, true, false]);
         let turns: Vec<bool> = f.inb.iter().map(|x| x.turn_start).collect();
         assert_eq!(turns, [true, true, false], "ticket and response: one turn");
+    }
+
+    #[test]
+    fn a_second_send_is_a_retransmission_and_late_reads_are_only_bounds() {
+        // the request (597..697) sent at 5050 and again at 5400; a starved
+        // client read the ticket and the response late, both stamped with
+        // the response's arrival
+        let s = Stamps {
+            writes: vec![(0, 517), (517, 597), (597, 697)],
+            tx: vec![
+                (516, SCM_TSTAMP_SND, 1000),
+                (596, SCM_TSTAMP_SND, 5000),
+                (696, SCM_TSTAMP_SND, 5400),
+                (696, SCM_TSTAMP_SND, 5050),
+            ],
+            reads: vec![
+                (0, 1200, Some(3000)),
+                (1200, 1400, Some(25_000)),
+                (1400, 1700, Some(25_000)),
+            ],
+            ..Default::default()
+        };
+        let f = s.flow(FlowKey::default());
+        let resent: Vec<(u64, bool)> = f.out.iter().map(|x| (x.ts_ns, x.retrans)).collect();
+        assert_eq!(
+            resent,
+            [(1000, false), (5000, false), (5050, false), (5400, true)]
+        );
+        let reads: Vec<(u64, bool)> = f.inb.iter().map(|x| (x.ts_ns, x.retrans)).collect();
+        assert_eq!(reads, [(3000, false), (25_000, true), (25_000, false)]);
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub struct ConnMarks {
     pub tls_start: Option<u64>,
     pub tls_done: Option<u64>,
     pub tls: bool,
+    /// TLS 1.3: after our Finished the client needs nothing more from the
+    /// server before its request (session tickets come unasked).
+    pub tls13: bool,
 }
 
 /// User-space marks and stream offsets of one request.
@@ -86,8 +89,19 @@ fn tls_round2(f: &Flow, response_at: Option<u64>, request_at: Option<u64>) -> Op
         return None;
     }
     let (ro, ri) = f.retransmits_between(finished.ts_ns, reply.ts_ns);
-    (ro + ri == 0).then_some((finished.ts_ns, reply.ts_ns))
+    // A reply later than any retransmission timer, with our Finished not
+    // acknowledged before it, may have been sent again after a loss: no
+    // round trip then.
+    let end = f.offset(DIR_OUT, finished.seq)?.wrapping_add(finished.len);
+    let acked_before = f
+        .ack_covering(end, finished.ts_ns)
+        .is_some_and(|a| a + 100_000 < reply.ts_ns);
+    let late = reply.ts_ns - finished.ts_ns >= MIN_RTO_NS;
+    (ro + ri == 0 && (!late || acked_before)).then_some((finished.ts_ns, reply.ts_ns))
 }
+
+/// Linux's minimum retransmission timeout (200 ms), ns.
+const MIN_RTO_NS: u64 = 200_000_000;
 
 /// The time from `start` (the SYN-ACK's arrival) to `until` (the
 /// request's first segment out) when the next move was ours: from each
@@ -95,8 +109,19 @@ fn tls_round2(f: &Flow, response_at: Option<u64>, request_at: Option<u64>) -> Op
 /// (SYN-ACK -> ClientHello, the server's flight -> our Finished, ...), and
 /// from one of our segments to the next when nothing came in between (a
 /// request written after the Finished). Intervals never overlap, so a stall
-/// is counted once. ns.
-pub fn client_turns(f: &Flow, start: u64, until: u64) -> u64 {
+/// is counted once. With `tls13`, what arrives after our last segment
+/// before the request (session tickets) answers nothing of ours and asks
+/// nothing of us: the wait from the Finished to the request is ours. ns.
+pub fn client_turns(f: &Flow, start: u64, until: u64, tls13: bool) -> u64 {
+    let quiet_after = tls13
+        .then(|| {
+            f.out
+                .iter()
+                .filter(|s| !s.retrans && s.ts_ns < until)
+                .map(|s| s.ts_ns)
+                .max()
+        })
+        .flatten();
     let mut held = 0u64;
     let mut last_out: Option<u64> = None;
     let mut outs: Vec<u64> = f
@@ -110,7 +135,7 @@ pub fn client_turns(f: &Flow, start: u64, until: u64) -> u64 {
         let came = f
             .inb
             .iter()
-            .filter(|i| i.ts_ns < t)
+            .filter(|i| i.ts_ns < t && quiet_after.is_none_or(|q| i.ts_ns <= q))
             .map(|i| i.ts_ns)
             .max()
             .unwrap_or(start)
@@ -228,6 +253,11 @@ pub fn assemble(
             if let (Some(a), Some(b)) = (ch, sh) {
                 w.tls_rtt_ms = Some(ms_between(a.ts_ns, b.ts_ns));
             }
+            if let Some(a) = ch
+                && let Some(ack) = f.ack_covering(a.len, a.ts_ns)
+            {
+                w.client_hello_acked_ms = Some(ms_between(a.ts_ns, ack));
+            }
             if let Some((a, b)) = tls_round2(f, req.in_start, req.out_start) {
                 wire("client_finished_out", a);
                 wire("tls_round2_in", b);
@@ -288,7 +318,10 @@ pub fn assemble(
         }
     }
     w.client_turns_ms = match (conn.is_some(), f.synack.as_ref(), req_out) {
-        (true, Some(sa), Some(t)) => Some(ms_between(0, client_turns(f, sa.ts_ns, t))),
+        (true, Some(sa), Some(t)) => Some(ms_between(
+            0,
+            client_turns(f, sa.ts_ns, t, conn.is_some_and(|c| c.tls13)),
+        )),
         (false, _, Some(_)) => Some(0.0),
         _ => None,
     };
@@ -486,9 +519,20 @@ mod tests {
             (DIR_OUT, 1400, 306, 80),
             (DIR_OUT, 1500, 386, 100),
         ]);
-        assert_eq!(client_turns(&f, 100, 1500), 100 + 100 + 950 + 100);
+        assert_eq!(client_turns(&f, 100, 1500, false), 100 + 100 + 950 + 100);
         // nothing counts before the SYN-ACK or after the request
-        assert_eq!(client_turns(&f, 100, 200), 100);
+        assert_eq!(client_turns(&f, 100, 200, false), 100);
+        // TLS 1.3: a session ticket that came before the request was
+        // written does not end the client's turn
+        let f = tls_flow(&[
+            (DIR_IN, 300, 0, 1400),
+            (DIR_OUT, 310, 300, 6),
+            (DIR_OUT, 400, 306, 80),
+            (DIR_IN, 900, 1400, 200),
+            (DIR_OUT, 5000, 386, 100),
+        ]);
+        assert_eq!(client_turns(&f, 100, 5000, true), 100 + 10 + 90 + 4600);
+        assert_eq!(client_turns(&f, 100, 5000, false), 100 + 10 + 90 + 4100);
     }
 
     #[test]
@@ -518,6 +562,7 @@ mod tests {
             tls_start: None,
             tls_done: None,
             tls: false,
+            tls13: false,
         };
         let r = RequestMarks {
             request_written: Some(4_000_000),

@@ -72,6 +72,8 @@ pub struct Facts {
     /// Request out -> the ACK covering it, ms: a round trip to the TCP
     /// endpoint (an upper bound: the ACK may wait or ride on the response).
     pub data_rtt: Option<f64>,
+    /// ClientHello out -> the first ACK covering it, ms.
+    pub client_hello_acked: Option<f64>,
     /// Request out -> response in, ms.
     pub ttfb: Option<f64>,
     /// The request's first bytes were sent again this long after the first
@@ -297,9 +299,16 @@ struct Samples {
     t: Option<f64>,
     /// First request's TTFB and the smallest repeat's (request index).
     reuse: Option<(f64, f64, u32)>,
+    /// The largest repeat's TTFB minus the smallest's.
+    reuse_spread: f64,
     /// Samples discarded, and samples that are not round trips, named.
     notes: Vec<String>,
 }
+
+/// The shortest wait any retransmission timer makes (Linux's minimum RTO):
+/// a reply later than this, to a segment the peer did not acknowledge
+/// before the reply, may have waited for a lost packet to be sent again.
+const MIN_RTO_MS: f64 = 200.0;
 
 fn samples(conn: &[Facts], first: Option<&Facts>) -> Samples {
     let mut s = Samples::default();
@@ -314,17 +323,66 @@ fn samples(conn: &[Facts], first: Option<&Facts>) -> Samples {
                 .into(),
         );
     }
+    // The ACK of a request that was not sent again.
     let d = min_opt(
         conn.iter()
-            .filter(|f| f.retransmits == 0)
+            .filter(|f| f.request_resent.is_none())
             .map(|f| f.data_rtt),
     );
-    s.r1 = min_opt([h, d]);
-    s.r1_from = match (h, d) {
-        (Some(h), Some(d)) if d < h => "the ACK of our request",
-        (None, Some(_)) => "the ACK of our request",
-        _ => "the handshake",
+    let ch_ack = first.and_then(|f| f.client_hello_acked);
+    let tls = first.is_some_and(|f| f.tls);
+    // ServerHello: unusable when it may have waited for a retransmission
+    // (late, and our ClientHello was not acknowledged before it came).
+    let t = first.filter(|_| tls).and_then(|f| {
+        let t = f.tls_rtt.filter(|_| f.retransmits == 0)?;
+        let suspect = t >= MIN_RTO_MS && ch_ack.is_none_or(|a| a >= t - 0.1);
+        if suspect {
+            s.notes.push(format!(
+                "the ServerHello came {} after the ClientHello with nothing acknowledged before \
+                 it: a lost segment sent again looks like that, so it is not used",
+                r(t)
+            ));
+            None
+        } else {
+            Some(t)
+        }
+    });
+    let p = first.filter(|_| tls).and_then(|f| f.tls_round2);
+    // Every sample is an upper bound of the round trip to the TCP endpoint;
+    // a mismatched one can come out too short. The path's RTT is the
+    // smallest sample another sample agrees with; lacking agreement, the
+    // smallest TCP-level one (handshake, ACKs).
+    let mut all: Vec<(f64, &'static str)> = [
+        (h, "the handshake"),
+        (d, "the ACK of our request"),
+        (ch_ack, "the ACK of our ClientHello"),
+        (t, "the ServerHello"),
+        (p, "the reply to our Finished"),
+    ]
+    .into_iter()
+    .filter_map(|(v, n)| v.filter(|v| *v > 0.0).map(|v| (v, n)))
+    .collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let agreed = all.iter().enumerate().find(|(i, (v, _))| {
+        all.iter()
+            .enumerate()
+            .any(|(j, (w, _))| j != *i && (w - v).abs() <= slack(*v))
+    });
+    let tcp_min = [
+        (h, "the handshake"),
+        (d, "the ACK of our request"),
+        (ch_ack, "the ACK of our ClientHello"),
+    ]
+    .into_iter()
+    .filter_map(|(v, n)| v.map(|v| (v, n)))
+    .min_by(|a, b| a.0.total_cmp(&b.0));
+    let (r1, from) = match (agreed, tcp_min) {
+        (Some((_, &(v, n))), _) => (Some(v), n),
+        (None, Some((v, n))) => (Some(v), n),
+        (None, None) => (None, "the handshake"),
     };
+    s.r1 = r1;
+    s.r1_from = from;
     if let (Some(h), Some(r1)) = (h, s.r1)
         && h - r1 > significant(r1)
     {
@@ -340,7 +398,6 @@ fn samples(conn: &[Facts], first: Option<&Facts>) -> Samples {
     let Some(f) = first else {
         return s;
     };
-    let r1 = s.r1;
     let possible = |what: &str, v: f64, notes: &mut Vec<String>| -> bool {
         match r1 {
             Some(r1) if v < r1 - slack(r1) => {
@@ -355,25 +412,29 @@ fn samples(conn: &[Facts], first: Option<&Facts>) -> Samples {
             _ => true,
         }
     };
-    if f.tls {
-        s.p = f
-            .tls_round2
-            .filter(|&p| possible("the reply to our TLS Finished", p, &mut s.notes));
-        s.t = f
-            .tls_rtt
-            .filter(|_| f.retransmits == 0)
-            .filter(|&t| possible("ClientHello -> ServerHello", t, &mut s.notes));
+    if tls {
+        s.p = p.filter(|&p| possible("the reply to our TLS Finished", p, &mut s.notes));
+        s.t = t.filter(|&t| possible("ClientHello -> ServerHello", t, &mut s.notes));
     }
     let f1 = Some(f)
         .filter(|f| f.retransmits == 0 && f.index == 0)
         .and_then(|f| f.ttfb);
-    let f2 = conn
+    let repeats: Vec<(f64, u32)> = conn
         .iter()
         .filter(|x| x.index > 0 && x.repeats_first && x.retransmits == 0)
         .filter_map(|x| x.ttfb.map(|t| (t, x.index)))
-        .min_by(|a, b| a.0.total_cmp(&b.0));
-    if let (Some(f1), Some((f2, i)), false) = (f1, f2, f.tls) {
+        .collect();
+    let f2 = repeats.iter().copied().min_by(|a, b| a.0.total_cmp(&b.0));
+    if let (Some(f1), Some((f2, i)), false) = (f1, f2, tls) {
         s.reuse = Some((f1, f2, i));
+        // Repeats that waited differently among themselves show how much
+        // a TTFB varies on this connection without any upstream connect.
+        s.reuse_spread = repeats
+            .iter()
+            .map(|x| x.0)
+            .max_by(f64::total_cmp)
+            .map(|m| m - f2)
+            .unwrap_or(0.0);
     }
     s
 }
@@ -584,6 +645,19 @@ fn fit_relay(s: &Samples, tls: bool, name: Explanation) -> Fit {
         if r2 <= significant(r1) {
             c.degenerate = true;
         }
+        // A repeat crosses the upstream once: F2 = R1 + R2 + S >= R1 + R2.
+        if r2 > f2 - r1 + slack(f2) {
+            c.fail(
+                format!(
+                    "the first request waited {} more than a repeat, but the repeat came only \
+                     {} after a round trip: a relay's upstream round trip cannot be longer than \
+                     that",
+                    r(r2),
+                    r(f2 - r1)
+                ),
+                r2 - (f2 - r1) - slack(f2),
+            );
+        }
     }
     c
 }
@@ -658,7 +732,7 @@ pub fn analyze(conn: &[Facts]) -> Vec<Analysis> {
     // A second, independent clue lowers the bar for a timing difference.
     let second_clue = c.hop.is_some() || c.via.is_some();
     let reuse_threshold = s.reuse.map_or(f64::INFINITY, |(_, f2, _)| {
-        let noise = significant(s.r1.unwrap_or(f2));
+        let noise = significant(s.r1.unwrap_or(f2)) + s.reuse_spread;
         if second_clue {
             noise
         } else {
@@ -1268,6 +1342,7 @@ mod tests {
             tls_rtt: Some(t),
             tls_round2: p,
             data_rtt: None,
+            client_hello_acked: None,
             ttfb: Some(ttfb),
             request_resent: None,
             retransmits: 0,
@@ -1700,6 +1775,79 @@ mod tests {
         let a = analyze(&[http(0, 4.4, 105.8, 0)]);
         assert_eq!(a[0].verdict.path, PathKind::Unknown);
         assert_eq!(a[0].verdict.bottleneck, None);
+    }
+
+    #[test]
+    fn agreeing_samples_beat_an_inflated_handshake() {
+        // lab, ARP answered 10 ms late on the far link: the handshake 23.6,
+        // the request's ACK rode on the response (33.1), but ServerHello
+        // and the Finished's reply agree on the path's 12 ms.
+        let mut f = tls(23.55, 12.82, Some(12.13), 33.11, 1);
+        f.data_rtt = Some(33.11);
+        let a = analyze(&[f]);
+        let v = &a[0].verdict;
+        assert_eq!(v.path, PathKind::Direct, "{v:?}");
+        assert!(!v.reasons.iter().any(|r| r.contains("mismatched")), "{v:?}");
+        assert!(v.reasons.iter().any(|r| r.contains("first contact waited")));
+        assert!(near(a[0].phases.server_ms.unwrap(), 33.11 - 12.13, 0.01));
+    }
+
+    #[test]
+    fn a_serverhello_that_waited_for_a_retransmission_is_no_interceptor() {
+        // 12% loss from the server, 20 ms path: the ServerHello (and the
+        // ACK riding on it) was lost and sent again 224 ms later.
+        let mut f = tls(20.69, 243.95, Some(22.55), 31.0, 1);
+        f.client_hello_acked = Some(243.95);
+        let a = analyze(&[f.clone()]);
+        assert_eq!(a[0].verdict.path, PathKind::Direct, "{:?}", a[0].verdict);
+        assert!(
+            a[0].verdict
+                .reasons
+                .iter()
+                .any(|r| r.contains("sent again"))
+        );
+        // a proxy that holds its ServerHello acknowledged our ClientHello at once
+        f.client_hello_acked = Some(20.8);
+        f.tls_round2 = Some(20.9);
+        f.ttfb = Some(20.7 + 111.6 + 10.0);
+        f.span = Some(20.69 + 243.95 + 1.0 + 20.7 + 111.6 + 10.0);
+        let a = analyze(&[f]);
+        assert_eq!(a[0].verdict.path, PathKind::Middlebox, "{:?}", a[0].verdict);
+    }
+
+    #[test]
+    fn repeats_that_vary_widen_the_reuse_bar() {
+        // watch under load: the first request 14.4 ms, repeats 8.6-16 ms
+        let mut conn = vec![http(0, 4.58, 14.4, 1)];
+        for (i, t) in [(1, 8.56), (2, 12.0), (3, 16.0)] {
+            conn.push(http(i, 4.58, t, 1));
+        }
+        let a = analyze(&conn);
+        assert!(
+            a.iter().all(|x| x.verdict.path == PathKind::Direct),
+            "{:?}",
+            a[0].verdict
+        );
+        // a relay 10 ms from its origin, with steady repeats, counts
+        let mut conn = vec![http(0, 4.58, 24.8, 1)];
+        for i in 1..4 {
+            conn.push(http(i, 4.58, 14.8, 1));
+        }
+        assert_eq!(analyze(&conn)[0].verdict.path, PathKind::Middlebox);
+        // a first request 5.9 ms slower than repeats that come 4 ms after
+        // a round trip: a relay would have to be closer to its origin than
+        // that difference, so it cannot be one
+        let mut conn = vec![http(0, 4.58, 14.4, 1)];
+        for i in 1..4 {
+            conn.push(http(i, 4.58, 8.5, 1));
+        }
+        let a = analyze(&conn);
+        assert_ne!(a[0].verdict.path, PathKind::Middlebox, "{:?}", a[0].verdict);
+        let relay = cand(&a[0], Explanation::TcpRelay);
+        assert!(
+            !relay.fits && relay.fails[0].contains("repeat"),
+            "{relay:?}"
+        );
     }
 
     #[test]
