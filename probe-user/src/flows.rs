@@ -72,6 +72,9 @@ pub struct Flow {
     /// Keep `events` (the active probe's connections are short; passive
     /// mode turns it off so a long connection does not grow).
     pub keep_events: bool,
+    /// A flow made from socket timestamps has no SYN-ACK: the handshake RTT
+    /// TCP_INFO gave, ns.
+    pub rtt_hint_ns: Option<u64>,
 }
 
 impl Flow {
@@ -94,6 +97,7 @@ impl Flow {
             rsts: Vec::new(),
             events: Vec::new(),
             keep_events: true,
+            rtt_hint_ns: None,
         }
     }
 

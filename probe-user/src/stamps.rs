@@ -234,6 +234,7 @@ impl Stamps {
     pub fn flow(&self, key: FlowKey) -> Flow {
         let mut f = Flow::new(key, 0);
         f.set_offset_isns();
+        f.rtt_hint_ns = self.handshake_rtt_ms().map(|ms| (ms * 1e6).max(0.0) as u64);
         let seg = |ts: u64, a: u64, b: u64| Seg {
             ts_ns: ts,
             seq: a as u32,

@@ -57,32 +57,40 @@ fn tls_round2(f: &Flow, response_at: Option<u64>, request_at: Option<u64>) -> Op
         .out
         .iter()
         .find(|s| !s.retrans && off(s) == Some(request_at));
-    // Our last handshake segment before the request's own...
-    let before = f
+    // Our last handshake segment before the request's own, not counting a
+    // lone ChangeCipherSpec record (6 bytes: a TLS 1.3 client sends it as
+    // soon as the ServerHello arrives, in the middle of the server's
+    // flight); none: the Finished rode with the request (as curl sends it).
+    let finished = f
         .out
         .iter()
-        .filter(|s| !s.retrans && off(s).is_some_and(|o| o > 0 && o < request_at))
-        .max_by_key(|s| s.ts_ns);
-    // ...unless server handshake bytes came in after it: then the Finished
-    // could only leave later, in the request's own segment (a client that
-    // sends its Finished and the request together, as curl does).
-    let last_in_before_request = request.and_then(|r| {
-        f.inb
-            .iter()
-            .filter(|i| !i.retrans && i.ts_ns < r.ts_ns)
-            .map(|i| i.ts_ns)
-            .max()
-    });
-    let finished = match (before, request) {
-        (Some(b), Some(r)) if last_in_before_request.is_some_and(|t| t > b.ts_ns) => r,
-        (Some(b), _) => b,
-        (None, Some(r)) => r,
-        (None, None) => return None,
-    };
+        .filter(|s| !s.retrans && s.len != CCS_RECORD)
+        .filter(|s| off(s).is_some_and(|o| o > 0 && o < request_at))
+        .max_by_key(|s| s.ts_ns)
+        .or(request)?;
     let reply = f
         .inb
         .iter()
         .find(|s| !s.retrans && s.ts_ns > finished.ts_ns)?;
+    // Our request left a while after the Finished and the reply came after
+    // both, a round trip after the request: it may answer the request
+    // rather than the Finished (a server that sends its tickets when it
+    // next reads, as tokio-rustls does), so which one it answers is
+    // ambiguous, and no sample is taken.
+    // A reply sooner after the request than a round trip (the handshake's)
+    // can only answer the Finished.
+    let rtt = f
+        .handshake_checked()
+        .filter(|x| x.2)
+        .map(|(syn, sa, _)| sa - syn)
+        .or(f.rtt_hint_ns);
+    if let Some(q) = request
+        && q.ts_ns > finished.ts_ns + 200_000
+        && reply.ts_ns > q.ts_ns
+        && rtt.is_none_or(|h| reply.ts_ns - q.ts_ns + h / 10 >= h)
+    {
+        return None;
+    }
     let reply_off = f.in_offset(reply.seq)? as u64;
     if reply_off >= response_at? {
         // That is the response itself: think time is in it.
@@ -99,6 +107,9 @@ fn tls_round2(f: &Flow, response_at: Option<u64>, request_at: Option<u64>) -> Op
     let late = reply.ts_ns - finished.ts_ns >= MIN_RTO_NS;
     (ro + ri == 0 && (!late || acked_before)).then_some((finished.ts_ns, reply.ts_ns))
 }
+
+/// A ChangeCipherSpec record alone: header and one byte.
+const CCS_RECORD: u32 = 6;
 
 /// Linux's minimum retransmission timeout (200 ms), ns.
 const MIN_RTO_NS: u64 = 200_000_000;
@@ -485,6 +496,32 @@ mod tests {
         assert_eq!(tls_round2(&f, Some(3600), Some(306)), Some((900, 1300)));
         // the first bytes after the Finished are the response: no sample
         assert_eq!(tls_round2(&f, Some(3400), Some(306)), None);
+    }
+
+    #[test]
+    fn a_reply_a_round_trip_after_a_late_request_is_ambiguous() {
+        use crate::flows::tests::ev;
+        use probe_common::{DIR_IN, EV_DATA, EV_SYN, EV_SYNACK};
+        const MS: u64 = 1_000_000;
+        // 20 ms path; our Finished at 100 ms, the request 30 ms later (a
+        // starved client); the ticket comes at `reply`
+        let run = |reply: u64| {
+            let mut f = Flow::new(probe_common::FlowKey::default(), 5);
+            f.push(&ev(EV_SYN, DIR_OUT, 0, 100, 0, 0, 0));
+            f.push(&ev(EV_SYNACK, DIR_IN, 20 * MS, 7000, 101, 0, 0));
+            f.push(&ev(EV_DATA, DIR_OUT, 21 * MS, 101, 7001, 300, 0));
+            f.push(&ev(EV_DATA, DIR_IN, 41 * MS, 7001, 401, 1400, 0));
+            f.push(&ev(EV_DATA, DIR_OUT, 100 * MS, 401, 8401, 80, 0));
+            f.push(&ev(EV_DATA, DIR_OUT, 130 * MS, 481, 8401, 100, 0));
+            f.push(&ev(EV_DATA, DIR_IN, reply, 8401, 581, 200, 0));
+            tls_round2(&f, Some(1600), Some(380))
+        };
+        // before the request left: it answers the Finished
+        assert_eq!(run(120 * MS), Some((100 * MS, 120 * MS)));
+        // 5 ms after the request: sooner than a round trip, still the Finished's
+        assert_eq!(run(135 * MS), Some((100 * MS, 135 * MS)));
+        // a round trip after the request: the request's, or the Finished's?
+        assert_eq!(run(150 * MS), None);
     }
 
     #[test]

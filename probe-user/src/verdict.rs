@@ -843,6 +843,25 @@ pub fn analyze(conn: &[Facts]) -> Vec<Analysis> {
                  that answers"
             ));
             (PathKind::Direct, Some(&fits[0]))
+        } else if !tls
+            && c.via.is_none()
+            && let Some((f1, f2, _)) = s.reuse
+            && strong.is_empty()
+        {
+            // A proxy that connects upstream once we connected makes the
+            // first request pay one more origin round trip; it did not.
+            reasons.push(format!(
+                "{hop}; but the first request waited no longer than a repeat ({} vs {}): no \
+                 upstream connect was paid, so the first hop did not answer for the origin",
+                r(f1),
+                r(f2)
+            ));
+            limits.push(
+                "a proxy that keeps warm upstream connections would look the same on plain \
+                 HTTP"
+                    .into(),
+            );
+            (PathKind::Direct, Some(&fits[0]))
         } else if let (Some(v), Some(pick)) = (&c.via, weak.first().or(strong.first())) {
             reasons.push(format!(
                 "two independent clues agree: the first hop answered TCP, and the response \
@@ -1595,7 +1614,8 @@ mod tests {
         // plain HTTP: --reuse 2 shows no upstream connect
         let conn = [http(0, 25.0, 35.2, 0), http(1, 25.0, 35.0, 0)];
         let a = analyze(&conn);
-        assert_ne!(a[0].verdict.path, PathKind::Middlebox, "{:?}", a[0].verdict);
+        assert_eq!(a[0].verdict.path, PathKind::Direct, "{:?}", a[0].verdict);
+        assert!(a[0].verdict.reasons[0].contains("no upstream connect"));
     }
 
     #[test]
