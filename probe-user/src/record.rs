@@ -244,6 +244,9 @@ impl Record {
             client_turns: w.client_turns_ms,
             stall: self.client.clone(),
             request_resent: w.request_resent_ms,
+            resent_unplaced: w.request_resent_ms.is_none()
+                && w.retransmits.is_none()
+                && w.retransmits_out.is_some_and(|n| n > 0),
             ttfb: w.ttfb_ms,
             retransmits: w.retransmits.unwrap_or(0),
             span: w.span_ms,

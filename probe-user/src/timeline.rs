@@ -72,22 +72,26 @@ fn tls_round2(f: &Flow, response_at: Option<u64>, request_at: Option<u64>) -> Op
         .inb
         .iter()
         .find(|s| !s.retrans && s.ts_ns > finished.ts_ns)?;
-    // Our request left a while after the Finished and the reply came after
-    // both, a round trip after the request: it may answer the request
-    // rather than the Finished (a server that sends its tickets when it
-    // next reads, as tokio-rustls does), so which one it answers is
-    // ambiguous, and no sample is taken.
-    // A reply sooner after the request than a round trip (the handshake's)
-    // can only answer the Finished.
+    // The path's round trip as the handshake measured it (or TCP_INFO, for
+    // a flow made of socket timestamps), and the noise it allows.
     let rtt = f
         .handshake_checked()
         .filter(|x| x.2)
         .map(|(syn, sa, _)| sa - syn)
         .or(f.rtt_hint_ns);
+    let slack = |h: u64| (h / 10).max(500_000);
+    // Our request left well after the Finished (longer than the noise) and
+    // the reply came a round trip after the request: it may answer the
+    // request rather than the Finished (a server that sends its tickets
+    // when it next reads, as tokio-rustls does). Which one it answers is
+    // ambiguous: no sample. A reply sooner after the request than a round
+    // trip can only answer the Finished.
     if let Some(q) = request
-        && q.ts_ns > finished.ts_ns + 200_000
         && reply.ts_ns > q.ts_ns
-        && rtt.is_none_or(|h| reply.ts_ns - q.ts_ns + h / 10 >= h)
+        && rtt.is_none_or(|h| {
+            q.ts_ns > finished.ts_ns + slack(h) && reply.ts_ns - q.ts_ns + slack(h) >= h
+        })
+        && q.ts_ns > finished.ts_ns + 200_000
     {
         return None;
     }
@@ -97,22 +101,20 @@ fn tls_round2(f: &Flow, response_at: Option<u64>, request_at: Option<u64>) -> Op
         return None;
     }
     let (ro, ri) = f.retransmits_between(finished.ts_ns, reply.ts_ns);
-    // A reply later than any retransmission timer, with our Finished not
-    // acknowledged before it, may have been sent again after a loss: no
-    // round trip then.
+    // A reply clearly later than a round trip, with our Finished not
+    // acknowledged before it, may have been sent again after a loss (a
+    // tail loss probe fires after two round trips): no round trip then. A
+    // relay, whose kernel acknowledges at once, is not affected.
     let end = f.offset(DIR_OUT, finished.seq)?.wrapping_add(finished.len);
     let acked_before = f
         .ack_covering(end, finished.ts_ns)
         .is_some_and(|a| a + 100_000 < reply.ts_ns);
-    let late = reply.ts_ns - finished.ts_ns >= MIN_RTO_NS;
+    let late = rtt.is_none_or(|h| reply.ts_ns - finished.ts_ns > h + (h / 4).max(1_000_000));
     (ro + ri == 0 && (!late || acked_before)).then_some((finished.ts_ns, reply.ts_ns))
 }
 
 /// A ChangeCipherSpec record alone: header and one byte.
 const CCS_RECORD: u32 = 6;
-
-/// Linux's minimum retransmission timeout (200 ms), ns.
-const MIN_RTO_NS: u64 = 200_000_000;
 
 /// The time from `start` (the SYN-ACK's arrival) to `until` (the
 /// request's first segment out) when the next move was ours: from each
@@ -513,6 +515,16 @@ mod tests {
             f.push(&ev(EV_DATA, DIR_IN, 41 * MS, 7001, 401, 1400, 0));
             f.push(&ev(EV_DATA, DIR_OUT, 100 * MS, 401, 8401, 80, 0));
             f.push(&ev(EV_DATA, DIR_OUT, 130 * MS, 481, 8401, 100, 0));
+            // the server acknowledged the Finished at once
+            f.push(&ev(
+                probe_common::EV_ACK_COVER,
+                DIR_IN,
+                119 * MS,
+                8401,
+                481,
+                0,
+                0,
+            ));
             f.push(&ev(EV_DATA, DIR_IN, reply, 8401, 581, 200, 0));
             tls_round2(&f, Some(1600), Some(380))
         };

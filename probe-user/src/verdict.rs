@@ -79,6 +79,9 @@ pub struct Facts {
     /// The request's first bytes were sent again this long after the first
     /// transmission, before the response came, ms.
     pub request_resent: Option<f64>,
+    /// Segments were sent again during the request, but where is unknown
+    /// (unprivileged mode counts them, TCP_INFO, without placing them).
+    pub resent_unplaced: bool,
     /// Retransmissions during this request (payload, both directions).
     pub retransmits: u32,
     /// Wire span (first SYN or request -> response), ms.
@@ -305,11 +308,6 @@ struct Samples {
     notes: Vec<String>,
 }
 
-/// The shortest wait any retransmission timer makes (Linux's minimum RTO):
-/// a reply later than this, to a segment the peer did not acknowledge
-/// before the reply, may have waited for a lost packet to be sent again.
-const MIN_RTO_MS: f64 = 200.0;
-
 fn samples(conn: &[Facts], first: Option<&Facts>) -> Samples {
     let mut s = Samples::default();
     let h = first.and_then(|f| f.handshake.filter(|_| f.handshake_clean));
@@ -333,12 +331,18 @@ fn samples(conn: &[Facts], first: Option<&Facts>) -> Samples {
     let tls = first.is_some_and(|f| f.tls);
     // ServerHello: unusable when it may have waited for a retransmission
     // (late, and our ClientHello was not acknowledged before it came).
+    let h_est = h.or(d);
     let t = first.filter(|_| tls).and_then(|f| {
         let t = f.tls_rtt.filter(|_| f.retransmits == 0)?;
-        let suspect = t >= MIN_RTO_MS && ch_ack.is_none_or(|a| a >= t - 0.1);
+        // Late beyond any crypto, with our ClientHello acknowledged only
+        // by the ServerHello itself: a lost segment sent again (a tail
+        // loss probe after two round trips, or a timeout) looks like that;
+        // a proxy holding its ServerHello acknowledges at once.
+        let late = h_est.is_none_or(|r| t - r > crypto_allowance(r));
+        let suspect = late && ch_ack.is_none_or(|a| a >= t - 0.1);
         if suspect {
             s.notes.push(format!(
-                "the ServerHello came {} after the ClientHello with nothing acknowledged before \
+                "the ServerHello came {} after the ClientHello, which was acknowledged only with \
                  it: a lost segment sent again looks like that, so it is not used",
                 r(t)
             ));
@@ -1211,7 +1215,13 @@ fn phases(
     // The request went out again and the response came at least a round
     // trip after the copy: the server answered the copy, and the wait for it
     // was the network's (a response sooner than that answered the first).
-    if let Some(w) = f.request_resent
+    // Unplaced retransmissions and a request acknowledged well after a
+    // round trip, before the response: the server had it only then.
+    let resent = f.request_resent.or_else(|| {
+        let d = f.data_rtt?;
+        (f.resent_unplaced && d - r1 > significant(r1) && d < ttfb - slack(r1)).then_some(d - r1)
+    });
+    if let Some(w) = resent
         && ttfb - w >= r1 - slack(r1)
     {
         ttfb -= w;
@@ -1361,9 +1371,12 @@ mod tests {
             tls_rtt: Some(t),
             tls_round2: p,
             data_rtt: None,
-            client_hello_acked: None,
+            // acknowledged at once (a holding proxy does; a server with
+            // quick ACKs too)
+            client_hello_acked: Some(h),
             ttfb: Some(ttfb),
             request_resent: None,
+            resent_unplaced: false,
             retransmits: 0,
             span: Some(h + t + ttfb + 1.0),
             user_span: Some(h + t + ttfb + 2.0),
@@ -1390,6 +1403,7 @@ mod tests {
                 ttfb + 0.2
             }),
             client_turns: Some(if index == 0 { 0.2 } else { 0.0 }),
+            client_hello_acked: None,
             ..tls(h, 0.0, None, ttfb, hops)
         }
     }
