@@ -96,20 +96,33 @@ fn tls_round2(f: &Flow, response_at: Option<u64>, request_at: Option<u64>) -> Op
         return None;
     }
     let reply_off = f.in_offset(reply.seq)? as u64;
-    if reply_off >= response_at? {
+    let response_at = response_at?;
+    if reply_off >= response_at {
         // That is the response itself: think time is in it.
         return None;
     }
+    // Sent with the response (a server that flushes its tickets when it
+    // next writes): the think time is in it too.
+    if let (Some(resp), Some(h)) = (f.in_covering(response_at as u32), rtt)
+        && resp.ts_ns < reply.ts_ns + slack(h).min(h / 2)
+    {
+        return None;
+    }
     let (ro, ri) = f.retransmits_between(finished.ts_ns, reply.ts_ns);
-    // A reply clearly later than a round trip, with our Finished not
-    // acknowledged before it, may have been sent again after a loss (a
-    // tail loss probe fires after two round trips): no round trip then. A
-    // relay, whose kernel acknowledges at once, is not affected.
+    // A reply later than a loss probe could resend it, with our Finished
+    // not acknowledged before it, may have been sent again after a loss:
+    // no round trip then. A relay, whose kernel acknowledges at once, is
+    // not affected.
     let end = f.offset(DIR_OUT, finished.seq)?.wrapping_add(finished.len);
     let acked_before = f
         .ack_covering(end, finished.ts_ns)
         .is_some_and(|a| a + 100_000 < reply.ts_ns);
-    let late = rtt.is_none_or(|h| reply.ts_ns - finished.ts_ns > h + (h / 4).max(1_000_000));
+    // (A tail loss probe waits at least two round trips and at least
+    // 10 ms: a reply sent again after one comes that much late.)
+    let late = rtt.is_none_or(|h| {
+        let p = reply.ts_ns - finished.ts_ns;
+        p >= 2 * h && p >= h + 10_000_000
+    });
     (ro + ri == 0 && (!late || acked_before)).then_some((finished.ts_ns, reply.ts_ns))
 }
 

@@ -388,7 +388,9 @@ fn samples(conn: &[Facts], first: Option<&Facts>) -> Samples {
     // A clean handshake within the noise of that is the RTT people know
     // and compare (and what the lab's tests were calibrated on): use it.
     let (r1, from) = match (h, r1) {
-        (Some(h), Some(v)) if h >= v && h - v <= slack(v) => (Some(h), "the handshake"),
+        // (the handshake's own extra: the SYN's path through connection
+        // tracking and the peer's SYN queue, a few tenths of a ms)
+        (Some(h), Some(v)) if h >= v && h - v <= (0.01 * v).max(0.5) => (Some(h), "the handshake"),
         _ => (r1, from),
     };
     s.r1 = r1;
@@ -1027,8 +1029,12 @@ pub fn analyze(conn: &[Facts]) -> Vec<Analysis> {
         );
     }
 
+    // Two middlebox explanations that fit with the same numbers: the path
+    // is known, which kind of middlebox is not (the reasons name both).
+    let tied = path == PathKind::Middlebox && !direct_fits && strong.len() > 1;
     let explanation = match path {
         PathKind::Unknown => None,
+        _ if tied => None,
         _ => chosen.map(|c| c.name),
     };
     let mut notes = s.notes.clone();
