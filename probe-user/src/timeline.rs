@@ -269,7 +269,19 @@ pub fn assemble(
         }
         if tls {
             let ch = f.out_covering(0);
-            let sh = f.in_covering(0);
+            // The server's first flight leaves at once: when its first
+            // segment (the ServerHello) was lost, a later one arrives on
+            // time, and the ServerHello a retransmission timeout later.
+            let first_in = f.in_covering(0);
+            let earlier = ch.and_then(|c| {
+                f.inb
+                    .iter()
+                    .filter(|s| !s.retrans && s.ts_ns > c.ts_ns)
+                    .filter(|s| f.in_offset(s.seq).is_some_and(|o| o > 0 && o < 1 << 20))
+                    .filter(|s| first_in.is_none_or(|x| s.ts_ns < x.ts_ns))
+                    .min_by_key(|s| s.ts_ns)
+            });
+            let sh = earlier.or(first_in);
             if let Some(s) = ch {
                 wire("client_hello_out", s.ts_ns);
             }

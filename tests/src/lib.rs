@@ -355,6 +355,11 @@ impl CpuCgroup {
         ]
     }
 
+    /// Processes that spin in the cgroup, eating its quota.
+    pub fn spinners(&self, n: usize) -> Result<Vec<Proc>> {
+        (0..n).map(|_| self.spin()).collect()
+    }
+
     /// A process that spins in the cgroup, eating its quota.
     pub fn spin(&self) -> Result<Proc> {
         let mut c = std::process::Command::new("sh");

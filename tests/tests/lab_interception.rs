@@ -385,14 +385,27 @@ fn intercepted(hold_numbers: bool) -> Result<()> {
                 );
                 let mo = eo.report(&scenario);
                 let ms_ = es.report(&scenario);
+                let mut named = 0;
                 for r in &recs {
                     ok(r, mode);
                     let t = trimmed(r);
                     assert_eq!(r["verdict"]["path"], "middlebox", "{scenario}: {t}");
-                    assert_eq!(
-                        r["verdict"]["explanation"], "tls_terminating_proxy",
-                        "{scenario}: {t}"
-                    );
+                    // Without the reply to our Finished (discarded when our
+                    // request left late and the reply could answer either)
+                    // a relay and a TLS proxy predict the same ServerHello:
+                    // then no explanation is named, and the reasons say so.
+                    if r["verdict"]["explanation"] == "tls_terminating_proxy" {
+                        named += 1;
+                    } else {
+                        assert!(
+                            r["verdict"]["explanation"].is_null()
+                                && r["wire"]["tls_round2_ms"].is_null()
+                                && r["verdict"]["reasons"]
+                                    .to_string()
+                                    .contains("explain the timings equally"),
+                            "{scenario}: {t}"
+                        );
+                    }
                     let issuer = r["tls_info"]["cert_issuer"].as_str().unwrap_or_default();
                     assert!(
                         issuer.contains("mitmproxy"),
@@ -401,6 +414,11 @@ fn intercepted(hold_numbers: bool) -> Result<()> {
                     f(r, &["middlebox", "origin_rtt_ms"]);
                     f(r, &["phases", "server_ms"]);
                 }
+                assert!(
+                    named * 2 > recs.len(),
+                    "{scenario}: the interceptor named in {named} of {} runs",
+                    recs.len()
+                );
                 assert!(
                     !hold_numbers || mo <= BOUND_MS,
                     "{scenario}: origin RTT median error {mo:.3} ms; errors {:?}; the first run: {}",
