@@ -80,21 +80,6 @@ fn tls_round2(f: &Flow, response_at: Option<u64>, request_at: Option<u64>) -> Op
         .map(|(syn, sa, _)| sa - syn)
         .or(f.rtt_hint_ns);
     let slack = |h: u64| (h / 10).max(500_000);
-    // Our request left well after the Finished (longer than the noise) and
-    // the reply came a round trip after the request: it may answer the
-    // request rather than the Finished (a server that sends its tickets
-    // when it next reads, as tokio-rustls does). Which one it answers is
-    // ambiguous: no sample. A reply sooner after the request than a round
-    // trip can only answer the Finished.
-    if let Some(q) = request
-        && reply.ts_ns > q.ts_ns
-        && rtt.is_none_or(|h| {
-            q.ts_ns > finished.ts_ns + slack(h) && reply.ts_ns - q.ts_ns + slack(h) >= h
-        })
-        && q.ts_ns > finished.ts_ns + 200_000
-    {
-        return None;
-    }
     let reply_off = f.in_offset(reply.seq)? as u64;
     let response_at = response_at?;
     if reply_off >= response_at {
@@ -526,39 +511,37 @@ mod tests {
     }
 
     #[test]
-    fn a_reply_a_round_trip_after_a_late_request_is_ambiguous() {
+    fn replies_that_are_no_round_trip_are_left_out() {
         use crate::flows::tests::ev;
-        use probe_common::{DIR_IN, EV_DATA, EV_SYN, EV_SYNACK};
+        use probe_common::{DIR_IN, EV_ACK_COVER, EV_DATA, EV_SYN, EV_SYNACK};
         const MS: u64 = 1_000_000;
-        // 20 ms path; our Finished at 100 ms, the request 30 ms later (a
-        // starved client); the ticket comes at `reply`
-        let run = |reply: u64| {
+        // 20 ms path; our Finished at 100 ms, the request at 101; the
+        // ticket at `reply`, the response at 150 ms; the Finished
+        // acknowledged at `acked` (0: only by the reply)
+        let run = |reply: u64, acked: u64| {
             let mut f = Flow::new(probe_common::FlowKey::default(), 5);
             f.push(&ev(EV_SYN, DIR_OUT, 0, 100, 0, 0, 0));
             f.push(&ev(EV_SYNACK, DIR_IN, 20 * MS, 7000, 101, 0, 0));
             f.push(&ev(EV_DATA, DIR_OUT, 21 * MS, 101, 7001, 300, 0));
             f.push(&ev(EV_DATA, DIR_IN, 41 * MS, 7001, 401, 1400, 0));
             f.push(&ev(EV_DATA, DIR_OUT, 100 * MS, 401, 8401, 80, 0));
-            f.push(&ev(EV_DATA, DIR_OUT, 130 * MS, 481, 8401, 100, 0));
-            // the server acknowledged the Finished at once
-            f.push(&ev(
-                probe_common::EV_ACK_COVER,
-                DIR_IN,
-                119 * MS,
-                8401,
-                481,
-                0,
-                0,
-            ));
+            f.push(&ev(EV_DATA, DIR_OUT, 101 * MS, 481, 8401, 100, 0));
+            if acked > 0 {
+                f.push(&ev(EV_ACK_COVER, DIR_IN, acked, 8401, 481, 0, 0));
+            }
             f.push(&ev(EV_DATA, DIR_IN, reply, 8401, 581, 200, 0));
+            f.push(&ev(EV_DATA, DIR_IN, 150 * MS, 8601, 581, 500, 0));
             tls_round2(&f, Some(1600), Some(380))
         };
-        // before the request left: it answers the Finished
-        assert_eq!(run(120 * MS), Some((100 * MS, 120 * MS)));
-        // 5 ms after the request: sooner than a round trip, still the Finished's
-        assert_eq!(run(135 * MS), Some((100 * MS, 135 * MS)));
-        // a round trip after the request: the request's, or the Finished's?
-        assert_eq!(run(150 * MS), None);
+        // at once: a round trip
+        assert_eq!(run(120 * MS, 0), Some((100 * MS, 120 * MS)));
+        // with the response (tickets flushed with the next write): no
+        assert_eq!(run(149_900_000, 0), None);
+        // later than a loss probe, nothing acknowledged before: maybe resent
+        assert_eq!(run(141 * MS, 0), None);
+        // the same, but our Finished was acknowledged at once: a far TLS
+        // endpoint behind a relay, a round trip
+        assert_eq!(run(141 * MS, 120 * MS), Some((100 * MS, 141 * MS)));
     }
 
     #[test]

@@ -397,7 +397,8 @@ fn samples(conn: &[Facts], first: Option<&Facts>) -> Samples {
     {
         s.notes.push(format!(
             "the handshake took {}, {} more than the path's round trip ({}, from {}): the \
-             first contact waited (neighbour discovery, a SYN queue); it counts as network time",
+             first contact waited (a new connection's way through connection tracking, NAT or a \
+             SYN queue, or neighbour discovery); it counts as network time",
             r(h),
             r(h - r1),
             r(r1),
@@ -1299,8 +1300,8 @@ pub fn sentence(a: &Analysis, f: &Facts) -> String {
             let what = a
                 .verdict
                 .explanation
-                .map(Explanation::describe)
-                .unwrap_or("a middlebox");
+                .map(|e| format!(" ({})", e.describe()))
+                .unwrap_or_default();
             let mb = a.middlebox.clone().unwrap_or_default();
             let near = mb
                 .near_rtt_ms
@@ -1317,14 +1318,14 @@ pub fn sentence(a: &Analysis, f: &Facts) -> String {
             };
             match (mb.origin_rtt_ms, ph.middlebox_ms, ph.server_ms) {
                 (Some(o), Some(cost), Some(s)) => format!(
-                    "middlebox ({what}): {ends}{hops}{near}, but the origin is about {} \
+                    "middlebox{what}: {ends}{hops}{near}, but the origin is about {} \
                      further; the middlebox path adds {} to this request, the server {}.",
                     r(o),
                     r(cost),
                     r(s)
                 ),
                 _ => format!(
-                    "middlebox ({what}): {ends}{hops}{near}; {}",
+                    "middlebox{what}: {ends}{hops}{near}; {}",
                     match (f.ttfb, mb.near_rtt_ms) {
                         (Some(t), Some(h)) if t >= h => format!(
                             "the first byte came {} later (middlebox upstream and server \
