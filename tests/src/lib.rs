@@ -396,6 +396,40 @@ impl Drop for CpuCgroup {
     }
 }
 
+/// Batches one lab scenario may run before it fails: the first, and two
+/// more when a batch fails. These VMs share their host: a stolen vCPU now and
+/// then stalls one packet or one sleep by 2-5 ms (on 2026-12-01 the
+/// pre-change binary failed lab.rs's bounds the same way, handshakes of
+/// 13-15 ms on a 10 ms path), which no product change can prevent; a real
+/// fault fails every batch. Each batch must hold entirely.
+pub const LAB_BATCHES: usize = 3;
+
+/// Runs one scenario's batch of runs until one holds, at most
+/// `LAB_BATCHES` times; the last failure is the test's.
+pub fn holds(scenario: &str, body: impl Fn() -> Result<()>) -> Result<()> {
+    for attempt in 1..LAB_BATCHES {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&body)) {
+            Ok(Ok(())) => return Ok(()),
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => format!("{e:#}"),
+                    Err(p) => p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default(),
+                    Ok(Ok(())) => String::new(),
+                };
+                eprintln!(
+                    "{scenario}: batch {attempt} of at most {LAB_BATCHES} failed ({why}); running \
+                     the batch again"
+                );
+            }
+        }
+    }
+    body()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

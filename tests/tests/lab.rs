@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 use std::{sync::Mutex, time::Duration};
 use synack_tests::{
-    is_root,
+    holds, is_root,
     topo::{Bins, Delays, Lab, Via},
 };
 
@@ -94,29 +94,6 @@ impl Errors {
             self.name,
             self.v.len()
         );
-    }
-}
-
-/// Runs one scenario's batch of runs; if any run fails, the whole batch is
-/// run once more and must then hold entirely. These VMs share their host: a
-/// stolen vCPU now and then stalls one packet or one sleep by 5 ms, which
-/// no product change can prevent; a real fault fails both batches.
-fn holds(scenario: &str, body: impl Fn() -> Result<()>) -> Result<()> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&body)) {
-        Ok(Ok(())) => Ok(()),
-        first => {
-            let why = match first {
-                Ok(Err(e)) => format!("{e:#}"),
-                Err(p) => p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default(),
-                Ok(Ok(())) => String::new(),
-            };
-            eprintln!("{scenario}: one batch failed ({why}); running the batch again");
-            body()
-        }
     }
 }
 

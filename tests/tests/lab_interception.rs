@@ -15,7 +15,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use std::{net::IpAddr, path::Path, sync::Mutex, time::Duration};
 use synack_tests::{
-    Capture, Packet,
+    Capture, Packet, holds,
     intercept::{Mitmproxy, big_cert_url},
     is_root, median_max, synack_bin,
     topo::{self, Bins, Delays, Lab, Via},
@@ -154,29 +154,6 @@ impl Errors {
             self.v.len()
         );
         m
-    }
-}
-
-/// Runs one scenario's batch; if any run fails, the whole batch is run once
-/// more and must then hold entirely (as in tests/tests/lab.rs: a stolen vCPU
-/// now and then stalls one packet or one sleep by 5 ms; a real fault fails
-/// both batches).
-fn holds(scenario: &str, body: impl Fn() -> Result<()>) -> Result<()> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&body)) {
-        Ok(Ok(())) => Ok(()),
-        first => {
-            let why = match first {
-                Ok(Err(e)) => format!("{e:#}"),
-                Err(p) => p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default(),
-                Ok(Ok(())) => String::new(),
-            };
-            eprintln!("{scenario}: one batch failed ({why}); running the batch again");
-            body()
-        }
     }
 }
 

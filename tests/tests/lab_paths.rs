@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::{fs, path::PathBuf, process::Stdio, sync::Mutex, time::Duration};
 use synack_tests::{
-    Proc, TempDir, is_root, json_lines,
+    Proc, TempDir, holds, is_root, json_lines,
     paths::{self, SlowArp, Tunnel},
     synack_bin,
     topo::{Bins, Delays, Lab, Loss, SERVER_V4, Via},
@@ -125,29 +125,6 @@ impl Errors {
             self.name,
             self.v.len()
         );
-    }
-}
-
-/// Runs one scenario's batch; if any run fails, the batch is run once more
-/// and must then hold entirely (the same policy as tests/tests/lab.rs: a
-/// stolen vCPU now and then stalls one packet by 5 ms; a real fault fails
-/// both batches).
-fn holds(scenario: &str, body: impl Fn() -> Result<()>) -> Result<()> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&body)) {
-        Ok(Ok(())) => Ok(()),
-        first => {
-            let why = match first {
-                Ok(Err(e)) => format!("{e:#}"),
-                Err(p) => p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default(),
-                Ok(Ok(())) => String::new(),
-            };
-            eprintln!("{scenario}: one batch failed ({why}); running the batch again");
-            body()
-        }
     }
 }
 
