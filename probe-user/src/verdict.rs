@@ -1099,7 +1099,8 @@ fn stall_words(st: &ClientStall) -> Vec<String> {
         && n > 0
     {
         w.push(format!(
-            "its cgroup was throttled {n} time{} ({} held by its CPU quota)",
+            "its cgroup was throttled {n} time{} by its CPU quota ({} in all, summed over \
+             the CPUs)",
             if n == 1 { "" } else { "s" },
             r(t)
         ));
