@@ -396,6 +396,32 @@ impl Drop for CpuCgroup {
     }
 }
 
+/// The errors of one quantity over a scenario's runs, reported as median
+/// and max |error|.
+pub struct Errors {
+    pub name: &'static str,
+    pub v: Vec<f64>,
+}
+
+impl Errors {
+    pub fn new(name: &'static str) -> Self {
+        Errors { name, v: vec![] }
+    }
+    pub fn push(&mut self, e: f64) {
+        self.v.push(e);
+    }
+    /// Prints median and max |error|; returns the median.
+    pub fn report(&self, scenario: &str) -> f64 {
+        let (m, x) = median_max(&self.v);
+        eprintln!(
+            "{scenario}: {} |error| median {m:.3} ms, max {x:.3} ms over {} runs",
+            self.name,
+            self.v.len()
+        );
+        m
+    }
+}
+
 /// Batches one lab scenario may run before it fails: the first, and up to
 /// four more when a batch fails. These VMs share their host: a stolen vCPU
 /// now and then stalls one packet or one sleep by 2-5 ms, which no product

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 use std::{sync::Mutex, time::Duration};
 use synack_tests::{
-    holds, is_root,
+    Errors, holds, is_root,
     topo::{Bins, Delays, Lab, Via},
 };
 
@@ -73,28 +73,6 @@ fn base_rtt(lab: &Lab) -> Result<f64> {
         .collect();
     v.sort_by(f64::total_cmp);
     Ok(v[v.len() / 2])
-}
-
-struct Errors {
-    name: &'static str,
-    v: Vec<f64>,
-}
-
-impl Errors {
-    fn new(name: &'static str) -> Self {
-        Errors { name, v: vec![] }
-    }
-    fn push(&mut self, e: f64) {
-        self.v.push(e);
-    }
-    fn report(&self, scenario: &str) {
-        let (m, x) = synack_tests::median_max(&self.v);
-        eprintln!(
-            "{scenario}: {} |error| median {m:.3} ms, max {x:.3} ms over {} runs",
-            self.name,
-            self.v.len()
-        );
-    }
 }
 
 #[test]

@@ -15,7 +15,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use std::{net::IpAddr, path::Path, sync::Mutex, time::Duration};
 use synack_tests::{
-    Capture, Packet, holds,
+    Capture, Errors, Packet, holds,
     intercept::{Mitmproxy, big_cert_url},
     is_root, median_max, synack_bin,
     topo::{self, Bins, Delays, Lab, Via},
@@ -131,30 +131,6 @@ fn base_rtt(lab: &Lab) -> Result<f64> {
         .collect();
     v.sort_by(f64::total_cmp);
     Ok(v[v.len() / 2])
-}
-
-struct Errors {
-    name: &'static str,
-    v: Vec<f64>,
-}
-
-impl Errors {
-    fn new(name: &'static str) -> Self {
-        Errors { name, v: vec![] }
-    }
-    fn push(&mut self, e: f64) {
-        self.v.push(e);
-    }
-    /// Prints median and max |error|; returns the median.
-    fn report(&self, scenario: &str) -> f64 {
-        let (m, x) = median_max(&self.v);
-        eprintln!(
-            "{scenario}: {} |error| median {m:.3} ms, max {x:.3} ms over {} runs",
-            self.name,
-            self.v.len()
-        );
-        m
-    }
 }
 
 /// One TCP connection to the origin as the origin's side of the capture saw

@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::{fs, path::PathBuf, process::Stdio, sync::Mutex, time::Duration};
 use synack_tests::{
-    Proc, TempDir, holds, is_root, json_lines,
+    Errors, Proc, TempDir, holds, is_root, json_lines,
     paths::{self, SlowArp, Tunnel},
     synack_bin,
     topo::{Bins, Delays, Lab, Loss, SERVER_V4, Via},
@@ -106,28 +106,6 @@ fn base_rtt(lab: &Lab) -> Result<f64> {
     Ok(v[v.len() / 2])
 }
 
-struct Errors {
-    name: &'static str,
-    v: Vec<f64>,
-}
-
-impl Errors {
-    fn new(name: &'static str) -> Self {
-        Errors { name, v: vec![] }
-    }
-    fn push(&mut self, e: f64) {
-        self.v.push(e);
-    }
-    fn report(&self, scenario: &str) {
-        let (m, x) = synack_tests::median_max(&self.v);
-        eprintln!(
-            "{scenario}: {} |error| median {m:.3} ms, max {x:.3} ms over {} runs",
-            self.name,
-            self.v.len()
-        );
-    }
-}
-
 /// The batches of one test that did not hold. A test runs all its batches
 /// before it fails, so one run shows every case the verdict gets wrong (the
 /// verdict author needs the whole picture, not the first failure).
@@ -135,7 +113,7 @@ impl Errors {
 struct Wrong(Vec<String>);
 
 impl Wrong {
-    /// Runs one batch under `holds`; a batch that fails twice is noted.
+    /// Runs one batch under `holds`; a batch that fails every time is noted.
     fn batch(&mut self, scenario: &str, body: impl Fn() -> Result<()>) {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| holds(scenario, &body)));
         let why = match r {
