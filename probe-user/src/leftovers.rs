@@ -286,7 +286,6 @@ const TC_H_MIN_EGRESS: u32 = 0xfff3;
 const TCA_KIND: u16 = 1;
 const TCA_OPTIONS: u16 = 2;
 const TCA_BPF_ID: u16 = 11;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 const NLMSG_HDR: usize = 16;
 const TCMSG: usize = 20;
 
@@ -311,22 +310,6 @@ fn get_filter_request(ifindex: u32, ingress: bool, priority: u16, handle: u32) -
     let proto = (libc::ETH_P_ALL as u16).to_be();
     m.extend(((u32::from(priority) << 16) | u32::from(proto)).to_ne_bytes());
     m
-}
-
-/// Netlink attributes in `b`: (type, payload) pairs, stopping at the first
-/// malformed one.
-fn attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut v = Vec::new();
-    while b.len() >= 4 {
-        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
-        if len < 4 || len > b.len() {
-            break;
-        }
-        v.push((u16::from_ne_bytes([b[2], b[3]]) & NLA_TYPE_MASK, &b[4..len]));
-        // Attributes are padded to 4 bytes.
-        b = &b[((len + 3) & !3).min(b.len())..];
-    }
-    v
 }
 
 /// Reads the kernel's answer: Ok(Some(id)) for a bpf filter, Ok(None) when
@@ -354,7 +337,7 @@ fn parse_get_filter_reply(b: &[u8]) -> io::Result<Option<u32>> {
     let Some(body) = b.get(NLMSG_HDR + TCMSG..len) else {
         return Err(io::Error::other("short filter message"));
     };
-    let a = attrs(body);
+    let a = crate::netif::nl_attrs(body);
     let kind = a.iter().find(|(t, _)| *t == TCA_KIND).map(|(_, v)| *v);
     if kind != Some(b"bpf\0") {
         return Ok(None);
@@ -362,7 +345,7 @@ fn parse_get_filter_reply(b: &[u8]) -> io::Result<Option<u32>> {
     Ok(a.iter()
         .find(|(t, _)| *t == TCA_OPTIONS)
         .and_then(|(_, opts)| {
-            attrs(opts)
+            crate::netif::nl_attrs(opts)
                 .into_iter()
                 .find(|(t, v)| *t == TCA_BPF_ID && v.len() >= 4)
                 .map(|(_, v)| u32::from_ne_bytes([v[0], v[1], v[2], v[3]]))
@@ -377,47 +360,9 @@ fn filter_prog_id(
     priority: u16,
     handle: u32,
 ) -> io::Result<Option<u32>> {
-    // SAFETY: plain socket(2); the result is checked and owned below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor nobody else owns.
-    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let tv = libc::timeval {
-        tv_sec: 2,
-        tv_usec: 0,
-    };
-    // SAFETY: valid socket and a timeval of the size given.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
     let req = get_filter_request(ifindex, ingress, priority, handle);
-    // SAFETY: sending our own buffer on our socket (to the kernel: no
-    // address means the kernel for netlink).
-    let n = unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut buf = vec![0u8; 16 * 1024];
-    // SAFETY: receiving into our own buffer of the length given.
-    let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    parse_get_filter_reply(&buf[..n as usize])
+    let reply = crate::netif::netlink_request(&req, std::time::Duration::from_secs(2))?;
+    parse_get_filter_reply(&reply)
 }
 
 #[cfg(test)]

@@ -221,6 +221,69 @@ fn route_request(ip: std::net::IpAddr, seq: u32) -> Vec<u8> {
     m
 }
 
+/// Netlink attributes in `b`: (type, payload) pairs, stopping at the first
+/// malformed one.
+pub fn nl_attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut v = Vec::new();
+    while b.len() >= 4 {
+        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
+        if len < 4 || len > b.len() {
+            break;
+        }
+        v.push((u16::from_ne_bytes([b[2], b[3]]) & 0x3fff, &b[4..len]));
+        // Attributes are padded to 4 bytes.
+        b = &b[((len + 3) & !3).min(b.len())..];
+    }
+    v
+}
+
+/// Sends one request to the kernel's NETLINK_ROUTE and returns its first
+/// answer (needs no privilege to ask; a reply that does not come within
+/// `timeout` will not come).
+pub fn netlink_request(req: &[u8], timeout: std::time::Duration) -> io::Result<Vec<u8>> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: plain socket(2); the result is checked and owned below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: valid socket and a timeval of the size given.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    // SAFETY: sending our own buffer on our socket (no address: the kernel).
+    let n = unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: receiving into our own buffer of the length given.
+    let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
 /// Reads the kernel's answer to `route_request`: Some(true) when the route
 /// has a gateway (RTA_GATEWAY, RTA_VIA, or a multipath next hop with one),
 /// Some(false) for a unicast route without one or a local address, None
@@ -247,88 +310,37 @@ fn parse_route_reply(b: &[u8]) -> Option<bool> {
     if rtype != RTN_UNICAST {
         return None;
     }
-    let mut o = 16 + 12;
-    while o + 4 <= len {
-        let alen = u16_at(o)? as usize;
-        let atype = u16_at(o + 2)? & 0x3fff;
-        if alen < 4 || o + alen > len {
-            break;
-        }
-        match atype {
+    for (t, v) in nl_attrs(&b[16 + 12..len]) {
+        match t {
             RTA_GATEWAY | RTA_VIA => return Some(true),
             RTA_MULTIPATH => {
-                // rtnexthop (8 bytes) then its own attributes, per hop.
-                let end = o + alen;
-                let mut h = o + 4;
-                while h + 8 <= end {
-                    let hlen = u16_at(h)? as usize;
-                    if hlen < 8 || h + hlen > end {
+                // rtnexthop (8 bytes: its length first) then its own
+                // attributes, per hop.
+                let mut h = v;
+                while h.len() >= 8 {
+                    let hlen = u16::from_ne_bytes([h[0], h[1]]) as usize;
+                    if hlen < 8 || hlen > h.len() {
                         break;
                     }
-                    let mut a = h + 8;
-                    while a + 4 <= h + hlen {
-                        let l = u16_at(a)? as usize;
-                        let t = u16_at(a + 2)? & 0x3fff;
-                        if l < 4 {
-                            break;
-                        }
-                        if t == RTA_GATEWAY || t == RTA_VIA {
-                            return Some(true);
-                        }
-                        a += (l + 3) & !3;
+                    if nl_attrs(&h[8..hlen])
+                        .iter()
+                        .any(|(t, _)| *t == RTA_GATEWAY || *t == RTA_VIA)
+                    {
+                        return Some(true);
                     }
-                    h += (hlen + 3) & !3;
+                    h = &h[((hlen + 3) & !3).min(h.len())..];
                 }
             }
             _ => {}
         }
-        o += (alen + 3) & !3;
     }
     Some(false)
 }
 
 /// Asks the kernel for its route to `ip` (needs no privilege).
 pub fn route_via_gateway(ip: std::net::IpAddr) -> Option<bool> {
-    // SAFETY: plain socket(2) call; the fd is closed below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return None;
-    }
-    let fd = Socket(fd);
-    let req = route_request(ip, 1);
-    // SAFETY: the buffer is valid for its length; fd is a netlink socket.
-    let sent = unsafe { libc::send(fd.0, req.as_ptr().cast(), req.len(), 0) };
-    if sent != req.len() as isize {
-        return None;
-    }
-    let mut buf = vec![0u8; 8192];
-    // A reply that does not come at once will not come: bound the wait.
-    let tv = libc::timeval {
-        tv_sec: 1,
-        tv_usec: 0,
-    };
-    // SAFETY: setsockopt with a timeval of the right size.
-    unsafe {
-        libc::setsockopt(
-            fd.0,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    // SAFETY: recv into a buffer we own, within its length.
-    let n = unsafe { libc::recv(fd.0, buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n <= 0 {
-        return None;
-    }
-    parse_route_reply(&buf[..n as usize])
+    let reply = netlink_request(&route_request(ip, 1), std::time::Duration::from_secs(1)).ok()?;
+    parse_route_reply(&reply)
 }
 
 struct Socket(i32);
