@@ -276,6 +276,145 @@ pub fn truth(
     t
 }
 
+/// Captures on both ends of the lab (the client's and the origin's
+/// interface) while synack runs: what the wire really did, to hold synack's
+/// numbers against instead of the delays the lab set. A shared VM's stolen
+/// vCPU delays the delay line now and then; that is the path's doing, and
+/// synack must report what the path did, not what it was told to do.
+pub struct Witness {
+    client: Capture,
+    server: Capture,
+}
+
+/// The two captures of a [`Witness`].
+pub struct Seen {
+    pub client: Vec<Packet>,
+    pub server: Vec<Packet>,
+}
+
+/// One request as both captures saw it (ms).
+#[derive(Clone, Copy, Debug)]
+pub struct Exchange {
+    /// SYN to SYN-ACK at the client (the connection's first request only).
+    pub handshake_ms: Option<f64>,
+    /// The request's first segment out to the response's first segment in,
+    /// at the client.
+    pub ttfb_ms: f64,
+    /// The request's last segment in to the response's first segment out,
+    /// at the origin: the server's time as its own wire saw it.
+    pub think_ms: f64,
+}
+
+impl Exchange {
+    /// What the network added to this request's wait beyond the handshake's
+    /// round trip: the path's own variation (a delay line late on a busy
+    /// host), which no measurement from the client's side can tell from
+    /// server time.
+    pub fn path_variation_ms(&self, rtt: f64) -> f64 {
+        (self.ttfb_ms - self.think_ms - rtt).abs()
+    }
+}
+
+impl Witness {
+    pub fn start(lab: &topo::Lab) -> Result<Self> {
+        Ok(Witness {
+            client: Capture::start(&lab.client, &lab.client_if, &lab.dir)?,
+            server: Capture::start(&lab.server, &lab.server_if, &lab.dir)?,
+        })
+    }
+
+    pub fn finish(self) -> Result<Seen> {
+        Ok(Seen {
+            client: self.client.finish()?,
+            server: self.server.finish()?,
+        })
+    }
+}
+
+/// A wire event's time in a record's timeline (ns, the record's clock).
+fn wire_event(r: &serde_json::Value, name: &str) -> Option<u64> {
+    r["timeline"]
+        .as_array()?
+        .iter()
+        .find(|e| e["event"] == name && e["source"] == "wire")?["t_ns"]
+        .as_u64()
+}
+
+fn sock(r: &serde_json::Value, key: &str) -> Result<(IpAddr, u16)> {
+    let a: std::net::SocketAddr = r[key]
+        .as_str()
+        .with_context(|| format!("{key} missing in {r}"))?
+        .parse()?;
+    Ok((a.ip(), a.port()))
+}
+
+impl Seen {
+    /// The exchange of record `r` (synack --json, eBPF mode, a direct path:
+    /// the origin sees the same addresses and sequence numbers). `recs` are
+    /// all the run's records: a repeat on a connection is placed against the
+    /// SYN of its connection's first request. Segments are found at the
+    /// offsets synack's own timeline gives from the SYN (the two clocks
+    /// differ, intervals do not) and followed to the origin's side by their
+    /// sequence numbers.
+    pub fn exchange(&self, r: &serde_json::Value, recs: &[serde_json::Value]) -> Result<Exchange> {
+        let local = sock(r, "local_addr")?;
+        let remote = sock(r, "remote_addr")?;
+        let first = recs
+            .iter()
+            .find(|x| x["local_addr"] == r["local_addr"] && x["request_index"] == 0)
+            .context("no first request of this connection among the records")?;
+        let syn_t = wire_event(first, "syn_out").context("no syn_out in the first request")?;
+        let req_t = wire_event(r, "request_out").context("no request_out")?;
+        let resp_t = wire_event(r, "response_in").context("no response_in")?;
+        let out = |p: &Packet| (p.src, p.sport) == local && (p.dst, p.dport) == remote;
+        let inb = |p: &Packet| (p.src, p.sport) == remote && (p.dst, p.dport) == local;
+        let c: Vec<&Packet> = self.client.iter().filter(|p| out(p) || inb(p)).collect();
+        let syn = *c
+            .iter()
+            .find(|p| out(p) && p.syn && !p.ack_flag)
+            .context("the client's capture has no SYN for this connection")?;
+        let synack = c.iter().find(|p| inb(p) && p.syn && p.ack_flag);
+        // The segment with payload nearest to `at` ns after the SYN.
+        let near = |at: u64, from_client: bool| -> Result<&Packet> {
+            let p = *c
+                .iter()
+                .filter(|p| out(p) == from_client && p.payload_len > 0)
+                .min_by_key(|p| (p.ts_ns - syn.ts_ns).abs_diff(at))
+                .context("no payload segment in the client's capture")?;
+            let off = (p.ts_ns - syn.ts_ns).abs_diff(at);
+            anyhow::ensure!(
+                off < 1_000_000,
+                "the client's capture has no segment within 1 ms of synack's ({off} ns)"
+            );
+            Ok(p)
+        };
+        let req = near(req_t.saturating_sub(syn_t), true)?;
+        let resp = near(resp_t.saturating_sub(syn_t), false)?;
+        let at_server = |seg: &Packet, from_client: bool| -> Result<u64> {
+            self.server
+                .iter()
+                .filter(|p| out(p) == from_client && (out(p) || inb(p)))
+                .find(|p| p.seq == seg.seq && p.payload_len > 0)
+                .map(|p| p.ts_ns)
+                .context("the origin's capture lacks a segment the client's has")
+        };
+        // The request's last segment: the last one out before the response.
+        let req_last = c
+            .iter()
+            .rfind(|p| out(p) && p.payload_len > 0 && p.ts_ns >= req.ts_ns && p.ts_ns <= resp.ts_ns)
+            .copied()
+            .unwrap_or(req);
+        let think = at_server(resp, false)? as i64 - at_server(req_last, true)? as i64;
+        Ok(Exchange {
+            handshake_ms: synack
+                .filter(|_| r["request_index"] == 0)
+                .map(|sa| (sa.ts_ns - syn.ts_ns) as f64 / 1e6),
+            ttfb_ms: (resp.ts_ns - req.ts_ns) as f64 / 1e6,
+            think_ms: think as f64 / 1e6,
+        })
+    }
+}
+
 /// Median and max of absolute values.
 pub fn median_max(v: &[f64]) -> (f64, f64) {
     let mut a: Vec<f64> = v.iter().map(|x| x.abs()).collect();
