@@ -290,8 +290,10 @@ fn min_opt(v: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
 }
 
 /// The connection's samples after the robustness checks.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Samples {
+    /// The first request's TTFB on the wire (request out to response in).
+    f: Option<f64>,
     /// Smallest clean round trip to the TCP endpoint (handshake, ACK of a request).
     r1: Option<f64>,
     /// Where r1 came from.
@@ -448,6 +450,9 @@ fn samples(conn: &[Facts], first: Option<&Facts>) -> Samples {
             }
         }
     }
+    // Inflated by a retransmission only ever; what it bounds from below
+    // (an upstream crossing) holds all the more.
+    s.f = Some(f).filter(|f| f.index == 0).and_then(|f| f.ttfb);
     let f1 = Some(f)
         .filter(|f| f.retransmits == 0 && f.index == 0)
         .and_then(|f| f.ttfb);
@@ -676,6 +681,7 @@ fn fit_relay(s: &Samples, tls: bool, name: Explanation) -> Fit {
             }
             (None, None) => {}
         }
+        check_response_crosses(&mut c, s, r1);
     } else if let Some((f1, f2, _)) = s.reuse {
         let r2 = f1 - f2;
         c.r2 = Some((r2, "reuse"));
@@ -697,6 +703,26 @@ fn fit_relay(s: &Samples, tls: bool, name: Explanation) -> Fit {
         }
     }
     c
+}
+
+/// A middlebox R2 from its origin passes our request upstream and the
+/// response back: the first byte cannot come sooner than R1 + R2 after the
+/// request, whatever the origin's own time.
+fn check_response_crosses(c: &mut Fit, s: &Samples, r1: f64) {
+    if let (Some((r2, _)), Some(f)) = (c.r2, s.f)
+        && !c.degenerate
+        && f - r1 < r2 - slack(r2.max(r1))
+    {
+        c.fail(
+            format!(
+                "the first byte came {} after the request, sooner than the round trip and the \
+                 upstream round trip ({}) it would have to cross",
+                r(f),
+                r(r2)
+            ),
+            r2 - (f - r1) - slack(r2.max(r1)),
+        );
+    }
 }
 
 fn fit_tls_proxy(s: &Samples) -> Fit {
@@ -730,6 +756,7 @@ fn fit_tls_proxy(s: &Samples) -> Fit {
         }
         None => c.degenerate = true,
     }
+    check_response_crosses(&mut c, s, r1);
     c
 }
 
@@ -761,6 +788,30 @@ fn near_fit(fits: &[Fit], r1: Option<f64>) -> Option<&Fit> {
     (m <= significant(r1) + ENDPOINT_PROCESSING_MS && others_far).then_some(best)
 }
 
+/// Each explanation held against the samples: direct first.
+fn candidates(s: &Samples, tls: bool, c: &Clues, reuse_threshold: f64) -> Vec<Fit> {
+    let mut fits = vec![fit_direct(s, tls, reuse_threshold)];
+    if tls {
+        fits.push(fit_relay(s, true, Explanation::TcpRelay));
+        fits.push(fit_tls_proxy(s));
+    } else {
+        let name = if c.via.is_some() {
+            Explanation::HttpProxy
+        } else {
+            Explanation::TcpRelay
+        };
+        let mut relay = fit_relay(s, false, name);
+        // Below the bar a timing difference is no evidence of a relay.
+        if let Some((f1, f2, _)) = s.reuse
+            && f1 - f2 <= reuse_threshold
+        {
+            relay.degenerate = true;
+        }
+        fits.push(relay);
+    }
+    fits
+}
+
 /// Analyses the requests of one connection together (a second request on a
 /// connection tells about the first).
 pub fn analyze(conn: &[Facts]) -> Vec<Analysis> {
@@ -781,24 +832,31 @@ pub fn analyze(conn: &[Facts]) -> Vec<Analysis> {
             noise.max(significant(f2)).max(PER_CONNECTION_COST_MS)
         }
     });
-    let mut fits = vec![fit_direct(&s, tls, reuse_threshold)];
-    if tls {
-        fits.push(fit_relay(&s, true, Explanation::TcpRelay));
-        fits.push(fit_tls_proxy(&s));
-    } else {
-        let name = if c.via.is_some() {
-            Explanation::HttpProxy
-        } else {
-            Explanation::TcpRelay
-        };
-        let mut relay = fit_relay(&s, false, name);
-        // Below the bar a timing difference is no evidence of a relay.
-        if let Some((f1, f2, _)) = s.reuse
-            && f1 - f2 <= reuse_threshold
-        {
-            relay.degenerate = true;
+    let mut s = s;
+    let mut fits = candidates(&s, tls, &c, reuse_threshold);
+    // A ServerHello no explanation accounts for (each one fails on it, and
+    // without it a direct path fits and no middlebox does) tells nothing of
+    // where TLS ends: it waited for something else.
+    if tls && s.t.is_some() && fits.iter().all(|f| !f.fits()) {
+        let mut without = s.clone();
+        without.t = None;
+        let other = candidates(&without, tls, &c, reuse_threshold);
+        let middlebox_fits = other[1..]
+            .iter()
+            .any(|f| f.fits() && !f.degenerate && f.r2.is_some());
+        if let (true, false, Some(t), Some(r1)) = (other[0].fits(), middlebox_fits, s.t, s.r1) {
+            without.notes.push(format!(
+                "the ServerHello came {} after the ClientHello, {} beyond a round trip, which no \
+                 path explains (the TLS endpoint answered our Finished and the request within a \
+                 round trip): a lost ServerHello sent again after a timeout, counted as network \
+                 time, or a TLS endpoint slow to start its handshake; a capture at the server \
+                 would tell which",
+                r(t),
+                r(t - r1)
+            ));
+            s = without;
+            fits = other;
         }
-        fits.push(relay);
     }
 
     let mut reasons: Vec<String> = Vec::new();
@@ -1764,7 +1822,20 @@ mod tests {
         // the upstream round trip the Finished reply measured
         let a = analyze(&[tls(4.4, 87.2, Some(45.3), 30.0, 0)]);
         assert_eq!(a[0].verdict.path, PathKind::Unknown, "{:?}", a[0].verdict);
-        assert!(a[0].verdict.reasons[0].contains("does not fit"));
+        // the relay itself is held to it now, before any phase is computed
+        let relay = cand(&a[0], Explanation::TcpRelay);
+        assert!(
+            !relay.fits && relay.fails.iter().any(|x| x.contains("first byte came")),
+            "{relay:?}"
+        );
+        assert!(
+            a[0].verdict
+                .reasons
+                .iter()
+                .any(|r| r.contains("no explanation fits")),
+            "{:?}",
+            a[0].verdict
+        );
         assert_eq!(a[0].phases.server_ms, None);
     }
 
@@ -1955,6 +2026,37 @@ mod tests {
             assert_eq!(a[0].verdict.path, PathKind::Middlebox, "{:?}", a[0].verdict);
             assert_eq!(a[0].verdict.explanation, Some(Explanation::TcpRelay));
         }
+    }
+
+    #[test]
+    fn a_lost_serverhello_acked_at_once_is_no_proxy() {
+        // lab_paths, 12 % loss from the server, 20 ms path: the server ACKed
+        // our ClientHello at once, its one-segment flight was lost and came
+        // again 220 ms later; it answered our Finished and the request
+        // within a round trip. A proxy holding its ServerHello for an
+        // upstream 110 ms away could not send the response 31 ms after the
+        // request.
+        let mut f = tls(20.5, 241.0, Some(20.7), 31.3, 1);
+        f.client_hello_acked = Some(20.6);
+        let a = analyze(&[f.clone()]);
+        let v = &a[0].verdict;
+        assert_eq!(v.path, PathKind::Direct, "{v:?}");
+        assert!(
+            v.reasons.iter().any(|r| r.contains("no path explains")),
+            "{v:?}"
+        );
+        assert!(near(a[0].phases.server_ms.unwrap(), 10.8, 0.01));
+        // the same ServerHello, the response an upstream round trip later:
+        // a TLS-terminating proxy that held it
+        f.ttfb = Some(20.5 + 110.0 + 10.0);
+        f.span = Some(20.5 + 241.0 + 140.5 + 1.0);
+        f.user_span = Some(20.5 + 241.0 + 140.5 + 2.0);
+        let a = analyze(&[f]);
+        assert_eq!(a[0].verdict.path, PathKind::Middlebox, "{:?}", a[0].verdict);
+        assert_eq!(
+            a[0].verdict.explanation,
+            Some(Explanation::TlsTerminatingProxy)
+        );
     }
 
     #[test]

@@ -56,6 +56,10 @@ struct Case {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn every_bad_input_has_its_error_and_exit_status() -> Result<()> {
     assert!(
         is_root(),
@@ -297,6 +301,10 @@ impl Drop for EtcGuard {
 /// number and why, and the good line is still checked (monitor keeps
 /// running; a service must not die on a typo).
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn a_targets_file_with_broken_lines() -> Result<()> {
     assert!(is_root(), "builds namespaces: run it as root");
     let served = Served::new()?;

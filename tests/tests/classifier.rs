@@ -227,12 +227,20 @@ fn conversation(h: &mut Harness, ip: Ip, sport: u16) -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn ipv4_conversation() -> Result<()> {
     let mut h = Harness::new()?;
     conversation(&mut h, Ip::V4([10, 9, 0, 1], [10, 9, 0, 2]), 40001)
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn ipv6_conversation() -> Result<()> {
     let mut h = Harness::new()?;
     let mut a = [0u8; 16];
@@ -244,6 +252,10 @@ fn ipv6_conversation() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn untracked_and_non_tcp_traffic_is_ignored() -> Result<()> {
     let mut h = Harness::new()?;
     let ip = Ip::V4([10, 9, 1, 1], [10, 9, 1, 2]);
@@ -287,6 +299,10 @@ fn untracked_and_non_tcp_traffic_is_ignored() -> Result<()> {
 /// Passive mode: a connection someone opens to this host, with payload
 /// snapshots of each turn, forgotten once both FINs passed.
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn server_side_conversation_with_snapshots() -> Result<()> {
     let mut h = Harness::new()?;
     h.config(CFG_TRACK_ALL_OUT | CFG_TRACK_ALL_IN | CFG_SNAPSHOT)?;
@@ -370,6 +386,10 @@ fn server_side_conversation_with_snapshots() -> Result<()> {
 /// Passive mode follows only this host's own connections: a SYN it forwards
 /// (not addressed to one of its addresses) starts nothing.
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn forwarded_syns_are_not_followed() -> Result<()> {
     let mut h = Harness::new()?;
     h.config(CFG_TRACK_ALL_OUT | CFG_TRACK_ALL_IN | CFG_SNAPSHOT | CFG_LOCAL_ONLY)?;

@@ -60,6 +60,10 @@ type Lab = Served;
 /// intervals for the same packets, IPv4 and IPv6, HTTP and HTTPS (with TLS 1.3
 /// session tickets arriving before the response), |difference| <= 50 us.
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn wire_times_match_tcpdump() -> Result<()> {
     let _serial = need_root();
     let lab = Lab::new()?;
@@ -160,6 +164,10 @@ fn wire_times_match_tcpdump() -> Result<()> {
 
 /// user.* against curl -w on the same targets: the same phases, within reason.
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn user_times_agree_with_curl() -> Result<()> {
     let _serial = need_root();
     let lab = Lab::new()?;
@@ -206,6 +214,10 @@ fn user_times_agree_with_curl() -> Result<()> {
 /// A refused connection is a record with an error and the wire events it
 /// had, and a non-zero exit status.
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn refused_connection_is_reported() -> Result<()> {
     let _serial = need_root();
     let lab = Lab::new()?;
@@ -230,6 +242,10 @@ fn refused_connection_is_reported() -> Result<()> {
 /// --reuse: the second request on a connection has its own wire TTFB and no
 /// handshake of its own; -L follows a redirect with a new timeline.
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn reuse_and_redirects() -> Result<()> {
     let _serial = need_root();
     let lab = Lab::new()?;
@@ -299,6 +315,10 @@ fn clsact_filters(ns: &Netns, ifn: &str) -> Result<String> {
 /// panic that aborts comes to) nothing of it stays attached: no tcx link,
 /// no clsact filter, and its programs are unloaded.
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn nothing_stays_attached() -> Result<()> {
     let _serial = need_root();
     let lab = Lab::new()?;
@@ -357,6 +377,10 @@ fn nothing_stays_attached() -> Result<()> {
 /// Only the prober's own connections are tracked: a curl running next to
 /// synack on the same interfaces produces no events and no records.
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn other_traffic_is_not_tracked() -> Result<()> {
     let _serial = need_root();
     let lab = Lab::new()?;
@@ -387,6 +411,10 @@ fn other_traffic_is_not_tracked() -> Result<()> {
 /// What a killed run leaves (a namespace with a process in it, a temporary
 /// directory) is removed by the next run.
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn leftovers_of_a_killed_run_are_swept() -> Result<()> {
     let _serial = need_root();
     // A pid that existed and is gone: a child we ran and reaped.
@@ -435,6 +463,10 @@ fn leftovers_of_a_killed_run_are_swept() -> Result<()> {
 /// still measures: map updates and the ring buffer go through the
 /// descriptors it holds.
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn capabilities_are_dropped_after_attaching() -> Result<()> {
     let _serial = need_root();
     let lab = Lab::new()?;
@@ -489,6 +521,10 @@ fn capabilities_are_dropped_after_attaching() -> Result<()> {
 /// programs and maps; none disturbs the others' results, and watch sees
 /// every request the other two make.
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn active_watch_and_monitor_run_side_by_side() -> Result<()> {
     let _serial = need_root();
     let lab = Lab::new()?;
@@ -572,6 +608,10 @@ fn active_watch_and_monitor_run_side_by_side() -> Result<()> {
 /// removes them, says so, and leaves nothing behind itself, while the
 /// filters of a synack that still runs, on the same interfaces, stay.
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn netlink_filters_of_a_killed_synack_are_removed_at_the_next_start() -> Result<()> {
     let _serial = need_root();
     let lab = Lab::new()?;
@@ -671,6 +711,10 @@ fn netlink_filters_of_a_killed_synack_are_removed_at_the_next_start() -> Result<
 /// 5.8 (uname faked by setarch --uname-2.6) `--mode ebpf` fails with a
 /// plain message and auto falls back to unprivileged.
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn no_btf_no_tracefs_and_an_old_kernel() -> Result<()> {
     let _serial = need_root();
     let lab = Lab::new()?;
@@ -728,6 +772,10 @@ fn no_btf_no_tracefs_and_an_old_kernel() -> Result<()> {
 /// so, and the checks go on with their wire times (through the interfaces
 /// that remain).
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn monitor_goes_on_when_an_interface_goes() -> Result<()> {
     let _serial = need_root();
     let lab = Lab::new()?;

@@ -76,6 +76,10 @@ fn base_rtt(lab: &Lab) -> Result<f64> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn direct_paths_are_direct() -> Result<()> {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = lab(Delays::default())?;
@@ -108,8 +112,11 @@ fn direct_paths_are_direct() -> Result<()> {
                             eh.push(h - wire_h);
                             el.push(wire_h - (rtt + base));
                             es.push(s - x.think_ms);
+                            // Both stamp the same interface, tens of µs
+                            // apart; a vCPU stolen between the two hooks
+                            // makes a few tenths of a ms.
                             assert!(
-                                (h - wire_h).abs() <= 0.5,
+                                (h - wire_h).abs() <= 1.0,
                                 "{scenario}: handshake {h} ms, tcpdump {wire_h}"
                             );
                             // A delay line holds a packet at least as long as it was told.
@@ -124,6 +131,11 @@ fn direct_paths_are_direct() -> Result<()> {
                                 x.think_ms
                             );
                         }
+                        let (median_h, _) = synack_tests::median_max(&eh.v);
+                        assert!(
+                            median_h <= 0.1,
+                            "{scenario}: handshake vs tcpdump median {median_h} ms"
+                        );
                         // The lab delivers the delay it was set to, but for a late packet now and then.
                         let (median_off, _) = synack_tests::median_max(&el.v);
                         assert!(
@@ -143,6 +155,10 @@ fn direct_paths_are_direct() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn transparent_tcp_proxy_is_found_and_measured() -> Result<()> {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (near, far, think) = (4.0, 40.0, 20u32);
@@ -200,6 +216,10 @@ fn check_proxied(recs: &[Value], scenario: &str, near: f64, far: f64, think: f64
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn intercepting_http_proxy_is_a_middlebox() -> Result<()> {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let lab = lab(Delays::rtt(ms(4.0), ms(20.0)))?;
@@ -221,6 +241,10 @@ fn intercepting_http_proxy_is_a_middlebox() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn dropped_first_syn_is_network_time() -> Result<()> {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (rtt, think) = (10.0, 5u32);
@@ -270,6 +294,10 @@ fn dropped_first_syn_is_network_time() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn slow_server_is_not_a_middlebox() -> Result<()> {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let lab = lab(Delays::rtt(ms(5.0), ms(5.0)))?;
@@ -313,6 +341,10 @@ fn slow_server_is_not_a_middlebox() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn path_probe_finds_the_interceptor() -> Result<()> {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let lab = lab(Delays::rtt(ms(2.0), ms(10.0)))?;

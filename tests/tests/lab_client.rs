@@ -81,6 +81,10 @@ fn ok(r: &Value) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn a_cpu_starved_client_is_the_clients_time_not_the_networks() -> Result<()> {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     assert!(

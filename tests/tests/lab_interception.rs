@@ -251,6 +251,10 @@ fn addrs(v6: bool) -> Result<(IpAddr, IpAddr, IpAddr)> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn tls_intercepting_proxy_is_found_and_measured() -> Result<()> {
     intercepted(false)
 }
@@ -417,6 +421,10 @@ fn intercepted(hold_numbers: bool) -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn certificate_larger_than_initial_window() -> Result<()> {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (near, far, think) = (4.0, 40.0, 20.0);

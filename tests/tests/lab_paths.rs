@@ -206,6 +206,10 @@ fn check_direct(recs: &[Value], scenario: &str, think: f64, rtt: f64) {
 /// overlay datapaths). The origin's SYN-ACK arrives with TTL 64, "0 hops",
 /// although the origin is behind a gateway: that alone is no middlebox.
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn router_that_keeps_the_ttl_is_direct() -> Result<()> {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut wrong = Wrong::default();
@@ -272,6 +276,10 @@ fn router_that_keeps_the_ttl_is_direct() -> Result<()> {
 /// device with a /32 and a `dev` route, no gateway, as VPNs set up) whose
 /// outer UDP packets cross mid's delay line.
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn point_to_point_tunnel_is_direct() -> Result<()> {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut wrong = Wrong::default();
@@ -343,6 +351,10 @@ fn tunnel_url(tls: bool, v6: bool, path: &str) -> (String, String) {
 /// IPv6: NS and NA cross the delay line, one far-link RTT). The handshake is
 /// inflated by it; the server's time is not.
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn first_contact_neighbour_resolution_is_not_server_time() -> Result<()> {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut wrong = Wrong::default();
@@ -410,6 +422,10 @@ fn first_contact_neighbour_resolution_is_not_server_time() -> Result<()> {
 /// path, from the server and separately toward it. Retransmissions are
 /// counted, their waits are network time, and the path stays direct.
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn random_loss_is_network_time_on_a_direct_path() -> Result<()> {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut wrong = Wrong::default();
@@ -582,6 +598,10 @@ fn wrk_requests(out: &PathBuf) -> Result<u64> {
 /// (wrk): `synack watch` sees its requests, `synack --reuse 5` probes it,
 /// and none of it is a middlebox.
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn thread_per_connection_origin_under_load_is_not_a_middlebox() -> Result<()> {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut wrong = Wrong::default();

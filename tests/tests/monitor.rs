@@ -130,6 +130,10 @@ fn one(ns: &Netns, q: &str) -> Option<f64> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn prometheus_statsd_reload_and_failing_targets() -> Result<()> {
     assert!(
         is_root(),

@@ -213,6 +213,10 @@ fn setpriv_caps(caps: &BTreeSet<String>) -> String {
 /// privileges. Only the paths and the interval (30 s, whose first check
 /// could come late) are changed.
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn the_systemd_unit_works_with_its_capabilities() -> Result<()> {
     assert!(is_root(), "the packaging test needs root: cargo xtask test");
     let u = unit(&read("packaging/systemd/synack-monitor.service")?)?;
@@ -242,6 +246,10 @@ fn the_systemd_unit_works_with_its_capabilities() -> Result<()> {
 /// The DaemonSet container's command: uid 0, every capability dropped but
 /// the added ones, no privilege escalation, and HTTPS with the mounted CA.
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn the_daemonset_works_with_its_capabilities() -> Result<()> {
     assert!(is_root(), "the packaging test needs root: cargo xtask test");
     let k = daemonset(&read("packaging/kubernetes/synack-monitor.yaml")?)?;
@@ -312,6 +320,10 @@ fn packaged_argv(exec: &[String], bin: &str, paths: &[(&str, &str)]) -> Result<V
 /// capability would enable eBPF. In a namespace of its own, with its own
 /// ledger directory; nothing leaves its loopback.
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn a_missing_capability_is_named() -> Result<()> {
     assert!(is_root(), "the packaging test needs root: cargo xtask test");
     let ns = Netns::new(&unique("synack-caps"))?;

@@ -56,6 +56,10 @@ fn wire(recs: &[Value], k: &str, index: u64) -> Vec<f64> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn unprivileged_mode_agrees_with_ebpf_in_the_lab() -> Result<()> {
     assert!(
         is_root(),

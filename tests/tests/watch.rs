@@ -205,6 +205,10 @@ fn check_diffs(diffs: &[f64], what: &str) {
 /// client; each request exactly once, right method, path (query dropped),
 /// status and pid; SNI for TLS; handshake and TTFB within tcpdump's.
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn every_request_once_with_its_process_and_tcpdump_times() -> Result<()> {
     let _serial = need_root();
     let lab = Lab::new()?;
@@ -478,6 +482,10 @@ fn pids_of(recs: &[Value]) -> BTreeMap<u64, usize> {
 /// --cgroup (and everything below it) and --container, each in a watcher of
 /// its own, all watching the same clients.
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn filters_include_and_exclude_what_they_say() -> Result<()> {
     let _serial = need_root();
     let lab = Lab::new()?;
@@ -609,6 +617,10 @@ fn filters_include_and_exclude_what_they_say() -> Result<()> {
 /// over loopback from itself) are reported with direction "server", the
 /// serving process, SNI for TLS, and times that match tcpdump's.
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn server_side_direction_and_a_local_client() -> Result<()> {
     let _serial = need_root();
     let lab = Lab::new()?;
@@ -761,6 +773,10 @@ fn server_side_direction_and_a_local_client() -> Result<()> {
 /// CAP_SYS_PTRACE, bit 19); a watch given only `-i` interfaces that all
 /// disappear ends with its summary and exit status 1.
 #[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
 fn interfaces_that_come_and_go() -> Result<()> {
     let _serial = need_root();
     let lab = Lab::new()?;

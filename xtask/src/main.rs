@@ -371,7 +371,15 @@ fn cargo_test(bin: &Path, args: &[String]) -> Result<(u64, u64, u64)> {
     let obj = root().join("target/bpf/bpfel-unknown-none/release/probe-ebpf");
     let mut child = Command::new("cargo")
         .current_dir(root())
-        .args(["test", "--workspace"])
+        // Every test binary runs even when one fails (the report then shows
+        // them all); the root tests are on (a plain `cargo test` skips them).
+        .args([
+            "test",
+            "--workspace",
+            "--no-fail-fast",
+            "--features",
+            "synack-tests/root",
+        ])
         .env("SYNACK_EBPF_OBJECT", &obj)
         .env("SYNACK_BIN", bin)
         .args(args)
