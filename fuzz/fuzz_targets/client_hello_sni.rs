@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use synack::sniff;
+use synack::model::sniff;
 
 fuzz_target!(|b: &[u8]| {
     // The server name is a metric label and a column: bounded and free of

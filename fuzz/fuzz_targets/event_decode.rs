@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use probe_common::{Event, SNAP_BYTES, SnapEvent};
-use synack::{events, sniff};
+use synack::{model::events, model::sniff};
 
 fuzz_target!(|b: &[u8]| {
     let Ok((ev, snap)) = events::decode(b) else {
@@ -23,7 +23,7 @@ fuzz_target!(|b: &[u8]| {
     }
     // What watch does next with such a record.
     let n = (ev.opt_len as usize).min(ev.options.len());
-    let _ = synack::tcp::parse_options(&ev.options[..n]);
+    let _ = synack::model::tcp::parse_options(&ev.options[..n]);
     let _ = sniff::classify(snap);
     let _ = sniff::http_request(snap, false);
     let _ = sniff::client_hello_sni(snap);

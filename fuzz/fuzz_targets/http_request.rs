@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use synack::sniff::{self, Proto};
+use synack::model::sniff::{self, Proto};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&flag, b)) = data.split_first() else {

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use synack::sniff;
+use synack::model::sniff;
 
 fuzz_target!(|b: &[u8]| {
     let Some(s) = sniff::http_status(b) else {

@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::collections::HashSet;
-use synack::targets;
+use synack::model::targets;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

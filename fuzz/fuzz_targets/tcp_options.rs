@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use synack::tcp::{OptionError, parse_options};
+use synack::model::tcp::{OptionError, parse_options};
 
 fuzz_target!(|b: &[u8]| {
     match parse_options(b) {

@@ -1,23 +1,29 @@
-pub mod bpf;
-pub mod clock;
-pub mod cpustat;
-pub mod events;
-pub mod flows;
-pub mod io;
-pub mod leftovers;
-pub mod metrics;
+//! synack's library: the main line runs from the bottom up.
+//!
+//! - [`model`]: the pure core, no I/O (fuzzed): addresses, TCP options, flows,
+//!   ring-buffer events, payload sniffing, the timeline, the verdict, the
+//!   record, the targets file.
+//! - [`host`]: facts about this host (capabilities and kernel release,
+//!   interfaces and routes, /proc owners, CPU counters, the clock).
+//! - [`kernel`]: the eBPF side: loading, attaching, the clsact ledger, the
+//!   shared event hub, the capabilities kept after loading.
+//! - [`active`]: one request made and timed, with the kernel's timestamps or
+//!   the socket's own (unprivileged mode); the probe and the monitor use it.
+//! - the ways in, one folder each with its own loop: [`probe`], [`watch`],
+//!   [`monitor`]; [`cli`] is their command line.
+//! - [`output`]: human, JSON, metrics.
+//!
+//! Dependencies go one way: model and host import nothing else of the
+//! crate; kernel imports them; active imports those; the ways in import
+//! what they need and nothing imports them; output imports the model only.
+//! docs/architecture.md is the map.
+
+pub mod active;
+pub mod cli;
+pub mod host;
+pub mod kernel;
+pub mod model;
 pub mod monitor;
-pub mod netif;
 pub mod output;
-pub mod passive;
-pub mod privs;
-pub mod prober;
-pub mod procs;
-pub mod record;
-pub mod sniff;
-pub mod stamps;
-pub mod targets;
-pub mod tcp;
-pub mod timeline;
-pub mod verdict;
+pub mod probe;
 pub mod watch;

@@ -5,7 +5,7 @@
 //! over the same parsers and invariants is in fuzz/fuzz_targets/ (`cargo
 //! xtask fuzz`, docs/fuzzing.md).
 
-use synack::{events, sniff, targets, tcp};
+use synack::{model::events, model::sniff, model::targets, model::tcp};
 
 /// xorshift64*: small, seedable, good enough to shake parsers.
 struct Rng(u64);

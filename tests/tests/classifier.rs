@@ -15,7 +15,7 @@ use probe_common::{
     SNAP_BYTES,
 };
 use std::path::PathBuf;
-use synack::{events::decode, tcp::parse_options};
+use synack::{model::events::decode, model::tcp::parse_options};
 
 fn object() -> Result<Vec<u8>> {
     let p = std::env::var_os("SYNACK_EBPF_OBJECT")

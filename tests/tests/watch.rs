@@ -490,7 +490,7 @@ fn filters_include_and_exclude_what_they_say() -> Result<()> {
     let _serial = need_root();
     let lab = Lab::new()?;
     let p = &lab.pair;
-    let root = synack::procs::cgroup2_root().context("no cgroup v2 hierarchy here")?;
+    let root = synack::host::procs::cgroup2_root().context("no cgroup v2 hierarchy here")?;
     let parent_rel = unique("skcg");
     let parent = Cgroup::new(&root, &parent_rel)?;
     let container_id = format!("{:x}{:056x}", 0xc0ffee_u32 ^ std::process::id(), 7);

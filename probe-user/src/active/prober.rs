@@ -3,12 +3,12 @@
 //! leaves, and records the user-space marks of every phase.
 
 use crate::{
-    bpf::{Hub, Kernel, SharedKernel},
-    clock::mono_ns,
-    flows::Flow,
-    io::{AppStream, IoLog, RawStream, SharedLog},
-    record::{ErrorInfo, Record},
-    timeline::{self, ConnMarks, RequestMarks},
+    active::io::{AppStream, IoLog, RawStream, SharedLog},
+    host::clock::mono_ns,
+    kernel::bpf::{Hub, Kernel, SharedKernel},
+    model::flows::{Flow, flow_key},
+    model::record::{ErrorInfo, Record},
+    model::timeline::{self, ConnMarks, RequestMarks},
 };
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, Uri, header};
@@ -219,14 +219,14 @@ pub struct Prober {
     opts: Options,
     mode: &'static str,
     /// Where this process's CPU throttling is counted (found once).
-    cpu: crate::cpustat::CpuSources,
+    cpu: crate::host::cpustat::CpuSources,
 }
 
 /// A request that completed.
 struct Done {
     marks: RequestMarks,
     /// The CPU this process did not get while the request ran.
-    stall: crate::verdict::ClientStall,
+    stall: crate::model::verdict::ClientStall,
     status: u16,
     via: Option<String>,
     server_timing: Option<f64>,
@@ -256,7 +256,7 @@ impl From<ErrorInfo> for Failed {
 }
 
 fn http_error(e: &hyper::Error) -> ErrorInfo {
-    let msg = crate::record::error_chain(e);
+    let msg = crate::model::record::error_chain(e);
     let kind = if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
         "io"
     } else if e.is_parse() || e.is_parse_status() {
@@ -296,7 +296,7 @@ impl Prober {
             tls,
             opts,
             mode,
-            cpu: crate::cpustat::CpuSources::find(),
+            cpu: crate::host::cpustat::CpuSources::find(),
         }
     }
 
@@ -446,9 +446,9 @@ impl Prober {
         base.remote_addr = Some(addr.to_string());
         // By the routing table: a point-to-point or `scope link` route is
         // on-link although no subnet of ours holds the address.
-        base.remote_on_link = crate::netif::local_nets()
+        base.remote_on_link = crate::host::netif::local_nets()
             .ok()
-            .map(|nets| crate::netif::reached_on_link(addr.ip(), &nets));
+            .map(|nets| crate::host::netif::reached_on_link(addr.ip(), &nets));
         base.ip_version = Some(if addr.is_ipv4() { 4 } else { 6 });
 
         let sock = match if addr.is_ipv4() {
@@ -502,7 +502,7 @@ impl Prober {
         let n_done = done.len();
 
         // The socket is closed now (FIN or RST sent): collect what the kernel saw.
-        let stamps = crate::io::lock(&log).stamps.take();
+        let stamps = crate::active::io::lock(&log).stamps.take();
         if self.opts.dump_events
             && let Some(s) = &stamps
         {
@@ -567,7 +567,10 @@ impl Prober {
             }
         }
         let facts: Vec<_> = records.iter().map(Record::facts).collect();
-        for (r, a) in records.iter_mut().zip(crate::verdict::analyze(&facts)) {
+        for (r, a) in records
+            .iter_mut()
+            .zip(crate::model::verdict::analyze(&facts))
+        {
             r.verdict = Some(a.verdict);
             r.phases = a.phases;
             r.middlebox = a.middlebox;
@@ -591,7 +594,7 @@ impl Prober {
         key: &mut Option<FlowKey>,
         redirect: &mut Option<String>,
     ) -> Result<(), Failed> {
-        let mut cpu_before = crate::cpustat::CpuSnapshot::take(&self.cpu);
+        let mut cpu_before = crate::host::cpustat::CpuSnapshot::take(&self.cpu);
         conn.connect_call = Some(mono_ns());
         let stream = with_deadline(deadline, "connect", sock.connect(addr))
             .await?
@@ -604,11 +607,11 @@ impl Prober {
             *key = Some(flow_key(local, addr));
         }
 
-        let stamped = stamped && crate::stamps::enable(stream.as_raw_fd()).is_ok();
+        let stamped = stamped && crate::active::stamps::enable(stream.as_raw_fd()).is_ok();
         if stamped {
-            let mut st = crate::stamps::Stamps::new();
-            st.at_connect = crate::stamps::tcp_info(stream.as_raw_fd());
-            crate::io::lock(log).stamps = Some(st);
+            let mut st = crate::active::stamps::Stamps::new();
+            st.at_connect = crate::active::stamps::tcp_info(stream.as_raw_fd());
+            crate::active::io::lock(log).stamps = Some(st);
         }
         let raw = RawStream::new(stream, log.clone(), t.tls, stamped);
         let io: Box<dyn AsyncStream> = if t.tls {
@@ -646,11 +649,11 @@ impl Prober {
         for i in 0..n {
             let req = self.build_request(t, method)?;
             {
-                let mut l = crate::io::lock(log);
+                let mut l = crate::active::io::lock(log);
                 l.arm();
             }
             if i > 0 {
-                cpu_before = crate::cpustat::CpuSnapshot::take(&self.cpu);
+                cpu_before = crate::host::cpustat::CpuSnapshot::take(&self.cpu);
             }
             let request_start = mono_ns();
             let mut m = RequestMarks {
@@ -690,9 +693,10 @@ impl Prober {
             };
             let r = with_deadline(deadline, "response", step).await;
             m.done = Some(mono_ns());
-            let stall = stall_of(&cpu_before.until(&crate::cpustat::CpuSnapshot::take(&self.cpu)));
+            let stall =
+                stall_of(&cpu_before.until(&crate::host::cpustat::CpuSnapshot::take(&self.cpu)));
             let io = {
-                let mut l = crate::io::lock(log);
+                let mut l = crate::active::io::lock(log);
                 l.disarm()
             };
             m.first_write = io.first_write_ns;
@@ -845,11 +849,11 @@ impl Prober {
 /// TCP_INFO give, and null for the rest (never a made-up zero).
 fn unprivileged_wire(
     r: &mut Record,
-    s: &crate::stamps::Stamps,
+    s: &crate::active::stamps::Stamps,
     conn: Option<&ConnMarks>,
     requests: usize,
 ) {
-    use crate::stamps::{TCPI_OPT_SACK, TCPI_OPT_TIMESTAMPS, TCPI_OPT_WSCALE};
+    use crate::active::stamps::{TCPI_OPT_SACK, TCPI_OPT_TIMESTAMPS, TCPI_OPT_WSCALE};
     let response_in = r.at("response_in");
     let request_out = r.at("request_out");
     let w = &mut r.wire;
@@ -863,7 +867,7 @@ fn unprivileged_wire(
         }
         // The span starts at connect(): the SYN leaves within microseconds.
         if let (Some(a), Some(b)) = (conn.and_then(|c| c.connect_call), response_in) {
-            w.span_ms = Some(crate::clock::ms_between(a, b));
+            w.span_ms = Some(crate::model::units::ms_between(a, b));
         }
         // No SYN-ACK time of its own: connect() plus the handshake RTT, or,
         // when the SYN went again (no RTT for it), connect() returning: the
@@ -874,9 +878,9 @@ fn unprivileged_wire(
         });
         if let (Some(sa), Some(t)) = (synack, request_out) {
             let f = s.flow(probe_common::FlowKey::default());
-            w.client_turns_ms = Some(crate::clock::ms_between(
+            w.client_turns_ms = Some(crate::model::units::ms_between(
                 0,
-                crate::timeline::client_turns(&f, sa, t, conn.is_some_and(|c| c.tls13)),
+                crate::model::timeline::client_turns(&f, sa, t, conn.is_some_and(|c| c.tls13)),
             ));
         }
     }
@@ -944,7 +948,7 @@ fn connect_error(addr: SocketAddr, e: std::io::Error) -> ErrorInfo {
 /// These connections are not tracked and are closed at once.
 async fn path_probe(
     addr: SocketAddr,
-    w: &crate::record::WireTimes,
+    w: &crate::model::record::WireTimes,
     deadline: Option<Instant>,
 ) -> Option<u8> {
     let max = w.synack_hops.unwrap_or(7).saturating_add(1).min(8);
@@ -1013,41 +1017,10 @@ fn socket_cookie(fd: i32) -> Option<u64> {
     (rc == 0 && v != 0).then_some(v)
 }
 
-/// The kernel's key for a connection from `local` to `remote`.
-/// An address as the kernel side keys it: IPv4 in the first 4 bytes, and
-/// the IP version. A v4-mapped IPv6 address is IPv4 (that is what goes on
-/// the wire).
-pub fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
-    match ip {
-        IpAddr::V4(a) => {
-            let mut b = [0u8; 16];
-            b[..4].copy_from_slice(&a.octets());
-            (b, 4)
-        }
-        IpAddr::V6(a) => match a.to_ipv4_mapped() {
-            Some(v4) => addr_bytes(IpAddr::V4(v4)),
-            None => (a.octets(), 6),
-        },
-    }
-}
-
-pub fn flow_key(local: SocketAddr, remote: SocketAddr) -> FlowKey {
-    let (l, v) = addr_bytes(local.ip());
-    let (r, _) = addr_bytes(remote.ip());
-    FlowKey {
-        local_addr: l,
-        remote_addr: r,
-        local_port: local.port(),
-        remote_port: remote.port(),
-        ip_version: v,
-        _pad: [0; 3],
-    }
-}
-
 /// The counters' growth as the record gives it, in ms.
-fn stall_of(g: &crate::cpustat::Growth) -> crate::verdict::ClientStall {
+fn stall_of(g: &crate::host::cpustat::Growth) -> crate::model::verdict::ClientStall {
     let ms = |x: Option<u64>| x.map(|v| v as f64 / 1e6);
-    crate::verdict::ClientStall {
+    crate::model::verdict::ClientStall {
         run_delay_ms: ms(g.run_delay_ns),
         throttled_ms: ms(g.throttled_ns),
         throttled_periods: g.throttled_periods,
@@ -1056,7 +1029,7 @@ fn stall_of(g: &crate::cpustat::Growth) -> crate::verdict::ClientStall {
 }
 
 /// What the handshake settled: version, ALPN, and whose certificate came.
-fn tls_info(c: &rustls::ClientConnection) -> crate::record::TlsInfo {
+fn tls_info(c: &rustls::ClientConnection) -> crate::model::record::TlsInfo {
     let version = c.protocol_version().map(|v| match v {
         rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_string(),
         rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_string(),
@@ -1070,7 +1043,7 @@ fn tls_info(c: &rustls::ClientConnection) -> crate::record::TlsInfo {
         .and_then(|v| v.first())
         .and_then(|der| x509_parser::parse_x509_certificate(der.as_ref()).ok())
         .map(|(_, cert)| (cert.subject().to_string(), cert.issuer().to_string()));
-    crate::record::TlsInfo {
+    crate::model::record::TlsInfo {
         version,
         alpn,
         cert_subject: leaf.as_ref().map(|x| x.0.clone()),
@@ -1106,29 +1079,6 @@ mod tests {
             "unsupported_scheme"
         );
         assert_eq!(parse_target("not a url").unwrap_err().kind, "invalid_url");
-    }
-
-    #[test]
-    fn flow_keys_match_the_kernel_layout() {
-        let k = flow_key(
-            "10.0.0.1:5000".parse().unwrap(),
-            "10.0.0.2:80".parse().unwrap(),
-        );
-        assert_eq!(&k.local_addr[..4], &[10, 0, 0, 1]);
-        assert_eq!(&k.local_addr[4..], &[0; 12]);
-        assert_eq!((k.local_port, k.remote_port, k.ip_version), (5000, 80, 4));
-        let k = flow_key(
-            "[::ffff:10.0.0.1]:5000".parse().unwrap(),
-            "[::ffff:10.0.0.2]:80".parse().unwrap(),
-        );
-        assert_eq!(k.ip_version, 4);
-        assert_eq!(&k.remote_addr[..4], &[10, 0, 0, 2]);
-        let k = flow_key(
-            "[fd00::1]:5000".parse().unwrap(),
-            "[fd00::2]:80".parse().unwrap(),
-        );
-        assert_eq!(k.ip_version, 6);
-        assert_eq!(k.remote_addr[15], 2);
     }
 
     #[test]

@@ -3,10 +3,10 @@
 //! wire intervals derived from them.
 
 use crate::{
-    clock::ms_between,
-    flows::{Flow, Seg},
-    record::{TimelineEntry, UserTimes, WireTimes},
-    tcp::hops_from_ttl,
+    model::flows::{Flow, Seg},
+    model::record::{TimelineEntry, UserTimes, WireTimes},
+    model::tcp::hops_from_ttl,
+    model::units::ms_between,
 };
 use probe_common::DIR_OUT;
 
@@ -399,7 +399,7 @@ pub fn assemble(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flows::tests::sample_flow;
+    use crate::model::flows::tests::sample_flow;
 
     fn marks() -> RequestMarks {
         RequestMarks {
@@ -463,7 +463,7 @@ mod tests {
     /// A TLS 1.3 connection: SYN 0, SYN-ACK 100, ClientHello 200 (300
     /// bytes); then `segs`: (direction, ts, stream offset, length).
     fn tls_flow(segs: &[(u8, u64, u32, u32)]) -> Flow {
-        use crate::flows::tests::ev;
+        use crate::model::flows::tests::ev;
         use probe_common::{DIR_IN, EV_DATA, EV_SYN, EV_SYNACK};
         let mut f = Flow::new(probe_common::FlowKey::default(), 5);
         f.push(&ev(EV_SYN, DIR_OUT, 0, 100, 0, 0, 0));
@@ -512,7 +512,7 @@ mod tests {
 
     #[test]
     fn replies_that_are_no_round_trip_are_left_out() {
-        use crate::flows::tests::ev;
+        use crate::model::flows::tests::ev;
         use probe_common::{DIR_IN, EV_ACK_COVER, EV_DATA, EV_SYN, EV_SYNACK};
         const MS: u64 = 1_000_000;
         // 20 ms path; our Finished at 100 ms, the request at 101; the
@@ -550,7 +550,8 @@ mod tests {
         // request 1000; response segment 2 arrives at 1500, segment 1 is
         // resent and arrives at 3000
         let mut f = tls_flow(&[(DIR_OUT, 1000, 300, 100), (DIR_IN, 1500, 1448, 1448)]);
-        let mut e = crate::flows::tests::ev(probe_common::EV_DATA, DIR_IN, 3000, 7001, 0, 1448, 0);
+        let mut e =
+            crate::model::flows::tests::ev(probe_common::EV_DATA, DIR_IN, 3000, 7001, 0, 1448, 0);
         e.ev_flags = probe_common::EVF_RETRANS;
         f.push(&e);
         let m = RequestMarks {

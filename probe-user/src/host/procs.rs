@@ -3,7 +3,6 @@
 //! of every connect(); sockets they did not see (accepted ones, or a kernel
 //! without cgroup v2) are found the way `ss -p` does, through /proc.
 
-use probe_common::FlowKey;
 use std::{
     collections::HashMap,
     fs,
@@ -410,9 +409,12 @@ impl SocketOwners {
     /// The process holding the socket of this connection (or, for a
     /// connection it has not accepted yet or already closed, the one
     /// listening on its local port).
-    pub fn pid_of(&mut self, key: &FlowKey) -> Option<u32> {
-        let (local, remote) = crate::flows::key_addrs(key);
-        let table = if key.ip_version == 4 {
+    pub fn pid_of(
+        &mut self,
+        local: std::net::SocketAddr,
+        remote: std::net::SocketAddr,
+    ) -> Option<u32> {
+        let table = if local.is_ipv4() {
             "/proc/net/tcp"
         } else {
             "/proc/net/tcp6"

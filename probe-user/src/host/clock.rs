@@ -13,9 +13,23 @@ pub fn mono_ns() -> u64 {
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Milliseconds between two CLOCK_MONOTONIC nanosecond stamps (b - a), as a float.
-pub fn ms_between(a: u64, b: u64) -> f64 {
-    (b as i128 - a as i128) as f64 / 1e6
+/// Wall-clock time of day, local, with milliseconds.
+pub fn time_of_day() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() as libc::time_t;
+    // SAFETY: zeroed tm is a valid out-parameter; localtime_r is thread-safe.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers to a time_t and a tm.
+    unsafe { libc::localtime_r(&secs, &mut tm) };
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+        now.subsec_millis()
+    )
 }
 
 #[cfg(test)]
@@ -37,11 +51,5 @@ mod tests {
             b - a,
             el
         );
-    }
-
-    #[test]
-    fn ms_between_signs() {
-        assert_eq!(ms_between(1_000_000, 3_500_000), 2.5);
-        assert_eq!(ms_between(3_000_000, 1_000_000), -2.0);
     }
 }

@@ -6,7 +6,7 @@
 //! payload byte (sequence number ISN + 1), exactly like the byte counts user
 //! space keeps on its own socket.
 
-use crate::tcp::{TcpOptions, parse_options};
+use crate::model::tcp::{TcpOptions, parse_options};
 use probe_common::{
     DIR_IN, DIR_OUT, EV_ACK_COVER, EV_DATA, EV_FIN, EV_RST, EV_SYN, EV_SYNACK, EVF_RETRANS,
     EVF_TURN_START, Event, FlowKey,
@@ -305,6 +305,37 @@ impl Flow {
     }
 }
 
+/// An address as the kernel side keys it: IPv4 in the first 4 bytes, and
+/// the IP version. A v4-mapped IPv6 address is IPv4 (that is what goes on
+/// the wire).
+pub fn addr_bytes(ip: std::net::IpAddr) -> ([u8; 16], u8) {
+    match ip {
+        std::net::IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            (b, 4)
+        }
+        std::net::IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => addr_bytes(std::net::IpAddr::V4(v4)),
+            None => (a.octets(), 6),
+        },
+    }
+}
+
+/// The kernel's key for a connection from `local` to `remote`.
+pub fn flow_key(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> FlowKey {
+    let (l, v) = addr_bytes(local.ip());
+    let (r, _) = addr_bytes(remote.ip());
+    FlowKey {
+        local_addr: l,
+        remote_addr: r,
+        local_port: local.port(),
+        remote_port: remote.port(),
+        ip_version: v,
+        _pad: [0; 3],
+    }
+}
+
 /// A flow key's (local, remote) socket addresses.
 pub fn key_addrs(key: &FlowKey) -> (std::net::SocketAddr, std::net::SocketAddr) {
     let ip = |b: &[u8; 16]| -> std::net::IpAddr {
@@ -513,9 +544,9 @@ pub(crate) mod tests {
     fn keys_round_trip_to_addresses() {
         let l: std::net::SocketAddr = "10.0.0.1:40000".parse().unwrap();
         let r: std::net::SocketAddr = "[fd00::2]:443".parse().unwrap();
-        let k = crate::prober::flow_key(l, "10.0.0.2:80".parse().unwrap());
+        let k = crate::model::flows::flow_key(l, "10.0.0.2:80".parse().unwrap());
         assert_eq!(key_addrs(&k), (l, "10.0.0.2:80".parse().unwrap()));
-        let k = crate::prober::flow_key("[fd00::1]:5".parse().unwrap(), r);
+        let k = crate::model::flows::flow_key("[fd00::1]:5".parse().unwrap(), r);
         assert_eq!(key_addrs(&k).1, r);
     }
 
@@ -526,5 +557,27 @@ pub(crate) mod tests {
         f.push(&ev(EV_DATA, DIR_IN, 10, 5, 0, 10, EVF_TURN_START));
         assert!(f.handshake().is_none());
         assert!(f.in_covering(0).is_none());
+    }
+    #[test]
+    fn flow_keys_match_the_kernel_layout() {
+        let k = flow_key(
+            "10.0.0.1:5000".parse().unwrap(),
+            "10.0.0.2:80".parse().unwrap(),
+        );
+        assert_eq!(&k.local_addr[..4], &[10, 0, 0, 1]);
+        assert_eq!(&k.local_addr[4..], &[0; 12]);
+        assert_eq!((k.local_port, k.remote_port, k.ip_version), (5000, 80, 4));
+        let k = flow_key(
+            "[::ffff:10.0.0.1]:5000".parse().unwrap(),
+            "[::ffff:10.0.0.2]:80".parse().unwrap(),
+        );
+        assert_eq!(k.ip_version, 4);
+        assert_eq!(&k.remote_addr[..4], &[10, 0, 0, 2]);
+        let k = flow_key(
+            "[fd00::1]:5000".parse().unwrap(),
+            "[fd00::2]:80".parse().unwrap(),
+        );
+        assert_eq!(k.ip_version, 6);
+        assert_eq!(k.remote_addr[15], 2);
     }
 }

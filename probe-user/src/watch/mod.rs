@@ -1,18 +1,23 @@
 //! `synack watch`: the passive mode's main loop. Kernel events go to the
-//! tracker (passive.rs), finished requests get their owner (procs.rs), pass
+//! tracker (passive.rs), finished requests get their owner (host/procs.rs), pass
 //! the filters, and are printed; a running summary and a final one report
 //! percentiles and every loss.
 
+pub mod passive;
+
+use crate::cli::WatchArgs;
 use crate::{
-    bpf::{Kernel, Scope},
-    clock::mono_ns,
-    netif, output,
-    passive::{Done, PassiveStats, Settings, Tracker},
-    procs::{self, Cgroups, SocketOwners},
-    record::Record,
+    host::clock::mono_ns,
+    host::netif,
+    host::procs::{self, Cgroups, SocketOwners},
+    kernel::bpf::{Kernel, Scope},
+    model::record::Record,
+    output,
+    watch::passive::{Done, PassiveStats, Settings, Tracker},
 };
 use anyhow::{Context, Result};
 use ipnet::IpNet;
+use std::process::ExitCode;
 use std::{
     io::Write,
     time::{Duration, Instant},
@@ -34,7 +39,7 @@ pub struct Filters {
 impl Filters {
     /// Whether a finished, attributed record passes.
     pub fn pass(&self, r: &Record, key: &probe_common::FlowKey) -> bool {
-        let (_, remote) = crate::flows::key_addrs(key);
+        let (_, remote) = crate::model::flows::key_addrs(key);
         (self.pids.is_empty() || r.pid.is_some_and(|p| self.pids.contains(&p)))
             && (self.cgroups.is_empty()
                 || r.cgroup
@@ -143,7 +148,7 @@ impl Totals {
         // Only requests whose own measurements show it: a connection's
         // later requests inherit its verdict and say so (`evidence_from`).
         self.middlebox += r.verdict.as_ref().is_some_and(|v| {
-            v.path == crate::verdict::PathKind::Middlebox && v.evidence_from.is_none()
+            v.path == crate::model::verdict::PathKind::Middlebox && v.evidence_from.is_none()
         }) as u64;
         if let Some(b) = r.verdict.as_ref().and_then(|v| v.bottleneck) {
             self.bottlenecks[b as usize] += 1;
@@ -193,7 +198,12 @@ fn running_line(t: &Totals, st: &PassiveStats, open: usize, drops: u64) -> Strin
     )
 }
 
-fn final_summary(t: &Totals, st: &PassiveStats, k: &crate::bpf::Drops, secs: f64) -> String {
+fn final_summary(
+    t: &Totals,
+    st: &PassiveStats,
+    k: &crate::model::record::Drops,
+    secs: f64,
+) -> String {
     let mut s = format!(
         "synack watch: {} requests in {:.1} s ({} failed, {} via a middlebox); {} more \
          filtered out\n  connections: {} followed ({} open at most), {} refused, {} not HTTP/TLS (ignored)\n",
@@ -256,7 +266,8 @@ fn attribute(d: &mut Done, kernel: &Kernel, owners: &mut SocketOwners, cgroups: 
         }
     }
     if r.pid.is_none() {
-        r.pid = owners.pid_of(&d.key);
+        let (local, remote) = crate::model::flows::key_addrs(&d.key);
+        r.pid = owners.pid_of(local, remote);
         r.comm = r.pid.and_then(procs::comm);
     }
     if cg == 0
@@ -274,31 +285,54 @@ fn attribute(d: &mut Done, kernel: &Kernel, owners: &mut SocketOwners, cgroups: 
     }
 }
 
-/// Wall-clock time of day, local, with milliseconds.
-pub fn time_of_day() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs() as libc::time_t;
-    // SAFETY: zeroed tm is a valid out-parameter; localtime_r is thread-safe.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointers to a time_t and a tm.
-    unsafe { libc::localtime_r(&secs, &mut tm) };
-    format!(
-        "{:02}:{:02}:{:02}.{:03}",
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec,
-        now.subsec_millis()
-    )
+fn options(a: WatchArgs) -> Result<WatchOptions> {
+    let mut cgroups = crate::host::procs::Cgroups::new();
+    let mut paths = Vec::new();
+    for c in &a.cgroup {
+        paths.push(cgroups.resolve(c).map_err(anyhow::Error::msg)?);
+    }
+    for c in &a.container {
+        paths.push(cgroups.container(c).map_err(anyhow::Error::msg)?);
+    }
+    Ok(WatchOptions {
+        interfaces: a.interfaces.interfaces,
+        filters: Filters {
+            pids: a.pid,
+            cgroups: paths,
+            ports: a.port,
+            dsts: a.dst,
+            direction: a.direction.map(|d| match d {
+                crate::cli::Direction::Client => "client",
+                crate::cli::Direction::Server => "server",
+            }),
+        },
+        json: a.json,
+        dump_events: a.dump_events,
+        duration: a.duration,
+        summary_every: (!a.summary_every.is_zero()).then_some(a.summary_every),
+        settings: Settings {
+            keep_query: a.keep_query,
+            quiet_ns: a.quiet.as_nanos() as u64,
+            max_conns: a.max_connections,
+            ..Default::default()
+        },
+    })
+}
+
+/// `synack watch`: its flags made options, then the loop (which handles
+/// its own signals: they end it with a summary).
+pub async fn command(a: WatchArgs) -> Result<ExitCode> {
+    crate::kernel::bpf::raise_memlock();
+    run(options(a)?).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs until Ctrl-C, SIGTERM or --duration; prints the summary then.
 pub async fn run(o: WatchOptions) -> Result<()> {
     let mut kernel = Kernel::load(&o.interfaces, Scope::Everything)
-        .map_err(|e| anyhow::anyhow!(crate::bpf::help(&e)))
+        .map_err(|e| anyhow::anyhow!(crate::kernel::bpf::help(&e)))
         .context("cannot start the kernel side")?;
-    crate::privs::drop_or_warn(&crate::privs::needed(
+    crate::kernel::privs::drop_or_warn(&crate::kernel::privs::needed(
         Some(kernel.attach_mode),
         true,
         kernel.follows_new_interfaces(),
@@ -413,7 +447,7 @@ pub async fn run(o: WatchOptions) -> Result<()> {
                 } else {
                     text.push_str(&format!(
                         "{} {}",
-                        time_of_day(),
+                        crate::host::clock::time_of_day(),
                         output::watch_line(&d.record)
                     ));
                 }
@@ -492,7 +526,7 @@ mod tests {
     use super::*;
 
     fn key(l: &str, r: &str) -> probe_common::FlowKey {
-        crate::prober::flow_key(l.parse().unwrap(), r.parse().unwrap())
+        crate::model::flows::flow_key(l.parse().unwrap(), r.parse().unwrap())
     }
 
     #[test]

@@ -258,7 +258,7 @@ fn detach_if_ours(f: &Filter) -> Result<bool, String> {
     }
     // By index (the name may have changed since): no such interface, and
     // the filter went with it.
-    let Some(ifname) = crate::netif::name_of(f.ifindex) else {
+    let Some(ifname) = crate::host::netif::name_of(f.ifindex) else {
         return Ok(false);
     };
     match filter_prog_id(f.ifindex, f.ingress, f.priority, f.handle) {
@@ -274,7 +274,7 @@ fn detach_if_ours(f: &Filter) -> Result<bool, String> {
     SchedClassifierLink::attached(&ifname, dir, f.priority, TcHandle::from(f.handle), None)
         .map_err(|e| e.to_string())?
         .detach()
-        .map_err(|e| crate::record::error_chain(&e))?;
+        .map_err(|e| crate::model::record::error_chain(&e))?;
     Ok(true)
 }
 
@@ -337,7 +337,7 @@ fn parse_get_filter_reply(b: &[u8]) -> io::Result<Option<u32>> {
     let Some(body) = b.get(NLMSG_HDR + TCMSG..len) else {
         return Err(io::Error::other("short filter message"));
     };
-    let a = crate::netif::nl_attrs(body);
+    let a = crate::host::netif::nl_attrs(body);
     let kind = a.iter().find(|(t, _)| *t == TCA_KIND).map(|(_, v)| *v);
     if kind != Some(b"bpf\0") {
         return Ok(None);
@@ -345,7 +345,7 @@ fn parse_get_filter_reply(b: &[u8]) -> io::Result<Option<u32>> {
     Ok(a.iter()
         .find(|(t, _)| *t == TCA_OPTIONS)
         .and_then(|(_, opts)| {
-            crate::netif::nl_attrs(opts)
+            crate::host::netif::nl_attrs(opts)
                 .into_iter()
                 .find(|(t, v)| *t == TCA_BPF_ID && v.len() >= 4)
                 .map(|(_, v)| u32::from_ne_bytes([v[0], v[1], v[2], v[3]]))
@@ -361,7 +361,7 @@ fn filter_prog_id(
     handle: u32,
 ) -> io::Result<Option<u32>> {
     let req = get_filter_request(ifindex, ingress, priority, handle);
-    let reply = crate::netif::netlink_request(&req, std::time::Duration::from_secs(2))?;
+    let reply = crate::host::netif::netlink_request(&req, std::time::Duration::from_secs(2))?;
     parse_get_filter_reply(&reply)
 }
 

@@ -14,14 +14,14 @@
 //! pending request and the segments since its start.
 
 use crate::{
-    clock::ms_between,
-    flows::{Flow, key_addrs},
-    netif::{LocalNet, on_link},
-    record::{ErrorInfo, Record, TimelineEntry, WireTimes},
-    sniff::{self, Proto},
-    tcp::hops_from_ttl,
-    timeline::{self, ConnMarks, RequestMarks},
-    verdict::{self, Facts},
+    host::netif::{LocalNet, on_link},
+    model::flows::{Flow, key_addrs},
+    model::record::{ErrorInfo, Record, TimelineEntry, WireTimes},
+    model::sniff::{self, Proto},
+    model::tcp::hops_from_ttl,
+    model::timeline::{self, ConnMarks, RequestMarks},
+    model::units::ms_between,
+    model::verdict::{self, Facts},
 };
 use probe_common::{
     DIR_IN, DIR_OUT, EV_DATA, EV_FIN, EV_RST, EV_SYN, EVF_RETRANS, EVF_TURN_START, Event, FlowKey,
@@ -168,7 +168,7 @@ impl Tracker {
             settings,
             conns: HashMap::new(),
             nets,
-            route: crate::netif::route_via_gateway,
+            route: crate::host::netif::route_via_gateway,
             routes: HashMap::new(),
             stats: PassiveStats::default(),
         }
@@ -828,11 +828,11 @@ fn server_side(c: &Conn, p: &Pending, r: &mut Record) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flows::tests::ev;
+    use crate::model::flows::tests::ev;
     use probe_common::{EV_ACK_COVER, EV_SYNACK};
 
     fn key() -> FlowKey {
-        crate::prober::flow_key(
+        crate::model::flows::flow_key(
             "10.0.0.1:40000".parse().unwrap(),
             "10.0.0.2:80".parse().unwrap(),
         )
@@ -973,7 +973,7 @@ mod tests {
         let chl = ch.len() as u32;
         r.ev(data(DIR_OUT, 2_000, 101, chl, true, (0, 5001)), &ch);
         // ServerHello with supported_versions = TLS 1.3, then more records.
-        let sh = crate::sniff::tests::server_hello_13();
+        let sh = crate::model::sniff::tests::server_hello_13();
         r.ev(
             data(DIR_IN, 4_000, 5001, 1200, true, (2_000, 101 + chl)),
             &sh,
@@ -1025,7 +1025,7 @@ mod tests {
         let ch = sniff::tests::client_hello("a.example");
         let chl = ch.len() as u32;
         r.ev(data(DIR_OUT, 2_000, 101, chl, true, (0, 5001)), &ch);
-        let sh = crate::sniff::tests::server_hello_13();
+        let sh = crate::model::sniff::tests::server_hello_13();
         r.ev(
             data(DIR_IN, 4_000, 5001, 1000, true, (2_000, 101 + chl)),
             &sh,

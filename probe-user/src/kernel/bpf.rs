@@ -2,8 +2,9 @@
 //! where synack's programs enter and leave the kernel.
 
 use crate::{
-    events::{self, DecodeError},
-    netif::{self, Interface},
+    host::netif::{self, Interface},
+    model::events::{self, DecodeError},
+    model::record::Drops,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -94,7 +95,7 @@ impl KernelError {
 /// The error, with what to do about missing privileges.
 pub fn help(e: &KernelError) -> String {
     let refused = errno_in_chain(e, &[libc::EPERM, libc::EACCES]);
-    match crate::privs::grant_hint() {
+    match crate::host::caps::grant_hint() {
         // The verifier's log after a refusal for want of CAP_PERFMON (EACCES)
         // is noise to an operator; the missing capability is the news.
         Some(hint) if refused => format!("{}\n\n{hint}.", without_verifier_log(&e.to_string())),
@@ -128,7 +129,7 @@ fn errno_in_chain(e: &(dyn std::error::Error + 'static), errnos: &[i32]) -> bool
 /// Attaches the connect4/connect6 hooks to the cgroup v2 root this process
 /// sees; returns where, or why not (attribution then falls back to /proc).
 fn attach_connect_hooks(ebpf: &mut Ebpf) -> Result<String, String> {
-    let root = crate::procs::cgroup2_root().ok_or_else(|| {
+    let root = crate::host::procs::cgroup2_root().ok_or_else(|| {
         "no cgroup v2 hierarchy is mounted (see /proc/self/mountinfo)".to_string()
     })?;
     let dir = std::fs::File::open(&root).map_err(|e| format!("{}: {e}", root.display()))?;
@@ -147,7 +148,7 @@ fn attach_connect_hooks(ebpf: &mut Ebpf) -> Result<String, String> {
             format!(
                 "attaching {name} to {}: {}",
                 display(&root),
-                crate::record::error_chain(&e)
+                crate::model::record::error_chain(&e)
             )
         })?;
     }
@@ -156,28 +157,6 @@ fn attach_connect_hooks(ebpf: &mut Ebpf) -> Result<String, String> {
 
 fn display(p: &Path) -> String {
     p.display().to_string()
-}
-
-/// Loss counters: every way an event or a flow can go missing.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Drops {
-    /// Events lost because the ring buffer was full.
-    pub ringbuf_full: u64,
-    /// Connections not followed because the flow table was full.
-    pub flow_insert_failed: u64,
-    /// Tracked connections whose kernel state was evicted from the LRU table.
-    pub flows_evicted: u64,
-    /// IP fragments the classifiers could not read a TCP header from (not
-    /// necessarily ours; informational, not counted as loss).
-    pub fragments_skipped: u64,
-    /// Ring buffer records user space could not decode.
-    pub undecodable: u64,
-}
-
-impl Drops {
-    pub fn total(&self) -> u64 {
-        self.ringbuf_full + self.flow_insert_failed + self.flows_evicted + self.undecodable
-    }
 }
 
 /// How the classifiers were attached.
@@ -226,7 +205,7 @@ pub struct Kernel {
 struct Links {
     // Field order: links are detached before the ledger is removed.
     links: Vec<(u32, SchedClassifierLink)>,
-    book: Option<crate::leftovers::Book>,
+    book: Option<crate::kernel::leftovers::Book>,
     /// The ledger could not be written (read-only /run, say): said once.
     warned: bool,
 }
@@ -237,7 +216,7 @@ impl Links {
         let filter = link
             .priority()
             .ok()
-            .map(|priority| crate::leftovers::Filter {
+            .map(|priority| crate::kernel::leftovers::Filter {
                 ifname: i.name.clone(),
                 ifindex: i.index,
                 ingress,
@@ -253,7 +232,7 @@ impl Links {
         } else {
             match &mut self.book {
                 Some(b) => b.add(f),
-                None => crate::leftovers::Book::new().and_then(|mut b| {
+                None => crate::kernel::leftovers::Book::new().and_then(|mut b| {
                     b.add(f)?;
                     self.book = Some(b);
                     Ok(())
@@ -274,7 +253,7 @@ impl Links {
             eprintln!(
                 "synack: cannot record the tc filters it attaches in {} ({e}): if synack is \
                  killed, they stay; remove each by hand, e.g. `{hint}`",
-                crate::leftovers::dir().display()
+                crate::kernel::leftovers::dir().display()
             );
         }
     }
@@ -454,8 +433,8 @@ impl Kernel {
         }
         // The ring buffer (5.8) is the newest thing the programs need; older
         // kernels would refuse it with a bare EINVAL.
-        if let Some(rel) = crate::privs::kernel_release()
-            && crate::privs::kernel_before(&rel, (5, 8))
+        if let Some(rel) = crate::host::caps::kernel_release()
+            && crate::host::caps::kernel_before(&rel, (5, 8))
         {
             return Err(KernelError::TooOld(rel));
         }
@@ -501,7 +480,7 @@ impl Kernel {
         }
         // Attaching worked, so this process may detach filters too: remove
         // the ones a killed synack left behind (netlink mode).
-        for l in crate::leftovers::sweep(&crate::leftovers::dir()).report() {
+        for l in crate::kernel::leftovers::sweep(&crate::kernel::leftovers::dir()).report() {
             eprintln!("{l}");
         }
 
@@ -584,7 +563,7 @@ impl Kernel {
                     }
                     Err(e) => {
                         self.refused.insert(i.index);
-                        let why = crate::record::error_chain(&e);
+                        let why = crate::model::record::error_chain(&e);
                         ch.failed.push((i, why));
                     }
                 }
@@ -604,7 +583,7 @@ impl Kernel {
         let now: Vec<[u8; 16]> = netif::local_addrs()
             .map_err(KernelError::Interfaces)?
             .into_iter()
-            .map(|ip| crate::prober::addr_bytes(ip).0)
+            .map(|ip| crate::model::flows::addr_bytes(ip).0)
             .collect();
         let old: Vec<[u8; 16]> = self.local_addrs.keys().filter_map(Result::ok).collect();
         for a in old.iter().filter(|a| !now.contains(a)) {
@@ -787,6 +766,17 @@ impl Hub {
     }
 }
 
+/// Lifts RLIMIT_MEMLOCK before loading.
+pub fn raise_memlock() {
+    // Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones ignore it.
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain setrlimit with a valid struct; failure only matters on old kernels.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
+}
+
 /// How the active probe times its requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
@@ -819,7 +809,7 @@ pub fn for_mode(mode: Mode, interfaces: &[String]) -> Result<Option<Kernel>, Ker
                 Err(e)
             }
             Err(e) => {
-                let missing = crate::privs::missing_for_ebpf();
+                let missing = crate::host::caps::missing_for_ebpf();
                 let enable = if matches!(e, KernelError::TooOld(_)) {
                     String::new()
                 } else if missing.is_empty() {
@@ -831,7 +821,7 @@ pub fn for_mode(mode: Mode, interfaces: &[String]) -> Result<Option<Kernel>, Ker
                     "synack: eBPF not used ({}); timing with the sockets' own kernel timestamps \
                      instead (mode unprivileged: no SYN-ACK TTL or hops, no incoming \
                      retransmissions).{enable}",
-                    without_verifier_log(&crate::record::error_chain(&e)),
+                    without_verifier_log(&crate::model::record::error_chain(&e)),
                 );
                 Ok(None)
             }

@@ -6,7 +6,11 @@
 //! `resolve`, `connect` and `tls` are its own); the wire and verdict phases
 //! are synack's.
 
-use crate::{bpf::Drops, record::Record, targets::Target, verdict::PathKind};
+use crate::{
+    model::record::{Drops, Record},
+    model::targets::Target,
+    model::verdict::PathKind,
+};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{
@@ -596,9 +600,9 @@ pub fn datagrams(lines: &[String], max: usize) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::ErrorInfo;
-    use crate::targets::parse;
-    use crate::verdict::Verdict;
+    use crate::model::record::ErrorInfo;
+    use crate::model::targets::parse;
+    use crate::model::verdict::Verdict;
 
     fn rec() -> Record {
         let mut r = Record::new("http://h/", "GET", "ebpf");
@@ -614,7 +618,7 @@ mod tests {
         r.wire.retransmits_in = Some(0);
         r.phases.server_ms = Some(20.0);
         r.verdict = Some(Verdict {
-            bottleneck: Some(crate::verdict::Bottleneck::Server),
+            bottleneck: Some(crate::model::verdict::Bottleneck::Server),
             ..Verdict::new(PathKind::Middlebox, vec![])
         });
         r

@@ -1,7 +1,9 @@
 //! Where records become text: the human waterfall and JSON lines.
 
-use crate::record::Record;
-use crate::tcp::hops_from_ttl;
+pub mod metrics;
+
+use crate::model::record::Record;
+use crate::model::tcp::hops_from_ttl;
 use std::fmt::Write as _;
 
 fn f(ms: Option<f64>) -> String {
@@ -61,7 +63,7 @@ pub fn human(r: &Record) -> String {
             let _ = write!(
                 wire,
                 "SYN -> RST {} (the port is closed)",
-                f(Some(crate::clock::ms_between(syn, rst)))
+                f(Some(crate::model::units::ms_between(syn, rst)))
             );
         }
         if let Some(ttl) = w.synack_ttl {
@@ -123,7 +125,7 @@ pub fn human(r: &Record) -> String {
         );
     }
     if let Some(v) = &r.verdict {
-        let a = crate::verdict::Analysis {
+        let a = crate::model::verdict::Analysis {
             verdict: v.clone(),
             phases: r.phases.clone(),
             middlebox: r.middlebox.clone(),
@@ -131,7 +133,7 @@ pub fn human(r: &Record) -> String {
         let _ = writeln!(
             s,
             "\n  verdict: {}",
-            crate::verdict::sentence(&a, &r.facts())
+            crate::model::verdict::sentence(&a, &r.facts())
         );
         if let Some(i) = v.evidence_from {
             let _ = writeln!(
@@ -337,9 +339,9 @@ pub fn check_line(r: &Record) -> String {
             s,
             "  | {}",
             match v.path {
-                crate::verdict::PathKind::Direct => "direct",
-                crate::verdict::PathKind::Middlebox => "MIDDLEBOX",
-                crate::verdict::PathKind::Unknown => "path unknown",
+                crate::model::verdict::PathKind::Direct => "direct",
+                crate::model::verdict::PathKind::Middlebox => "MIDDLEBOX",
+                crate::model::verdict::PathKind::Unknown => "path unknown",
             }
         );
         if let Some(b) = v.bottleneck {
@@ -377,7 +379,7 @@ pub fn summary(records: &[Record]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{ErrorInfo, Record};
+    use crate::model::record::{ErrorInfo, Record};
 
     fn rec() -> Record {
         let mut r = Record::new("http://h/", "GET", "ebpf");
@@ -420,7 +422,7 @@ mod tests {
     fn refused_connection_shows_the_rst() {
         let mut r = Record::new("http://h:1/", "GET", "ebpf");
         for (event, t_ns) in [("syn_out", 1_000_000), ("rst_in", 1_250_000)] {
-            r.timeline.push(crate::record::TimelineEntry {
+            r.timeline.push(crate::model::record::TimelineEntry {
                 event,
                 source: "wire",
                 t_ns,

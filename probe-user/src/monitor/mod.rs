@@ -9,12 +9,12 @@
 //! `--concurrency` checks run at once; a due check waits for a free slot.
 
 use crate::{
-    bpf::{Hub, SharedKernel},
-    metrics::{self, Metrics, Outcome},
+    active::prober::{self, Family, Options, Prober},
+    kernel::bpf::{Hub, SharedKernel},
+    model::record::{ErrorInfo, Record},
+    model::targets::{self, LineError, Target},
     output,
-    prober::{self, Family, Options, Prober},
-    record::{ErrorInfo, Record},
-    targets::{self, LineError, Target},
+    output::metrics::{self, Metrics, Outcome},
 };
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -28,6 +28,25 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// `synack monitor`: its flags made options, then the loop.
+pub async fn command(m: crate::cli::MonitorArgs) -> Result<std::process::ExitCode> {
+    crate::kernel::bpf::raise_memlock();
+    run(MonitorOptions {
+        targets: m.targets,
+        interval: m.interval,
+        listen: m.listen,
+        statsd: m.statsd,
+        json: m.json,
+        concurrency: m.concurrency,
+        interfaces: m.interfaces.interfaces,
+        cacert: m.tls.cacert,
+        insecure: m.tls.insecure,
+        mode: m.mode.mode,
+    })
+    .await?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 pub struct MonitorOptions {
     pub targets: PathBuf,
     pub interval: Duration,
@@ -38,7 +57,7 @@ pub struct MonitorOptions {
     pub interfaces: Vec<String>,
     pub cacert: Option<PathBuf>,
     pub insecure: bool,
-    pub mode: crate::bpf::Mode,
+    pub mode: crate::kernel::bpf::Mode,
 }
 
 struct Slot {
@@ -191,7 +210,7 @@ fn human(target: &str, recs: &[Record], o: &Outcome) -> String {
     for r in recs {
         s.push_str(&format!(
             "{} {target}: {}{}\n",
-            crate::watch::time_of_day(),
+            crate::host::clock::time_of_day(),
             output::check_line(r),
             if o.success { "" } else { "  [FAILED]" }
         ));
@@ -240,8 +259,8 @@ async fn run_local(o: MonitorOptions) -> Result<()> {
         prober::tls_config(o.cacert.as_ref(), o.insecure)
             .context("cannot set up TLS (check --cacert)")?,
     );
-    let kernel = crate::bpf::for_mode(o.mode, &o.interfaces)
-        .map_err(|e| anyhow::anyhow!(crate::bpf::help(&e)))
+    let kernel = crate::kernel::bpf::for_mode(o.mode, &o.interfaces)
+        .map_err(|e| anyhow::anyhow!(crate::kernel::bpf::help(&e)))
         .context("cannot start the kernel side (--mode unprivileged needs no privileges)")?
         .map(Hub::shared);
     let metrics = Arc::new(Metrics::new());
@@ -273,7 +292,7 @@ async fn run_local(o: MonitorOptions) -> Result<()> {
     };
 
     // Loaded, attached and listening: drop what is no longer needed.
-    crate::privs::drop_or_warn(&crate::privs::needed(
+    crate::kernel::privs::drop_or_warn(&crate::kernel::privs::needed(
         kernel
             .as_ref()
             .and_then(|k| k.lock().ok().map(|h| h.kernel().attach_mode)),

@@ -1,10 +1,7 @@
 //! The output contract: one `Record` per HTTP request. Field names here are
 //! the JSON field names users script against (see docs/json.md).
 
-use crate::{
-    bpf::Drops,
-    verdict::{ClientStall, Middlebox, Phases, Verdict},
-};
+use crate::model::verdict::{ClientStall, Middlebox, Phases, Verdict};
 use serde::Serialize;
 
 /// Why a request failed.
@@ -219,15 +216,15 @@ impl Record {
     }
 
     /// The verdict's inputs.
-    pub fn facts(&self) -> crate::verdict::Facts {
+    pub fn facts(&self) -> crate::model::verdict::Facts {
         let w = &self.wire;
         let user_span = if self.connection_reused {
             self.at("request_start").zip(self.at("first_byte_read"))
         } else {
             self.at("connect_call").zip(self.at("first_byte_read"))
         }
-        .map(|(a, b)| crate::clock::ms_between(a, b));
-        crate::verdict::Facts {
+        .map(|(a, b)| crate::model::units::ms_between(a, b));
+        crate::model::verdict::Facts {
             index: self.request_index,
             repeats_first: true,
             unprivileged: self.mode == "unprivileged",
@@ -296,5 +293,26 @@ impl Record {
             middlebox: None,
             drops: Drops::default(),
         }
+    }
+}
+/// Loss counters: every way an event or a flow can go missing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Drops {
+    /// Events lost because the ring buffer was full.
+    pub ringbuf_full: u64,
+    /// Connections not followed because the flow table was full.
+    pub flow_insert_failed: u64,
+    /// Tracked connections whose kernel state was evicted from the LRU table.
+    pub flows_evicted: u64,
+    /// IP fragments the classifiers could not read a TCP header from (not
+    /// necessarily ours; informational, not counted as loss).
+    pub fragments_skipped: u64,
+    /// Ring buffer records user space could not decode.
+    pub undecodable: u64,
+}
+
+impl Drops {
+    pub fn total(&self) -> u64 {
+        self.ringbuf_full + self.flow_insert_failed + self.flows_evicted + self.undecodable
     }
 }

@@ -1,16 +1,12 @@
-//! Least privilege: once the kernel side is loaded and attached, synack
-//! gives up every capability it no longer needs, so the long-running part
-//! (requests, parsing of untrusted bytes, the metrics endpoint) runs with
-//! as little as possible. Map reads and writes through the descriptors it
-//! holds need no capability; detaching tcx and cgroup links is closing them.
+//! Capabilities and the kernel release: what this process may do with
+//! eBPF, and how to tell an operator what is missing.
 
-use crate::bpf::AttachMode;
-use caps::{CapSet, Capability, CapsHashSet};
+use caps::{CapSet, Capability};
 
 /// Kernels before 6.0 refuse every bpf() command without CAP_BPF when
 /// unprivileged BPF is disabled, map reads and writes through a descriptor
 /// included; later ones only refuse creating maps and loading programs.
-fn map_ops_need_cap_bpf() -> bool {
+pub fn map_ops_need_cap_bpf() -> bool {
     kernel_release().is_none_or(|rel| kernel_before(&rel, (6, 0)))
 }
 
@@ -36,27 +32,6 @@ pub fn kernel_before(release: &str, v: (u32, u32)) -> bool {
         (Some(a), Some(b)) => (a, b) < v,
         _ => true,
     }
-}
-
-/// What is still needed after loading, and why.
-/// `follow_new`: the kernel side attaches to interfaces that come up later
-/// (watch without -i), which takes CAP_NET_ADMIN.
-pub fn needed(attach: Option<AttachMode>, watch: bool, follow_new: bool) -> Vec<Capability> {
-    let mut keep = Vec::new();
-    if attach.is_some() && map_ops_need_cap_bpf() {
-        keep.push(Capability::CAP_BPF);
-    }
-    if attach == Some(AttachMode::Netlink) || (attach.is_some() && follow_new) {
-        // clsact filters are removed over netlink at exit; new interfaces
-        // are attached to as they come.
-        keep.push(Capability::CAP_NET_ADMIN);
-    }
-    if watch {
-        // Naming the process behind a server-side socket reads other
-        // users' /proc/PID/fd, a ptrace-mode check.
-        keep.push(Capability::CAP_SYS_PTRACE);
-    }
-    keep
 }
 
 /// What loading and attaching takes: CAP_BPF (maps, programs), CAP_PERFMON
@@ -107,57 +82,9 @@ pub fn grant_hint() -> Option<String> {
     ))
 }
 
-/// Keeps only `keep` in the permitted and effective sets (the inheritable
-/// and ambient sets are cleared), for this thread and every thread it
-/// starts from now on. Returns what was dropped.
-pub fn drop_all_but(keep: &[Capability]) -> Result<Vec<Capability>, caps::errors::CapsError> {
-    let before = caps::read(None, CapSet::Permitted)?;
-    let keep: CapsHashSet = keep
-        .iter()
-        .copied()
-        .filter(|c| before.contains(c))
-        .collect();
-    let mut dropped: Vec<Capability> = before.difference(&keep).copied().collect();
-    dropped.sort_by_key(|c| c.index());
-    caps::clear(None, CapSet::Ambient)?;
-    caps::clear(None, CapSet::Inheritable)?;
-    caps::set(None, CapSet::Effective, &keep)?;
-    caps::set(None, CapSet::Permitted, &keep)?;
-    Ok(dropped)
-}
-
-/// `drop_all_but`, with a warning instead of an error: running with more
-/// privileges than needed is worse, not broken.
-pub fn drop_or_warn(keep: &[Capability]) {
-    if let Err(e) = drop_all_but(keep) {
-        eprintln!("synack: could not drop capabilities after attaching ({e}); running with them");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn what_each_mode_keeps() {
-        let bpf = map_ops_need_cap_bpf();
-        let with = |mut v: Vec<Capability>| {
-            if bpf {
-                v.insert(0, Capability::CAP_BPF);
-            }
-            v
-        };
-        assert_eq!(needed(Some(AttachMode::Tcx), false, false), with(vec![]));
-        assert_eq!(
-            needed(Some(AttachMode::Netlink), false, false),
-            with(vec![Capability::CAP_NET_ADMIN])
-        );
-        assert_eq!(
-            needed(Some(AttachMode::Tcx), true, true),
-            with(vec![Capability::CAP_NET_ADMIN, Capability::CAP_SYS_PTRACE])
-        );
-        assert_eq!(needed(None, true, true), [Capability::CAP_SYS_PTRACE]);
-    }
 
     #[test]
     fn kernel_releases() {

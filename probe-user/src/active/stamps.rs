@@ -17,7 +17,7 @@
 //! this mode cannot see (SYN and SYN-ACK times, TTL, the MSS option,
 //! incoming retransmissions) stays null.
 
-use crate::flows::{Flow, Seg};
+use crate::model::flows::{Flow, Seg};
 use probe_common::FlowKey;
 use std::{io, os::fd::RawFd};
 
@@ -214,7 +214,7 @@ pub fn real_to_mono(real: u64, mono_minus_real: i64) -> u64 {
 impl Stamps {
     pub fn new() -> Self {
         Stamps {
-            mono_minus_real: crate::events::mono_minus_real(),
+            mono_minus_real: crate::model::events::mono_minus_real(),
             ..Default::default()
         }
     }

@@ -108,7 +108,7 @@ mod tests {
 
     pub(crate) fn sample() -> Event {
         // An incoming data event at t=123: seq 1, ack 2, 3 bytes.
-        let mut ev = crate::flows::tests::ev(EV_DATA, 1, 123, 1, 2, 3, 0);
+        let mut ev = crate::model::flows::tests::ev(EV_DATA, 1, 123, 1, 2, 3, 0);
         ev.cookie = 9;
         ev.ifindex = 4;
         ev.window = 5;

@@ -1,0 +1,377 @@
+//! The command line: clap's schema for `synack URL...`, `synack watch` and
+//! `synack monitor`. Flags that more than one command takes are declared
+//! once, in a group each command flattens; ranges are checked by clap's
+//! value parsers. Each command runs itself (probe/, watch/, monitor/).
+
+use crate::active::prober::Resolve;
+use clap::Parser;
+use std::{path::PathBuf, time::Duration};
+
+/// Times an HTTP(S) request on the wire and in user space, side by side.
+///
+/// synack makes the request itself, on a socket whose SYN, SYN-ACK, request
+/// and response segments are timestamped in the kernel by tc classifiers
+/// (eBPF), so you see the network's share (handshake RTT, SYN-ACK TTL and
+/// hops, data RTT, retransmissions), the server's (wire TTFB) and your local
+/// stack's (user minus wire) for every request.
+///
+/// With CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or root, sudo) it times
+/// packets with eBPF; without them it says so and falls back to the
+/// sockets' own kernel timestamps (--mode unprivileged: no TTL or hops).
+///
+/// Examples:
+///   sudo synack https://example.com/
+///   sudo synack --count 5 --interval 1s --json http://10.0.0.2:8080/health
+///   sudo synack --reuse 2 --resolve api.internal:443:10.0.0.7 https://api.internal/
+///   sudo synack watch --port 443          (every request the host makes or serves)
+#[derive(Parser, Debug)]
+#[command(
+    name = "synack",
+    version,
+    verbatim_doc_comment,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Option<Cmd>,
+
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+}
+
+/// `synack URL...`: the active probe's flags.
+#[derive(clap::Args, Debug)]
+pub struct ProbeArgs {
+    /// URLs to request (http:// or https://), one after the other.
+    #[arg(required = true, value_name = "URL")]
+    pub urls: Vec<String>,
+
+    /// HTTP method (default GET, or POST with --data).
+    #[arg(short = 'X', long = "request", value_name = "METHOD")]
+    pub method: Option<String>,
+
+    /// Extra request header, "Name: value"; may be repeated.
+    #[arg(short = 'H', long = "header", value_name = "HEADER")]
+    pub headers: Vec<String>,
+
+    /// Request body; "@FILE" reads it from a file.
+    #[arg(short = 'd', long = "data", value_name = "DATA")]
+    pub data: Option<String>,
+
+    /// Give up on a connection (DNS to last byte) after this long, e.g. 5, 2.5s, 300ms.
+    #[arg(short = 'm', long = "max-time", value_name = "TIME", value_parser = parse_duration)]
+    pub max_time: Option<Duration>,
+
+    /// Follow redirects; each hop gets its own timeline.
+    #[arg(short = 'L', long = "location")]
+    pub follow: bool,
+
+    /// Most redirects to follow with -L.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub max_redirs: u32,
+
+    /// Repeat each URL N times, each on a fresh connection.
+    #[arg(short = 'n', long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub count: u32,
+
+    /// Pause between repetitions of --count, e.g. 1s, 250ms.
+    #[arg(long, default_value = "0", value_name = "TIME", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// Send N requests on one keep-alive connection; the first pays for the
+    /// handshake, the others show what a warm connection costs.
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub reuse: u32,
+
+    /// Use ADDR for HOST:PORT instead of DNS (as curl's --resolve); repeatable.
+    #[arg(long, value_name = "HOST:PORT:ADDR")]
+    pub resolve: Vec<Resolve>,
+
+    /// Use IPv4 addresses only.
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    pub ipv4: bool,
+
+    /// Use IPv6 addresses only.
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
+    #[command(flatten)]
+    pub interfaces: Interfaces,
+
+    /// Print one JSON object per request, one per line (see docs/json.md).
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub mode: ModeArg,
+
+    /// After each connection, send TTL-limited SYNs (TTL 1, 2, ...) to find
+    /// how many hops away the TCP endpoint is: a middlebox answers before
+    /// the origin could. A few extra connection attempts per URL.
+    #[arg(long)]
+    pub path_probe: bool,
+
+    /// Print every kernel event of synack's connections to stderr (debugging).
+    #[arg(long, hide = true)]
+    pub dump_events: bool,
+
+    /// Treat HTTP statuses >= 400 as failures (exit status 1).
+    #[arg(short = 'f', long)]
+    pub fail: bool,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Cmd {
+    Watch(WatchArgs),
+    Monitor(MonitorArgs),
+}
+
+/// Checks a list of URLs on schedule and exports the breakdown and the
+/// verdict as metrics: Prometheus on --listen, DogStatsD on --statsd.
+///
+/// The targets file has one URL a line, with options after it:
+///
+///   # comments are fine
+///   https://api.example.com/health  name=api tag=env:prod
+///   http://10.0.0.7:8080/ready      expect=2xx reuse=2 timeout=3s
+///   https://api.example.com/orders  method=POST header="Content-Type: application/json" data='{}' expect=201
+///
+/// Options: name= (the metrics' target label; default the URL), tag=k:v,
+/// method=, header=, data=, expect= (200, 2xx, or 200,204; default 200-399),
+/// reuse=N, timeout= (default the interval, at most 10 s), interval=. A
+/// broken line is reported with its number and skipped. The file is re-read
+/// when it changes and on SIGHUP, without losing the metrics of targets
+/// that stay.
+///
+/// Each target's first check starts at a random point of its first interval;
+/// a check still running when the next is due is skipped (counted), never
+/// stacked; at most --concurrency run at once. A failed check is a result.
+///
+/// Examples:
+///   sudo synack monitor --targets /etc/synack/targets.txt
+///   sudo synack monitor --targets targets.txt --interval 15s --listen 0.0.0.0:9777 --statsd 127.0.0.1:8125
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct MonitorArgs {
+    /// The targets file (one URL a line, with options; see above).
+    #[arg(long, value_name = "FILE")]
+    pub targets: PathBuf,
+
+    /// Time between two checks of a target (a target's interval= overrides it).
+    #[arg(long, default_value = "30s", value_name = "TIME", value_parser = parse_positive_duration)]
+    pub interval: Duration,
+
+    /// Where to serve Prometheus metrics (/metrics). Loopback by default:
+    /// give 0.0.0.0:9777 or [::]:9777 to let others scrape it.
+    #[arg(long, default_value = "127.0.0.1:9777", value_name = "ADDR:PORT")]
+    pub listen: std::net::SocketAddr,
+
+    /// Also send DogStatsD metrics over UDP to this agent (e.g. 127.0.0.1:8125).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub statsd: Option<String>,
+
+    /// Print every check's records as JSON lines (with "target" and "tags").
+    #[arg(long)]
+    pub json: bool,
+
+    /// Most checks running at once.
+    #[arg(long, default_value_t = 8, value_name = "N", value_parser = at_least_one)]
+    pub concurrency: usize,
+
+    #[command(flatten)]
+    pub interfaces: Interfaces,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
+    #[command(flatten)]
+    pub mode: ModeArg,
+}
+
+/// Times every HTTP request this host makes or serves, as it happens,
+/// without touching the programs that make them.
+///
+/// Every TCP connection opened or accepted in this network namespace is
+/// followed by the same kernel timestamps as the active probe. Plain
+/// HTTP/1.x requests show method, path (query string dropped unless
+/// --keep-query; no header but Host is ever kept) and status; TLS shows the
+/// server name (SNI). Each request on a keep-alive connection is its own
+/// line, with the process (pid, name) and cgroup that owns the connection.
+/// Ctrl-C (or --duration) ends it with percentiles and loss counts.
+///
+/// Filters of different kinds must all match; repeated values of one kind
+/// match any of them.
+///
+/// Examples:
+///   sudo synack watch
+///   sudo synack watch --port 443 --duration 60 --json > requests.jsonl
+///   sudo synack watch --container 3f2a9c1b --dst 10.0.0.0/8
+///   sudo synack watch --direction server --port 8080
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct WatchArgs {
+    /// Only connections owned by this process id; repeatable.
+    #[arg(long, value_name = "PID")]
+    pub pid: Vec<u32>,
+
+    /// Only connections of processes in this cgroup (v2) or below it: a path
+    /// under the cgroup mount, or relative to it; repeatable.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Vec<String>,
+
+    /// Only connections of this container (its id or a unique part of it,
+    /// found through its cgroup: docker, containerd, cri-o, podman); repeatable.
+    #[arg(long, value_name = "ID")]
+    pub container: Vec<String>,
+
+    /// Only connections with this local or remote port; repeatable.
+    #[arg(long, value_name = "N")]
+    pub port: Vec<u16>,
+
+    /// Only connections whose peer is in this network (10.0.0.0/8,
+    /// fd00::/8, or one address); repeatable.
+    #[arg(long, value_name = "CIDR", value_parser = parse_net)]
+    pub dst: Vec<ipnet::IpNet>,
+
+    /// Only connections this host opened (client) or accepted (server).
+    #[arg(long, value_enum, value_name = "SIDE")]
+    pub direction: Option<Direction>,
+
+    /// Print one JSON object per request, one per line (see docs/json.md);
+    /// the summary goes to stderr.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Stop after this long, e.g. 30, 2m (default: until Ctrl-C or SIGTERM).
+    #[arg(long, value_name = "TIME", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Keep query strings in paths (they can carry tokens, so they are
+    /// dropped by default).
+    #[arg(long)]
+    pub keep_query: bool,
+
+    #[command(flatten)]
+    pub interfaces: Interfaces,
+
+    /// Print a running summary to stderr this often (human output); 0 turns it off.
+    #[arg(long, default_value = "10s", value_name = "TIME", value_parser = parse_duration)]
+    pub summary_every: Duration,
+
+    /// Report a request once its connection has been idle this long after
+    /// the response began (an idle keep-alive connection).
+    #[arg(long, default_value = "500ms", value_name = "TIME", value_parser = parse_duration)]
+    pub quiet: Duration,
+
+    /// Most connections followed at once; past it the longest idle one is
+    /// dropped (and counted in the summary).
+    #[arg(long, default_value_t = 65536, value_name = "N", value_parser = at_least_one)]
+    pub max_connections: usize,
+
+    /// Print every kernel event to stderr (debugging).
+    #[arg(long, hide = true)]
+    pub dump_events: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Direction {
+    Client,
+    Server,
+}
+
+/// Which interfaces the kernel side attaches to.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Interfaces {
+    /// Attach to these interfaces only (default: every interface that is up); repeatable.
+    #[arg(short = 'i', long = "interface", value_name = "IFACE")]
+    pub interfaces: Vec<String>,
+}
+
+/// Whose certificates to trust.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TlsArgs {
+    /// Trust only the CA certificates in this PEM file (replaces the system roots).
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+
+    /// Do not verify the server's certificate.
+    #[arg(short = 'k', long)]
+    pub insecure: bool,
+}
+
+/// How requests are timed.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct ModeArg {
+    /// How to time: ebpf (kernel packet timestamps; needs CAP_BPF,
+    /// CAP_NET_ADMIN, CAP_PERFMON), unprivileged (the sockets' own kernel
+    /// timestamps: no privileges, no TTL), or auto (eBPF, else unprivileged).
+    #[arg(long, value_enum, default_value = "auto", value_name = "MODE")]
+    pub mode: crate::kernel::bpf::Mode,
+}
+
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not a network (examples: 10.0.0.0/8, fd00::/8, 192.0.2.7)"))
+}
+
+/// A duration as the targets file writes it: 5, 2.5s, 300ms, 1m.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::model::targets::parse_duration(s, true)
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be above zero".into()),
+        d => Ok(d),
+    }
+}
+
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("2.5s").unwrap(), Duration::from_millis(2500));
+        assert_eq!(parse_duration("300ms").unwrap(), Duration::from_millis(300));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ranges_are_checked_by_clap() {
+        for bad in [
+            &["synack", "--count", "0", "http://h/"][..],
+            &["synack", "--reuse", "0", "http://h/"],
+            &["synack", "monitor", "--targets", "t", "--concurrency", "0"],
+            &["synack", "monitor", "--targets", "t", "--interval", "0"],
+            &["synack", "watch", "--max-connections", "0"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+        assert!(Cli::try_parse_from(["synack", "--count", "2", "http://h/"]).is_ok());
+    }
+}

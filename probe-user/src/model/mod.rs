@@ -1,0 +1,13 @@
+//! The pure core: what synack knows, with no I/O. Everything here is
+//! unit-tested without root or a kernel, and the parsers of untrusted bytes
+//! are fuzzed (fuzz/).
+
+pub mod events;
+pub mod flows;
+pub mod record;
+pub mod sniff;
+pub mod targets;
+pub mod tcp;
+pub mod timeline;
+pub mod units;
+pub mod verdict;

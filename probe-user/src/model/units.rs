@@ -1,0 +1,17 @@
+//! Units shared by the timeline, the record and the output.
+
+/// Milliseconds between two CLOCK_MONOTONIC nanosecond stamps (b - a), as a float.
+pub fn ms_between(a: u64, b: u64) -> f64 {
+    (b as i128 - a as i128) as f64 / 1e6
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ms_between_signs() {
+        assert_eq!(ms_between(1_000_000, 3_500_000), 2.5);
+        assert_eq!(ms_between(3_000_000, 1_000_000), -2.0);
+    }
+}
