@@ -379,9 +379,9 @@ impl Seen {
             let p = *c
                 .iter()
                 .filter(|p| out(p) == from_client && p.payload_len > 0)
-                .min_by_key(|p| (p.ts_ns - syn.ts_ns).abs_diff(at))
+                .min_by_key(|p| p.ts_ns.saturating_sub(syn.ts_ns).abs_diff(at))
                 .context("no payload segment in the client's capture")?;
-            let off = (p.ts_ns - syn.ts_ns).abs_diff(at);
+            let off = p.ts_ns.saturating_sub(syn.ts_ns).abs_diff(at);
             anyhow::ensure!(
                 off < 1_000_000,
                 "the client's capture has no segment within 1 ms of synack's ({off} ns)"
