@@ -244,12 +244,12 @@ pub const MAX_REGISTERED: u32 = 4096;
 /// Ring buffer size in bytes (a power of two, a multiple of the page size).
 pub const RINGBUF_BYTES: u32 = 1 << 20;
 
-const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<FlowState>() == 64);
-const _: () = assert!(core::mem::size_of::<Event>() == 152);
-const _: () = assert!(core::mem::size_of::<SnapEvent>() == 152 + SNAP_BYTES);
-const _: () = assert!(core::mem::size_of::<Owner>() == 32);
-const _: () = assert!(core::mem::align_of::<Event>() == 8);
+const _: () = assert!(size_of::<FlowKey>() == 40);
+const _: () = assert!(size_of::<FlowState>() == 64);
+const _: () = assert!(size_of::<Event>() == 152);
+const _: () = assert!(size_of::<SnapEvent>() == 152 + SNAP_BYTES);
+const _: () = assert!(size_of::<Owner>() == 32);
+const _: () = assert!(align_of::<Event>() == 8);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -504,7 +504,7 @@ mod tests {
     #[tokio::test]
     async fn stamped_stream_records_kernel_times() {
         let (client, mut server) = pair().await;
-        crate::active::stamps::enable(client.as_raw_fd()).unwrap();
+        stamps::enable(client.as_raw_fd()).unwrap();
         let log: SharedLog = Arc::default();
         let mut raw = RawStream::new(client, log.clone(), false, true);
         // The kernel turns receive stamping on asynchronously (a static key
@@ -547,7 +547,7 @@ mod tests {
             let enough = {
                 let mut l = lock(&log);
                 let s = l.stamps.as_mut().unwrap();
-                crate::active::stamps::drain_errqueue(fd, s);
+                stamps::drain_errqueue(fd, s);
                 s.tx.iter()
                     .any(|&(k, kind, _)| k as u64 == want && kind == 2)
             };

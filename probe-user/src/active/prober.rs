@@ -578,7 +578,10 @@ impl Prober {
         ConnOutcome { records, redirect }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one request's whole context; a struct would only rename them"
+    )]
     async fn exchange(
         &mut self,
         t: &Target,
@@ -877,10 +880,10 @@ fn unprivileged_wire(
             None => c.connect_done,
         });
         if let (Some(sa), Some(t)) = (synack, request_out) {
-            let f = s.flow(probe_common::FlowKey::default());
+            let f = s.flow(FlowKey::default());
             w.client_turns_ms = Some(crate::model::units::ms_between(
                 0,
-                crate::model::timeline::client_turns(&f, sa, t, conn.is_some_and(|c| c.tls13)),
+                timeline::client_turns(&f, sa, t, conn.is_some_and(|c| c.tls13)),
             ));
         }
     }
@@ -919,7 +922,7 @@ fn join_location(base: &url::Url, loc: &str) -> String {
         .unwrap_or_else(|_| loc.to_string())
 }
 
-async fn with_deadline<F: std::future::Future>(
+async fn with_deadline<F: Future>(
     deadline: Option<Instant>,
     phase: &str,
     f: F,

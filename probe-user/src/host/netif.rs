@@ -48,9 +48,9 @@ pub fn name_of(index: u32) -> Option<String> {
 /// All interfaces in this network namespace.
 pub fn list() -> io::Result<Vec<Interface>> {
     let sock = Socket::dgram()?;
+    let mut out = Vec::new();
     // SAFETY: if_nameindex returns a heap array terminated by a zero entry,
     // freed below with if_freenameindex; we copy names out before freeing.
-    let mut out = Vec::new();
     unsafe {
         let head = libc::if_nameindex();
         if head.is_null() {
@@ -97,9 +97,8 @@ pub fn local_nets() -> io::Result<Vec<LocalNet>> {
         // SAFETY: p is a node of the list getifaddrs returned.
         let ifa = unsafe { &*p };
         // SAFETY: addresses point to sockaddr structures of the family they name.
-        if let (Some(a), Some(m)) =
-            unsafe { (sockaddr_ip(ifa.ifa_addr), sockaddr_ip(ifa.ifa_netmask)) }
-        {
+        let addrs = unsafe { (sockaddr_ip(ifa.ifa_addr), sockaddr_ip(ifa.ifa_netmask)) };
+        if let (Some(a), Some(m)) = addrs {
             let prefix = match m {
                 std::net::IpAddr::V4(m) => u32::from(m).count_ones() as u8,
                 std::net::IpAddr::V6(m) => u128::from(m).count_ones() as u8,
@@ -266,7 +265,7 @@ pub fn netlink_request(req: &[u8], timeout: std::time::Duration) -> io::Result<V
             libc::SOL_SOCKET,
             libc::SO_RCVTIMEO,
             (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            size_of::<libc::timeval>() as libc::socklen_t,
         )
     };
     // SAFETY: sending our own buffer on our socket (no address: the kernel).

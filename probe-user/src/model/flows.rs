@@ -544,9 +544,9 @@ pub(crate) mod tests {
     fn keys_round_trip_to_addresses() {
         let l: std::net::SocketAddr = "10.0.0.1:40000".parse().unwrap();
         let r: std::net::SocketAddr = "[fd00::2]:443".parse().unwrap();
-        let k = crate::model::flows::flow_key(l, "10.0.0.2:80".parse().unwrap());
+        let k = flow_key(l, "10.0.0.2:80".parse().unwrap());
         assert_eq!(key_addrs(&k), (l, "10.0.0.2:80".parse().unwrap()));
-        let k = crate::model::flows::flow_key("[fd00::1]:5".parse().unwrap(), r);
+        let k = flow_key("[fd00::1]:5".parse().unwrap(), r);
         assert_eq!(key_addrs(&k).1, r);
     }
 

@@ -286,7 +286,7 @@ fn attribute(d: &mut Done, kernel: &Kernel, owners: &mut SocketOwners, cgroups: 
 }
 
 fn options(a: WatchArgs) -> Result<WatchOptions> {
-    let mut cgroups = crate::host::procs::Cgroups::new();
+    let mut cgroups = Cgroups::new();
     let mut paths = Vec::new();
     for c in &a.cgroup {
         paths.push(cgroups.resolve(c).map_err(anyhow::Error::msg)?);

@@ -973,7 +973,7 @@ mod tests {
         let chl = ch.len() as u32;
         r.ev(data(DIR_OUT, 2_000, 101, chl, true, (0, 5001)), &ch);
         // ServerHello with supported_versions = TLS 1.3, then more records.
-        let sh = crate::model::sniff::tests::server_hello_13();
+        let sh = sniff::tests::server_hello_13();
         r.ev(
             data(DIR_IN, 4_000, 5001, 1200, true, (2_000, 101 + chl)),
             &sh,
@@ -1025,7 +1025,7 @@ mod tests {
         let ch = sniff::tests::client_hello("a.example");
         let chl = ch.len() as u32;
         r.ev(data(DIR_OUT, 2_000, 101, chl, true, (0, 5001)), &ch);
-        let sh = crate::model::sniff::tests::server_hello_13();
+        let sh = sniff::tests::server_hello_13();
         r.ev(
             data(DIR_IN, 4_000, 5001, 1000, true, (2_000, 101 + chl)),
             &sh,
