@@ -1,0 +1,152 @@
+//! Where an event is written to the ring buffer (a failed reserve is
+//! counted), with a payload snapshot where passive mode asked for one.
+
+use super::*;
+
+/// What an event says beyond the packet itself.
+pub(crate) struct Ctx {
+    /// CLOCK_MONOTONIC ns the packet was seen.
+    pub(crate) now: u64,
+    pub(crate) cookie: u64,
+    pub(crate) dir: u8,
+    /// The other direction's last data time and highest sequence number.
+    pub(crate) peer_last_ns: u64,
+    pub(crate) peer_high: u32,
+    /// Socket cgroup id (egress), else 0.
+    pub(crate) cgroup_id: u64,
+}
+
+#[inline(always)]
+pub(crate) fn event(
+    ctx: &TcContext,
+    p: &Pkt,
+    key: &FlowKey,
+    c: &Ctx,
+    kind: u8,
+    ev_flags: u8,
+) -> Event {
+    Event {
+        ts_ns: c.now,
+        cookie: c.cookie,
+        key: *key,
+        seq: p.seq,
+        ack: p.ack,
+        payload_len: p.payload_len,
+        ifindex: ifindex(ctx),
+        window: p.window,
+        kind,
+        dir: c.dir,
+        tcp_flags: p.flags,
+        ttl: p.ttl,
+        ev_flags,
+        opt_len: 0,
+        options: [0; 40],
+        // SAFETY: the context pointer is valid for the whole program run.
+        skb_tstamp: unsafe { (*skb(ctx)).tstamp },
+        cgroup_id: c.cgroup_id,
+        peer_last_ns: c.peer_last_ns,
+        peer_high: c.peer_high,
+        snap_len: 0,
+        // SAFETY: as above.
+        skb_tstamp_type: unsafe { (*skb(ctx)).tstamp_type },
+        _pad: 0,
+    }
+}
+
+/// Submit flags: no wakeup of user space per event (that wakeup, an
+/// irq_work, would sit in the packet's path and delay it, and with it the
+/// next timestamps); user space drains on a short timer instead. A ring a
+/// quarter full wakes it at once.
+#[inline(always)]
+pub(crate) fn submit_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= (RINGBUF_BYTES / 4) as u64 {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+#[inline(always)]
+pub(crate) fn emit(ctx: &TcContext, p: &Pkt, key: &FlowKey, c: &Ctx, kind: u8, ev_flags: u8) {
+    if kind == EV_DATA && ev_flags & EVF_TURN_START != 0 && config() & CFG_SNAPSHOT != 0 {
+        emit_snap(ctx, p, key, c, ev_flags);
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(STAT_RINGBUF_FULL);
+        return;
+    };
+    entry.write(event(ctx, p, key, c, kind, ev_flags));
+    // SAFETY: the entry was fully initialised just above.
+    let ev = unsafe { entry.assume_init_mut() };
+    if kind == EV_SYN || kind == EV_SYNACK {
+        // Options are read 4 bytes at a time (their length is a multiple of 4)
+        // so every load has a constant size the verifier can check.
+        let mut n = 0u8;
+        for i in 0..10usize {
+            if i * 4 >= p.opt_len {
+                break;
+            }
+            match read::<[u8; 4]>(ctx, p.opt_off + i * 4) {
+                Ok(b) => {
+                    ev.options[i * 4..i * 4 + 4].copy_from_slice(&b);
+                    n += 4;
+                }
+                Err(()) => break,
+            }
+        }
+        ev.opt_len = n;
+    }
+    entry.submit(submit_flags());
+}
+
+/// A turn-start data event with the payload's first bytes after it.
+#[inline(always)]
+pub(crate) fn emit_snap(ctx: &TcContext, p: &Pkt, key: &FlowKey, c: &Ctx, ev_flags: u8) {
+    let Some(mut entry) = EVENTS.reserve::<SnapEvent>(0) else {
+        count(STAT_RINGBUF_FULL);
+        return;
+    };
+    let slot = entry.as_mut_ptr();
+    // SAFETY: `slot` points to reserved ring-buffer memory of SnapEvent's
+    // size; the event part is written whole here, the bytes below.
+    unsafe { core::ptr::addr_of_mut!((*slot).ev).write(event(ctx, p, key, c, EV_DATA, ev_flags)) };
+    let avail = (ctx.len() as usize).saturating_sub(p.payload_off);
+    let mut n = p.payload_len as usize;
+    if n > avail {
+        n = avail;
+    }
+    if n > SNAP_BYTES {
+        n = SNAP_BYTES;
+    }
+    let got = if n > 0 {
+        read_into(ctx, p.payload_off, slot, n)
+    } else {
+        0
+    };
+    // SAFETY: as above; the rest of `snap` past `got` is left as reserved
+    // (user space reads only `snap_len` bytes).
+    unsafe { (*slot).ev.snap_len = got as u16 };
+    // SAFETY: every byte user space reads was written above.
+    unsafe { entry.assume_init_mut() };
+    entry.submit(submit_flags());
+}
+
+#[inline(always)]
+pub(crate) fn emit_all(ctx: &TcContext, p: &Pkt, key: &FlowKey, c: &Ctx, e: &flow::Emits) {
+    if let Some(f) = e.synack {
+        emit(ctx, p, key, c, EV_SYNACK, f);
+    }
+    if e.rst {
+        emit(ctx, p, key, c, EV_RST, 0);
+    }
+    if e.ack_cover {
+        emit(ctx, p, key, c, EV_ACK_COVER, 0);
+    }
+    if let Some(f) = e.data {
+        emit(ctx, p, key, c, EV_DATA, f);
+    }
+    if e.fin {
+        emit(ctx, p, key, c, EV_FIN, 0);
+    }
+}
