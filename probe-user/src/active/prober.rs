@@ -7,7 +7,7 @@ use crate::{
     host::clock::mono_ns,
     kernel::bpf::{Hub, Kernel, SharedKernel},
     model::flows::{Flow, flow_key},
-    model::record::{ErrorInfo, Record},
+    model::record::{ErrorInfo, ErrorKind, Record},
     model::timeline::{self, ConnMarks, RequestMarks},
 };
 use bytes::Bytes;
@@ -47,10 +47,15 @@ pub struct Resolve {
     pub addr: IpAddr,
 }
 
+/// A --resolve argument that is not HOST:PORT:ADDR.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("expected HOST:PORT:ADDR (as curl's --resolve), got {0:?}")]
+pub struct BadResolve(String);
+
 impl std::str::FromStr for Resolve {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let err = || format!("expected HOST:PORT:ADDR (as curl's --resolve), got {s:?}");
+    type Err = BadResolve;
+    fn from_str(s: &str) -> Result<Self, BadResolve> {
+        let err = || BadResolve(s.to_string());
         let (host, rest) = s.split_once(':').ok_or_else(err)?;
         let (port, addr) = rest.split_once(':').ok_or_else(err)?;
         let addr = addr.trim_start_matches('[').trim_end_matches(']');
@@ -179,14 +184,18 @@ struct Target {
 }
 
 fn parse_target(s: &str) -> Result<Target, ErrorInfo> {
-    let url = url::Url::parse(s)
-        .map_err(|e| ErrorInfo::new("invalid_url", format!("cannot parse URL {s:?}: {e}")))?;
+    let url = url::Url::parse(s).map_err(|e| {
+        ErrorInfo::new(
+            ErrorKind::InvalidUrl,
+            format!("cannot parse URL {s:?}: {e}"),
+        )
+    })?;
     let tls = match url.scheme() {
         "http" => false,
         "https" => true,
         other => {
             return Err(ErrorInfo::new(
-                "unsupported_scheme",
+                ErrorKind::UnsupportedScheme,
                 format!("scheme {other:?} is not supported: use http:// or https://"),
             ));
         }
@@ -196,7 +205,7 @@ fn parse_target(s: &str) -> Result<Target, ErrorInfo> {
         Some(h) => h.to_string(),
         None => {
             return Err(ErrorInfo::new(
-                "invalid_url",
+                ErrorKind::InvalidUrl,
                 format!("URL {s:?} has no host"),
             ));
         }
@@ -220,6 +229,8 @@ pub struct Prober {
     mode: &'static str,
     /// Where this process's CPU throttling is counted (found once).
     cpu: crate::host::cpustat::CpuSources,
+    /// --dump-events lines not yet taken (`take_dump`).
+    dump: Vec<String>,
 }
 
 /// A request that completed.
@@ -258,11 +269,11 @@ impl From<ErrorInfo> for Failed {
 fn http_error(e: &hyper::Error) -> ErrorInfo {
     let msg = crate::model::record::error_chain(e);
     let kind = if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
-        "io"
+        ErrorKind::Io
     } else if e.is_parse() || e.is_parse_status() {
-        "http"
+        ErrorKind::Http
     } else {
-        "io"
+        ErrorKind::Io
     };
     ErrorInfo::new(kind, msg)
 }
@@ -297,7 +308,14 @@ impl Prober {
             opts,
             mode,
             cpu: crate::host::cpustat::CpuSources::find(),
+            dump: Vec::new(),
         }
+    }
+
+    /// The --dump-events lines of the requests run since the last call
+    /// (each kernel event and the socket's stamps), for stderr.
+    pub fn take_dump(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.dump)
     }
 
     /// "ebpf" or "unprivileged".
@@ -329,7 +347,7 @@ impl Prober {
                         r.attempt = attempt;
                         r.redirect_hop = hop + 1;
                         r.error = Some(ErrorInfo::new(
-                            "http",
+                            ErrorKind::Http,
                             format!(
                                 "more than {} redirects (raise --max-redirs)",
                                 self.opts.max_redirs
@@ -393,7 +411,7 @@ impl Prober {
                 Ok(SocketAddr::new(ip, t.port))
             } else {
                 Err(ErrorInfo::new(
-                    "dns",
+                    ErrorKind::Dns,
                     format!("{ip} does not match the address family asked for (-4/-6)"),
                 ))
             };
@@ -401,14 +419,14 @@ impl Prober {
         let lookup = tokio::net::lookup_host((host.clone(), t.port));
         let addrs = with_deadline(deadline, "dns", lookup)
             .await?
-            .map_err(|e| ErrorInfo::new("dns", format!("cannot resolve {host}: {e}")))?;
+            .map_err(|e| ErrorInfo::new(ErrorKind::Dns, format!("cannot resolve {host}: {e}")))?;
         let all: Vec<SocketAddr> = addrs.collect();
         all.iter()
             .copied()
             .find(|a| fam_ok(&a.ip()))
             .ok_or_else(|| {
                 ErrorInfo::new(
-                    "dns",
+                    ErrorKind::Dns,
                     format!(
                         "{host} has no {} address (found {})",
                         match self.opts.family {
@@ -424,10 +442,53 @@ impl Prober {
 
     /// One connection: DNS, connect, TLS, then `--reuse` requests on it.
     async fn connection(&mut self, url: &str, hop: u32) -> ConnOutcome {
-        let t = match parse_target(url) {
-            Ok(t) => t,
+        let (mut a, sock) = match self.prepare(url, hop).await {
+            Ok(x) => x,
             Err(e) => return self.fail(url, hop, e),
         };
+        // Without eBPF the socket's own timestamps are the wire times (set
+        // once connected: byte-keyed stamps need a connected TCP socket).
+        let stamped = self.kernel.is_none();
+        let result = self.exchange(&mut a, sock, stamped).await;
+
+        // The socket is closed now (FIN or RST sent): collect what the kernel saw.
+        let stamps = crate::active::io::lock(&a.log).stamps.take();
+        if self.opts.dump_events
+            && let Some(s) = &stamps
+        {
+            self.dump.push(format!(
+                "stamps: writes {:?} reads {:?} tx {:?} at_connect {:?} last {:?}",
+                s.writes, s.reads, s.tx, s.at_connect, s.last
+            ));
+        }
+        let flow = match &stamps {
+            Some(s) => Some(s.flow(a.key.unwrap_or_default())),
+            None => self.collect(a.cookie, a.key.as_ref()),
+        };
+        let failed = result.err();
+        let redirect = if failed.is_some() {
+            None
+        } else {
+            a.redirect.take()
+        };
+        let mut records = self.records(&a, failed, flow.as_ref(), stamps.as_ref());
+        if self.opts.path_probe
+            && let Some(first) = records.first()
+            && first.wire.handshake_rtt_ms.is_some()
+        {
+            let ttl = path_probe(a.addr, &first.wire, a.deadline).await;
+            for r in &mut records {
+                r.path_probe_ttl = ttl;
+            }
+        }
+        judge(&mut records);
+        ConnOutcome { records, redirect }
+    }
+
+    /// Everything before the connect: the URL parsed, the name resolved, a
+    /// socket made, timestamped and registered with the kernel side.
+    async fn prepare(&mut self, url: &str, hop: u32) -> Result<(Attempt, TcpSocket), ErrorInfo> {
+        let t = parse_target(url)?;
         let deadline = self.opts.max_time.map(|d| Instant::now() + d);
         let method = self.method_for(url);
         let mut conn = ConnMarks {
@@ -438,10 +499,7 @@ impl Prober {
         base.redirect_hop = hop;
 
         conn.dns_start = Some(mono_ns());
-        let addr = match self.resolve(&t, deadline).await {
-            Ok(a) => a,
-            Err(e) => return self.fail(url, hop, e),
-        };
+        let addr = self.resolve(&t, deadline).await?;
         conn.dns_done = Some(mono_ns());
         base.remote_addr = Some(addr.to_string());
         // By the routing table: a point-to-point or `scope link` route is
@@ -451,22 +509,17 @@ impl Prober {
             .map(|nets| crate::host::netif::reached_on_link(addr.ip(), &nets));
         base.ip_version = Some(if addr.is_ipv4() { 4 } else { 6 });
 
-        let sock = match if addr.is_ipv4() {
+        let sock = if addr.is_ipv4() {
             TcpSocket::new_v4()
         } else {
             TcpSocket::new_v6()
-        } {
-            Ok(s) => s,
-            Err(e) => return self.fail(url, hop, ErrorInfo::new("io", format!("socket: {e}"))),
-        };
+        }
+        .map_err(|e| ErrorInfo::new(ErrorKind::Io, format!("socket: {e}")))?;
         // Asking for receive timestamps turns the stack's software RX
         // timestamping on (host-wide, while the socket lives): incoming
         // packets then carry the time the stack received them, which the
         // classifiers report next to their own (see events::best_ts).
         enable_rx_timestamps(sock.as_raw_fd());
-        // Without eBPF the socket's own timestamps are the wire times (set
-        // once connected: byte-keyed stamps need a connected TCP socket).
-        let stamped = self.kernel.is_none();
         let cookie = socket_cookie(sock.as_raw_fd());
         base.socket_cookie = cookie;
         let registered = match (self.hub(), cookie) {
@@ -474,49 +527,37 @@ impl Prober {
             _ => None,
         };
         if let Some(e) = registered {
-            return self.fail(url, hop, ErrorInfo::new("kernel", e.to_string()));
+            return Err(ErrorInfo::new(ErrorKind::Kernel, e.to_string()));
         }
-
-        let mut records = Vec::new();
-        let mut redirect = None;
-        let mut key = None;
-        let log: SharedLog = Arc::new(Mutex::new(IoLog::default()));
-        let mut done: Vec<Done> = Vec::new();
-
-        let result = self
-            .exchange(
-                &t,
-                &method,
-                addr,
-                sock,
-                stamped,
-                deadline,
-                &mut conn,
-                &log,
-                &mut base,
-                &mut done,
-                &mut key,
-                &mut redirect,
-            )
-            .await;
-        let n_done = done.len();
-
-        // The socket is closed now (FIN or RST sent): collect what the kernel saw.
-        let stamps = crate::active::io::lock(&log).stamps.take();
-        if self.opts.dump_events
-            && let Some(s) = &stamps
-        {
-            eprintln!(
-                "stamps: writes {:?} reads {:?} tx {:?} at_connect {:?} last {:?}",
-                s.writes, s.reads, s.tx, s.at_connect, s.last
-            );
-        }
-        let flow = match &stamps {
-            Some(s) => Some(s.flow(key.unwrap_or_default())),
-            None => self.collect(cookie, key.as_ref()),
+        let a = Attempt {
+            t,
+            method,
+            addr,
+            deadline,
+            conn,
+            log: Arc::new(Mutex::new(IoLog::default())),
+            base,
+            done: Vec::new(),
+            key: None,
+            redirect: None,
+            cookie,
         };
-        for (i, d) in done.iter().enumerate() {
-            let mut r = base.clone();
+        Ok((a, sock))
+    }
+
+    /// The records of one connection: one per completed request, then the
+    /// one that failed (or the connection that never got to a request).
+    fn records(
+        &self,
+        a: &Attempt,
+        failed: Option<Failed>,
+        flow: Option<&Flow>,
+        stamps: Option<&crate::active::stamps::Stamps>,
+    ) -> Vec<Record> {
+        let n_done = a.done.len();
+        let mut records = Vec::new();
+        for (i, d) in a.done.iter().enumerate() {
+            let mut r = a.base.clone();
             r.request_index = i as u32;
             r.connection_reused = i > 0;
             r.http_status = Some(d.status);
@@ -525,231 +566,161 @@ impl Prober {
             r.client = Some(d.stall.clone());
             r.request_bytes = Some(d.request_bytes);
             r.response_bytes = Some(d.response_bytes);
-            self.finish(
-                &mut r,
-                flow.as_ref(),
-                (i == 0).then_some(&conn),
-                t.tls,
-                &d.marks,
-            );
-            if let Some(s) = &stamps {
-                unprivileged_wire(&mut r, s, (i == 0).then_some(&conn), n_done);
+            self.finish(&mut r, flow, (i == 0).then_some(&a.conn), a.t.tls, &d.marks);
+            if let Some(s) = stamps {
+                unprivileged_wire(&mut r, s, (i == 0).then_some(&a.conn), n_done);
             }
             records.push(r);
         }
-        if let Err(Failed { error, marks }) = result {
+        if let Some(Failed { error, marks }) = failed {
             // The request that failed (or the connection that never got to one).
-            let mut r = base.clone();
+            let mut r = a.base.clone();
             r.request_index = n_done as u32;
             r.connection_reused = n_done > 0;
             let m = marks.unwrap_or_default();
-            self.finish(
-                &mut r,
-                flow.as_ref(),
-                (n_done == 0).then_some(&conn),
-                t.tls,
-                &m,
-            );
-            if let Some(s) = &stamps {
-                unprivileged_wire(&mut r, s, (n_done == 0).then_some(&conn), n_done + 1);
+            self.finish(&mut r, flow, (n_done == 0).then_some(&a.conn), a.t.tls, &m);
+            if let Some(s) = stamps {
+                unprivileged_wire(&mut r, s, (n_done == 0).then_some(&a.conn), n_done + 1);
             }
             r.error = Some(error);
             records.push(r);
-            redirect = None;
         }
-        if self.opts.path_probe
-            && let Some(first) = records.first()
-            && first.wire.handshake_rtt_ms.is_some()
-        {
-            let ttl = path_probe(addr, &first.wire, deadline).await;
-            for r in &mut records {
-                r.path_probe_ttl = ttl;
-            }
-        }
-        let facts: Vec<_> = records.iter().map(Record::facts).collect();
-        for (r, a) in records
-            .iter_mut()
-            .zip(crate::model::verdict::analyze(&facts))
-        {
-            r.verdict = Some(a.verdict);
-            r.phases = a.phases;
-            r.middlebox = a.middlebox;
-        }
-        ConnOutcome { records, redirect }
+        records
     }
 
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one request's whole context; a struct would only rename them"
-    )]
+    /// Connects, secures (https) and runs the requests of one connection;
+    /// then lets hyper close it.
     async fn exchange(
         &mut self,
-        t: &Target,
-        method: &Method,
-        addr: SocketAddr,
+        a: &mut Attempt,
         sock: TcpSocket,
         stamped: bool,
-        deadline: Option<Instant>,
-        conn: &mut ConnMarks,
-        log: &SharedLog,
-        base: &mut Record,
-        done: &mut Vec<Done>,
-        key: &mut Option<FlowKey>,
-        redirect: &mut Option<String>,
     ) -> Result<(), Failed> {
-        let mut cpu_before = crate::host::cpustat::CpuSnapshot::take(&self.cpu);
-        conn.connect_call = Some(mono_ns());
-        let stream = with_deadline(deadline, "connect", sock.connect(addr))
-            .await?
-            .map_err(|e| connect_error(addr, e))?;
-        conn.connect_done = Some(mono_ns());
-        // Requests go out in one segment as soon as they are written, as with curl.
-        let _ = stream.set_nodelay(true);
-        if let Ok(local) = stream.local_addr() {
-            base.local_addr = Some(local.to_string());
-            *key = Some(flow_key(local, addr));
-        }
-
+        let cpu_before = crate::host::cpustat::CpuSnapshot::take(&self.cpu);
+        let stream = connect(a, sock).await?;
         let stamped = stamped && crate::active::stamps::enable(stream.as_raw_fd()).is_ok();
         if stamped {
             let mut st = crate::active::stamps::Stamps::new();
             st.at_connect = crate::active::stamps::tcp_info(stream.as_raw_fd());
-            crate::active::io::lock(log).stamps = Some(st);
+            crate::active::io::lock(&a.log).stamps = Some(st);
         }
-        let raw = RawStream::new(stream, log.clone(), t.tls, stamped);
-        let io: Box<dyn AsyncStream> = if t.tls {
-            let name = ServerName::try_from(t.host.clone()).map_err(|e| {
-                ErrorInfo::new(
-                    "invalid_url",
-                    format!("bad TLS server name {}: {e}", t.host),
-                )
-            })?;
-            conn.tls_start = Some(mono_ns());
-            let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
-            let s = with_deadline(deadline, "tls", connector.connect(name, raw))
-                .await?
-                .map_err(|e| {
-                    ErrorInfo::new("tls", format!("TLS handshake with {}: {e}", t.host))
-                })?;
-            conn.tls_done = Some(mono_ns());
-            base.tls_info = Some(tls_info(s.get_ref().1));
-            conn.tls13 = s.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
-            Box::new(s)
+        let raw = RawStream::new(stream, a.log.clone(), a.t.tls, stamped);
+        let io: Box<dyn AsyncStream> = if a.t.tls {
+            self.tls_handshake(a, raw).await?
         } else {
             Box::new(raw)
         };
-        let app = AppStream::new(io, log.clone());
+        let app = AppStream::new(io, a.log.clone());
         let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
             // Bounded buffering; a head over MAX_HEAD_BYTES is refused below.
             .max_buf_size(4 * MAX_HEAD_BYTES)
             .handshake::<_, Full<Bytes>>(TokioIo::new(app))
             .await
-            .map_err(|e| Failed::from(ErrorInfo::new("http", format!("HTTP/1.1 setup: {e}"))))?;
+            .map_err(|e| {
+                Failed::from(ErrorInfo::new(
+                    ErrorKind::Http,
+                    format!("HTTP/1.1 setup: {e}"),
+                ))
+            })?;
         let driver = tokio::spawn(connection);
+        let result = self.requests(a, &mut sender, cpu_before).await;
+        drop(sender);
+        // Let hyper close the connection so the FIN is on the record.
+        let _ = tokio::time::timeout(Duration::from_millis(200), driver).await;
+        result
+    }
 
+    /// The TLS handshake, timed, and what it gave (version, certificate).
+    async fn tls_handshake(
+        &self,
+        a: &mut Attempt,
+        raw: RawStream,
+    ) -> Result<Box<dyn AsyncStream>, Failed> {
+        let t = &a.t;
+        let name = ServerName::try_from(t.host.clone()).map_err(|e| {
+            ErrorInfo::new(
+                ErrorKind::InvalidUrl,
+                format!("bad TLS server name {}: {e}", t.host),
+            )
+        })?;
+        a.conn.tls_start = Some(mono_ns());
+        let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
+        let s = with_deadline(a.deadline, "tls", connector.connect(name, raw))
+            .await?
+            .map_err(|e| {
+                ErrorInfo::new(
+                    ErrorKind::Tls,
+                    format!("TLS handshake with {}: {e}", t.host),
+                )
+            })?;
+        a.conn.tls_done = Some(mono_ns());
+        a.base.tls_info = Some(tls_info(s.get_ref().1));
+        a.conn.tls13 = s.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+        Ok(Box::new(s))
+    }
+
+    /// The --reuse requests on the connection, one after the other, until
+    /// one fails; each completed one goes to `a.done`.
+    async fn requests(
+        &mut self,
+        a: &mut Attempt,
+        sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        mut cpu_before: crate::host::cpustat::CpuSnapshot,
+    ) -> Result<(), Failed> {
         let n = self.opts.reuse.max(1);
-        let mut result = Ok(());
         for i in 0..n {
-            let req = self.build_request(t, method)?;
-            {
-                let mut l = crate::active::io::lock(log);
-                l.arm();
-            }
+            let req = self.build_request(&a.t, &a.method)?;
+            crate::active::io::lock(&a.log).arm();
             if i > 0 {
                 cpu_before = crate::host::cpustat::CpuSnapshot::take(&self.cpu);
             }
-            let request_start = mono_ns();
             let mut m = RequestMarks {
-                request_start: Some(request_start),
+                request_start: Some(mono_ns()),
                 ..Default::default()
             };
-            let step = async {
-                let resp = sender.send_request(req).await?;
-                let status = resp.status();
-                // The head as sent: status line, then "name: value\r\n" each.
-                let head_bytes: usize = 17
-                    + resp
-                        .headers()
-                        .iter()
-                        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-                        .sum::<usize>();
-                let location = resp
-                    .headers()
-                    .get(header::LOCATION)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
-                let via = resp
-                    .headers()
-                    .get(header::VIA)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
-                let timing = resp
-                    .headers()
-                    .get("server-timing")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(server_timing_dur);
-                let mut body = resp.into_body();
-                while let Some(frame) = body.frame().await {
-                    frame?;
-                }
-                Ok::<_, hyper::Error>((status, location, via, timing, head_bytes))
-            };
-            let r = with_deadline(deadline, "response", step).await;
+            let r = with_deadline(a.deadline, "response", read_response(sender, req)).await;
             m.done = Some(mono_ns());
             let stall =
                 stall_of(&cpu_before.until(&crate::host::cpustat::CpuSnapshot::take(&self.cpu)));
-            let io = {
-                let mut l = crate::active::io::lock(log);
-                l.disarm()
-            };
+            let io = crate::active::io::lock(&a.log).disarm();
             m.first_write = io.first_write_ns;
             m.request_written = io.last_write_ns;
             m.first_byte_read = io.first_read_ns;
             m.out_start = io.out_start;
             m.out_end = io.out_start.map(|_| io.out_end);
             m.in_start = io.in_start;
-            match r {
-                Ok(Ok((_, _, _, _, head))) if head > MAX_HEAD_BYTES => {
-                    result = Err(Failed::with(
+            let head = match r {
+                Ok(Ok(head)) if head.bytes > MAX_HEAD_BYTES => {
+                    return Err(Failed::with(
                         ErrorInfo::new(
-                            "http",
+                            ErrorKind::Http,
                             format!(
-                                "the response head is {head} bytes, over the {} KiB synack accepts",
+                                "the response head is {} bytes, over the {} KiB synack accepts",
+                                head.bytes,
                                 MAX_HEAD_BYTES / 1024
                             ),
                         ),
                         m,
                     ));
-                    break;
                 }
-                Ok(Ok((status, location, via, server_timing, _))) => {
-                    done.push(Done {
-                        marks: m,
-                        stall,
-                        status: status.as_u16(),
-                        via,
-                        server_timing,
-                        request_bytes: io.app_out,
-                        response_bytes: io.app_in,
-                    });
-                    if i + 1 == n && status.is_redirection() {
-                        *redirect = location.map(|l| join_location(&t.url, &l));
-                    }
-                }
-                Ok(Err(e)) => {
-                    result = Err(Failed::with(http_error(&e), m));
-                    break;
-                }
-                Err(e) => {
-                    result = Err(Failed::with(e, m));
-                    break;
-                }
+                Ok(Ok(head)) => head,
+                Ok(Err(e)) => return Err(Failed::with(http_error(&e), m)),
+                Err(e) => return Err(Failed::with(e, m)),
+            };
+            if i + 1 == n && head.status.is_redirection() {
+                a.redirect = head.location.map(|l| join_location(&a.t.url, &l));
             }
+            a.done.push(Done {
+                marks: m,
+                stall,
+                status: head.status.as_u16(),
+                via: head.via,
+                server_timing: head.server_timing,
+                request_bytes: io.app_out,
+                response_bytes: io.app_in,
+            });
         }
-        drop(sender);
-        // Let hyper close the connection so the FIN is on the record.
-        let _ = tokio::time::timeout(Duration::from_millis(200), driver).await;
-        result
+        Ok(())
     }
 
     fn build_request(
@@ -762,7 +733,10 @@ impl Prober {
             None => t.url.path().to_string(),
         };
         let uri: Uri = path.parse().map_err(|e| {
-            ErrorInfo::new("invalid_url", format!("bad request path {path:?}: {e}"))
+            ErrorInfo::new(
+                ErrorKind::InvalidUrl,
+                format!("bad request path {path:?}: {e}"),
+            )
         })?;
         let host = match (t.url.port(), t.url.host()) {
             (Some(p), Some(url::Host::Ipv6(a))) => format!("[{a}]:{p}"),
@@ -788,18 +762,22 @@ impl Prober {
             b = b.header(k, v);
         }
         let body = self.opts.body.clone().unwrap_or_default();
-        b.body(Full::new(body))
-            .map_err(|e| ErrorInfo::new("invalid_url", format!("cannot build request: {e}")))
+        b.body(Full::new(body)).map_err(|e| {
+            ErrorInfo::new(ErrorKind::InvalidUrl, format!("cannot build request: {e}"))
+        })
     }
 
     /// Drains the kernel's events and builds the flow of this connection.
     fn collect(&mut self, cookie: Option<u64>, key: Option<&FlowKey>) -> Option<Flow> {
         let cookie = cookie?;
-        let mut k = self.hub()?;
+        // A clone of the shared handle, so that self.dump can grow while
+        // the hub is locked.
+        let shared = self.kernel.clone()?;
+        let mut k = shared.lock().unwrap_or_else(|e| e.into_inner());
         let mut flow: Option<Flow> = None;
         for ev in k.take(cookie) {
             if self.opts.dump_events {
-                eprintln!(
+                self.dump.push(format!(
                     "event t={} kind={} dir={} seq={} ack={} len={} flags={:#x} evf={} ttl={} skb_tstamp={} type={}",
                     ev.ts_ns,
                     ev.kind,
@@ -812,7 +790,7 @@ impl Prober {
                     ev.ttl,
                     ev.skb_tstamp,
                     ev.skb_tstamp_type
-                );
+                ));
             }
             flow.get_or_insert_with(|| Flow::new(ev.key, ev.cookie))
                 .push(&ev);
@@ -845,6 +823,97 @@ impl Prober {
         if let Some(k) = self.hub() {
             r.drops = k.drops();
         }
+    }
+}
+
+/// One connection's context while it runs: what its requests share.
+struct Attempt {
+    t: Target,
+    method: Method,
+    addr: SocketAddr,
+    deadline: Option<Instant>,
+    conn: ConnMarks,
+    log: SharedLog,
+    /// The fields every record of this connection shares.
+    base: Record,
+    /// The requests that completed, in order.
+    done: Vec<Done>,
+    key: Option<FlowKey>,
+    /// Location of a redirect the last response asked for.
+    redirect: Option<String>,
+    cookie: Option<u64>,
+}
+
+/// Connects, timed; the connection's addresses go to the record and key.
+async fn connect(a: &mut Attempt, sock: TcpSocket) -> Result<tokio::net::TcpStream, Failed> {
+    a.conn.connect_call = Some(mono_ns());
+    let stream = with_deadline(a.deadline, "connect", sock.connect(a.addr))
+        .await?
+        .map_err(|e| connect_error(a.addr, e))?;
+    a.conn.connect_done = Some(mono_ns());
+    // Requests go out in one segment as soon as they are written, as with curl.
+    let _ = stream.set_nodelay(true);
+    if let Ok(local) = stream.local_addr() {
+        a.base.local_addr = Some(local.to_string());
+        a.key = Some(flow_key(local, a.addr));
+    }
+    Ok(stream)
+}
+
+/// What synack keeps of a response's head.
+struct Head {
+    status: http::StatusCode,
+    location: Option<String>,
+    via: Option<String>,
+    /// Server-Timing's first `dur`, ms.
+    server_timing: Option<f64>,
+    /// The head as sent: status line, then "name: value\r\n" each.
+    bytes: usize,
+}
+
+/// Sends the request and reads the whole response (the body is read and
+/// dropped: its last byte is the request's end).
+async fn read_response(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> Result<Head, hyper::Error> {
+    let resp = sender.send_request(req).await?;
+    let text = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let head = Head {
+        status: resp.status(),
+        location: text(header::LOCATION.as_str()),
+        via: text(header::VIA.as_str()),
+        server_timing: text("server-timing").as_deref().and_then(server_timing_dur),
+        bytes: 17
+            + resp
+                .headers()
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len() + 4)
+                .sum::<usize>(),
+    };
+    let mut body = resp.into_body();
+    while let Some(frame) = body.frame().await {
+        frame?;
+    }
+    Ok(head)
+}
+
+/// The verdict of each record, from all the connection's records together
+/// (a second request on a connection tells about the first).
+fn judge(records: &mut [Record]) {
+    let facts: Vec<_> = records.iter().map(Record::facts).collect();
+    for (r, a) in records
+        .iter_mut()
+        .zip(crate::model::verdict::analyze(&facts))
+    {
+        r.verdict = Some(a.verdict);
+        r.phases = a.phases;
+        r.middlebox = a.middlebox;
     }
 }
 
@@ -929,20 +998,23 @@ async fn with_deadline<F: Future>(
 ) -> Result<F::Output, ErrorInfo> {
     match deadline {
         None => Ok(f.await),
-        Some(d) => tokio::time::timeout_at(d, f)
-            .await
-            .map_err(|_| ErrorInfo::new("timeout", format!("--max-time reached during {phase}"))),
+        Some(d) => tokio::time::timeout_at(d, f).await.map_err(|_| {
+            ErrorInfo::new(
+                ErrorKind::Timeout,
+                format!("--max-time reached during {phase}"),
+            )
+        }),
     }
 }
 
 fn connect_error(addr: SocketAddr, e: std::io::Error) -> ErrorInfo {
     if e.kind() == std::io::ErrorKind::ConnectionRefused {
         ErrorInfo::new(
-            "connect_refused",
+            ErrorKind::ConnectRefused,
             format!("{addr} refused the connection (RST to our SYN)"),
         )
     } else {
-        ErrorInfo::new("connect", format!("connect to {addr}: {e}"))
+        ErrorInfo::new(ErrorKind::Connect, format!("connect to {addr}: {e}"))
     }
 }
 

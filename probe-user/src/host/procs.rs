@@ -186,11 +186,8 @@ impl Cgroups {
     /// The cgroup path a --cgroup argument names: a cgroup directory as
     /// this host mounts it (/sys/fs/cgroup/...), or a path relative to the
     /// hierarchy's root.
-    pub fn resolve(&mut self, arg: &str) -> Result<String, String> {
-        let root = self
-            .root
-            .clone()
-            .ok_or("no cgroup v2 hierarchy is available here, so --cgroup cannot be matched")?;
+    pub fn resolve(&mut self, arg: &str) -> Result<String, CgroupError> {
+        let root = self.root.clone().ok_or(CgroupError::NoHierarchy)?;
         let p = Path::new(arg);
         if p.is_absolute()
             && let Ok(m) = fs::metadata(p)
@@ -210,24 +207,24 @@ impl Cgroups {
         };
         let full = root.join(rel.trim_start_matches('/'));
         if !full.is_dir() {
-            return Err(format!(
-                "{arg}: no such cgroup (looked for {})",
-                full.display()
-            ));
+            return Err(CgroupError::NoSuchCgroup {
+                arg: arg.to_string(),
+                looked: full,
+            });
         }
         Ok(rel)
     }
 
     /// The cgroup of a container: the deepest directory whose name holds the
     /// id (docker-<id>.scope, cri-containerd-<id>.scope, libpod-<id>, /docker/<id>).
-    pub fn container(&mut self, id: &str) -> Result<String, String> {
+    pub fn container(&mut self, id: &str) -> Result<String, CgroupError> {
         let id = id.trim();
         if id.len() < 4
             || !id
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            return Err(format!("{id:?} does not look like a container id"));
+            return Err(CgroupError::NotAnId(id.to_string()));
         }
         self.rewalk();
         let mut hits: Vec<&String> = self
@@ -237,26 +234,43 @@ impl Cgroups {
             .collect();
         hits.sort_by_key(|p| std::cmp::Reverse(p.len()));
         match hits.as_slice() {
-            [] => Err(format!(
-                "no cgroup of container {id} under {}: is it running on this host?",
-                self.root
+            [] => Err(CgroupError::NoContainer {
+                id: id.to_string(),
+                root: self
+                    .root
                     .as_ref()
                     .map(|r| r.display().to_string())
-                    .unwrap_or_else(|| "(no cgroup v2 mount)".into())
-            )),
+                    .unwrap_or_else(|| "(no cgroup v2 mount)".into()),
+            }),
             [one, rest @ ..] if rest.iter().all(|r| one.starts_with(r.as_str())) => {
                 Ok((*one).clone())
             }
-            many => Err(format!(
-                "{id} matches several cgroups ({}): give more of the id",
-                many.iter()
+            many => Err(CgroupError::Ambiguous {
+                id: id.to_string(),
+                some: many
+                    .iter()
                     .take(4)
                     .map(|s| s.as_str())
                     .collect::<Vec<_>>()
-                    .join(", ")
-            )),
+                    .join(", "),
+            }),
         }
     }
+}
+
+/// Why a --cgroup or --container argument names no cgroup.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CgroupError {
+    #[error("no cgroup v2 hierarchy is available here, so --cgroup cannot be matched")]
+    NoHierarchy,
+    #[error("{arg}: no such cgroup (looked for {})", .looked.display())]
+    NoSuchCgroup { arg: String, looked: PathBuf },
+    #[error("{0:?} does not look like a container id")]
+    NotAnId(String),
+    #[error("no cgroup of container {id} under {root}: is it running on this host?")]
+    NoContainer { id: String, root: String },
+    #[error("{id} matches several cgroups ({some}): give more of the id")]
+    Ambiguous { id: String, some: String },
 }
 
 impl Default for Cgroups {

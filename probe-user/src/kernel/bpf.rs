@@ -92,6 +92,26 @@ impl KernelError {
     }
 }
 
+/// A kernel error as the operator reads it: its text is `help`'s (the
+/// error, and what to do about missing privileges), and its `source()` is
+/// the `KernelError` itself, so the chain down to the kernel's errno stays
+/// for the edge (main prints this text and not the chain below it, which
+/// it already tells).
+#[derive(Debug)]
+pub struct Refusal(pub KernelError);
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&help(&self.0))
+    }
+}
+
+impl std::error::Error for Refusal {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
 /// The error, with what to do about missing privileges.
 pub fn help(e: &KernelError) -> String {
     let refused = errno_in_chain(e, &[libc::EPERM, libc::EACCES]);
@@ -126,31 +146,69 @@ fn errno_in_chain(e: &(dyn std::error::Error + 'static), errnos: &[i32]) -> bool
     false
 }
 
+/// Why the connect hooks are not attached (attribution then falls back to
+/// /proc).
+#[derive(Debug, Error)]
+pub enum HookError {
+    #[error("not needed")]
+    NotAsked,
+    #[error("no cgroup v2 hierarchy is mounted (see /proc/self/mountinfo)")]
+    NoCgroup2,
+    #[error("{}: {source}", .path.display())]
+    Open {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the eBPF object has no {0}")]
+    Missing(&'static str),
+    #[error("{name}: {source}")]
+    NotCgroupProgram {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("loading {name}: {source}")]
+    Load {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("attaching {name} to {root}: {}", crate::model::record::error_chain(.source))]
+    Attach {
+        name: &'static str,
+        root: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+}
+
 /// Attaches the connect4/connect6 hooks to the cgroup v2 root this process
-/// sees; returns where, or why not (attribution then falls back to /proc).
-fn attach_connect_hooks(ebpf: &mut Ebpf) -> Result<String, String> {
-    let root = crate::host::procs::cgroup2_root().ok_or_else(|| {
-        "no cgroup v2 hierarchy is mounted (see /proc/self/mountinfo)".to_string()
+/// sees; returns where.
+fn attach_connect_hooks(ebpf: &mut Ebpf) -> Result<String, HookError> {
+    let root = crate::host::procs::cgroup2_root().ok_or(HookError::NoCgroup2)?;
+    let dir = std::fs::File::open(&root).map_err(|source| HookError::Open {
+        path: root.clone(),
+        source,
     })?;
-    let dir = std::fs::File::open(&root).map_err(|e| format!("{}: {e}", root.display()))?;
     for name in [PROG_CONNECT4, PROG_CONNECT6] {
         let prog: &mut CgroupSockAddr = ebpf
             .program_mut(name)
-            .ok_or_else(|| format!("the eBPF object has no {name}"))?
+            .ok_or(HookError::Missing(name))?
             .try_into()
-            .map_err(|e| format!("{name}: {e}"))?;
-        prog.load().map_err(|e| format!("loading {name}: {e}"))?;
+            .map_err(|source| HookError::NotCgroupProgram { name, source })?;
+        prog.load()
+            .map_err(|source| HookError::Load { name, source })?;
         // A bpf_link (kernel >= 5.7): released by the kernel however synack
         // ends, and always attached as one of many, so other programs on the
         // cgroup keep running. The kernel refuses any mode flag on a cgroup
         // link (EINVAL), hence "Single", which sends none.
-        prog.attach(&dir, CgroupAttachMode::Single).map_err(|e| {
-            format!(
-                "attaching {name} to {}: {}",
-                display(&root),
-                crate::model::record::error_chain(&e)
-            )
-        })?;
+        prog.attach(&dir, CgroupAttachMode::Single)
+            .map_err(|source| HookError::Attach {
+                name,
+                root: display(&root),
+                source,
+            })?;
     }
     Ok(display(&root))
 }
@@ -189,7 +247,7 @@ pub struct Kernel {
     pub interfaces: Vec<Interface>,
     pub attach_mode: AttachMode,
     /// Where the connect hooks are attached (Scope::Everything), or why not.
-    pub connect_hooks: Result<String, String>,
+    pub connect_hooks: Result<String, HookError>,
     undecodable: u64,
     evicted: u64,
     /// Every classifier link, by interface: detached on drop (before the
@@ -208,6 +266,8 @@ struct Links {
     book: Option<crate::kernel::leftovers::Book>,
     /// The ledger could not be written (read-only /run, say): said once.
     warned: bool,
+    /// What the operator should hear, not yet taken (`Kernel::take_notices`).
+    notices: Vec<String>,
 }
 
 impl Links {
@@ -250,11 +310,11 @@ impl Links {
                 priority,
                 handle
             );
-            eprintln!(
+            self.notices.push(format!(
                 "synack: cannot record the tc filters it attaches in {} ({e}): if synack is \
                  killed, they stay; remove each by hand, e.g. `{hint}`",
                 crate::kernel::leftovers::dir().display()
-            );
+            ));
         }
     }
 
@@ -405,6 +465,27 @@ impl IfChanges {
     }
 }
 
+/// The named interfaces (-i), or every interface that is up.
+fn interfaces_to_attach(only: &[String]) -> Result<Vec<Interface>, KernelError> {
+    let all = netif::list().map_err(KernelError::Interfaces)?;
+    let interfaces: Vec<Interface> = if only.is_empty() {
+        all.into_iter().filter(|i| i.up).collect()
+    } else {
+        only.iter()
+            .map(|n| {
+                all.iter()
+                    .find(|i| &i.name == n)
+                    .cloned()
+                    .ok_or_else(|| KernelError::NoSuchInterface(n.clone()))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    if interfaces.is_empty() {
+        return Err(KernelError::NoInterfaces);
+    }
+    Ok(interfaces)
+}
+
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
@@ -438,22 +519,7 @@ impl Kernel {
         {
             return Err(KernelError::TooOld(rel));
         }
-        let all = netif::list().map_err(KernelError::Interfaces)?;
-        let interfaces: Vec<Interface> = if only.is_empty() {
-            all.into_iter().filter(|i| i.up).collect()
-        } else {
-            only.iter()
-                .map(|n| {
-                    all.iter()
-                        .find(|i| &i.name == n)
-                        .cloned()
-                        .ok_or_else(|| KernelError::NoSuchInterface(n.clone()))
-                })
-                .collect::<Result<_, _>>()?
-        };
-        if interfaces.is_empty() {
-            return Err(KernelError::NoInterfaces);
-        }
+        let interfaces = interfaces_to_attach(only)?;
 
         let mut ebpf = EbpfLoader::new()
             .load(OBJECT)
@@ -480,14 +546,14 @@ impl Kernel {
         }
         // Attaching worked, so this process may detach filters too: remove
         // the ones a killed synack left behind (netlink mode).
-        for l in crate::kernel::leftovers::sweep(&crate::kernel::leftovers::dir()).report() {
-            eprintln!("{l}");
-        }
+        links
+            .notices
+            .extend(crate::kernel::leftovers::sweep(&crate::kernel::leftovers::dir()).report());
 
         let connect_hooks = if scope == Scope::Everything {
             attach_connect_hooks(&mut ebpf)
         } else {
-            Err("not needed".to_string())
+            Err(HookError::NotAsked)
         };
 
         let mut k = Kernel {
@@ -570,6 +636,13 @@ impl Kernel {
             }
         }
         Ok(ch)
+    }
+
+    /// What the kernel side has to tell the operator since the last call
+    /// (filters it could not record, leftovers it removed): the caller
+    /// prints them, after loading and after each `follow_interfaces`.
+    pub fn take_notices(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.links.notices)
     }
 
     /// True when `follow_interfaces` attaches to new interfaces.
@@ -789,13 +862,32 @@ pub enum Mode {
     Unprivileged,
 }
 
-/// The kernel side for `mode`: `Ok(None)` means unprivileged mode.
-pub fn for_mode(mode: Mode, interfaces: &[String]) -> Result<Option<Kernel>, KernelError> {
+/// The kernel side `for_mode` chose, and what the operator should hear.
+pub struct Chosen {
+    /// None: unprivileged mode.
+    pub kernel: Option<Kernel>,
+    /// Why eBPF is not used (--mode auto falling back), and the kernel
+    /// side's own notices: lines to print before the first request.
+    pub notices: Vec<String>,
+}
+
+/// The kernel side for `mode`.
+pub fn for_mode(mode: Mode, interfaces: &[String]) -> Result<Chosen, KernelError> {
+    let loaded = |mut k: Kernel| {
+        let notices = k.take_notices();
+        Chosen {
+            kernel: Some(k),
+            notices,
+        }
+    };
     match mode {
-        Mode::Unprivileged => Ok(None),
-        Mode::Ebpf => Kernel::load_and_attach(interfaces).map(Some),
+        Mode::Unprivileged => Ok(Chosen {
+            kernel: None,
+            notices: Vec::new(),
+        }),
+        Mode::Ebpf => Kernel::load_and_attach(interfaces).map(loaded),
         Mode::Auto => match Kernel::load_and_attach(interfaces) {
-            Ok(k) => Ok(Some(k)),
+            Ok(k) => Ok(loaded(k)),
             // Only "not allowed" or "not there" falls back; anything else
             // (a verifier refusal, a missing object) is a fault to report,
             // not a reason to see less.
@@ -817,13 +909,16 @@ pub fn for_mode(mode: Mode, interfaces: &[String]) -> Result<Option<Kernel>, Ker
                 } else {
                     format!(" {} would enable eBPF.", missing.join(" and "))
                 };
-                eprintln!(
+                let why = format!(
                     "synack: eBPF not used ({}); timing with the sockets' own kernel timestamps \
                      instead (mode unprivileged: no SYN-ACK TTL or hops, no incoming \
                      retransmissions).{enable}",
                     without_verifier_log(&crate::model::record::error_chain(&e)),
                 );
-                Ok(None)
+                Ok(Chosen {
+                    kernel: None,
+                    notices: vec![why],
+                })
             }
         },
     }

@@ -249,10 +249,21 @@ pub fn sweep(dir: &Path) -> Swept {
     out
 }
 
+/// Why a leftover filter could not be detached.
+#[derive(Debug, thiserror::Error)]
+enum DetachError {
+    #[error("cannot read the filter: {0}")]
+    Read(#[source] io::Error),
+    #[error("{0}")]
+    Find(#[source] io::Error),
+    #[error("{}", crate::model::record::error_chain(.0))]
+    Detach(#[source] aya::programs::ProgramError),
+}
+
 /// Detaches `f` when the kernel's filter at its place runs its program.
 /// Ok(false): gone already (the interface or qdisc was removed) or another
 /// program is there now; nothing to do.
-fn detach_if_ours(f: &Filter) -> Result<bool, String> {
+fn detach_if_ours(f: &Filter) -> Result<bool, DetachError> {
     if f.priority == 0 {
         return Ok(false);
     }
@@ -264,7 +275,7 @@ fn detach_if_ours(f: &Filter) -> Result<bool, String> {
     match filter_prog_id(f.ifindex, f.ingress, f.priority, f.handle) {
         Ok(Some(id)) if id == f.prog_id => {}
         Ok(_) => return Ok(false),
-        Err(e) => return Err(format!("cannot read the filter: {e}")),
+        Err(e) => return Err(DetachError::Read(e)),
     }
     let dir = if f.ingress {
         TcAttachType::Ingress
@@ -272,9 +283,9 @@ fn detach_if_ours(f: &Filter) -> Result<bool, String> {
         TcAttachType::Egress
     };
     SchedClassifierLink::attached(&ifname, dir, f.priority, TcHandle::from(f.handle), None)
-        .map_err(|e| e.to_string())?
+        .map_err(DetachError::Find)?
         .detach()
-        .map_err(|e| crate::model::record::error_chain(&e))?;
+        .map_err(DetachError::Detach)?;
     Ok(true)
 }
 

@@ -47,12 +47,13 @@ pub fn drop_all_but(keep: &[Capability]) -> Result<Vec<Capability>, caps::errors
     Ok(dropped)
 }
 
-/// `drop_all_but`, with a warning instead of an error: running with more
-/// privileges than needed is worse, not broken.
-pub fn drop_or_warn(keep: &[Capability]) {
-    if let Err(e) = drop_all_but(keep) {
-        eprintln!("synack: could not drop capabilities after attaching ({e}); running with them");
-    }
+/// `drop_all_but`, with a warning for the operator instead of an error:
+/// running with more privileges than needed is worse, not broken.
+#[must_use = "the warning is for the operator: print it"]
+pub fn drop_or_warn(keep: &[Capability]) -> Option<String> {
+    drop_all_but(keep).err().map(|e| {
+        format!("synack: could not drop capabilities after attaching ({e}); running with them")
+    })
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! payload byte (sequence number ISN + 1), exactly like the byte counts user
 //! space keeps on its own socket.
 
-use crate::model::tcp::{TcpOptions, parse_options};
+use crate::model::tcp::{OptionError, TcpOptions, parse_options};
 use probe_common::{
     DIR_IN, DIR_OUT, EV_ACK_COVER, EV_DATA, EV_FIN, EV_RST, EV_SYN, EV_SYNACK, EVF_RETRANS,
     EVF_TURN_START, Event, FlowKey,
@@ -36,7 +36,7 @@ pub struct SynAck {
     /// Raw window field (SYN-ACK windows are never scaled).
     pub window: u16,
     /// Decoded options, or why they could not be decoded.
-    pub options: Result<TcpOptions, String>,
+    pub options: Result<TcpOptions, OptionError>,
 }
 
 /// Everything the kernel reported about one connection.
@@ -366,7 +366,7 @@ fn handshake_pkt(ev: &Event) -> SynAck {
         ts_ns: ev.ts_ns,
         ttl: ev.ttl,
         window: ev.window,
-        options: parse_options(&ev.options[..n]).map_err(|e| e.to_string()),
+        options: parse_options(&ev.options[..n]),
     }
 }
 

@@ -7,11 +7,73 @@ use serde::Serialize;
 /// Why a request failed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ErrorInfo {
-    /// Machine-readable class: invalid_url, unsupported_scheme, dns,
-    /// connect_refused, connect, timeout, tls, http, io, kernel.
-    pub kind: String,
+    /// Machine-readable class (serialised as the strings docs/json.md lists).
+    pub kind: ErrorKind,
     /// What happened, for a person.
     pub message: String,
+}
+
+/// The class of a failed request: what a script or an alert keys on. The
+/// JSON strings are part of the output contract (docs/json.md), and the
+/// metrics' `kind` label uses the same strings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The URL (or a redirect's Location) cannot be parsed or has no host.
+    InvalidUrl,
+    /// Not http:// or https://.
+    UnsupportedScheme,
+    /// Name resolution failed, or gave no address of the family asked for.
+    Dns,
+    /// The server answered the SYN with a RST.
+    ConnectRefused,
+    /// Any other failure to connect (unreachable, no route, ...).
+    Connect,
+    /// --max-time (or a check's timeout) ran out; the message names the phase.
+    Timeout,
+    /// The TLS handshake failed (certificate, protocol, server name).
+    Tls,
+    /// The HTTP exchange failed (malformed response, too many redirects, ...).
+    Http,
+    /// The connection broke (reset, closed early) or a socket call failed.
+    Io,
+    /// The kernel side refused to follow the socket.
+    Kernel,
+    /// `synack watch`: the connection closed or was reset before a response,
+    /// or synack stopped first.
+    NoResponse,
+}
+
+impl ErrorKind {
+    /// The contract string: the same as the JSON value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidUrl => "invalid_url",
+            ErrorKind::UnsupportedScheme => "unsupported_scheme",
+            ErrorKind::Dns => "dns",
+            ErrorKind::ConnectRefused => "connect_refused",
+            ErrorKind::Connect => "connect",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Tls => "tls",
+            ErrorKind::Http => "http",
+            ErrorKind::Io => "io",
+            ErrorKind::Kernel => "kernel",
+            ErrorKind::NoResponse => "no_response",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Lets a test or a caller compare with the contract string directly.
+impl PartialEq<&str> for ErrorKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }
 
 /// An error and its causes on one line ("a: b: c"), each part once (some
@@ -31,9 +93,9 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl ErrorInfo {
-    pub fn new(kind: &str, message: impl Into<String>) -> Self {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         ErrorInfo {
-            kind: kind.to_string(),
+            kind,
             message: message.into(),
         }
     }
@@ -314,5 +376,38 @@ pub struct Drops {
 impl Drops {
     pub fn total(&self) -> u64 {
         self.ringbuf_full + self.flow_insert_failed + self.flows_evicted + self.undecodable
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_kinds_serialise_to_the_documented_strings() {
+        let all = [
+            (ErrorKind::InvalidUrl, "invalid_url"),
+            (ErrorKind::UnsupportedScheme, "unsupported_scheme"),
+            (ErrorKind::Dns, "dns"),
+            (ErrorKind::ConnectRefused, "connect_refused"),
+            (ErrorKind::Connect, "connect"),
+            (ErrorKind::Timeout, "timeout"),
+            (ErrorKind::Tls, "tls"),
+            (ErrorKind::Http, "http"),
+            (ErrorKind::Io, "io"),
+            (ErrorKind::Kernel, "kernel"),
+            (ErrorKind::NoResponse, "no_response"),
+        ];
+        let doc = include_str!("../../../docs/json.md");
+        for (k, s) in all {
+            let json = serde_json::to_string(&ErrorInfo::new(k, "m")).unwrap();
+            assert_eq!(json, format!(r#"{{"kind":"{s}","message":"m"}}"#));
+            assert_eq!(k.as_str(), s);
+            assert_eq!(k.to_string(), s);
+            assert!(
+                doc.contains(&format!("`{s}`")),
+                "docs/json.md does not list {s}"
+            );
+        }
     }
 }

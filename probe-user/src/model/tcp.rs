@@ -17,7 +17,7 @@ pub struct TcpOptions {
     pub timestamps: Option<(u32, u32)>,
 }
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
 pub enum OptionError {
     #[error("option kind {kind} at offset {offset} runs past the end of the options")]
     Truncated { kind: u8, offset: usize },

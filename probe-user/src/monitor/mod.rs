@@ -11,7 +11,7 @@
 use crate::{
     active::prober::{self, Family, Options, Prober},
     kernel::bpf::{Hub, SharedKernel},
-    model::record::{ErrorInfo, Record},
+    model::record::{ErrorInfo, ErrorKind, Record},
     model::targets::{self, LineError, Target},
     output,
     output::metrics::{self, Metrics, Outcome},
@@ -23,7 +23,6 @@ use std::{
     io::Write,
     net::SocketAddr,
     path::PathBuf,
-    rc::Rc,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -145,7 +144,7 @@ async fn serve(listener: tokio::net::TcpListener, m: Arc<Metrics>) {
 
 /// Sends an empty result if a check ends without sending its own.
 struct Report {
-    tx: Option<tokio::sync::mpsc::UnboundedSender<(String, Target, Vec<Record>)>>,
+    tx: Option<tokio::sync::mpsc::UnboundedSender<Finished>>,
     name: String,
     target: Target,
 }
@@ -158,49 +157,70 @@ impl Drop for Report {
     }
 }
 
-/// One check: the target's requests, as records.
-async fn check(
+/// One check to run: the target and what its requests need.
+struct Job {
     kernel: Option<SharedKernel>,
     tls: Arc<rustls::ClientConfig>,
-    t: Target,
+    target: Target,
     default_timeout: Duration,
     cacert: Option<PathBuf>,
     insecure: bool,
     attempt: u32,
-) -> Vec<Record> {
-    let timeout = t.timeout.unwrap_or(default_timeout);
-    let opts = Options {
-        method: t.method.clone(),
-        headers: t.headers.clone(),
-        body: t.body.clone().map(Bytes::from),
-        max_time: Some(timeout),
-        follow: false,
-        max_redirs: 0,
-        reuse: t.reuse,
-        resolve: Vec::new(),
-        family: Family::Any,
-        cacert,
-        insecure,
-        dump_events: false,
-        path_probe: false,
-    };
-    let mut p = Prober::with_shared(kernel, tls, opts);
-    // --max-time bounds each connection; this bounds the whole check.
-    let whole = timeout * (t.reuse + 1) + Duration::from_secs(2);
-    match tokio::time::timeout(whole, p.run(&t.url, attempt)).await {
-        Ok(r) => r,
-        Err(_) => {
-            let method = t
-                .method
-                .as_ref()
-                .map(|m| m.to_string())
-                .unwrap_or_else(|| if t.body.is_some() { "POST" } else { "GET" }.into());
-            let mut r = Record::new(&t.url, &method, p.mode());
-            r.error = Some(ErrorInfo::new(
-                "timeout",
-                format!("the check did not finish within {whole:?}"),
-            ));
-            vec![r]
+}
+
+impl Job {
+    /// Runs the check and sends its records. Whatever happens to the check
+    /// (even a panic), its slot is given back: the guard reports an empty
+    /// result when dropped without having sent one.
+    async fn run(self, tx: tokio::sync::mpsc::UnboundedSender<Finished>) {
+        let t = self.target.clone();
+        let mut guard = Report {
+            tx: Some(tx.clone()),
+            name: t.name.clone(),
+            target: t.clone(),
+        };
+        let recs = self.check().await;
+        guard.tx = None;
+        let _ = tx.send((t.name.clone(), t, recs));
+    }
+
+    /// The target's requests, as records.
+    async fn check(self) -> Vec<Record> {
+        let t = self.target;
+        let timeout = t.timeout.unwrap_or(self.default_timeout);
+        let opts = Options {
+            method: t.method.clone(),
+            headers: t.headers.clone(),
+            body: t.body.clone().map(Bytes::from),
+            max_time: Some(timeout),
+            follow: false,
+            max_redirs: 0,
+            reuse: t.reuse,
+            resolve: Vec::new(),
+            family: Family::Any,
+            cacert: self.cacert,
+            insecure: self.insecure,
+            dump_events: false,
+            path_probe: false,
+        };
+        let mut p = Prober::with_shared(self.kernel, self.tls, opts);
+        // --max-time bounds each connection; this bounds the whole check.
+        let whole = timeout * (t.reuse + 1) + Duration::from_secs(2);
+        match tokio::time::timeout(whole, p.run(&t.url, self.attempt)).await {
+            Ok(r) => r,
+            Err(_) => {
+                let method = t
+                    .method
+                    .as_ref()
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| if t.body.is_some() { "POST" } else { "GET" }.into());
+                let mut r = Record::new(&t.url, &method, p.mode());
+                r.error = Some(ErrorInfo::new(
+                    ErrorKind::Timeout,
+                    format!("the check did not finish within {whole:?}"),
+                ));
+                vec![r]
+            }
         }
     }
 }
@@ -247,65 +267,153 @@ pub async fn run(o: MonitorOptions) -> Result<()> {
     local.run_until(run_local(o)).await
 }
 
+/// A finished check: its target's name, the target as it was checked, and
+/// its records (none when the check ended without any).
+type Finished = (String, Target, Vec<Record>);
+
+/// The monitor's state between two turns of its loop.
+struct Monitor {
+    o: MonitorOptions,
+    tls: Arc<rustls::ClientConfig>,
+    kernel: Option<SharedKernel>,
+    metrics: Arc<Metrics>,
+    statsd: Option<std::net::UdpSocket>,
+    slots: HashMap<String, Slot>,
+    /// The targets file as last read: a change to it is a reload.
+    file_text: String,
+    /// Checks started and not yet reported (at most --concurrency).
+    running: usize,
+    /// Where checks send their records.
+    tx: tokio::sync::mpsc::UnboundedSender<Finished>,
+}
+
 async fn run_local(o: MonitorOptions) -> Result<()> {
-    let (text, first, errors) = read_targets(&o.targets).with_context(|| {
-        format!(
-            "cannot read the targets file {} (one URL a line; see synack monitor --help)",
-            o.targets.display()
-        )
-    })?;
-    report_errors(&o.targets, &errors);
-    let tls = Arc::new(
-        prober::tls_config(o.cacert.as_ref(), o.insecure)
-            .context("cannot set up TLS (check --cacert)")?,
-    );
-    let kernel = crate::kernel::bpf::for_mode(o.mode, &o.interfaces)
-        .map_err(|e| anyhow::anyhow!(crate::kernel::bpf::help(&e)))
-        .context("cannot start the kernel side (--mode unprivileged needs no privileges)")?
-        .map(Hub::shared);
-    let metrics = Arc::new(Metrics::new());
-    let listener = tokio::net::TcpListener::bind(o.listen).await.with_context(|| {
-        format!(
-            "cannot listen on {} for Prometheus (another monitor there? choose one with --listen)",
-            o.listen
-        )
-    })?;
-    tokio::task::spawn_local(serve(listener, metrics.clone()));
-    let statsd = match &o.statsd {
-        Some(addr) => {
-            use std::net::ToSocketAddrs;
-            let to = addr
-                .to_socket_addrs()
-                .with_context(|| {
-                    format!("--statsd {addr}: not HOST:PORT, or HOST does not resolve")
-                })?
-                .next()
-                .with_context(|| format!("--statsd {addr}: HOST has no address"))?;
-            let sock = std::net::UdpSocket::bind(if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" })
-                .context("cannot open a UDP socket for --statsd")?;
-            sock.connect(to)
-                .with_context(|| format!("--statsd {addr}: cannot reach {to}"))?;
-            sock.set_nonblocking(true)?;
-            Some(sock)
+    let (mut m, mut rx) = Monitor::start(o).await?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot install a SIGHUP handler")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install a SIGTERM handler")?;
+    let mut ctrlc = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_file_check = Instant::now();
+    loop {
+        let mut reload = false;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = hup.recv() => reload = true,
+            Some(done) = rx.recv() => m.on_finished(done)?,
+            _ = &mut ctrlc => break,
+            _ = term.recv() => break,
         }
-        None => None,
-    };
+        m.pump();
+        if last_file_check.elapsed() >= Duration::from_secs(1) {
+            last_file_check = Instant::now();
+            m.follow_interfaces();
+            reload |= m.file_changed();
+        }
+        if reload {
+            m.reload();
+        }
+        m.start_due();
+    }
+    eprintln!("synack monitor: stopped");
+    Ok(())
+}
 
-    // Loaded, attached and listening: drop what is no longer needed.
-    crate::kernel::privs::drop_or_warn(&crate::kernel::privs::needed(
-        kernel
-            .as_ref()
-            .and_then(|k| k.lock().ok().map(|h| h.kernel().attach_mode)),
-        false,
-        false,
-    ));
+impl Monitor {
+    /// Reads the targets, loads the kernel side, starts serving metrics,
+    /// opens the DogStatsD socket, drops privileges and schedules the first
+    /// checks; says what it does on stderr.
+    async fn start(
+        o: MonitorOptions,
+    ) -> Result<(Self, tokio::sync::mpsc::UnboundedReceiver<Finished>)> {
+        let (text, first, errors) = read_targets(&o.targets).with_context(|| {
+            format!(
+                "cannot read the targets file {} (one URL a line; see synack monitor --help)",
+                o.targets.display()
+            )
+        })?;
+        report_errors(&o.targets, &errors);
+        let tls = Arc::new(
+            prober::tls_config(o.cacert.as_ref(), o.insecure)
+                .context("cannot set up TLS (check --cacert)")?,
+        );
+        let chosen = crate::kernel::bpf::for_mode(o.mode, &o.interfaces)
+            .map_err(crate::kernel::bpf::Refusal)
+            .context("cannot start the kernel side (--mode unprivileged needs no privileges)")?;
+        for l in &chosen.notices {
+            eprintln!("{l}");
+        }
+        let kernel = chosen.kernel.map(Hub::shared);
+        let metrics = Arc::new(Metrics::new());
+        let listener = tokio::net::TcpListener::bind(o.listen).await.with_context(|| {
+            format!(
+                "cannot listen on {} for Prometheus (another monitor there? choose one with --listen)",
+                o.listen
+            )
+        })?;
+        tokio::task::spawn_local(serve(listener, metrics.clone()));
+        let statsd = o.statsd.as_deref().map(statsd_socket).transpose()?;
 
-    let mut slots: HashMap<String, Slot> = HashMap::new();
-    let mut file_text = text;
-    let apply = |slots: &mut HashMap<String, Slot>, list: Vec<Target>, errors: usize| {
+        // Loaded, attached and listening: drop what is no longer needed.
+        if let Some(w) = crate::kernel::privs::drop_or_warn(&crate::kernel::privs::needed(
+            kernel
+                .as_ref()
+                .and_then(|k| k.lock().ok().map(|h| h.kernel().attach_mode)),
+            false,
+            false,
+        )) {
+            eprintln!("{w}");
+        }
+
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Finished>();
+        let mut m = Monitor {
+            o,
+            tls,
+            kernel,
+            metrics,
+            statsd,
+            slots: HashMap::new(),
+            file_text: text,
+            running: 0,
+            tx,
+        };
+        let n = first.len();
+        m.apply(first, errors.len());
+        eprintln!("{}", m.banner(n));
+        Ok((m, rx))
+    }
+
+    /// The line that says what runs: targets, interval, where metrics go,
+    /// and the mode.
+    fn banner(&self, n: usize) -> String {
+        let o = &self.o;
+        format!(
+            "synack monitor: {n} targets from {} every {:?} (first checks spread over one interval); metrics on http://{}/metrics{}{}",
+            o.targets.display(),
+            o.interval,
+            o.listen,
+            o.statsd
+                .as_ref()
+                .map(|s| format!("; DogStatsD to {s}"))
+                .unwrap_or_default(),
+            match self.kernel.as_ref().map(|k| k.lock()) {
+                Some(Ok(k)) => format!("; kernel side attached ({:?})", k.kernel().attach_mode),
+                Some(Err(_)) => String::new(),
+                None => "; mode unprivileged (socket timestamps)".to_string(),
+            }
+        )
+    }
+
+    /// Makes `list` the targets: gone ones leave (with their series), new
+    /// ones get a first check at a random point of their interval, and a
+    /// changed interval is rescheduled.
+    fn apply(&mut self, list: Vec<Target>, errors: usize) {
         let now = Instant::now();
         let names: Vec<String> = list.iter().map(|t| t.name.clone()).collect();
-        slots.retain(|name, _| {
+        let metrics = &self.metrics;
+        self.slots.retain(|name, _| {
             let keep = names.contains(name);
             if !keep {
                 metrics.remove_target(name);
@@ -314,8 +422,8 @@ async fn run_local(o: MonitorOptions) -> Result<()> {
         });
         metrics.set_targets(&list, errors);
         for t in list {
-            let every = t.interval.unwrap_or(o.interval);
-            match slots.get_mut(&t.name) {
+            let every = t.interval.unwrap_or(self.o.interval);
+            match self.slots.get_mut(&t.name) {
                 Some(s) => {
                     if s.target.interval != t.interval {
                         s.next_due = now + jitter(&t.name, every);
@@ -324,7 +432,7 @@ async fn run_local(o: MonitorOptions) -> Result<()> {
                 }
                 None => {
                     let due = now + jitter(&t.name, every);
-                    slots.insert(
+                    self.slots.insert(
                         t.name.clone(),
                         Slot {
                             target: t,
@@ -336,126 +444,113 @@ async fn run_local(o: MonitorOptions) -> Result<()> {
                 }
             }
         }
-    };
-    let n = first.len();
-    apply(&mut slots, first, errors.len());
-    eprintln!(
-        "synack monitor: {n} targets from {} every {:?} (first checks spread over one interval); metrics on http://{}/metrics{}{}",
-        o.targets.display(),
-        o.interval,
-        o.listen,
-        o.statsd
-            .as_ref()
-            .map(|s| format!("; DogStatsD to {s}"))
-            .unwrap_or_default(),
-        match kernel.as_ref().map(|k| k.lock()) {
-            Some(Ok(k)) => format!("; kernel side attached ({:?})", k.kernel().attach_mode),
-            Some(Err(_)) => String::new(),
-            None => "; mode unprivileged (socket timestamps)".to_string(),
-        }
-    );
+    }
 
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Target, Vec<Record>)>();
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("cannot install a SIGHUP handler")?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot install a SIGTERM handler")?;
-    let mut ctrlc = std::pin::pin!(tokio::signal::ctrl_c());
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_file_check = Instant::now();
-    let running = Rc::new(std::cell::Cell::new(0usize));
-    let stdout = std::io::stdout();
-    loop {
-        let mut reload = false;
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = hup.recv() => reload = true,
-            Some((name, t, recs)) = rx.recv() => {
-                running.set(running.get().saturating_sub(1));
-                let Some(s) = slots.get_mut(&name) else {
-                    // The target left the file while it was being checked.
-                    continue;
-                };
-                s.running = false;
-                let oc = metrics::outcome(&t, &recs);
-                metrics.observe(&name, &recs, &oc);
-                if let Some(Ok(k)) = kernel.as_ref().map(|k| k.lock()) {
-                    metrics.drops(k.drops());
-                }
-                if let Some(sock) = &statsd {
-                    for d in metrics::datagrams(&metrics::statsd_lines(&t, &recs, &oc), 1400) {
-                        // UDP to a local agent: a full buffer or an absent
-                        // agent must not stop the checks.
-                        let _ = sock.send(d.as_bytes());
-                    }
-                }
-                let text = if o.json { json_lines(&t, &recs, &oc) } else { human(&name, &recs, &oc) };
-                let mut out = stdout.lock();
-                out.write_all(text.as_bytes()).and_then(|_| out.flush()).context("cannot write to stdout")?;
-            }
-            _ = &mut ctrlc => break,
-            _ = term.recv() => break,
+    /// A check ended: its slot is free again, and its records go to the
+    /// metrics, DogStatsD and stdout.
+    fn on_finished(&mut self, (name, t, recs): Finished) -> Result<()> {
+        self.running = self.running.saturating_sub(1);
+        let Some(s) = self.slots.get_mut(&name) else {
+            // The target left the file while it was being checked.
+            return Ok(());
+        };
+        s.running = false;
+        let oc = metrics::outcome(&t, &recs);
+        self.metrics.observe(&name, &recs, &oc);
+        if let Some(Ok(k)) = self.kernel.as_ref().map(|k| k.lock()) {
+            self.metrics.drops(k.drops());
         }
-        // Keep the shared ring buffer drained while checks run (a check
-        // takes its events only when it ends).
-        if let Some(k) = kernel.as_ref()
+        if let Some(sock) = &self.statsd {
+            for d in metrics::datagrams(&metrics::statsd_lines(&t, &recs, &oc), 1400) {
+                // UDP to a local agent: a full buffer or an absent
+                // agent must not stop the checks.
+                let _ = sock.send(d.as_bytes());
+            }
+        }
+        let text = if self.o.json {
+            json_lines(&t, &recs, &oc)
+        } else {
+            human(&name, &recs, &oc)
+        };
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        out.write_all(text.as_bytes())
+            .and_then(|_| out.flush())
+            .context("cannot write to stdout")
+    }
+
+    /// Keeps the shared ring buffer drained while checks run (a check
+    /// takes its events only when it ends).
+    fn pump(&self) {
+        if let Some(k) = self.kernel.as_ref()
             && let Ok(mut h) = k.lock()
         {
             h.pump();
         }
-        if last_file_check.elapsed() >= Duration::from_secs(1) {
-            last_file_check = Instant::now();
-            // Interfaces come and go; checks through the remaining ones go on.
-            if let Some(k) = kernel.as_ref()
-                && let Ok(mut h) = k.lock()
-            {
-                match h.follow_interfaces() {
-                    Ok(ch) => {
-                        for l in ch.report("synack monitor", &h.kernel().interfaces) {
-                            eprintln!("{l}");
-                        }
+    }
+
+    /// Interfaces come and go; checks through the remaining ones go on.
+    fn follow_interfaces(&self) {
+        if let Some(k) = self.kernel.as_ref()
+            && let Ok(mut h) = k.lock()
+        {
+            match h.follow_interfaces() {
+                Ok(ch) => {
+                    for l in ch.report("synack monitor", &h.kernel().interfaces) {
+                        eprintln!("{l}");
                     }
-                    Err(e) => eprintln!("synack monitor: cannot list interfaces: {e}"),
                 }
-            }
-            if let Ok(t) = std::fs::read_to_string(&o.targets)
-                && t != file_text
-            {
-                reload = true;
+                Err(e) => eprintln!("synack monitor: cannot list interfaces: {e}"),
             }
         }
-        if reload {
-            match read_targets(&o.targets) {
-                Ok((text, list, errors)) => {
-                    report_errors(&o.targets, &errors);
-                    eprintln!(
-                        "synack monitor: reloaded {}: {} targets, {} broken lines",
-                        o.targets.display(),
-                        list.len(),
-                        errors.len()
-                    );
-                    file_text = text;
-                    apply(&mut slots, list, errors.len());
-                }
-                Err(e) => eprintln!(
-                    "synack monitor: cannot reload {}: {e}; the current targets keep running",
-                    o.targets.display()
-                ),
+    }
+
+    /// True when the targets file now says something else.
+    fn file_changed(&self) -> bool {
+        std::fs::read_to_string(&self.o.targets).is_ok_and(|t| t != self.file_text)
+    }
+
+    /// Reads the targets file again; a file that cannot be read leaves the
+    /// current targets running.
+    fn reload(&mut self) {
+        match read_targets(&self.o.targets) {
+            Ok((text, list, errors)) => {
+                report_errors(&self.o.targets, &errors);
+                eprintln!(
+                    "synack monitor: reloaded {}: {} targets, {} broken lines",
+                    self.o.targets.display(),
+                    list.len(),
+                    errors.len()
+                );
+                self.file_text = text;
+                self.apply(list, errors.len());
             }
+            Err(e) => eprintln!(
+                "synack monitor: cannot reload {}: {e}; the current targets keep running",
+                self.o.targets.display()
+            ),
         }
+    }
+
+    /// Starts the checks that are due, earliest first, while slots are free;
+    /// one still running is skipped (counted), not stacked.
+    fn start_due(&mut self) {
         let now = Instant::now();
-        let mut due: Vec<&mut Slot> = slots.values_mut().filter(|s| s.next_due <= now).collect();
+        let mut due: Vec<&mut Slot> = self
+            .slots
+            .values_mut()
+            .filter(|s| s.next_due <= now)
+            .collect();
         due.sort_by_key(|s| s.next_due);
         for s in due {
-            let every = s.target.interval.unwrap_or(o.interval);
+            let every = s.target.interval.unwrap_or(self.o.interval);
             if s.running {
                 // Not stacked: this one is skipped, the next is an interval on.
-                metrics.skipped(&s.target.name);
+                self.metrics.skipped(&s.target.name);
                 s.next_due += every;
                 continue;
             }
-            if running.get() >= o.concurrency {
+            if self.running >= self.o.concurrency {
                 break;
             }
             s.running = true;
@@ -466,36 +561,33 @@ async fn run_local(o: MonitorOptions) -> Result<()> {
                 // start again from now rather than firing a burst.
                 s.next_due = now + every;
             }
-            running.set(running.get() + 1);
-            let tx = tx.clone();
-            let (k, tls, t) = (kernel.clone(), tls.clone(), s.target.clone());
-            let default_timeout = every.min(Duration::from_secs(10));
-            let (cacert, insecure, attempt) = (o.cacert.clone(), o.insecure, s.runs - 1);
-            tokio::task::spawn_local(async move {
-                // Whatever happens to the check (even a panic), its slot is
-                // given back: the guard reports an empty result when dropped
-                // without having sent one.
-                let mut guard = Report {
-                    tx: Some(tx.clone()),
-                    name: t.name.clone(),
-                    target: t.clone(),
-                };
-                let name = t.name.clone();
-                let recs = check(
-                    k,
-                    tls,
-                    t.clone(),
-                    default_timeout,
-                    cacert,
-                    insecure,
-                    attempt,
-                )
-                .await;
-                guard.tx = None;
-                let _ = tx.send((name, t, recs));
-            });
+            self.running += 1;
+            let job = Job {
+                kernel: self.kernel.clone(),
+                tls: self.tls.clone(),
+                target: s.target.clone(),
+                default_timeout: every.min(Duration::from_secs(10)),
+                cacert: self.o.cacert.clone(),
+                insecure: self.o.insecure,
+                attempt: s.runs - 1,
+            };
+            tokio::task::spawn_local(job.run(self.tx.clone()));
         }
     }
-    eprintln!("synack monitor: stopped");
-    Ok(())
+}
+
+/// DogStatsD's socket: UDP, connected to HOST:PORT, never blocking.
+fn statsd_socket(addr: &str) -> Result<std::net::UdpSocket> {
+    use std::net::ToSocketAddrs;
+    let to = addr
+        .to_socket_addrs()
+        .with_context(|| format!("--statsd {addr}: not HOST:PORT, or HOST does not resolve"))?
+        .next()
+        .with_context(|| format!("--statsd {addr}: HOST has no address"))?;
+    let sock = std::net::UdpSocket::bind(if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" })
+        .context("cannot open a UDP socket for --statsd")?;
+    sock.connect(to)
+        .with_context(|| format!("--statsd {addr}: cannot reach {to}"))?;
+    sock.set_nonblocking(true)?;
+    Ok(sock)
 }

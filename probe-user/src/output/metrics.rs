@@ -7,7 +7,7 @@
 //! are synack's.
 
 use crate::{
-    model::record::{Drops, Record},
+    model::record::{Drops, ErrorKind, Record},
     model::targets::Target,
     model::verdict::PathKind,
 };
@@ -292,6 +292,14 @@ impl Metrics {
 
     /// Records one finished check (all its records: `reuse` requests).
     pub fn observe(&self, target: &str, records: &[Record], outcome: &Outcome) {
+        self.observe_phases(target, records);
+        self.observe_outcome(target, outcome);
+        self.observe_path(target, records);
+    }
+
+    /// Each record's phases into the histograms, its retransmissions into
+    /// the counters.
+    fn observe_phases(&self, target: &str, records: &[Record]) {
         for r in records {
             for (phase, ms) in phase_values(r) {
                 self.phase
@@ -312,6 +320,11 @@ impl Metrics {
                 c.inc_by(n.unwrap_or(0) as u64);
             }
         }
+    }
+
+    /// Success, the check counter, and the error kind (remembered, so that
+    /// a target that leaves takes its series with it).
+    fn observe_outcome(&self, target: &str, outcome: &Outcome) {
         let tl = Self::t(target);
         self.success.get_or_create(&tl).set(outcome.success as i64);
         let result = if outcome.success {
@@ -325,10 +338,10 @@ impl Metrics {
                 result: result.to_string(),
             })
             .inc();
-        if let Some(kind) = &outcome.error_kind {
+        if let Some(kind) = outcome.error_kind {
             let l = KindL {
                 target: target.to_string(),
-                kind: kind.clone(),
+                kind: kind.as_str().to_string(),
             };
             self.errors.get_or_create(&l).inc();
             let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -336,6 +349,12 @@ impl Metrics {
                 st.kinds.push((l.target, l.kind));
             }
         }
+    }
+
+    /// What the last records say of the path: status, middlebox, the
+    /// bottleneck, SYN-ACK TTL and hops, TTFB.
+    fn observe_path(&self, target: &str, records: &[Record]) {
+        let tl = Self::t(target);
         let last = records.last();
         self.status
             .get_or_create(&tl)
@@ -473,8 +492,31 @@ fn sanitize(k: &str) -> String {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outcome {
     pub success: bool,
-    /// The first error kind, or "status" for an unexpected status.
-    pub error_kind: Option<String>,
+    /// Why it failed, when it did.
+    pub error_kind: Option<Failure>,
+}
+
+/// Why a check failed: the `kind` label of `synack_check_errors_total` (and
+/// DogStatsD's `synack.check.errors`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// A request failed: its error's kind.
+    Request(ErrorKind),
+    /// Every request ended, but a status was not one the target expects.
+    Status,
+    /// The check produced no record at all (a bug in synack).
+    Internal,
+}
+
+impl Failure {
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Failure::Request(k) => k.as_str(),
+            Failure::Status => "status",
+            Failure::Internal => "internal",
+        }
+    }
 }
 
 /// Judges a check's records against the target's expectations.
@@ -482,13 +524,13 @@ pub fn outcome(t: &Target, records: &[Record]) -> Outcome {
     if records.is_empty() {
         return Outcome {
             success: false,
-            error_kind: Some("internal".into()),
+            error_kind: Some(Failure::Internal),
         };
     }
     if let Some(e) = records.iter().find_map(|r| r.error.as_ref()) {
         return Outcome {
             success: false,
-            error_kind: Some(e.kind.clone()),
+            error_kind: Some(Failure::Request(e.kind)),
         };
     }
     if records
@@ -497,7 +539,7 @@ pub fn outcome(t: &Target, records: &[Record]) -> Outcome {
     {
         return Outcome {
             success: false,
-            error_kind: Some("status".into()),
+            error_kind: Some(Failure::Status),
         };
     }
     Outcome {
@@ -537,7 +579,8 @@ pub fn statsd_lines(t: &Target, records: &[Record], o: &Outcome) -> Vec<String> 
         "synack.checks:1|c|#{tagstr},result:{}",
         if o.success { "success" } else { "failure" }
     ));
-    if let Some(k) = &o.error_kind {
+    if let Some(k) = o.error_kind {
+        let k = k.as_str();
         out.push(format!("synack.check.errors:1|c|#{tagstr},kind:{k}"));
     }
     if let Some(v) = records.iter().rev().find_map(|r| r.verdict.as_ref()) {
@@ -679,13 +722,13 @@ mod tests {
         let mut r = rec();
         r.http_status = Some(503);
         assert_eq!(
-            outcome(&t, &[r.clone()]).error_kind.as_deref(),
+            outcome(&t, &[r.clone()]).error_kind.map(Failure::as_str),
             Some("status")
         );
-        r.error = Some(ErrorInfo::new("connect_refused", "no"));
+        r.error = Some(ErrorInfo::new(ErrorKind::ConnectRefused, "no"));
         let o = outcome(&t, &[r]);
         assert!(!o.success);
-        assert_eq!(o.error_kind.as_deref(), Some("connect_refused"));
+        assert_eq!(o.error_kind.map(Failure::as_str), Some("connect_refused"));
     }
 
     #[test]

@@ -379,7 +379,7 @@ pub fn summary(records: &[Record]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::record::{ErrorInfo, Record};
+    use crate::model::record::{ErrorInfo, ErrorKind, Record};
 
     fn rec() -> Record {
         let mut r = Record::new("http://h/", "GET", "ebpf");
@@ -412,7 +412,7 @@ mod tests {
         assert!(s.contains("lost events 0"), "{s}");
         let mut r = rec();
         r.error = Some(ErrorInfo::new(
-            "timeout",
+            ErrorKind::Timeout,
             "--max-time reached during response",
         ));
         assert!(human(&r).contains("error (timeout): --max-time reached"));
@@ -473,7 +473,7 @@ mod tests {
         );
         assert!(l.contains("hs 1.50") && l.contains("server 20.00"), "{l}");
         r.direction = "server";
-        r.error = Some(ErrorInfo::new("no_response", "no response yet"));
+        r.error = Some(ErrorInfo::new(ErrorKind::NoResponse, "no response yet"));
         r.method = String::new();
         r.url = "https://api.example".into();
         let l = watch_line(&r);

@@ -75,15 +75,19 @@ async fn requests(a: ProbeArgs) -> Result<ExitCode> {
     let tls = prober::tls_config(opts.cacert.as_ref(), opts.insecure)
         .context("cannot set up TLS (check --cacert)")?;
     bpf::raise_memlock();
-    let kernel = bpf::for_mode(a.mode.mode, &a.interfaces.interfaces)
-        .map_err(|e| anyhow::anyhow!(bpf::help(&e)))
+    let chosen = bpf::for_mode(a.mode.mode, &a.interfaces.interfaces)
+        .map_err(bpf::Refusal)
         .context("cannot start the kernel side (--mode unprivileged needs no privileges)")?;
+    let kernel = chosen.kernel;
     // Loaded and attached: what is left needs (almost) no privilege.
-    privs::drop_or_warn(&privs::needed(
+    let dropped = privs::drop_or_warn(&privs::needed(
         kernel.as_ref().map(|k| k.attach_mode),
         false,
         false,
     ));
+    for l in chosen.notices.iter().chain(&dropped) {
+        eprintln!("{l}");
+    }
     let mut prober = Prober::new(kernel, tls, opts);
 
     let mut all = Vec::new();
@@ -94,7 +98,11 @@ async fn requests(a: ProbeArgs) -> Result<ExitCode> {
             if attempt > 0 && !a.interval.is_zero() {
                 tokio::time::sleep(a.interval).await;
             }
-            for r in prober.run(url, attempt).await {
+            let records = prober.run(url, attempt).await;
+            for l in prober.take_dump() {
+                eprintln!("{l}");
+            }
+            for r in records {
                 let failed =
                     r.error.is_some() || (a.fail && r.http_status.is_some_and(|s| s >= 400));
                 ok &= !failed;

@@ -289,10 +289,10 @@ fn options(a: WatchArgs) -> Result<WatchOptions> {
     let mut cgroups = Cgroups::new();
     let mut paths = Vec::new();
     for c in &a.cgroup {
-        paths.push(cgroups.resolve(c).map_err(anyhow::Error::msg)?);
+        paths.push(cgroups.resolve(c)?);
     }
     for c in &a.container {
-        paths.push(cgroups.container(c).map_err(anyhow::Error::msg)?);
+        paths.push(cgroups.container(c)?);
     }
     Ok(WatchOptions {
         interfaces: a.interfaces.interfaces,
@@ -329,62 +329,25 @@ pub async fn command(a: WatchArgs) -> Result<ExitCode> {
 
 /// Runs until Ctrl-C, SIGTERM or --duration; prints the summary then.
 pub async fn run(o: WatchOptions) -> Result<()> {
-    let mut kernel = Kernel::load(&o.interfaces, Scope::Everything)
-        .map_err(|e| anyhow::anyhow!(crate::kernel::bpf::help(&e)))
-        .context("cannot start the kernel side")?;
-    crate::kernel::privs::drop_or_warn(&crate::kernel::privs::needed(
-        Some(kernel.attach_mode),
-        true,
-        kernel.follows_new_interfaces(),
-    ));
-    let nets = netif::local_nets().unwrap_or_default();
-    let mut tracker = Tracker::new(o.settings.clone(), nets);
-    let mut owners = SocketOwners::new();
-    let mut cgroups = Cgroups::new();
-    let names: Vec<&str> = kernel.interfaces.iter().map(|i| i.name.as_str()).collect();
-    let attribution = match &kernel.connect_hooks {
-        Ok(at) => format!("processes named by connect hooks on {at}"),
-        Err(why) => format!(
-            "no connect hooks ({why}): processes found through /proc, which misses short-lived ones"
-        ),
-    };
-    eprintln!(
-        "synack watch: following TCP connections on {} ({:?}); {attribution}; Ctrl-C stops and \
-         prints a summary",
-        names.join(", "),
-        kernel.attach_mode
-    );
-
-    let ring_fd = kernel
+    let mut w = Watch::start(o)?;
+    let ring_fd = w
+        .kernel
         .ring_fd()
         .try_clone_to_owned()
         .context("cannot duplicate the ring buffer's descriptor")?;
     // SAFETY: the AsyncFd owns this duplicate, so the descriptor stays open
     // and refers to the ring buffer for the AsyncFd's whole life.
     let ring = unsafe { AsyncFd::register_with_interest(ring_fd, Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("{e}"))
         .context("cannot wait on the ring buffer")?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install a SIGTERM handler")?;
     let mut ctrlc = std::pin::pin!(tokio::signal::ctrl_c());
-    let started = Instant::now();
-    let deadline = o.duration.map(|d| tokio::time::Instant::now() + d);
+    let deadline = w.o.duration.map(|d| tokio::time::Instant::now() + d);
     // The kernel side does not wake us per event (see submit_flags in
     // probe-ebpf): drain every 10 ms, or at once when the ring fills up.
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut next_summary = o.summary_every.map(|d| Instant::now() + d);
-    // Addresses come and go (DHCP, a new container): re-read them now and then.
-    let mut next_addrs = Instant::now() + Duration::from_secs(5);
-    // Interfaces come and go (containers' veths): each second, forget the
-    // gone ones and attach to new ones.
-    let mut next_ifaces = Instant::now() + Duration::from_secs(1);
-    let mut next_scan = Instant::now();
-    let mut totals = Totals::new();
-    let mut done: Vec<Done> = Vec::new();
-    let stdout = std::io::stdout();
     let mut stop = false;
-    let mut all_gone = false;
     while !stop {
         tokio::select! {
             g = ring.readable() => {
@@ -402,8 +365,108 @@ pub async fn run(o: WatchOptions) -> Result<()> {
                 }
             } => stop = true,
         }
-        let dump = o.dump_events;
-        kernel.drain_with(|ev, snap| {
+        w.drain();
+        if stop {
+            w.tracker.flush(&mut w.done);
+        } else {
+            w.scan_quiet();
+        }
+        w.print_done()?;
+        stop |= w.follow_interfaces();
+        w.refresh_addrs();
+        w.running_summary();
+    }
+    eprintln!(
+        "{}",
+        final_summary(
+            &w.totals,
+            &w.tracker.stats,
+            &w.kernel.drops(),
+            w.started.elapsed().as_secs_f64()
+        )
+    );
+    if w.all_gone {
+        return Err(InterfacesGone.into());
+    }
+    Ok(())
+}
+
+/// Watch's state between two turns of its loop.
+struct Watch {
+    o: WatchOptions,
+    kernel: Kernel,
+    tracker: Tracker,
+    owners: SocketOwners,
+    cgroups: Cgroups,
+    totals: Totals,
+    /// Requests complete and not yet printed.
+    done: Vec<Done>,
+    started: Instant,
+    next_summary: Option<Instant>,
+    /// Addresses come and go (DHCP, a new container): re-read them now and then.
+    next_addrs: Instant,
+    /// Interfaces come and go (containers' veths): each second, forget the
+    /// gone ones and attach to new ones.
+    next_ifaces: Instant,
+    next_scan: Instant,
+    /// Every interface went away: end, then fail.
+    all_gone: bool,
+}
+
+impl Watch {
+    /// Loads and attaches the kernel side (every connection, with the
+    /// connect hooks), drops privileges, and says what it follows.
+    fn start(o: WatchOptions) -> Result<Self> {
+        let mut kernel = Kernel::load(&o.interfaces, Scope::Everything)
+            .map_err(crate::kernel::bpf::Refusal)
+            .context("cannot start the kernel side")?;
+        let dropped = crate::kernel::privs::drop_or_warn(&crate::kernel::privs::needed(
+            Some(kernel.attach_mode),
+            true,
+            kernel.follows_new_interfaces(),
+        ));
+        for l in kernel.take_notices().iter().chain(&dropped) {
+            eprintln!("{l}");
+        }
+        let nets = netif::local_nets().unwrap_or_default();
+        let tracker = Tracker::new(o.settings.clone(), nets);
+        let names: Vec<&str> = kernel.interfaces.iter().map(|i| i.name.as_str()).collect();
+        let attribution = match &kernel.connect_hooks {
+            Ok(at) => format!("processes named by connect hooks on {at}"),
+            Err(why) => format!(
+                "no connect hooks ({why}): processes found through /proc, which misses short-lived ones"
+            ),
+        };
+        eprintln!(
+            "synack watch: following TCP connections on {} ({:?}); {attribution}; Ctrl-C stops and \
+             prints a summary",
+            names.join(", "),
+            kernel.attach_mode
+        );
+        let now = Instant::now();
+        Ok(Watch {
+            next_summary: o.summary_every.map(|d| now + d),
+            o,
+            kernel,
+            tracker,
+            owners: SocketOwners::new(),
+            cgroups: Cgroups::new(),
+            totals: Totals::new(),
+            done: Vec::new(),
+            started: now,
+            next_addrs: now + Duration::from_secs(5),
+            next_ifaces: now + Duration::from_secs(1),
+            next_scan: now,
+            all_gone: false,
+        })
+    }
+
+    /// Every event the ring buffer holds, into the tracker (and to stderr
+    /// with --dump-events).
+    fn drain(&mut self) {
+        let dump = self.o.dump_events;
+        let (tracker, done) = (&mut self.tracker, &mut self.done);
+        self.kernel.drain_with(|ev, snap| {
             if dump {
                 eprintln!(
                     "event t={} port={}->{} kind={} dir={} seq={} len={} flags={:#x} evf={} peer_high={} snap={:02x?}",
@@ -420,96 +483,117 @@ pub async fn run(o: WatchOptions) -> Result<()> {
                     &snap[..snap.len().min(12)]
                 );
             }
-            tracker.push(ev, snap, &mut done)
+            tracker.push(ev, snap, done)
         });
-        if stop {
-            tracker.flush(&mut done);
-        } else if Instant::now() >= next_scan {
-            // A scan of every connection for quiet ones: a tenth of a
-            // second is fine-grained enough for a 500 ms quiet time, and
-            // spares a full table walk per 10 ms drain.
-            next_scan = Instant::now() + Duration::from_millis(100);
-            tracker.tick_with(mono_ns(), |k| kernel.flow_state(k), &mut done);
+    }
+
+    /// A scan of every connection for quiet ones: a tenth of a second is
+    /// fine-grained enough for a 500 ms quiet time, and spares a full table
+    /// walk per 10 ms drain.
+    fn scan_quiet(&mut self) {
+        if Instant::now() < self.next_scan {
+            return;
         }
-        if !done.is_empty() {
-            let drops = kernel.drops();
-            let mut text = String::new();
-            for mut d in done.drain(..) {
-                attribute(&mut d, &kernel, &mut owners, &mut cgroups);
-                if !o.filters.pass(&d.record, &d.key) {
-                    totals.filtered_out += 1;
-                    continue;
-                }
-                d.record.drops = drops;
-                totals.add(&d.record);
-                if o.json {
-                    text.push_str(&output::json_line(&d.record));
-                } else {
-                    text.push_str(&format!(
-                        "{} {}",
-                        crate::host::clock::time_of_day(),
-                        output::watch_line(&d.record)
-                    ));
-                }
-                text.push('\n');
+        self.next_scan = Instant::now() + Duration::from_millis(100);
+        let kernel = &self.kernel;
+        self.tracker
+            .tick_with(mono_ns(), |k| kernel.flow_state(k), &mut self.done);
+    }
+
+    /// The finished requests: owner attributed, filtered, counted, printed.
+    fn print_done(&mut self) -> Result<()> {
+        if self.done.is_empty() {
+            return Ok(());
+        }
+        let drops = self.kernel.drops();
+        let mut text = String::new();
+        for mut d in self.done.drain(..) {
+            attribute(&mut d, &self.kernel, &mut self.owners, &mut self.cgroups);
+            if !self.o.filters.pass(&d.record, &d.key) {
+                self.totals.filtered_out += 1;
+                continue;
             }
-            let mut out = stdout.lock();
-            out.write_all(text.as_bytes())
-                .and_then(|_| out.flush())
-                .context("cannot write to stdout")?;
-        }
-        if Instant::now() >= next_ifaces {
-            next_ifaces = Instant::now() + Duration::from_secs(1);
-            match kernel.follow_interfaces() {
-                Ok(ch) => {
-                    for l in ch.report("synack watch", &kernel.interfaces) {
-                        eprintln!("{l}");
-                    }
-                    if !ch.gone.is_empty() && kernel.interfaces.is_empty() {
-                        // Nothing more can be seen: end as on Ctrl-C (the
-                        // summary is printed), then fail.
-                        all_gone = true;
-                        stop = true;
-                    }
-                    if !ch.added.is_empty() {
-                        // A new interface usually brings new addresses.
-                        next_addrs = Instant::now();
-                    }
-                }
-                Err(e) => eprintln!("synack watch: cannot list interfaces: {e}"),
+            d.record.drops = drops;
+            self.totals.add(&d.record);
+            if self.o.json {
+                text.push_str(&output::json_line(&d.record));
+            } else {
+                text.push_str(&format!(
+                    "{} {}",
+                    crate::host::clock::time_of_day(),
+                    output::watch_line(&d.record)
+                ));
             }
+            text.push('\n');
         }
-        if Instant::now() >= next_addrs {
-            next_addrs = Instant::now() + Duration::from_secs(5);
-            if let Err(e) = kernel.refresh_local_addrs() {
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        out.write_all(text.as_bytes())
+            .and_then(|_| out.flush())
+            .context("cannot write to stdout")
+    }
+
+    /// Once a second: forget gone interfaces, attach to new ones. True when
+    /// none is left, so that watch ends as on Ctrl-C (the summary is
+    /// printed), then fails.
+    fn follow_interfaces(&mut self) -> bool {
+        if Instant::now() < self.next_ifaces {
+            return false;
+        }
+        self.next_ifaces = Instant::now() + Duration::from_secs(1);
+        match self.kernel.follow_interfaces() {
+            Ok(ch) => {
+                let notices = self.kernel.take_notices();
+                for l in ch
+                    .report("synack watch", &self.kernel.interfaces)
+                    .iter()
+                    .chain(&notices)
+                {
+                    eprintln!("{l}");
+                }
+                if !ch.added.is_empty() {
+                    // A new interface usually brings new addresses.
+                    self.next_addrs = Instant::now();
+                }
+                if !ch.gone.is_empty() && self.kernel.interfaces.is_empty() {
+                    self.all_gone = true;
+                    return true;
+                }
+            }
+            Err(e) => eprintln!("synack watch: cannot list interfaces: {e}"),
+        }
+        false
+    }
+
+    /// Every 5 s (and after a new interface): this host's addresses again.
+    fn refresh_addrs(&mut self) {
+        if Instant::now() >= self.next_addrs {
+            self.next_addrs = Instant::now() + Duration::from_secs(5);
+            if let Err(e) = self.kernel.refresh_local_addrs() {
                 eprintln!("synack watch: cannot refresh this host's addresses: {e}");
             }
         }
-        if let Some(t) = next_summary
+    }
+
+    /// With --summary-every (and not --json): the running totals on stderr.
+    fn running_summary(&mut self) {
+        if let Some(t) = self.next_summary
             && Instant::now() >= t
-            && !o.json
+            && !self.o.json
         {
-            let k = kernel.drops();
+            let k = self.kernel.drops();
             eprintln!(
                 "{}",
-                running_line(&totals, &tracker.stats, tracker.open(), k.total())
+                running_line(
+                    &self.totals,
+                    &self.tracker.stats,
+                    self.tracker.open(),
+                    k.total()
+                )
             );
-            next_summary = o.summary_every.map(|d| Instant::now() + d);
+            self.next_summary = self.o.summary_every.map(|d| Instant::now() + d);
         }
     }
-    eprintln!(
-        "{}",
-        final_summary(
-            &totals,
-            &tracker.stats,
-            &kernel.drops(),
-            started.elapsed().as_secs_f64()
-        )
-    );
-    if all_gone {
-        return Err(InterfacesGone.into());
-    }
-    Ok(())
 }
 
 /// Watch ended because every interface it was attached to went away: a

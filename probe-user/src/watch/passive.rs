@@ -16,7 +16,7 @@
 use crate::{
     host::netif::{LocalNet, on_link},
     model::flows::{Flow, key_addrs},
-    model::record::{ErrorInfo, Record, TimelineEntry, WireTimes},
+    model::record::{ErrorInfo, ErrorKind, Record, TimelineEntry, WireTimes},
     model::sniff::{self, Proto},
     model::tcp::hops_from_ttl,
     model::timeline::{self, ConnMarks, RequestMarks},
@@ -195,47 +195,8 @@ impl Tracker {
     /// Feeds one kernel event (and its payload snapshot); finished requests
     /// are appended to `out`.
     pub fn push(&mut self, ev: &Event, snap: &[u8], out: &mut Vec<Done>) {
-        let syn_opens = ev.kind == EV_SYN && ev.ev_flags & EVF_RETRANS == 0;
-        if syn_opens {
-            if let Some(mut old) = self.conns.remove(&ev.key) {
-                // The 4-tuple is reused by a new connection.
-                self.finish(&mut old, true, out);
-            }
-            if self.conns.len() >= self.settings.max_conns {
-                self.evict_one(out);
-            }
-            self.stats.connections += 1;
-            let side = if ev.dir == DIR_OUT {
-                Side::Client
-            } else {
-                Side::Server
-            };
-            self.stats.peak_open = self.stats.peak_open.max(self.conns.len() as u64 + 1);
-            let mut flow = Flow::new(ev.key, ev.cookie);
-            flow.keep_events = false;
-            let route_on_link = match side {
-                Side::Client => self.route_on_link(key_addrs(&ev.key).1.ip()),
-                Side::Server => None,
-            };
-            self.conns.insert(
-                ev.key,
-                Conn {
-                    flow,
-                    side,
-                    proto: None,
-                    tls_version: None,
-                    tls_done: false,
-                    request_next_segment: false,
-                    sni: None,
-                    next_index: 0,
-                    pending: None,
-                    facts: Vec::new(),
-                    first: None,
-                    cgroup_id: 0,
-                    last_ns: ev.ts_ns,
-                    route_on_link,
-                },
-            );
+        if ev.kind == EV_SYN && ev.ev_flags & EVF_RETRANS == 0 {
+            self.open_conn(ev, out);
         }
         let Some(c) = self.conns.get_mut(&ev.key) else {
             self.stats.unknown_flow_events += 1;
@@ -257,38 +218,7 @@ impl Tracker {
             return;
         }
         c.flow.push(ev);
-        let (req_dir, resp_dir) = match c.side {
-            Side::Client => (DIR_OUT, DIR_IN),
-            Side::Server => (DIR_IN, DIR_OUT),
-        };
-        let mut done: Vec<Pending> = Vec::new();
-        if ev.kind == EV_DATA && ev.ev_flags & EVF_RETRANS == 0 {
-            let turn = ev.ev_flags & EVF_TURN_START != 0;
-            if ev.dir == req_dir {
-                if let Some(p) = c.pending.as_mut() {
-                    // The response turn is over: its first segment stands.
-                    p.resp_maybe_ticket = None;
-                }
-                if turn {
-                    c.request_next_segment = false;
-                    on_request_turn(c, ev, snap, &self.settings, &mut done, &mut self.stats);
-                } else if c.request_next_segment {
-                    c.request_next_segment = false;
-                    start_request(c, ev, None, &mut done);
-                    if let Some(p) = c.pending.as_mut() {
-                        p.after_finished = true;
-                    }
-                }
-            } else if ev.dir == resp_dir {
-                on_response_data(c, ev, snap, turn);
-            }
-        }
-        if matches!(ev.kind, EV_FIN | EV_RST)
-            && let Some(p) = c.pending.as_mut()
-        {
-            note_peer_end(p, ev, resp_dir);
-        }
-        for p in done {
+        for p in on_segment(c, ev, snap, &self.settings, &mut self.stats) {
             let rec = build(c, p, &self.nets);
             self.stats.requests += 1;
             if tunnel(&rec) {
@@ -306,6 +236,50 @@ impl Tracker {
             }
             self.finish(&mut c, false, out);
         }
+    }
+
+    /// A first SYN: a new connection to follow (a 4-tuple reused by a new
+    /// connection ends the old one; at --max-connections the oldest goes).
+    fn open_conn(&mut self, ev: &Event, out: &mut Vec<Done>) {
+        if let Some(mut old) = self.conns.remove(&ev.key) {
+            // The 4-tuple is reused by a new connection.
+            self.finish(&mut old, true, out);
+        }
+        if self.conns.len() >= self.settings.max_conns {
+            self.evict_one(out);
+        }
+        self.stats.connections += 1;
+        let side = if ev.dir == DIR_OUT {
+            Side::Client
+        } else {
+            Side::Server
+        };
+        self.stats.peak_open = self.stats.peak_open.max(self.conns.len() as u64 + 1);
+        let mut flow = Flow::new(ev.key, ev.cookie);
+        flow.keep_events = false;
+        let route_on_link = match side {
+            Side::Client => self.route_on_link(key_addrs(&ev.key).1.ip()),
+            Side::Server => None,
+        };
+        self.conns.insert(
+            ev.key,
+            Conn {
+                flow,
+                side,
+                proto: None,
+                tls_version: None,
+                tls_done: false,
+                request_next_segment: false,
+                sni: None,
+                next_index: 0,
+                pending: None,
+                facts: Vec::new(),
+                first: None,
+                cgroup_id: 0,
+                last_ns: ev.ts_ns,
+                route_on_link,
+            },
+        );
     }
 
     /// Reports requests whose connection went quiet, and forgets connections
@@ -419,7 +393,7 @@ impl Tracker {
                 } else {
                     "the connection closed before a response"
                 };
-                rec.error = Some(ErrorInfo::new("no_response", why));
+                rec.error = Some(ErrorInfo::new(ErrorKind::NoResponse, why));
             }
             self.stats.requests += 1;
             out.push(done_of(c, rec));
@@ -446,6 +420,50 @@ fn done_of(c: &Conn, record: Record) -> Done {
 /// Raw sequence to stream offset in a direction.
 fn off(f: &Flow, dir: u8, seq: u32) -> Option<u64> {
     f.offset(dir, seq).map(u64::from)
+}
+
+/// What one segment of a followed connection changes: a request turn
+/// starts (ending the request before it, which is returned), a response
+/// turn goes on, or the peer ends the connection.
+fn on_segment(
+    c: &mut Conn,
+    ev: &Event,
+    snap: &[u8],
+    settings: &Settings,
+    stats: &mut PassiveStats,
+) -> Vec<Pending> {
+    let (req_dir, resp_dir) = match c.side {
+        Side::Client => (DIR_OUT, DIR_IN),
+        Side::Server => (DIR_IN, DIR_OUT),
+    };
+    let mut done: Vec<Pending> = Vec::new();
+    if ev.kind == EV_DATA && ev.ev_flags & EVF_RETRANS == 0 {
+        let turn = ev.ev_flags & EVF_TURN_START != 0;
+        if ev.dir == req_dir {
+            if let Some(p) = c.pending.as_mut() {
+                // The response turn is over: its first segment stands.
+                p.resp_maybe_ticket = None;
+            }
+            if turn {
+                c.request_next_segment = false;
+                on_request_turn(c, ev, snap, settings, &mut done, stats);
+            } else if c.request_next_segment {
+                c.request_next_segment = false;
+                start_request(c, ev, None, &mut done);
+                if let Some(p) = c.pending.as_mut() {
+                    p.after_finished = true;
+                }
+            }
+        } else if ev.dir == resp_dir {
+            on_response_data(c, ev, snap, turn);
+        }
+    }
+    if matches!(ev.kind, EV_FIN | EV_RST)
+        && let Some(p) = c.pending.as_mut()
+    {
+        note_peer_end(p, ev, resp_dir);
+    }
+    done
 }
 
 fn on_request_turn(
