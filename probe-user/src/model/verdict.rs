@@ -312,121 +312,195 @@ struct Samples {
 
 fn samples(conn: &[Facts], first: Option<&Facts>) -> Samples {
     let mut s = Samples::default();
+    let tls = first.is_some_and(|f| f.tls);
+    let raw = RawSamples::gather(conn, first, tls, &mut s.notes);
+    (s.r1, s.r1_from) = raw.path_rtt();
+    s.note_first_contact_wait(raw.h);
+    let Some(f) = first else {
+        return s;
+    };
+    if tls {
+        s.keep_possible(raw.p, raw.t);
+        s.set_aside_late_finished_reply();
+    }
+    s.first_and_repeats(conn, f, tls);
+    s
+}
+
+/// Every round-trip sample of the connection, before the path's RTT is
+/// known to hold them against.
+struct RawSamples {
+    /// The handshake, unless Karn's rule makes it ambiguous.
+    h: Option<f64>,
+    /// The smallest ACK of a request that was not sent again.
+    d: Option<f64>,
+    /// ClientHello out -> the first ACK covering it.
+    ch_ack: Option<f64>,
+    /// ClientHello -> ServerHello, unless it may have waited for a retransmission.
+    t: Option<f64>,
+    /// The TLS endpoint's immediate reply to our Finished.
+    p: Option<f64>,
+}
+
+impl RawSamples {
+    /// Takes each sample that can be a round trip, naming the ones set aside.
+    fn gather(conn: &[Facts], first: Option<&Facts>, tls: bool, notes: &mut Vec<String>) -> Self {
+        let h = clean_handshake(first, notes);
+        // The ACK of a request that was not sent again.
+        let d = min_opt(
+            conn.iter()
+                .filter(|f| f.request_resent.is_none())
+                .map(|f| f.data_rtt),
+        );
+        let ch_ack = first.and_then(|f| f.client_hello_acked);
+        // ServerHello: unusable when it may have waited for a retransmission
+        // (late, and our ClientHello was not acknowledged before it came).
+        let h_est = h.or(d);
+        let t = first
+            .filter(|_| tls)
+            .and_then(|f| server_hello(f, h_est, ch_ack, notes));
+        let p = first.filter(|_| tls).and_then(|f| f.tls_round2);
+        RawSamples { h, d, ch_ack, t, p }
+    }
+
+    /// The path's RTT and where it came from: the smallest sample another
+    /// agrees with, a clean handshake preferred within the noise of it.
+    fn path_rtt(&self) -> (Option<f64>, &'static str) {
+        let RawSamples { h, d, ch_ack, t, p } = *self;
+        // Every sample is an upper bound of the round trip to the TCP endpoint;
+        // a mismatched one can come out too short. The path's RTT is the
+        // smallest sample another sample agrees with; lacking agreement, the
+        // smallest of all.
+        // The ClientHello's ACK riding on the ServerHello is the same packet:
+        // no second opinion.
+        let ch_ack_own = ch_ack.filter(|a| t.is_none_or(|t| *a < t - 0.1));
+        let mut all: Vec<(f64, &'static str)> = [
+            (h, "the handshake"),
+            (d, "the ACK of our request"),
+            (ch_ack_own, "the ACK of our ClientHello"),
+            (t, "the ServerHello"),
+            (p, "the reply to our Finished"),
+        ]
+        .into_iter()
+        .filter_map(|(v, n)| v.filter(|v| *v > 0.0).map(|v| (v, n)))
+        .collect();
+        all.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let agreed = all.iter().enumerate().find(|(i, (v, _))| {
+            all.iter()
+                .enumerate()
+                .any(|(j, (w, _))| j != *i && (w - v).abs() <= slack(*v))
+        });
+        // Without agreement, the smallest of all: every sample is an upper
+        // bound once its pairing is right (the first contact's inflate, they
+        // never shrink).
+        let (r1, from) = match (agreed, all.first()) {
+            (Some((_, &(v, n))), _) => (Some(v), n),
+            (None, Some(&(v, n))) => (Some(v), n),
+            (None, None) => (None, "the handshake"),
+        };
+        // A clean handshake within the noise of that is the RTT people know
+        // and compare (and what the lab's tests were calibrated on): use it.
+        match (h, r1) {
+            // (the handshake's own extra: the SYN's path through connection
+            // tracking and the peer's SYN queue, a few tenths of a ms)
+            (Some(h), Some(v)) if h >= v && h - v <= (0.01 * v).max(0.5) => {
+                (Some(h), "the handshake")
+            }
+            _ => (r1, from),
+        }
+    }
+}
+
+/// The first request's handshake as a round trip, unless a SYN sent again
+/// makes it ambiguous (Karn's rule), which is named.
+fn clean_handshake(first: Option<&Facts>, notes: &mut Vec<String>) -> Option<f64> {
     let h = first.and_then(|f| f.handshake.filter(|_| f.handshake_clean));
     if let Some(f) = first
         && f.handshake.is_some()
         && !f.handshake_clean
     {
-        s.notes.push(
+        notes.push(
             "the SYN was sent again and the SYN-ACK does not say which SYN it answers \
              (Karn's rule): the handshake is not used as a round trip"
                 .into(),
         );
     }
-    // The ACK of a request that was not sent again.
-    let d = min_opt(
-        conn.iter()
-            .filter(|f| f.request_resent.is_none())
-            .map(|f| f.data_rtt),
-    );
-    let ch_ack = first.and_then(|f| f.client_hello_acked);
-    let tls = first.is_some_and(|f| f.tls);
-    // ServerHello: unusable when it may have waited for a retransmission
-    // (late, and our ClientHello was not acknowledged before it came).
-    let h_est = h.or(d);
-    let t = first.filter(|_| tls).and_then(|f| {
-        let t = f.tls_rtt.filter(|_| f.retransmits == 0)?;
-        // Late beyond any crypto, with our ClientHello acknowledged only
-        // by the ServerHello itself: a lost segment sent again (a tail
-        // loss probe after two round trips, or a timeout) looks like that;
-        // a proxy holding its ServerHello acknowledges at once.
-        let late = h_est.is_none_or(|r| t - r > crypto_allowance(r));
-        let suspect = late && ch_ack.is_none_or(|a| a >= t - 0.1);
-        if suspect {
-            s.notes.push(format!(
-                "the ServerHello came {} after the ClientHello, which was acknowledged only with \
-                 it: a lost segment sent again looks like that, so it is not used",
-                r(t)
-            ));
-            None
-        } else {
-            Some(t)
-        }
-    });
-    let p = first.filter(|_| tls).and_then(|f| f.tls_round2);
-    // Every sample is an upper bound of the round trip to the TCP endpoint;
-    // a mismatched one can come out too short. The path's RTT is the
-    // smallest sample another sample agrees with; lacking agreement, the
-    // smallest of all.
-    // The ClientHello's ACK riding on the ServerHello is the same packet:
-    // no second opinion.
-    let ch_ack_own = ch_ack.filter(|a| t.is_none_or(|t| *a < t - 0.1));
-    let mut all: Vec<(f64, &'static str)> = [
-        (h, "the handshake"),
-        (d, "the ACK of our request"),
-        (ch_ack_own, "the ACK of our ClientHello"),
-        (t, "the ServerHello"),
-        (p, "the reply to our Finished"),
-    ]
-    .into_iter()
-    .filter_map(|(v, n)| v.filter(|v| *v > 0.0).map(|v| (v, n)))
-    .collect();
-    all.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let agreed = all.iter().enumerate().find(|(i, (v, _))| {
-        all.iter()
-            .enumerate()
-            .any(|(j, (w, _))| j != *i && (w - v).abs() <= slack(*v))
-    });
-    // Without agreement, the smallest of all: every sample is an upper
-    // bound once its pairing is right (the first contact's inflate, they
-    // never shrink).
-    let (r1, from) = match (agreed, all.first()) {
-        (Some((_, &(v, n))), _) => (Some(v), n),
-        (None, Some(&(v, n))) => (Some(v), n),
-        (None, None) => (None, "the handshake"),
-    }; // A clean handshake within the noise of that is the RTT people know
-    // and compare (and what the lab's tests were calibrated on): use it.
-    let (r1, from) = match (h, r1) {
-        // (the handshake's own extra: the SYN's path through connection
-        // tracking and the peer's SYN queue, a few tenths of a ms)
-        (Some(h), Some(v)) if h >= v && h - v <= (0.01 * v).max(0.5) => (Some(h), "the handshake"),
-        _ => (r1, from),
-    };
-    s.r1 = r1;
-    s.r1_from = from;
-    if let (Some(h), Some(r1)) = (h, s.r1)
-        && h - r1 > significant(r1)
-    {
-        s.notes.push(format!(
-            "the handshake took {}, {} more than the path's round trip ({}, from {}): the \
-             first contact waited (a new connection's way through connection tracking, NAT or a \
-             SYN queue, or neighbour discovery); it counts as network time",
-            r(h),
-            r(h - r1),
-            r(r1),
-            s.r1_from
+    h
+}
+
+/// ClientHello -> ServerHello, set aside (and named) when it looks like a
+/// lost segment sent again rather than the TLS endpoint's answer.
+fn server_hello(
+    f: &Facts,
+    h_est: Option<f64>,
+    ch_ack: Option<f64>,
+    notes: &mut Vec<String>,
+) -> Option<f64> {
+    let t = f.tls_rtt.filter(|_| f.retransmits == 0)?;
+    // Late beyond any crypto, with our ClientHello acknowledged only
+    // by the ServerHello itself: a lost segment sent again (a tail
+    // loss probe after two round trips, or a timeout) looks like that;
+    // a proxy holding its ServerHello acknowledges at once.
+    let late = h_est.is_none_or(|r| t - r > crypto_allowance(r));
+    let suspect = late && ch_ack.is_none_or(|a| a >= t - 0.1);
+    if suspect {
+        notes.push(format!(
+            "the ServerHello came {} after the ClientHello, which was acknowledged only with \
+             it: a lost segment sent again looks like that, so it is not used",
+            r(t)
         ));
+        None
+    } else {
+        Some(t)
     }
-    let Some(f) = first else {
-        return s;
-    };
-    let possible = |what: &str, v: f64, notes: &mut Vec<String>| -> bool {
-        match r1 {
-            Some(r1) if v < r1 - slack(r1) => {
-                notes.push(format!(
-                    "{what} came out {} although no round trip on this path is shorter than {}: \
-                     a mismatched sample, discarded",
-                    r(v),
-                    r(r1)
-                ));
-                false
-            }
-            _ => true,
+}
+
+/// A sample shorter than the path's RTT allows is no round trip: false, and
+/// named, when `v` is one.
+fn possible(r1: Option<f64>, what: &str, v: f64, notes: &mut Vec<String>) -> bool {
+    match r1 {
+        Some(r1) if v < r1 - slack(r1) => {
+            notes.push(format!(
+                "{what} came out {} although no round trip on this path is shorter than {}: \
+                 a mismatched sample, discarded",
+                r(v),
+                r(r1)
+            ));
+            false
         }
-    };
-    if tls {
-        s.p = p.filter(|&p| possible("the reply to our TLS Finished", p, &mut s.notes));
-        s.t = t.filter(|&t| possible("ClientHello -> ServerHello", t, &mut s.notes));
+        _ => true,
+    }
+}
+
+impl Samples {
+    /// Names a handshake that waited beyond the path's round trip: the first
+    /// contact's extra wait, counted as network time.
+    fn note_first_contact_wait(&mut self, h: Option<f64>) {
+        if let (Some(h), Some(r1)) = (h, self.r1)
+            && h - r1 > significant(r1)
+        {
+            self.notes.push(format!(
+                "the handshake took {}, {} more than the path's round trip ({}, from {}): the \
+                 first contact waited (a new connection's way through connection tracking, NAT or a \
+                 SYN queue, or neighbour discovery); it counts as network time",
+                r(h),
+                r(h - r1),
+                r(r1),
+                self.r1_from
+            ));
+        }
+    }
+
+    /// Keeps the TLS samples no shorter than the path's RTT allows.
+    fn keep_possible(&mut self, p: Option<f64>, t: Option<f64>) {
+        let r1 = self.r1;
+        self.p = p.filter(|&p| possible(r1, "the reply to our TLS Finished", p, &mut self.notes));
+        self.t = t.filter(|&t| possible(r1, "ClientHello -> ServerHello", t, &mut self.notes));
+    }
+
+    /// Sets aside a late reply to our Finished that the ServerHello shows to
+    /// be the endpoint's own wait, not a round trip farther away.
+    fn set_aside_late_finished_reply(&mut self) {
         // A reply to our Finished later than the TCP round trip says TLS
         // ends farther away only if something could be there: a relay
         // P - R1 from its origin sends the ServerHello no sooner than two
@@ -435,10 +509,10 @@ fn samples(conn: &[Facts], first: Option<&Facts>) -> Samples {
         // bounds the distance better (samples only come late), so the
         // extra wait is the endpoint's own (a session ticket made late on
         // a busy host), not a round trip.
-        if let (Some(p), Some(t), Some(r1)) = (s.p, s.t, r1) {
+        if let (Some(p), Some(t), Some(r1)) = (self.p, self.t, self.r1) {
             let extra = p - r1;
             if extra > significant(r1) && t - r1 < 2.0 * extra - slack(extra.max(r1)) {
-                s.notes.push(format!(
+                self.notes.push(format!(
                     "the reply to our Finished came {} after a round trip, but the ServerHello \
                      only {} after one, sooner than anything that far beyond the TCP endpoint \
                      could send it: the TLS endpoint spent that time itself (a session ticket \
@@ -446,34 +520,38 @@ fn samples(conn: &[Facts], first: Option<&Facts>) -> Samples {
                     r(extra),
                     r(t - r1)
                 ));
-                s.p = None;
+                self.p = None;
             }
         }
     }
-    // Inflated by a retransmission only ever; what it bounds from below
-    // (an upstream crossing) holds all the more.
-    s.f = Some(f).filter(|f| f.index == 0).and_then(|f| f.ttfb);
-    let f1 = Some(f)
-        .filter(|f| f.retransmits == 0 && f.index == 0)
-        .and_then(|f| f.ttfb);
-    let repeats: Vec<(f64, u32)> = conn
-        .iter()
-        .filter(|x| x.index > 0 && x.repeats_first && x.retransmits == 0)
-        .filter_map(|x| x.ttfb.map(|t| (t, x.index)))
-        .collect();
-    let f2 = repeats.iter().copied().min_by(|a, b| a.0.total_cmp(&b.0));
-    if let (Some(f1), Some((f2, i)), false) = (f1, f2, tls) {
-        s.reuse = Some((f1, f2, i));
-        // Repeats that waited differently among themselves show how much
-        // a TTFB varies on this connection without any upstream connect.
-        s.reuse_spread = repeats
+
+    /// The first request's TTFB, and (plain HTTP) how it compares with the
+    /// repeats' on the same connection.
+    fn first_and_repeats(&mut self, conn: &[Facts], f: &Facts, tls: bool) {
+        // Inflated by a retransmission only ever; what it bounds from below
+        // (an upstream crossing) holds all the more.
+        self.f = Some(f).filter(|f| f.index == 0).and_then(|f| f.ttfb);
+        let f1 = Some(f)
+            .filter(|f| f.retransmits == 0 && f.index == 0)
+            .and_then(|f| f.ttfb);
+        let repeats: Vec<(f64, u32)> = conn
             .iter()
-            .map(|x| x.0)
-            .max_by(f64::total_cmp)
-            .map(|m| m - f2)
-            .unwrap_or(0.0);
+            .filter(|x| x.index > 0 && x.repeats_first && x.retransmits == 0)
+            .filter_map(|x| x.ttfb.map(|t| (t, x.index)))
+            .collect();
+        let f2 = repeats.iter().copied().min_by(|a, b| a.0.total_cmp(&b.0));
+        if let (Some(f1), Some((f2, i)), false) = (f1, f2, tls) {
+            self.reuse = Some((f1, f2, i));
+            // Repeats that waited differently among themselves show how much
+            // a TTFB varies on this connection without any upstream connect.
+            self.reuse_spread = repeats
+                .iter()
+                .map(|x| x.0)
+                .max_by(f64::total_cmp)
+                .map(|m| m - f2)
+                .unwrap_or(0.0);
+        }
     }
-    s
 }
 
 /// Clues that timing cannot check.
@@ -631,78 +709,95 @@ fn fit_relay(s: &Samples, tls: bool, name: Explanation) -> Fit {
         return c;
     };
     if tls {
-        match (s.p, s.t) {
-            (Some(p), t) => {
-                let r2 = p - r1;
-                c.r2 = Some((r2, "tls_round2"));
-                if r2 <= significant(r1) {
-                    c.degenerate = true;
-                }
-                if let Some(t) = t
-                    && t - r1 - 2.0 * r2 > crypto_allowance(r1)
-                {
-                    c.fail(
-                        format!(
-                            "the ServerHello came {} after the ClientHello, {} more than the \
-                             relay's upstream round trips ({} each) and crypto explain",
-                            r(t),
-                            r(t - r1 - 2.0 * r2),
-                            r(r2)
-                        ),
-                        t - r1 - 2.0 * r2 - crypto_allowance(r1),
-                    );
-                }
-                // The relay connects upstream once it has accepted us, and
-                // our ClientHello follows at once: it reaches the origin one
-                // upstream round trip later, the ServerHello comes back after
-                // another (a relay that connected before answering our SYN
-                // would show R2 in the handshake instead).
-                if let Some(t) = t
-                    && t - r1 < 2.0 * r2 - slack(r2.max(r1))
-                {
-                    c.fail(
-                        format!(
-                            "the ServerHello came {} after the ClientHello, sooner than the \
-                             relay's upstream connect and the origin's hello ({} each) allow",
-                            r(t),
-                            r(r2)
-                        ),
-                        2.0 * r2 - (t - r1) - slack(r2.max(r1)),
-                    );
-                }
-            }
-            (None, Some(t)) => {
-                // T = R1 + 2 R2 + c: half the excess, crypto included.
-                let r2 = (t - r1) / 2.0;
-                c.r2 = Some((r2, "tls_rtt"));
-                if t - r1 <= crypto_allowance(r1) {
-                    c.degenerate = true;
-                }
-            }
-            (None, None) => {}
-        }
+        fit_relay_tls(&mut c, s, r1);
         check_response_crosses(&mut c, s, r1);
     } else if let Some((f1, f2, _)) = s.reuse {
-        let r2 = f1 - f2;
-        c.r2 = Some((r2, "reuse"));
-        if r2 <= significant(r1) {
-            c.degenerate = true;
-        }
-        // A repeat crosses the upstream once: F2 = R1 + R2 + S >= R1 + R2.
-        if r2 > f2 - r1 + slack(f2) {
-            c.fail(
-                format!(
-                    "the first request waited {} more than a repeat, but the repeat came only \
-                     {} after a round trip: a relay's upstream round trip cannot be longer than \
-                     that",
-                    r(r2),
-                    r(f2 - r1)
-                ),
-                r2 - (f2 - r1) - slack(f2),
-            );
-        }
+        fit_relay_reuse(&mut c, r1, f1, f2);
     }
     c
+}
+
+/// A relay passing TLS through: its origin RTT from the reply to our
+/// Finished (the ServerHello then checked against it) or else from the
+/// ServerHello.
+fn fit_relay_tls(c: &mut Fit, s: &Samples, r1: f64) {
+    match (s.p, s.t) {
+        (Some(p), t) => {
+            let r2 = p - r1;
+            c.r2 = Some((r2, "tls_round2"));
+            if r2 <= significant(r1) {
+                c.degenerate = true;
+            }
+            if let Some(t) = t {
+                check_relay_server_hello(c, t, r1, r2);
+            }
+        }
+        (None, Some(t)) => {
+            // T = R1 + 2 R2 + c: half the excess, crypto included.
+            let r2 = (t - r1) / 2.0;
+            c.r2 = Some((r2, "tls_rtt"));
+            if t - r1 <= crypto_allowance(r1) {
+                c.degenerate = true;
+            }
+        }
+        (None, None) => {}
+    }
+}
+
+/// The ServerHello of a relay `r2` from its origin: no later than its
+/// upstream round trips and crypto explain, no sooner than they allow.
+fn check_relay_server_hello(c: &mut Fit, t: f64, r1: f64, r2: f64) {
+    if t - r1 - 2.0 * r2 > crypto_allowance(r1) {
+        c.fail(
+            format!(
+                "the ServerHello came {} after the ClientHello, {} more than the \
+                 relay's upstream round trips ({} each) and crypto explain",
+                r(t),
+                r(t - r1 - 2.0 * r2),
+                r(r2)
+            ),
+            t - r1 - 2.0 * r2 - crypto_allowance(r1),
+        );
+    }
+    // The relay connects upstream once it has accepted us, and
+    // our ClientHello follows at once: it reaches the origin one
+    // upstream round trip later, the ServerHello comes back after
+    // another (a relay that connected before answering our SYN
+    // would show R2 in the handshake instead).
+    if t - r1 < 2.0 * r2 - slack(r2.max(r1)) {
+        c.fail(
+            format!(
+                "the ServerHello came {} after the ClientHello, sooner than the \
+                 relay's upstream connect and the origin's hello ({} each) allow",
+                r(t),
+                r(r2)
+            ),
+            2.0 * r2 - (t - r1) - slack(r2.max(r1)),
+        );
+    }
+}
+
+/// A plain-HTTP relay: its origin RTT is what the first request waited
+/// beyond a repeat, which the repeat itself must have room for.
+fn fit_relay_reuse(c: &mut Fit, r1: f64, f1: f64, f2: f64) {
+    let r2 = f1 - f2;
+    c.r2 = Some((r2, "reuse"));
+    if r2 <= significant(r1) {
+        c.degenerate = true;
+    }
+    // A repeat crosses the upstream once: F2 = R1 + R2 + S >= R1 + R2.
+    if r2 > f2 - r1 + slack(f2) {
+        c.fail(
+            format!(
+                "the first request waited {} more than a repeat, but the repeat came only \
+                 {} after a round trip: a relay's upstream round trip cannot be longer than \
+                 that",
+                r(r2),
+                r(f2 - r1)
+            ),
+            r2 - (f2 - r1) - slack(f2),
+        );
+    }
 }
 
 /// A middlebox R2 from its origin passes our request upstream and the
@@ -815,161 +910,298 @@ fn candidates(s: &Samples, tls: bool, c: &Clues, reuse_threshold: f64) -> Vec<Fi
 /// Analyses the requests of one connection together (a second request on a
 /// connection tells about the first).
 pub fn analyze(conn: &[Facts]) -> Vec<Analysis> {
-    let first = conn.iter().find(|f| f.index == 0);
-    let any = first.or(conn.first());
-    let tls = any.is_some_and(|f| f.tls);
-    let s = samples(conn, first);
-    let c = clues(first);
-    let have_wire = s.r1.is_some() && conn.iter().any(|f| f.ttfb.is_some());
+    let mut connection = Connection::gather(conn);
+    connection.set_aside_unexplained_server_hello();
+    let standing = Standing::of(&connection.fits);
+    let mut words = Words::default();
+    let (path, chosen) = connection.choose(&standing, &mut words);
+    // Reasons: what decided, then what was checked.
+    connection.explain_choice(path, chosen, &mut words);
+    connection.general_limits(path, &mut words.limits);
+    let r2 = connection.origin_rtt(path, chosen, &mut words.limits);
+    let decision = Decision {
+        path,
+        explanation: explanation(path, chosen, &standing),
+        candidates: connection.fits.iter().map(Fit::candidate).collect(),
+        notes: connection.notes(path),
+        words,
+        r2,
+    };
+    conn.iter()
+        .map(|f| connection.request(&decision, f))
+        .collect()
+}
 
+/// The shared facts of one connection, which every step of its verdict reads.
+struct Connection<'a> {
+    conn: &'a [Facts],
+    /// The request that paid for the handshake, if recorded.
+    first: Option<&'a Facts>,
+    /// The first request, or else any.
+    any: Option<&'a Facts>,
+    tls: bool,
+    s: Samples,
+    c: Clues,
+    /// A round trip and a response were timed on the wire.
+    have_wire: bool,
+    /// The bar a first request's extra wait over a repeat must clear.
+    reuse_threshold: f64,
+    /// Each explanation held against the samples: direct first.
+    fits: Vec<Fit>,
+}
+
+/// The bar a first request's extra wait over a repeat must clear to count as
+/// a relay's upstream connect: the noise, and unless a second clue backs it,
+/// a server's own per-connection cost.
+fn reuse_threshold(s: &Samples, c: &Clues) -> f64 {
     // A second, independent clue lowers the bar for a timing difference.
     let second_clue = c.hop.is_some() || c.via.is_some();
-    let reuse_threshold = s.reuse.map_or(f64::INFINITY, |(_, f2, _)| {
+    s.reuse.map_or(f64::INFINITY, |(_, f2, _)| {
         let noise = significant(s.r1.unwrap_or(f2)) + s.reuse_spread;
         if second_clue {
             noise
         } else {
             noise.max(significant(f2)).max(PER_CONNECTION_COST_MS)
         }
-    });
-    let mut s = s;
-    let mut fits = candidates(&s, tls, &c, reuse_threshold);
-    // A ServerHello no explanation accounts for (each one fails on it, and
-    // without it a direct path fits and no middlebox does) tells nothing of
-    // where TLS ends: it waited for something else.
-    if tls && s.t.is_some() && fits.iter().all(|f| !f.fits()) {
-        let mut without = s.clone();
-        without.t = None;
-        let other = candidates(&without, tls, &c, reuse_threshold);
-        let middlebox_fits = other[1..]
-            .iter()
-            .any(|f| f.fits() && !f.degenerate && f.r2.is_some());
-        if let (true, false, Some(t), Some(r1)) = (other[0].fits(), middlebox_fits, s.t, s.r1) {
-            without.notes.push(format!(
-                "the ServerHello came {} after the ClientHello, {} beyond a round trip, which no \
-                 path explains (the TLS endpoint answered our Finished and the request within a \
-                 round trip): a lost ServerHello sent again after a timeout, counted as network \
-                 time, or a TLS endpoint slow to start its handshake; a capture at the server \
-                 would tell which",
-                r(t),
-                r(t - r1)
-            ));
-            s = without;
-            fits = other;
+    })
+}
+
+/// How the candidates stand against the samples.
+struct Standing<'f> {
+    direct_fits: bool,
+    /// Middlebox candidates that fit and explain something direct does not.
+    strong: Vec<&'f Fit>,
+    /// They fit, and no measurement bounds their upstream RTT (or only a
+    /// difference too small to count): they rest on clues, not timing.
+    weak: Vec<&'f Fit>,
+}
+
+impl<'f> Standing<'f> {
+    /// Sorts the candidates (direct first) into those that fit on timing
+    /// and those that fit only for lack of a measurement against them.
+    fn of(fits: &'f [Fit]) -> Self {
+        Standing {
+            direct_fits: fits[0].fits(),
+            strong: fits[1..]
+                .iter()
+                .filter(|f| f.fits() && !f.degenerate && f.r2.is_some())
+                .collect(),
+            weak: fits[1..]
+                .iter()
+                .filter(|f| f.fits() && (f.r2.is_none() || f.degenerate))
+                .collect(),
         }
     }
 
-    let mut reasons: Vec<String> = Vec::new();
-    let mut limits: Vec<String> = Vec::new();
-    let direct_fits = fits[0].fits();
-    // Middlebox candidates that fit and explain something direct does not.
-    let strong: Vec<&Fit> = fits[1..]
-        .iter()
-        .filter(|f| f.fits() && !f.degenerate && f.r2.is_some())
-        .collect();
-    // They fit, and no measurement bounds their upstream RTT (or only a
-    // difference too small to count): they rest on clues, not timing.
-    let weak: Vec<&Fit> = fits[1..]
-        .iter()
-        .filter(|f| f.fits() && (f.r2.is_none() || f.degenerate))
-        .collect();
-    let agree = |v: &[&Fit]| {
-        v.windows(2).all(|w| match (w[0].r2, w[1].r2) {
+    /// The strong candidates imply the same origin RTT, within noise.
+    fn strong_agree(&self) -> bool {
+        self.strong.windows(2).all(|w| match (w[0].r2, w[1].r2) {
             (Some(a), Some(b)) => (a.0 - b.0).abs() <= significant(a.0.max(b.0)),
             _ => false,
         })
-    };
+    }
 
-    let (path, chosen): (PathKind, Option<&Fit>) = if !have_wire {
-        limits.push("no complete wire timeline (the request failed or events were lost)".into());
-        (PathKind::Unknown, None)
-    } else if !direct_fits && !strong.is_empty() && agree(&strong) {
-        if strong.len() > 1 {
-            limits.push(format!(
-                "{} explain the timings equally (same origin RTT); the immediate reply to our \
-                 Finished, or the certificate's issuer, would tell which",
-                strong
-                    .iter()
-                    .map(|f| f.name.describe())
-                    .collect::<Vec<_>>()
-                    .join(" and ")
+    /// The strong candidates, named for a sentence.
+    fn strong_names(&self) -> String {
+        self.strong
+            .iter()
+            .map(|f| f.name.describe())
+            .collect::<Vec<_>>()
+            .join(" and ")
+    }
+}
+
+/// What the verdict says besides its path: what decided and was checked
+/// (reasons), and what it cannot tell (limits, which come last).
+#[derive(Default)]
+struct Words {
+    reasons: Vec<String>,
+    limits: Vec<String>,
+}
+
+/// The connection's verdict, shared by each of its requests before their
+/// own phases are weighed.
+struct Decision {
+    path: PathKind,
+    explanation: Option<Explanation>,
+    candidates: Vec<Candidate>,
+    /// Samples discarded or set aside, and the explanations left standing.
+    notes: Vec<String>,
+    words: Words,
+    /// The chosen middlebox's origin RTT and where it came from.
+    r2: Option<(f64, &'static str)>,
+}
+
+/// The explanation the verdict names: none when the path is unknown or two
+/// middleboxes tie.
+fn explanation(path: PathKind, chosen: Option<&Fit>, st: &Standing) -> Option<Explanation> {
+    // Two middlebox explanations that fit with the same numbers: the path
+    // is known, which kind of middlebox is not (the reasons name both).
+    let tied = path == PathKind::Middlebox && !st.direct_fits && st.strong.len() > 1;
+    match path {
+        PathKind::Unknown => None,
+        _ if tied => None,
+        _ => chosen.map(|c| c.name),
+    }
+}
+
+impl<'a> Connection<'a> {
+    /// Gathers the connection's samples and clues, and holds each
+    /// explanation against them.
+    fn gather(conn: &'a [Facts]) -> Self {
+        let first = conn.iter().find(|f| f.index == 0);
+        let any = first.or(conn.first());
+        let tls = any.is_some_and(|f| f.tls);
+        let s = samples(conn, first);
+        let c = clues(first);
+        let have_wire = s.r1.is_some() && conn.iter().any(|f| f.ttfb.is_some());
+        let reuse_threshold = reuse_threshold(&s, &c);
+        let fits = candidates(&s, tls, &c, reuse_threshold);
+        Connection {
+            conn,
+            first,
+            any,
+            tls,
+            s,
+            c,
+            have_wire,
+            reuse_threshold,
+            fits,
+        }
+    }
+
+    /// Sets aside a ServerHello no explanation accounts for, and holds the
+    /// explanations against the samples without it.
+    fn set_aside_unexplained_server_hello(&mut self) {
+        // A ServerHello no explanation accounts for (each one fails on it, and
+        // without it a direct path fits and no middlebox does) tells nothing of
+        // where TLS ends: it waited for something else.
+        if self.tls && self.s.t.is_some() && self.fits.iter().all(|f| !f.fits()) {
+            let mut without = self.s.clone();
+            without.t = None;
+            let other = candidates(&without, self.tls, &self.c, self.reuse_threshold);
+            let middlebox_fits = other[1..]
+                .iter()
+                .any(|f| f.fits() && !f.degenerate && f.r2.is_some());
+            if let (true, false, Some(t), Some(r1)) =
+                (other[0].fits(), middlebox_fits, self.s.t, self.s.r1)
+            {
+                without.notes.push(format!(
+                    "the ServerHello came {} after the ClientHello, {} beyond a round trip, which no \
+                     path explains (the TLS endpoint answered our Finished and the request within a \
+                     round trip): a lost ServerHello sent again after a timeout, counted as network \
+                     time, or a TLS endpoint slow to start its handshake; a capture at the server \
+                     would tell which",
+                    r(t),
+                    r(t - r1)
+                ));
+                self.s = without;
+                self.fits = other;
+            }
+        }
+    }
+
+    /// The path and the fit it rests on: the one explanation the timings
+    /// leave, a near fit, or the clues weighed when direct fits too.
+    fn choose<'f>(&'f self, st: &Standing<'f>, w: &mut Words) -> (PathKind, Option<&'f Fit>) {
+        if !self.have_wire {
+            w.limits
+                .push("no complete wire timeline (the request failed or events were lost)".into());
+            (PathKind::Unknown, None)
+        } else if !st.direct_fits && !st.strong.is_empty() && st.strong_agree() {
+            if st.strong.len() > 1 {
+                w.limits.push(format!(
+                    "{} explain the timings equally (same origin RTT); the immediate reply to our \
+                     Finished, or the certificate's issuer, would tell which",
+                    st.strong_names()
+                ));
+            }
+            (PathKind::Middlebox, Some(st.strong[0]))
+        } else if let (false, Some(best)) = (st.direct_fits, near_fit(&self.fits, self.s.r1)) {
+            w.limits.push(format!(
+                "{} misses a prediction by {} beyond the noise (the endpoint's own processing, \
+                 as a user-space proxy's or a server's slow session ticket), and every other \
+                 explanation by far more",
+                best.name.describe(),
+                r(best.fails.iter().map(|x| x.1).sum())
             ));
-        }
-        (PathKind::Middlebox, Some(strong[0]))
-    } else if let (false, Some(best)) = (direct_fits, near_fit(&fits, s.r1)) {
-        limits.push(format!(
-            "{} misses a prediction by {} beyond the noise (the endpoint's own processing, \
-             as a user-space proxy's or a server's slow session ticket), and every other \
-             explanation by far more",
-            best.name.describe(),
-            r(best.fails.iter().map(|x| x.1).sum())
-        ));
-        if best.name == Explanation::Direct {
-            (PathKind::Direct, Some(best))
+            if best.name == Explanation::Direct {
+                (PathKind::Direct, Some(best))
+            } else {
+                (PathKind::Middlebox, Some(best))
+            }
+        } else if !st.direct_fits {
+            if st.strong.is_empty() {
+                w.limits.push(
+                    "no explanation fits every measurement (see verdict.candidates); a capture on \
+                     the far side would show what is there"
+                        .into(),
+                );
+            } else {
+                w.limits.push(format!(
+                    "{} fit with different origin RTTs; a capture on the far side would settle it",
+                    st.strong_names()
+                ));
+            }
+            (PathKind::Unknown, None)
+        } else if let Some(hop) = &self.c.hop {
+            self.weigh_first_hop(hop, st, w)
         } else {
-            (PathKind::Middlebox, Some(best))
+            (PathKind::Direct, Some(&self.fits[0]))
         }
-    } else if !direct_fits {
-        if strong.is_empty() {
-            limits.push(
-                "no explanation fits every measurement (see verdict.candidates); a capture on \
-                 the far side would show what is there"
-                    .into(),
-            );
-        } else {
-            limits.push(format!(
-                "{} fit with different origin RTTs; a capture on the far side would settle it",
-                strong
-                    .iter()
-                    .map(|f| f.name.describe())
-                    .collect::<Vec<_>>()
-                    .join(" and ")
-            ));
-        }
-        (PathKind::Unknown, None)
-    } else if let Some(hop) = &c.hop {
+    }
+
+    /// Direct fits, but the TTL says the first hop answered: the TLS round
+    /// trips, a repeat's TTFB or a Via header decide, or nothing does.
+    fn weigh_first_hop<'f>(
+        &'f self,
+        hop: &str,
+        st: &Standing<'f>,
+        w: &mut Words,
+    ) -> (PathKind, Option<&'f Fit>) {
+        let (tls, s, c) = (self.tls, &self.s, &self.c);
         // Timing says nothing against direct; the TTL says the first hop
         // answered. Weigh it against the TLS round trips.
         let same_place = tls
             && s.p
                 .zip(s.r1)
                 .is_some_and(|(p, r1)| p - r1 <= significant(r1))
-            && strong.is_empty();
+            && st.strong.is_empty();
         if same_place {
-            reasons.push(format!(
+            w.reasons.push(format!(
                 "{hop}; but the TLS endpoint answers within one round trip of the TCP \
                  handshake and its ServerHello came without an upstream round trip: a router \
                  that keeps the TTL (cloud VPC routers and overlay datapaths do), not a gateway \
                  that answers"
             ));
-            (PathKind::Direct, Some(&fits[0]))
+            (PathKind::Direct, Some(&self.fits[0]))
         } else if !tls
             && c.via.is_none()
             && let Some((f1, f2, _)) = s.reuse
-            && strong.is_empty()
+            && st.strong.is_empty()
         {
             // A proxy that connects upstream once we connected makes the
             // first request pay one more origin round trip; it did not.
-            reasons.push(format!(
+            w.reasons.push(format!(
                 "{hop}; but the first request waited no longer than a repeat ({} vs {}): no \
                  upstream connect was paid, so the first hop did not answer for the origin",
                 r(f1),
                 r(f2)
             ));
-            limits.push(
+            w.limits.push(
                 "a proxy that keeps warm upstream connections would look the same on plain \
                  HTTP"
                     .into(),
             );
-            (PathKind::Direct, Some(&fits[0]))
-        } else if let (Some(v), Some(pick)) = (&c.via, weak.first().or(strong.first())) {
-            reasons.push(format!(
+            (PathKind::Direct, Some(&self.fits[0]))
+        } else if let (Some(v), Some(pick)) = (&c.via, st.weak.first().or(st.strong.first())) {
+            w.reasons.push(format!(
                 "two independent clues agree: the first hop answered TCP, and the response \
                  carries \"Via: {v}\""
             ));
             (PathKind::Middlebox, Some(*pick))
         } else {
-            limits.push(format!(
+            w.limits.push(format!(
                 "{hop}. Timing alone cannot tell a middlebox at the gateway from a direct path \
                  through routers that keep the TTL: {}",
                 if tls {
@@ -982,194 +1214,224 @@ pub fn analyze(conn: &[Facts]) -> Vec<Analysis> {
             ));
             (PathKind::Unknown, None)
         }
-    } else {
-        (PathKind::Direct, Some(&fits[0]))
-    };
+    }
 
-    // Reasons: what decided, then what was checked.
-    let candidates: Vec<Candidate> = fits.iter().map(Fit::candidate).collect();
-    match (path, chosen) {
-        (PathKind::Middlebox, Some(ch)) => {
-            for (why, _) in &fits[0].fails {
-                reasons.push(why.clone());
-            }
-            if let Some(h) = &c.hop {
-                reasons.push(h.clone());
-            }
-            if ch.name == Explanation::TlsTerminatingProxy
-                && let (Some(p), Some(r1)) = (s.p, s.r1)
-            {
-                reasons.push(format!(
-                    "the TLS endpoint answers our Finished after {} (one round trip to the TCP \
-                     endpoint, {}) but held its ServerHello {}: it terminates TLS itself and \
-                     connected to the origin meanwhile",
-                    r(p),
-                    r(r1),
-                    s.t.map(r).unwrap_or("-".into())
+    /// The measurements behind the chosen path, with numbers.
+    fn explain_choice(&self, path: PathKind, chosen: Option<&Fit>, w: &mut Words) {
+        match (path, chosen) {
+            (PathKind::Middlebox, Some(ch)) => self.middlebox_reasons(ch, &mut w.reasons),
+            (PathKind::Direct, _) => self.direct_reasons(w),
+            _ => {}
+        }
+    }
+
+    /// Why a middlebox: what a direct path fails on, the TTL, and for a TLS
+    /// proxy its round trips and certificate.
+    fn middlebox_reasons(&self, ch: &Fit, reasons: &mut Vec<String>) {
+        let s = &self.s;
+        for (why, _) in &self.fits[0].fails {
+            reasons.push(why.clone());
+        }
+        if let Some(h) = &self.c.hop {
+            reasons.push(h.clone());
+        }
+        if ch.name == Explanation::TlsTerminatingProxy
+            && let (Some(p), Some(r1)) = (s.p, s.r1)
+        {
+            reasons.push(format!(
+                "the TLS endpoint answers our Finished after {} (one round trip to the TCP \
+                 endpoint, {}) but held its ServerHello {}: it terminates TLS itself and \
+                 connected to the origin meanwhile",
+                r(p),
+                r(r1),
+                s.t.map(r).unwrap_or("-".into())
+            ));
+        }
+        if let Some(iss) = self.any.and_then(|f| f.cert_issuer.as_deref())
+            && ch.name == Explanation::TlsTerminatingProxy
+        {
+            reasons.push(format!(
+                "the certificate received was issued by \"{iss}\": the interceptor's CA, if \
+                 that is not the origin's"
+            ));
+        }
+    }
+
+    /// Why direct: the TLS round trips, the repeat's TTFB, the hops, and
+    /// what one plain-HTTP request cannot show.
+    fn direct_reasons(&self, w: &mut Words) {
+        let (tls, s) = (self.tls, &self.s);
+        if tls {
+            self.direct_tls_reasons(&mut w.reasons);
+        }
+        if let Some((f1, f2, _)) = s.reuse {
+            if f1 - f2 > significant(s.r1.unwrap_or(f2)) {
+                w.reasons.push(format!(
+                    "the first request waited {} more than a repeat ({} vs {}): within what \
+                     a server's own per-connection cost explains, so no evidence of a relay \
+                     by itself",
+                    r(f1 - f2),
+                    r(f1),
+                    r(f2)
+                ));
+            } else {
+                w.reasons.push(format!(
+                    "a reused request waited as long as the first ({} vs {})",
+                    r(f2),
+                    r(f1)
                 ));
             }
-            if let Some(iss) = any.and_then(|f| f.cert_issuer.as_deref())
-                && ch.name == Explanation::TlsTerminatingProxy
-            {
-                reasons.push(format!(
-                    "the certificate received was issued by \"{iss}\": the interceptor's CA, if \
-                     that is not the origin's"
-                ));
-            }
         }
-        (PathKind::Direct, _) => {
-            if tls {
-                if let (Some(p), Some(r1)) = (s.p, s.r1) {
-                    reasons.push(format!(
-                        "the TLS endpoint replies to our Finished within {} of a round trip to \
-                         the TCP endpoint ({} vs {}): TCP and TLS end at the same place",
-                        r((p - r1).max(0.0)),
-                        r(p),
-                        r(r1)
-                    ));
-                }
-                if let (Some(t), Some(r1)) = (s.t, s.r1) {
-                    reasons.push(format!(
-                        "the ServerHello came {} after the ClientHello, {} more than a round \
-                         trip (server crypto time)",
-                        r(t),
-                        r((t - r1).max(0.0))
-                    ));
-                }
-            }
-            if let Some((f1, f2, _)) = s.reuse {
-                if f1 - f2 > significant(s.r1.unwrap_or(f2)) {
-                    reasons.push(format!(
-                        "the first request waited {} more than a repeat ({} vs {}): within what \
-                         a server's own per-connection cost explains, so no evidence of a relay \
-                         by itself",
-                        r(f1 - f2),
-                        r(f1),
-                        r(f2)
-                    ));
-                } else {
-                    reasons.push(format!(
-                        "a reused request waited as long as the first ({} vs {})",
-                        r(f2),
-                        r(f1)
-                    ));
-                }
-            }
-            if let Some(far) = &c.far {
-                reasons.push(far.clone());
-            }
-            if !tls && s.reuse.is_none() && any.is_some_and(|f| f.probe_ttl.is_none()) {
-                limits.push(
-                    "one plain-HTTP request cannot show a middlebox that keeps TTLs; --reuse 2, \
-                     HTTPS or --path-probe can"
-                        .into(),
-                );
-            }
+        if let Some(far) = &self.c.far {
+            w.reasons.push(far.clone());
         }
-        _ => {}
-    }
-    if tls && path == PathKind::Direct && s.p.is_none() && s.t.is_some() {
-        limits.push(
-            "a TLS-terminating proxy that keeps warm upstream connections and cached \
-             certificates would look the same: the certificate's issuer would tell"
-                .into(),
-        );
-    }
-    if conn.iter().any(|f| f.unprivileged) {
-        limits.push(
-            "unprivileged mode: the SYN-ACK's TTL (how many hops away TCP ends) is not visible \
-             without eBPF, so the verdict rests on timing alone"
-                .into(),
-        );
-    }
-    if let Some(v) = &c.via {
-        // A hint only: an origin can set it, a proxy can omit it.
-        limits.push(format!("hint: the response carries \"Via: {v}\""));
-    }
-
-    let r2 = chosen
-        .filter(|c| !c.degenerate)
-        .and_then(|c| c.r2)
-        .filter(|_| path == PathKind::Middlebox);
-    if path == PathKind::Middlebox && r2.is_none() {
-        limits.push(if tls {
-            "the middlebox's RTT to the origin cannot be told apart from server time: no TLS \
-             round trip measured it"
-                .into()
-        } else {
-            "the middlebox's RTT to the origin cannot be told apart from server time with one \
-             plain-HTTP request: run with --reuse 2 (or use HTTPS) to separate them"
-                .into()
-        });
-    }
-    if let Some(r2x) = r2
-        && r2x.1 == "tls_rtt"
-    {
-        limits.push(
-            "the origin RTT comes from the TLS handshake and includes half the crypto time \
-             (no immediate reply to our Finished timed it better)"
-                .into(),
-        );
-    }
-
-    // Two middlebox explanations that fit with the same numbers: the path
-    // is known, which kind of middlebox is not (the reasons name both).
-    let tied = path == PathKind::Middlebox && !direct_fits && strong.len() > 1;
-    let explanation = match path {
-        PathKind::Unknown => None,
-        _ if tied => None,
-        _ => chosen.map(|c| c.name),
-    };
-    let mut notes = s.notes.clone();
-    if path == PathKind::Unknown && have_wire {
-        let fitting: Vec<&str> = fits
-            .iter()
-            .filter(|f| f.fits())
-            .map(|f| f.name.describe())
-            .collect();
-        if fitting.len() > 1 {
-            notes.push(format!("these explanations fit: {}", fitting.join(", ")));
+        if !tls && s.reuse.is_none() && self.any.is_some_and(|f| f.probe_ttl.is_none()) {
+            w.limits.push(
+                "one plain-HTTP request cannot show a middlebox that keeps TTLs; --reuse 2, \
+                 HTTPS or --path-probe can"
+                    .into(),
+            );
         }
     }
 
-    conn.iter()
-        .map(|f| {
-            let mut v = Verdict {
-                path,
-                explanation,
-                reasons: reasons.clone(),
-                candidates: candidates.clone(),
-                evidence_from: None,
-                bottleneck: None,
-                summary: None,
-            };
-            v.reasons.extend(notes.iter().cloned());
-            v.reasons.extend(limits.iter().cloned());
-            // A later request whose own measurements played no part.
-            let own =
-                f.index == 0 || s.reuse.is_some_and(|(_, _, i)| i == f.index) || first.is_none();
-            if !own {
-                v.evidence_from = Some(0);
+    /// The TLS round trips of a direct path: the reply to our Finished within
+    /// a round trip, and the ServerHello's crypto time.
+    fn direct_tls_reasons(&self, reasons: &mut Vec<String>) {
+        let s = &self.s;
+        if let (Some(p), Some(r1)) = (s.p, s.r1) {
+            reasons.push(format!(
+                "the TLS endpoint replies to our Finished within {} of a round trip to \
+                 the TCP endpoint ({} vs {}): TCP and TLS end at the same place",
+                r((p - r1).max(0.0)),
+                r(p),
+                r(r1)
+            ));
+        }
+        if let (Some(t), Some(r1)) = (s.t, s.r1) {
+            reasons.push(format!(
+                "the ServerHello came {} after the ClientHello, {} more than a round \
+                 trip (server crypto time)",
+                r(t),
+                r((t - r1).max(0.0))
+            ));
+        }
+    }
+
+    /// What the verdict cannot tell whatever was chosen: a warm TLS proxy,
+    /// no TTL without eBPF, a Via header that is only a hint.
+    fn general_limits(&self, path: PathKind, limits: &mut Vec<String>) {
+        if self.tls && path == PathKind::Direct && self.s.p.is_none() && self.s.t.is_some() {
+            limits.push(
+                "a TLS-terminating proxy that keeps warm upstream connections and cached \
+                 certificates would look the same: the certificate's issuer would tell"
+                    .into(),
+            );
+        }
+        if self.conn.iter().any(|f| f.unprivileged) {
+            limits.push(
+                "unprivileged mode: the SYN-ACK's TTL (how many hops away TCP ends) is not visible \
+                 without eBPF, so the verdict rests on timing alone"
+                    .into(),
+            );
+        }
+        if let Some(v) = &self.c.via {
+            // A hint only: an origin can set it, a proxy can omit it.
+            limits.push(format!("hint: the response carries \"Via: {v}\""));
+        }
+    }
+
+    /// The chosen middlebox's origin RTT, and what limits it (not measured,
+    /// or measured with crypto time in it).
+    fn origin_rtt(
+        &self,
+        path: PathKind,
+        chosen: Option<&Fit>,
+        limits: &mut Vec<String>,
+    ) -> Option<(f64, &'static str)> {
+        let r2 = chosen
+            .filter(|c| !c.degenerate)
+            .and_then(|c| c.r2)
+            .filter(|_| path == PathKind::Middlebox);
+        if path == PathKind::Middlebox && r2.is_none() {
+            limits.push(if self.tls {
+                "the middlebox's RTT to the origin cannot be told apart from server time: no TLS \
+                 round trip measured it"
+                    .into()
+            } else {
+                "the middlebox's RTT to the origin cannot be told apart from server time with one \
+                 plain-HTTP request: run with --reuse 2 (or use HTTPS) to separate them"
+                    .into()
+            });
+        }
+        if let Some(r2x) = r2
+            && r2x.1 == "tls_rtt"
+        {
+            limits.push(
+                "the origin RTT comes from the TLS handshake and includes half the crypto time \
+                 (no immediate reply to our Finished timed it better)"
+                    .into(),
+            );
+        }
+        r2
+    }
+
+    /// The samples set aside, and (when the path is unknown) which
+    /// explanations fit.
+    fn notes(&self, path: PathKind) -> Vec<String> {
+        let mut notes = self.s.notes.clone();
+        if path == PathKind::Unknown && self.have_wire {
+            let fitting: Vec<&str> = self
+                .fits
+                .iter()
+                .filter(|f| f.fits())
+                .map(|f| f.name.describe())
+                .collect();
+            if fitting.len() > 1 {
+                notes.push(format!("these explanations fit: {}", fitting.join(", ")));
             }
-            let (phases, mb, misfit) = phases(f, &s, path, r2);
-            if let Some(m) = misfit {
-                v.path = PathKind::Unknown;
-                v.explanation = None;
-                v.reasons.insert(0, m);
-            }
-            let (bottleneck, summary, why) = bottleneck(f, &phases, mb.as_ref());
-            v.bottleneck = bottleneck;
-            v.summary = summary;
-            if let Some(w) = why {
-                v.reasons.insert(0, w);
-            }
-            Analysis {
-                verdict: v,
-                phases,
-                middlebox: mb,
-            }
-        })
-        .collect()
+        }
+        notes
+    }
+
+    /// One request's analysis: the connection's verdict, unless its own
+    /// phases come out negative, and where its time went.
+    fn request(&self, d: &Decision, f: &Facts) -> Analysis {
+        let mut v = Verdict {
+            path: d.path,
+            explanation: d.explanation,
+            reasons: d.words.reasons.clone(),
+            candidates: d.candidates.clone(),
+            evidence_from: None,
+            bottleneck: None,
+            summary: None,
+        };
+        v.reasons.extend(d.notes.iter().cloned());
+        v.reasons.extend(d.words.limits.iter().cloned());
+        // A later request whose own measurements played no part.
+        let own = f.index == 0
+            || self.s.reuse.is_some_and(|(_, _, i)| i == f.index)
+            || self.first.is_none();
+        if !own {
+            v.evidence_from = Some(0);
+        }
+        let (phases, mb, misfit) = phases(f, &self.s, d.path, d.r2);
+        if let Some(m) = misfit {
+            v.path = PathKind::Unknown;
+            v.explanation = None;
+            v.reasons.insert(0, m);
+        }
+        let (bottleneck, summary, why) = bottleneck(f, &phases, mb.as_ref());
+        v.bottleneck = bottleneck;
+        v.summary = summary;
+        if let Some(w) = why {
+            v.reasons.insert(0, w);
+        }
+        Analysis {
+            verdict: v,
+            phases,
+            middlebox: mb,
+        }
+    }
 }
 
 /// What the CPU counters say about a client that held the request.
@@ -1205,6 +1467,19 @@ fn bottleneck(
         (Some(n), Some(m), Some(s), Some(c)) => Some(n + m + s + c),
         _ => None,
     };
+    let Some((b, v)) = top_phase(f, p, total) else {
+        return (None, None, None);
+    };
+    let of = total.or(f.user_span).unwrap_or(v);
+    let stall = f.stall.as_ref().map(stall_words).unwrap_or_default();
+    let summary = bottleneck_summary(f, mb, b, v, of, &stall);
+    let why = (b == Bottleneck::Client).then(|| client_reason(v, of, &stall));
+    (Some(b), Some(summary), why)
+}
+
+/// The phase that holds most of the time, and how much: the largest when
+/// every phase is known, else only a client holding most of the span.
+fn top_phase(f: &Facts, p: &Phases, total: Option<f64>) -> Option<(Bottleneck, f64)> {
     let phases = [
         (Bottleneck::Network, p.network_ms),
         (Bottleneck::Middlebox, p.middlebox_ms),
@@ -1213,7 +1488,7 @@ fn bottleneck(
     ];
     // With every phase known, the largest; otherwise only a client that
     // holds most of the user-space span by itself can be named.
-    let top = match total {
+    match total {
         Some(_) => phases
             .iter()
             .filter_map(|(b, v)| v.map(|v| (*b, v)))
@@ -1223,13 +1498,19 @@ fn bottleneck(
             .zip(f.user_span)
             .filter(|(c, u)| *c > 0.5 * u)
             .map(|(c, _)| (Bottleneck::Client, c)),
-    };
-    let Some((b, v)) = top else {
-        return (None, None, None);
-    };
-    let of = total.or(f.user_span).unwrap_or(v);
-    let stall = f.stall.as_ref().map(stall_words).unwrap_or_default();
-    let summary = match b {
+    }
+}
+
+/// The sentence on where the time went: `v` of `of` ms in phase `b`.
+fn bottleneck_summary(
+    f: &Facts,
+    mb: Option<&Middlebox>,
+    b: Bottleneck,
+    v: f64,
+    of: f64,
+    stall: &[String],
+) -> String {
+    match b {
         Bottleneck::Client => {
             let mut s = format!("this host held the request {} of {}", r(v), r(of));
             if stall.is_empty() {
@@ -1259,26 +1540,28 @@ fn bottleneck(
                 .unwrap_or_default()
         ),
         Bottleneck::Server => format!("the server holds {} of {}", r(v), r(of)),
-    };
-    let why = (b == Bottleneck::Client).then(|| {
-        let mut s = format!(
-            "the client held the request {} of {}: the wire round trips stayed as they \
-             were, the time went between a packet's arrival and this host's answer to it",
-            r(v),
-            r(of)
+    }
+}
+
+/// The reason given when the client holds the request: the wire stayed as
+/// it was, and what the CPU counters say.
+fn client_reason(v: f64, of: f64, stall: &[String]) -> String {
+    let mut s = format!(
+        "the client held the request {} of {}: the wire round trips stayed as they \
+         were, the time went between a packet's arrival and this host's answer to it",
+        r(v),
+        r(of)
+    );
+    if stall.is_empty() {
+        s.push_str(
+            "; no CPU throttling, run-queue wait or steal was counted (a slow CPU, or \
+             work in this process)",
         );
-        if stall.is_empty() {
-            s.push_str(
-                "; no CPU throttling, run-queue wait or steal was counted (a slow CPU, or \
-                 work in this process)",
-            );
-        } else {
-            s.push_str("; ");
-            s.push_str(&stall.join(", "));
-        }
-        s
-    });
-    (Some(b), Some(summary), why)
+    } else {
+        s.push_str("; ");
+        s.push_str(&stall.join(", "));
+    }
+    s
 }
 
 /// The request's phases under the chosen explanation, and a sentence when
@@ -1289,12 +1572,42 @@ fn phases(
     path: PathKind,
     r2: Option<(f64, &'static str)>,
 ) -> (Phases, Option<Middlebox>, Option<String>) {
+    let turns = f.client_turns.unwrap_or(0.0);
+    let mut p = client_phases(f);
+    let mb = (path == PathKind::Middlebox).then(|| Middlebox {
+        near_rtt_ms: s.r1,
+        origin_rtt_ms: r2.map(|x| x.0),
+        hops: f.hops,
+        origin_rtt_from: r2.map(|x| x.1),
+    });
+    let (Some(r1), Some(ttfb), Some(span)) = (s.r1, f.ttfb, f.span) else {
+        return (p, mb, None);
+    };
+    let ttfb = answered_ttfb(f, r1, ttfb);
+    let Some((server, middlebox)) = server_and_middlebox(f, path, r2, r1, ttfb) else {
+        return (p, mb, None);
+    };
+    let network = span - server - middlebox - turns;
+    let misfit = misfit(server, network, ttfb, slack(r1));
+    if misfit.is_some() {
+        return (p, None, misfit);
+    }
+    // Within noise of zero: zero.
+    p.server_ms = Some(server.max(0.0));
+    p.middlebox_ms = Some(middlebox);
+    p.network_ms = Some(network.max(0.0));
+    (p, mb, None)
+}
+
+/// The client's own time (local stack and its turns), known whatever the
+/// path; the other phases are left to the model.
+fn client_phases(f: &Facts) -> Phases {
     let local = match (f.user_span, f.span) {
         (Some(u), Some(w)) => Some(u - w),
         _ => None,
     };
     let turns = f.client_turns.unwrap_or(0.0);
-    let mut p = Phases {
+    Phases {
         local_stack_ms: local,
         // Whatever the path: our own turns do not depend on the model.
         client_ms: match (local, f.client_turns) {
@@ -1303,16 +1616,12 @@ fn phases(
             (None, None) => None,
         },
         ..Default::default()
-    };
-    let mb = (path == PathKind::Middlebox).then(|| Middlebox {
-        near_rtt_ms: s.r1,
-        origin_rtt_ms: r2.map(|x| x.0),
-        hops: f.hops,
-        origin_rtt_from: r2.map(|x| x.1),
-    });
-    let (Some(r1), Some(mut ttfb), Some(span)) = (s.r1, f.ttfb, f.span) else {
-        return (p, mb, None);
-    };
+    }
+}
+
+/// The TTFB of the copy the server answered: without the wait for a
+/// request sent again, which was the network's.
+fn answered_ttfb(f: &Facts, r1: f64, ttfb: f64) -> f64 {
     // The request went out again and the response came at least a round
     // trip after the copy: the server answered the copy, and the wait for it
     // was the network's (a response sooner than that answered the first).
@@ -1322,17 +1631,25 @@ fn phases(
         let d = f.data_rtt?;
         (f.resent_unplaced && d - r1 > significant(r1) && d < ttfb - slack(r1)).then_some(d - r1)
     });
-    if let Some(w) = resent
-        && ttfb - w >= r1 - slack(r1)
-    {
-        ttfb -= w;
+    match resent {
+        Some(w) if ttfb - w >= r1 - slack(r1) => ttfb - w,
+        _ => ttfb,
     }
-    let (server, middlebox) = match path {
-        PathKind::Direct => (ttfb - r1, 0.0),
+}
+
+/// Server and middlebox time under the path (none when the path, or the
+/// middlebox's origin RTT, is unknown).
+fn server_and_middlebox(
+    f: &Facts,
+    path: PathKind,
+    r2: Option<(f64, &'static str)>,
+    r1: f64,
+    ttfb: f64,
+) -> Option<(f64, f64)> {
+    match path {
+        PathKind::Direct => Some((ttfb - r1, 0.0)),
         PathKind::Middlebox => {
-            let Some((r2, _)) = r2 else {
-                return (p, mb, None);
-            };
+            let (r2, _) = r2?;
             // Origin round trips in the TTFB (k) and in the span (m): the
             // upstream connect (first request), the TLS handshake (first
             // TLS request: two for a proxy that connects, then shakes
@@ -1342,13 +1659,16 @@ fn phases(
                 (0, false) => (2.0, 2.0),
                 _ => (1.0, 1.0),
             };
-            (ttfb - r1 - k * r2, m * r2)
+            Some((ttfb - r1 - k * r2, m * r2))
         }
-        PathKind::Unknown => return (p, mb, None),
-    };
-    let network = span - server - middlebox - turns;
-    let tol = slack(r1);
-    let misfit = if server < -tol {
+        PathKind::Unknown => None,
+    }
+}
+
+/// The sentence saying the model does not fit, when server or network time
+/// would come out negative beyond the noise `tol`.
+fn misfit(server: f64, network: f64, ttfb: f64, tol: f64) -> Option<String> {
+    if server < -tol {
         Some(format!(
             "the model does not fit: server time would come out {} (first byte {} after the \
              request, less than the round trips it needs): the verdict is unknown",
@@ -1362,62 +1682,14 @@ fn phases(
         ))
     } else {
         None
-    };
-    if misfit.is_some() {
-        return (p, None, misfit);
     }
-    // Within noise of zero: zero.
-    p.server_ms = Some(server.max(0.0));
-    p.middlebox_ms = Some(middlebox);
-    p.network_ms = Some(network.max(0.0));
-    (p, mb, None)
 }
 
 /// The one plain sentence for people.
 pub fn sentence(a: &Analysis, f: &Facts) -> String {
     let ph = &a.phases;
     match a.verdict.path {
-        PathKind::Middlebox => {
-            let what = a
-                .verdict
-                .explanation
-                .map(|e| format!(" ({})", e.describe()))
-                .unwrap_or_default();
-            let mb = a.middlebox.clone().unwrap_or_default();
-            let near = mb
-                .near_rtt_ms
-                .map(|x| format!(" after {}", r(x)))
-                .unwrap_or_default();
-            let hops = mb
-                .hops
-                .map(|x| format!(" {x} hop{} away", if x == 1 { "" } else { "s" }))
-                .unwrap_or_default();
-            let ends = if a.verdict.explanation == Some(Explanation::TlsTerminatingProxy) {
-                "TCP and TLS are terminated"
-            } else {
-                "TCP is terminated"
-            };
-            match (mb.origin_rtt_ms, ph.middlebox_ms, ph.server_ms) {
-                (Some(o), Some(cost), Some(s)) => format!(
-                    "middlebox{what}: {ends}{hops}{near}, but the origin is about {} \
-                     further; the middlebox path adds {} to this request, the server {}.",
-                    r(o),
-                    r(cost),
-                    r(s)
-                ),
-                _ => format!(
-                    "middlebox{what}: {ends}{hops}{near}; {}",
-                    match (f.ttfb, mb.near_rtt_ms) {
-                        (Some(t), Some(h)) if t >= h => format!(
-                            "the first byte came {} later (middlebox upstream and server \
-                             together; they cannot be told apart here).",
-                            r(t - h)
-                        ),
-                        _ => "its upstream and the server cannot be told apart here.".into(),
-                    }
-                ),
-            }
-        }
+        PathKind::Middlebox => middlebox_sentence(a, f),
         PathKind::Direct => format!(
             "direct: no middlebox on the path; RTT {}, server {}, network {}.",
             a.middlebox
@@ -1429,26 +1701,76 @@ pub fn sentence(a: &Analysis, f: &Facts) -> String {
             ph.server_ms.map(r).unwrap_or("-".into()),
             ph.network_ms.map(r).unwrap_or("-".into()),
         ),
-        PathKind::Unknown => {
-            let fitting: Vec<&str> = a
-                .verdict
-                .candidates
-                .iter()
-                .filter(|c| c.fits)
-                .map(|c| c.name.describe())
-                .collect();
-            if a.verdict.candidates.is_empty() || ph.server_ms.is_none() && fitting.is_empty() {
-                "unknown: the evidence does not support a verdict (reasons below).".to_string()
-            } else if fitting.len() > 1 {
-                format!(
-                    "unknown: {} all fit these measurements (reasons below say what would \
-                     settle it).",
-                    fitting.join(", ")
-                )
-            } else {
-                "unknown: the evidence does not support a verdict (reasons below).".to_string()
+        PathKind::Unknown => unknown_sentence(a),
+    }
+}
+
+/// The sentence for a middlebox: where TCP (and TLS) ends, and what its
+/// way to the origin and the server add, or that they cannot be told apart.
+fn middlebox_sentence(a: &Analysis, f: &Facts) -> String {
+    let ph = &a.phases;
+    let what = a
+        .verdict
+        .explanation
+        .map(|e| format!(" ({})", e.describe()))
+        .unwrap_or_default();
+    let mb = a.middlebox.clone().unwrap_or_default();
+    let near = mb
+        .near_rtt_ms
+        .map(|x| format!(" after {}", r(x)))
+        .unwrap_or_default();
+    let hops = mb
+        .hops
+        .map(|x| format!(" {x} hop{} away", if x == 1 { "" } else { "s" }))
+        .unwrap_or_default();
+    let ends = if a.verdict.explanation == Some(Explanation::TlsTerminatingProxy) {
+        "TCP and TLS are terminated"
+    } else {
+        "TCP is terminated"
+    };
+    match (mb.origin_rtt_ms, ph.middlebox_ms, ph.server_ms) {
+        (Some(o), Some(cost), Some(s)) => format!(
+            "middlebox{what}: {ends}{hops}{near}, but the origin is about {} \
+             further; the middlebox path adds {} to this request, the server {}.",
+            r(o),
+            r(cost),
+            r(s)
+        ),
+        _ => format!(
+            "middlebox{what}: {ends}{hops}{near}; {}",
+            match (f.ttfb, mb.near_rtt_ms) {
+                (Some(t), Some(h)) if t >= h => format!(
+                    "the first byte came {} later (middlebox upstream and server \
+                     together; they cannot be told apart here).",
+                    r(t - h)
+                ),
+                _ => "its upstream and the server cannot be told apart here.".into(),
             }
-        }
+        ),
+    }
+}
+
+/// The sentence for an unknown path: the explanations that all fit, or
+/// that the evidence supports none.
+fn unknown_sentence(a: &Analysis) -> String {
+    let ph = &a.phases;
+    let fitting: Vec<&str> = a
+        .verdict
+        .candidates
+        .iter()
+        .filter(|c| c.fits)
+        .map(|c| c.name.describe())
+        .collect();
+    if a.verdict.candidates.is_empty() || ph.server_ms.is_none() && fitting.is_empty() {
+        "unknown: the evidence does not support a verdict (reasons below).".to_string()
+    } else if fitting.len() > 1 {
+        format!(
+            "unknown: {} all fit these measurements (reasons below say what would \
+             settle it).",
+            fitting.join(", ")
+        )
+    } else {
+        "unknown: the evidence does not support a verdict (reasons below).".to_string()
     }
 }
 
