@@ -51,7 +51,20 @@ pub struct RequestMarks {
 /// leave once the whole server flight is in, so whatever arrives after it
 /// is new.
 fn tls_round2(f: &Flow, response_at: Option<u64>, request_at: Option<u64>) -> Option<(u64, u64)> {
-    let request_at = request_at?;
+    let finished = our_finished(f, request_at?)?;
+    let reply = f
+        .inb
+        .iter()
+        .find(|s| !s.retrans && s.ts_ns > finished.ts_ns)?;
+    let rtt = path_rtt(f);
+    let round_trip =
+        ahead_of_response(f, reply, response_at?, rtt) && not_resent(f, finished, reply, rtt);
+    round_trip.then_some((finished.ts_ns, reply.ts_ns))
+}
+
+/// Our Finished: the last handshake segment we sent before the request at
+/// stream offset `request_at` (or the request's own, which it rode with).
+fn our_finished(f: &Flow, request_at: u64) -> Option<&Seg> {
     let off = |s: &Seg| f.offset(DIR_OUT, s.seq).map(u64::from);
     let request = f
         .out
@@ -61,44 +74,63 @@ fn tls_round2(f: &Flow, response_at: Option<u64>, request_at: Option<u64>) -> Op
     // lone ChangeCipherSpec record (6 bytes: a TLS 1.3 client sends it as
     // soon as the ServerHello arrives, in the middle of the server's
     // flight); none: the Finished rode with the request (as curl sends it).
-    let finished = f
-        .out
+    f.out
         .iter()
         .filter(|s| !s.retrans && s.len != CCS_RECORD)
         .filter(|s| off(s).is_some_and(|o| o > 0 && o < request_at))
         .max_by_key(|s| s.ts_ns)
-        .or(request)?;
-    let reply = f
-        .inb
-        .iter()
-        .find(|s| !s.retrans && s.ts_ns > finished.ts_ns)?;
+        .or(request)
+}
+
+/// The path's round trip in ns, to tell a prompt reply from a late one.
+fn path_rtt(f: &Flow) -> Option<u64> {
     // The path's round trip as the handshake measured it (or TCP_INFO, for
     // a flow made of socket timestamps), and the noise it allows.
-    let rtt = f
-        .handshake_checked()
+    f.handshake_checked()
         .filter(|x| x.2)
         .map(|(syn, sa, _)| sa - syn)
-        .or(f.rtt_hint_ns);
-    let slack = |h: u64| (h / 10).max(500_000);
-    let reply_off = f.in_offset(reply.seq)? as u64;
-    let response_at = response_at?;
+        .or(f.rtt_hint_ns)
+}
+
+/// The noise a round trip of `h` ns allows: a tenth of it, at least 0.5 ms.
+fn rtt_slack(h: u64) -> u64 {
+    (h / 10).max(500_000)
+}
+
+/// The reply came before the response, and not along with it: no server
+/// think time is in the round trip it closes.
+fn ahead_of_response(f: &Flow, reply: &Seg, response_at: u64, rtt: Option<u64>) -> bool {
+    let Some(reply_off) = f.in_offset(reply.seq).map(u64::from) else {
+        return false;
+    };
     if reply_off >= response_at {
         // That is the response itself: think time is in it.
-        return None;
+        return false;
     }
     // Sent with the response (a server that flushes its tickets when it
     // next writes): the think time is in it too.
     if let (Some(resp), Some(h)) = (f.in_covering(response_at as u32), rtt)
-        && resp.ts_ns < reply.ts_ns + slack(h).min(h / 2)
+        && resp.ts_ns < reply.ts_ns + rtt_slack(h).min(h / 2)
     {
-        return None;
+        return false;
     }
+    true
+}
+
+/// Nothing was sent again between our Finished and the reply, and the reply
+/// is not so late that it may answer a copy: the round trip is one.
+fn not_resent(f: &Flow, finished: &Seg, reply: &Seg, rtt: Option<u64>) -> bool {
     let (ro, ri) = f.retransmits_between(finished.ts_ns, reply.ts_ns);
     // A reply later than a loss probe could resend it, with our Finished
     // not acknowledged before it, may have been sent again after a loss:
     // no round trip then. A relay, whose kernel acknowledges at once, is
     // not affected.
-    let end = f.offset(DIR_OUT, finished.seq)?.wrapping_add(finished.len);
+    let Some(end) = f
+        .offset(DIR_OUT, finished.seq)
+        .map(|o| o.wrapping_add(finished.len))
+    else {
+        return false;
+    };
     let acked_before = f
         .ack_covering(end, finished.ts_ns)
         .is_some_and(|a| a + 100_000 < reply.ts_ns);
@@ -108,7 +140,7 @@ fn tls_round2(f: &Flow, response_at: Option<u64>, request_at: Option<u64>) -> Op
         let p = reply.ts_ns - finished.ts_ns;
         p >= 2 * h && p >= h + 10_000_000
     });
-    (ro + ri == 0 && (!late || acked_before)).then_some((finished.ts_ns, reply.ts_ns))
+    ro + ri == 0 && (!late || acked_before)
 }
 
 /// A ChangeCipherSpec record alone: header and one byte.
@@ -184,7 +216,42 @@ pub fn assemble(
     tls: bool,
     req: &RequestMarks,
 ) -> (WireTimes, Vec<TimelineEntry>) {
-    let mut w = WireTimes::default();
+    let mut tl = user_marks(conn, req);
+    let Some(f) = flow else {
+        tl.sort_by_key(|e| e.t_ns);
+        return (WireTimes::default(), tl);
+    };
+    let mut a = Assembly {
+        f,
+        conn,
+        req,
+        w: WireTimes::default(),
+        tl,
+    };
+    a.handshake_times();
+    a.synack_facts();
+    // Handshake packets belong to the first request's timeline only.
+    if conn.is_some() {
+        a.handshake_marks();
+        if tls {
+            a.tls_hello();
+            a.tls_second_round();
+        }
+    }
+    let req_out = a.request_out();
+    let resp_in = a.response_in(req_out);
+    a.ttfb(req_out, resp_in);
+    a.our_turns(req_out);
+    a.span(req_out, resp_in);
+    a.retransmits();
+    a.fins_and_rsts();
+    a.tl.sort_by_key(|e| e.t_ns);
+    (a.w, a.tl)
+}
+
+/// The user-space marks of the request (and of its connection, for the
+/// first request on it), unsorted: the timeline before the wire joins it.
+fn user_marks(conn: Option<&ConnMarks>, req: &RequestMarks) -> Vec<TimelineEntry> {
     let mut tl: Vec<TimelineEntry> = Vec::new();
     let mut user = |event: &'static str, t: Option<u64>| {
         if let Some(t_ns) = t {
@@ -207,106 +274,258 @@ pub fn assemble(
     user("request_written", req.request_written);
     user("first_byte_read", req.first_byte_read);
     user("done", req.done);
+    tl
+}
 
-    let Some(f) = flow else {
-        tl.sort_by_key(|e| e.t_ns);
-        return (w, tl);
-    };
-    let mut wire = |event: &'static str, t: u64| {
-        tl.push(TimelineEntry {
+/// One request's flow being turned into wire times and timeline entries:
+/// the inputs each step reads and the two results they fill in.
+struct Assembly<'a> {
+    f: &'a Flow,
+    /// Given for the first request on a connection only.
+    conn: Option<&'a ConnMarks>,
+    req: &'a RequestMarks,
+    w: WireTimes,
+    tl: Vec<TimelineEntry>,
+}
+
+impl Assembly<'_> {
+    /// Adds a wire event (a kernel packet timestamp) to the timeline.
+    fn wire(&mut self, event: &'static str, t: u64) {
+        self.tl.push(TimelineEntry {
             event,
             source: "wire",
             t_ns: t,
         })
-    };
+    }
 
-    if let Some((syn, sa, clean)) = f.handshake_checked() {
-        w.handshake_rtt_ms = Some(ms_between(syn, sa));
-        w.handshake_clean = Some(clean);
-    }
-    if let (Some(first), Some(sa)) = (f.syns.first(), f.synack.as_ref()) {
-        w.connect_wait_ms = Some(ms_between(*first, sa.ts_ns));
-    }
-    if !f.syns.is_empty() {
-        w.syn_retransmits = Some(f.syn_retransmits());
-    }
-    if let Some(sa) = &f.synack {
-        let (init, hops) = hops_from_ttl(sa.ttl);
-        w.synack_ttl = Some(sa.ttl);
-        w.synack_initial_ttl = Some(init);
-        w.synack_hops = Some(hops);
-        w.synack_window = Some(sa.window);
-        if let Ok(o) = &sa.options {
-            w.synack_mss = o.mss;
-            w.synack_wscale = o.wscale;
-            w.synack_sack_permitted = Some(o.sack_permitted);
-            w.synack_timestamps = Some(o.timestamps.is_some());
+    /// The handshake's round trip, the wait for the SYN-ACK and the SYNs
+    /// sent again: how long connecting took on the wire.
+    fn handshake_times(&mut self) {
+        let (f, w) = (self.f, &mut self.w);
+        if let Some((syn, sa, clean)) = f.handshake_checked() {
+            w.handshake_rtt_ms = Some(ms_between(syn, sa));
+            w.handshake_clean = Some(clean);
+        }
+        if let (Some(first), Some(sa)) = (f.syns.first(), f.synack.as_ref()) {
+            w.connect_wait_ms = Some(ms_between(*first, sa.ts_ns));
+        }
+        if !f.syns.is_empty() {
+            w.syn_retransmits = Some(f.syn_retransmits());
         }
     }
 
-    // Handshake packets belong to the first request's timeline only.
-    if conn.is_some() {
+    /// What the SYN-ACK tells of whatever answered our SYN: its TTL and
+    /// hops, its window and TCP options.
+    fn synack_facts(&mut self) {
+        let w = &mut self.w;
+        if let Some(sa) = &self.f.synack {
+            let (init, hops) = hops_from_ttl(sa.ttl);
+            w.synack_ttl = Some(sa.ttl);
+            w.synack_initial_ttl = Some(init);
+            w.synack_hops = Some(hops);
+            w.synack_window = Some(sa.window);
+            if let Ok(o) = &sa.options {
+                w.synack_mss = o.mss;
+                w.synack_wscale = o.wscale;
+                w.synack_sack_permitted = Some(o.sack_permitted);
+                w.synack_timestamps = Some(o.timestamps.is_some());
+            }
+        }
+    }
+
+    /// The SYNs and the SYN-ACK on the timeline (first request only).
+    fn handshake_marks(&mut self) {
+        let f = self.f;
         for &t in &f.syns {
-            wire("syn_out", t);
+            self.wire("syn_out", t);
         }
         if let Some(sa) = &f.synack {
-            wire("synack_in", sa.ts_ns);
+            self.wire("synack_in", sa.ts_ns);
         }
-        if tls {
-            let ch = f.out_covering(0);
-            // The server's first flight leaves at once: when its first
-            // segment (the ServerHello) was lost, a later one arrives on
-            // time, and the ServerHello a retransmission timeout later.
-            let first_in = f.in_covering(0);
-            let earlier = ch.and_then(|c| {
-                f.inb
-                    .iter()
-                    .filter(|s| !s.retrans && s.ts_ns > c.ts_ns)
-                    .filter(|s| f.in_offset(s.seq).is_some_and(|o| o > 0 && o < 1 << 20))
-                    .filter(|s| first_in.is_none_or(|x| s.ts_ns < x.ts_ns))
-                    .min_by_key(|s| s.ts_ns)
-            });
-            let sh = earlier.or(first_in);
-            if let Some(s) = ch {
-                wire("client_hello_out", s.ts_ns);
-            }
-            if let Some(s) = sh {
-                wire("server_hello_in", s.ts_ns);
-            }
-            if let (Some(a), Some(b)) = (ch, sh) {
-                w.tls_rtt_ms = Some(ms_between(a.ts_ns, b.ts_ns));
-            }
-            if let Some(a) = ch
-                && let Some(ack) = f.ack_covering(a.len, a.ts_ns)
+    }
+
+    /// TLS's first round: ClientHello out, ServerHello in, the round trip
+    /// between them, and how soon a TCP endpoint acknowledged the
+    /// ClientHello.
+    fn tls_hello(&mut self) {
+        let f = self.f;
+        let ch = f.out_covering(0);
+        let sh = server_hello(f, ch);
+        if let Some(s) = ch {
+            self.wire("client_hello_out", s.ts_ns);
+        }
+        if let Some(s) = sh {
+            self.wire("server_hello_in", s.ts_ns);
+        }
+        if let (Some(a), Some(b)) = (ch, sh) {
+            self.w.tls_rtt_ms = Some(ms_between(a.ts_ns, b.ts_ns));
+        }
+        if let Some(a) = ch
+            && let Some(ack) = f.ack_covering(a.len, a.ts_ns)
+        {
+            self.w.client_hello_acked_ms = Some(ms_between(a.ts_ns, ack));
+        }
+    }
+
+    /// TLS's second round (our Finished and the TLS endpoint's prompt
+    /// reply), when there is one: a round trip with no think time in it.
+    fn tls_second_round(&mut self) {
+        if let Some((a, b)) = tls_round2(self.f, self.req.in_start, self.req.out_start) {
+            self.wire("client_finished_out", a);
+            self.wire("tls_round2_in", b);
+            self.w.tls_round2_ms = Some(ms_between(a, b));
+        }
+    }
+
+    /// The request's first segment out and the ACK covering all of it (a
+    /// round trip to the TCP endpoint); returns when the request left.
+    fn request_out(&mut self) -> Option<u64> {
+        let (f, req) = (self.f, self.req);
+        let req_out = req
+            .out_start
+            .and_then(|o| f.out_covering(o as u32))
+            .map(|s| s.ts_ns);
+        if let Some(t) = req_out {
+            self.wire("request_out", t);
+            if let Some(end) = req.out_end
+                && let Some(a) = f.ack_covering(end as u32, t)
             {
-                w.client_hello_acked_ms = Some(ms_between(a.ts_ns, ack));
+                self.wire("request_acked", a);
+                self.w.data_rtt_ms = Some(ms_between(t, a));
             }
-            if let Some((a, b)) = tls_round2(f, req.in_start, req.out_start) {
-                wire("client_finished_out", a);
-                wire("tls_round2_in", b);
-                w.tls_round2_ms = Some(ms_between(a, b));
+        }
+        req_out
+    }
+
+    /// The response's arrival on the timeline; returns it.
+    fn response_in(&mut self, req_out: Option<u64>) -> Option<u64> {
+        let resp_in = first_response_in(self.f, self.req, req_out);
+        if let Some(t) = resp_in {
+            self.wire("response_in", t);
+        }
+        resp_in
+    }
+
+    /// The wire TTFB (request out to response in), and whether the request
+    /// went out again in between.
+    fn ttfb(&mut self, req_out: Option<u64>, resp_in: Option<u64>) {
+        let (f, req, w) = (self.f, self.req, &mut self.w);
+        if let (Some(a), Some(b)) = (req_out, resp_in) {
+            w.ttfb_ms = Some(ms_between(a, b));
+            // The request sent again before the response: the server may have
+            // had only the copy (the verdict decides, knowing the path's RTT).
+            if let Some(o) = req.out_start {
+                w.request_resent_ms = f
+                    .out
+                    .iter()
+                    .filter(|s| s.retrans && s.ts_ns > a && s.ts_ns < b)
+                    .filter(|s| f.offset(DIR_OUT, s.seq).is_some_and(|x| (x as u64) <= o))
+                    .map(|s| ms_between(a, s.ts_ns))
+                    .max_by(f64::total_cmp);
             }
         }
     }
 
-    let req_out = req
-        .out_start
-        .and_then(|o| f.out_covering(o as u32))
-        .map(|s| s.ts_ns);
-    if let Some(t) = req_out {
-        wire("request_out", t);
-        if let Some(end) = req.out_end
-            && let Some(a) = f.ack_covering(end as u32, t)
-        {
-            wire("request_acked", a);
-            w.data_rtt_ms = Some(ms_between(t, a));
+    /// The time the next move was ours from the SYN-ACK to the request (none
+    /// on a reused connection, whose request is its own first move).
+    fn our_turns(&mut self, req_out: Option<u64>) {
+        let (f, conn) = (self.f, self.conn);
+        self.w.client_turns_ms = match (conn.is_some(), f.synack.as_ref(), req_out) {
+            (true, Some(sa), Some(t)) => Some(ms_between(
+                0,
+                client_turns(f, sa.ts_ns, t, conn.is_some_and(|c| c.tls13)),
+            )),
+            (false, _, Some(_)) => Some(0.0),
+            _ => None,
+        };
+    }
+
+    /// The wire span the verdict's phases divide up: from the first SYN
+    /// (or, on a reused connection, the request) to the response.
+    fn span(&mut self, req_out: Option<u64>, resp_in: Option<u64>) {
+        let span_start = if self.conn.is_some() {
+            self.f.syns.first().copied()
+        } else {
+            req_out
+        };
+        if let (Some(a), Some(b)) = (span_start, resp_in) {
+            self.w.span_ms = Some(ms_between(a, b));
         }
     }
+
+    /// Counts and marks the segments sent again while this request ran.
+    fn retransmits(&mut self) {
+        let (f, req) = (self.f, self.req);
+        // Retransmissions inside this request's window of time.
+        let from = if self.conn.is_some() {
+            f.syns.first().copied()
+        } else {
+            req.request_start
+        };
+        if let (Some(from), Some(to)) = (from, req.done.or(req.first_byte_read)) {
+            let (o, i) = f.retransmits_between(from, to);
+            self.w.retransmits = Some(o + i);
+            self.w.retransmits_out = Some(o);
+            self.w.retransmits_in = Some(i);
+            for s in f.out.iter().chain(f.inb.iter()) {
+                if s.retrans && s.ts_ns >= from && s.ts_ns <= to {
+                    self.wire(
+                        if f.out.contains(s) {
+                            "retransmit_out"
+                        } else {
+                            "retransmit_in"
+                        },
+                        s.ts_ns,
+                    );
+                }
+            }
+        }
+    }
+
+    /// The connection's FINs near this request, and all its RSTs: how and
+    /// when it ended.
+    fn fins_and_rsts(&mut self) {
+        let (f, req) = (self.f, self.req);
+        for &(dir, t) in &f.fins {
+            if req
+                .done
+                .is_none_or(|d| t >= req.request_start.unwrap_or(0) && t <= d + 1_000_000_000)
+            {
+                self.wire(if dir == DIR_OUT { "fin_out" } else { "fin_in" }, t);
+            }
+        }
+        for &(dir, t) in &f.rsts {
+            self.wire(if dir == DIR_OUT { "rst_out" } else { "rst_in" }, t);
+        }
+    }
+}
+
+/// The ServerHello's segment, or the server flight's first to arrive when
+/// that one was lost: the end of TLS's first round trip.
+fn server_hello<'f>(f: &'f Flow, ch: Option<&Seg>) -> Option<&'f Seg> {
+    // The server's first flight leaves at once: when its first
+    // segment (the ServerHello) was lost, a later one arrives on
+    // time, and the ServerHello a retransmission timeout later.
+    let first_in = f.in_covering(0);
+    let earlier = ch.and_then(|c| {
+        f.inb
+            .iter()
+            .filter(|s| !s.retrans && s.ts_ns > c.ts_ns)
+            .filter(|s| f.in_offset(s.seq).is_some_and(|o| o > 0 && o < 1 << 20))
+            .filter(|s| first_in.is_none_or(|x| s.ts_ns < x.ts_ns))
+            .min_by_key(|s| s.ts_ns)
+    });
+    earlier.or(first_in)
+}
+
+/// When the response began to arrive: the time the server's answer is
+/// measured to.
+fn first_response_in(f: &Flow, req: &RequestMarks, req_out: Option<u64>) -> Option<u64> {
     // The first response bytes to arrive, whichever they are: when the
     // first segment was lost, a later one arrives first (and the first
     // comes again after a retransmission timeout, which is not the server's
     // time).
-    let resp_in = req.in_start.and_then(|o| {
+    req.in_start.and_then(|o| {
         let first = f.in_covering(o as u32).map(|s| s.ts_ns);
         let later = f
             .inb
@@ -322,78 +541,7 @@ pub fn assemble(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
-    });
-    if let Some(t) = resp_in {
-        wire("response_in", t);
-    }
-    if let (Some(a), Some(b)) = (req_out, resp_in) {
-        w.ttfb_ms = Some(ms_between(a, b));
-        // The request sent again before the response: the server may have
-        // had only the copy (the verdict decides, knowing the path's RTT).
-        if let Some(o) = req.out_start {
-            w.request_resent_ms = f
-                .out
-                .iter()
-                .filter(|s| s.retrans && s.ts_ns > a && s.ts_ns < b)
-                .filter(|s| f.offset(DIR_OUT, s.seq).is_some_and(|x| (x as u64) <= o))
-                .map(|s| ms_between(a, s.ts_ns))
-                .max_by(f64::total_cmp);
-        }
-    }
-    w.client_turns_ms = match (conn.is_some(), f.synack.as_ref(), req_out) {
-        (true, Some(sa), Some(t)) => Some(ms_between(
-            0,
-            client_turns(f, sa.ts_ns, t, conn.is_some_and(|c| c.tls13)),
-        )),
-        (false, _, Some(_)) => Some(0.0),
-        _ => None,
-    };
-    let span_start = if conn.is_some() {
-        f.syns.first().copied()
-    } else {
-        req_out
-    };
-    if let (Some(a), Some(b)) = (span_start, resp_in) {
-        w.span_ms = Some(ms_between(a, b));
-    }
-
-    // Retransmissions inside this request's window of time.
-    let from = if conn.is_some() {
-        f.syns.first().copied()
-    } else {
-        req.request_start
-    };
-    if let (Some(from), Some(to)) = (from, req.done.or(req.first_byte_read)) {
-        let (o, i) = f.retransmits_between(from, to);
-        w.retransmits = Some(o + i);
-        w.retransmits_out = Some(o);
-        w.retransmits_in = Some(i);
-        for s in f.out.iter().chain(f.inb.iter()) {
-            if s.retrans && s.ts_ns >= from && s.ts_ns <= to {
-                wire(
-                    if f.out.contains(s) {
-                        "retransmit_out"
-                    } else {
-                        "retransmit_in"
-                    },
-                    s.ts_ns,
-                );
-            }
-        }
-    }
-    for &(dir, t) in &f.fins {
-        if req
-            .done
-            .is_none_or(|d| t >= req.request_start.unwrap_or(0) && t <= d + 1_000_000_000)
-        {
-            wire(if dir == DIR_OUT { "fin_out" } else { "fin_in" }, t);
-        }
-    }
-    for &(dir, t) in &f.rsts {
-        wire(if dir == DIR_OUT { "rst_out" } else { "rst_in" }, t);
-    }
-    tl.sort_by_key(|e| e.t_ns);
-    (w, tl)
+    })
 }
 
 #[cfg(test)]
@@ -643,5 +791,53 @@ mod tests {
         );
         assert_eq!(u.dns_ms, None);
         assert_eq!(u.total_ms, Some(2.0));
+    }
+
+    #[test]
+    fn tls_rounds_take_their_place_in_the_timeline() {
+        use probe_common::DIR_IN;
+        let f = tls_flow(&[
+            (DIR_IN, 300, 0, 1400),
+            (DIR_OUT, 310, 300, 6),
+            (DIR_IN, 700, 1400, 20000),
+            (DIR_OUT, 900, 306, 80),
+            (DIR_OUT, 950, 386, 100),
+            (DIR_IN, 1300, 21400, 200),
+            (DIR_IN, 1400, 21600, 500),
+        ]);
+        let m = RequestMarks {
+            request_start: Some(940),
+            done: Some(2000),
+            out_start: Some(386),
+            out_end: Some(486),
+            in_start: Some(21600),
+            ..Default::default()
+        };
+        let (w, tl) = assemble(Some(&f), Some(&ConnMarks::default()), true, &m);
+        assert_eq!(w.tls_rtt_ms, Some(100e-6));
+        assert_eq!(w.tls_round2_ms, Some(400e-6));
+        assert_eq!(w.ttfb_ms, Some(450e-6));
+        assert_eq!(w.span_ms, Some(1400e-6));
+        let names: Vec<_> = tl.iter().map(|e| e.event).collect();
+        assert_eq!(
+            names,
+            [
+                "syn_out",
+                "synack_in",
+                "client_hello_out",
+                "server_hello_in",
+                "client_finished_out",
+                "request_start",
+                "request_out",
+                "tls_round2_in",
+                "response_in",
+                "done"
+            ]
+        );
+        // a reused connection: no handshake, no TLS rounds
+        let (w, tl) = assemble(Some(&f), None, true, &m);
+        assert_eq!((w.tls_rtt_ms, w.tls_round2_ms), (None, None));
+        assert_eq!(w.client_turns_ms, Some(0.0));
+        assert!(!tl.iter().any(|e| e.event.starts_with("client_")));
     }
 }

@@ -4,6 +4,7 @@ pub mod metrics;
 
 use crate::model::record::Record;
 use crate::model::tcp::hops_from_ttl;
+use crate::model::verdict::Verdict;
 use std::fmt::Write as _;
 
 fn f(ms: Option<f64>) -> String {
@@ -24,6 +25,19 @@ pub fn json_line(r: &Record) -> String {
 /// The human breakdown of one request.
 pub fn human(r: &Record) -> String {
     let mut s = String::new();
+    header(&mut s, r);
+    timings(&mut s, r);
+    handshake_facts(&mut s, r);
+    if let Some(v) = &r.verdict {
+        verdict(&mut s, r, v);
+    }
+    lost_events(&mut s, r);
+    s
+}
+
+/// The request line (what was asked of whom, the answer, the mode, where
+/// on its connection) and the error when it failed: what this record is.
+fn header(s: &mut String, r: &Record) {
     let status = r
         .http_status
         .map(|c| format!("HTTP/1.1 {c}"))
@@ -48,45 +62,16 @@ pub fn human(r: &Record) -> String {
     if let Some(e) = &r.error {
         let _ = writeln!(s, "  error ({}): {}", e.kind, e.message);
     }
+}
+
+/// The table of user-space and wire times, phase by phase, and the
+/// waterfall bar: where the time went, as each clock saw it.
+fn timings(s: &mut String, r: &Record) {
     let u = &r.user;
     let w = &r.wire;
     let _ = writeln!(s, "\n  {:<22}{:<14}wire", "", "user");
     if !r.connection_reused {
-        let _ = writeln!(s, "  {:<22}{:<14}", "DNS", f(u.dns_ms));
-        let mut wire = String::new();
-        if let Some(h) = w.handshake_rtt_ms {
-            let _ = write!(wire, "SYN -> SYN-ACK {}", f(Some(h)));
-        }
-        if w.handshake_rtt_ms.is_none()
-            && let (Some(syn), Some(rst)) = (r.at("syn_out"), r.at("rst_in"))
-        {
-            let _ = write!(
-                wire,
-                "SYN -> RST {} (the port is closed)",
-                f(Some(crate::model::units::ms_between(syn, rst)))
-            );
-        }
-        if let Some(ttl) = w.synack_ttl {
-            let (_, hops) = hops_from_ttl(ttl);
-            let hop_word = if hops == 1 { "hop" } else { "hops" };
-            let _ = write!(wire, "   TTL {ttl} ({hops} {hop_word})");
-        }
-        if let Some(n) = w.syn_retransmits.filter(|&n| n > 0) {
-            let _ = write!(
-                wire,
-                "   {n} SYN retransmission{}, waited {}",
-                if n == 1 { "" } else { "s" },
-                f(w.connect_wait_ms)
-            );
-        }
-        let _ = writeln!(s, "  {:<22}{:<14}{}", "TCP connect", f(u.connect_ms), wire);
-        if u.tls_ms.is_some() || w.tls_rtt_ms.is_some() {
-            let wire = w
-                .tls_rtt_ms
-                .map(|t| format!("ClientHello -> ServerHello {}", f(Some(t))))
-                .unwrap_or_default();
-            let _ = writeln!(s, "  {:<22}{:<14}{}", "TLS handshake", f(u.tls_ms), wire);
-        }
+        connection_rows(s, r);
     }
     let mut wire = f(w.ttfb_ms);
     if let Some(d) = w.data_rtt_ms {
@@ -108,6 +93,66 @@ pub fn human(r: &Record) -> String {
     if let Some(bar) = waterfall(r, 60) {
         let _ = writeln!(s, "\n  {bar}");
     }
+}
+
+/// The DNS, TCP connect and TLS handshake rows: a new connection's cost,
+/// which a reused one did not pay.
+fn connection_rows(s: &mut String, r: &Record) {
+    let u = &r.user;
+    let w = &r.wire;
+    let _ = writeln!(s, "  {:<22}{:<14}", "DNS", f(u.dns_ms));
+    let _ = writeln!(
+        s,
+        "  {:<22}{:<14}{}",
+        "TCP connect",
+        f(u.connect_ms),
+        connect_wire(r)
+    );
+    if u.tls_ms.is_some() || w.tls_rtt_ms.is_some() {
+        let wire = w
+            .tls_rtt_ms
+            .map(|t| format!("ClientHello -> ServerHello {}", f(Some(t))))
+            .unwrap_or_default();
+        let _ = writeln!(s, "  {:<22}{:<14}{}", "TLS handshake", f(u.tls_ms), wire);
+    }
+}
+
+/// The TCP connect row's wire column: the handshake's round trip (or the
+/// RST that refused it), the hops to whatever answered, the SYNs sent again.
+fn connect_wire(r: &Record) -> String {
+    let w = &r.wire;
+    let mut wire = String::new();
+    if let Some(h) = w.handshake_rtt_ms {
+        let _ = write!(wire, "SYN -> SYN-ACK {}", f(Some(h)));
+    }
+    if w.handshake_rtt_ms.is_none()
+        && let (Some(syn), Some(rst)) = (r.at("syn_out"), r.at("rst_in"))
+    {
+        let _ = write!(
+            wire,
+            "SYN -> RST {} (the port is closed)",
+            f(Some(crate::model::units::ms_between(syn, rst)))
+        );
+    }
+    if let Some(ttl) = w.synack_ttl {
+        let (_, hops) = hops_from_ttl(ttl);
+        let hop_word = if hops == 1 { "hop" } else { "hops" };
+        let _ = write!(wire, "   TTL {ttl} ({hops} {hop_word})");
+    }
+    if let Some(n) = w.syn_retransmits.filter(|&n| n > 0) {
+        let _ = write!(
+            wire,
+            "   {n} SYN retransmission{}, waited {}",
+            if n == 1 { "" } else { "s" },
+            f(w.connect_wait_ms)
+        );
+    }
+    wire
+}
+
+/// What the handshakes said of the other end: the SYN-ACK's TTL and
+/// options, the TLS version, ALPN and certificate (a proxy's CA shows here).
+fn handshake_facts(s: &mut String, r: &Record) {
     if let Some(sa) = synack_line(r) {
         let _ = writeln!(s, "  {sa}");
     }
@@ -124,46 +169,60 @@ pub fn human(r: &Record) -> String {
             t.cert_issuer.as_deref().unwrap_or("-")
         );
     }
-    if let Some(v) = &r.verdict {
-        let a = crate::model::verdict::Analysis {
-            verdict: v.clone(),
-            phases: r.phases.clone(),
-            middlebox: r.middlebox.clone(),
-        };
+}
+
+/// The verdict's sentence, what it rests on, the bottleneck, the phases
+/// and the reasons: the answer to "where did the time go".
+fn verdict(s: &mut String, r: &Record, v: &Verdict) {
+    let a = crate::model::verdict::Analysis {
+        verdict: v.clone(),
+        phases: r.phases.clone(),
+        middlebox: r.middlebox.clone(),
+    };
+    let _ = writeln!(
+        s,
+        "\n  verdict: {}",
+        crate::model::verdict::sentence(&a, &r.facts())
+    );
+    if let Some(i) = v.evidence_from {
         let _ = writeln!(
             s,
-            "\n  verdict: {}",
-            crate::model::verdict::sentence(&a, &r.facts())
+            "  (from the measurements of request {} on this connection)",
+            i + 1
         );
-        if let Some(i) = v.evidence_from {
-            let _ = writeln!(
-                s,
-                "  (from the measurements of request {} on this connection)",
-                i + 1
-            );
-        }
-        if let Some(b) = &v.summary {
-            let _ = writeln!(s, "  bottleneck: {b}");
-        }
-        let p = &r.phases;
-        if p.network_ms.is_some() || p.client_ms.is_some() {
-            let _ = writeln!(
-                s,
-                "  phases:  network {}  |  middlebox {}  |  server {}  |  client {} (local stack {})",
-                f(p.network_ms),
-                f(p.middlebox_ms),
-                f(p.server_ms),
-                f(p.client_ms),
-                f(p.local_stack_ms)
-            );
-        }
-        if let Some(bar) = phase_bar(r, 60) {
-            let _ = writeln!(s, "  {bar}");
-        }
-        for why in &v.reasons {
-            let _ = writeln!(s, "    - {why}");
-        }
     }
+    if let Some(b) = &v.summary {
+        let _ = writeln!(s, "  bottleneck: {b}");
+    }
+    phase_lines(s, r);
+    for why in &v.reasons {
+        let _ = writeln!(s, "    - {why}");
+    }
+}
+
+/// The phases' durations and their bar, when the verdict has them: the
+/// split of the wire span between network, middlebox, server and client.
+fn phase_lines(s: &mut String, r: &Record) {
+    let p = &r.phases;
+    if p.network_ms.is_some() || p.client_ms.is_some() {
+        let _ = writeln!(
+            s,
+            "  phases:  network {}  |  middlebox {}  |  server {}  |  client {} (local stack {})",
+            f(p.network_ms),
+            f(p.middlebox_ms),
+            f(p.server_ms),
+            f(p.client_ms),
+            f(p.local_stack_ms)
+        );
+    }
+    if let Some(bar) = phase_bar(r, 60) {
+        let _ = writeln!(s, "  {bar}");
+    }
+}
+
+/// The events lost so far, always printed: a breakdown with gaps in its
+/// input must say so.
+fn lost_events(s: &mut String, r: &Record) {
     let d = &r.drops;
     if d.total() == 0 {
         let _ = writeln!(s, "  lost events 0");
@@ -174,7 +233,6 @@ pub fn human(r: &Record) -> String {
             d.ringbuf_full, d.flow_insert_failed, d.flows_evicted, d.undecodable
         );
     }
-    s
 }
 
 fn synack_line(r: &Record) -> Option<String> {
@@ -281,6 +339,18 @@ pub fn watch_line(r: &Record) -> String {
 
 /// One line per request without its owner: `synack monitor`'s checks.
 pub fn check_line(r: &Record) -> String {
+    let mut s = check_subject(r);
+    let parts = check_numbers(r);
+    if !parts.is_empty() {
+        let _ = write!(s, "  | {} ms", parts.join("  "));
+    }
+    check_outcome(&mut s, r);
+    s
+}
+
+/// What was asked, its status, and of whom (or by whom, server side): the
+/// line's first column.
+fn check_subject(r: &Record) -> String {
     let what = if r.method.is_empty() {
         format!("TLS {}", r.url)
     } else {
@@ -290,7 +360,7 @@ pub fn check_line(r: &Record) -> String {
         .http_status
         .map(|c| c.to_string())
         .unwrap_or_else(|| "-".into());
-    let mut s = format!(
+    format!(
         "{what} {status}  {} {}",
         if r.direction == "server" {
             "from"
@@ -298,7 +368,12 @@ pub fn check_line(r: &Record) -> String {
             "to"
         },
         r.remote_addr.as_deref().unwrap_or("-")
-    );
+    )
+}
+
+/// The wire times and phases that are known, short-named, ms to two
+/// decimals: the numbers a check is watched for.
+fn check_numbers(r: &Record) -> Vec<String> {
     let num = |v: Option<f64>| v.map(|v| format!("{v:.2}"));
     let mut parts: Vec<String> = Vec::new();
     if !r.connection_reused
@@ -329,9 +404,11 @@ pub fn check_line(r: &Record) -> String {
     if r.wire.retransmits.is_some_and(|n| n > 0) {
         parts.push(format!("retx {}", r.wire.retransmits.unwrap_or(0)));
     }
-    if !parts.is_empty() {
-        let _ = write!(s, "  | {} ms", parts.join("  "));
-    }
+    parts
+}
+
+/// The error, or else the path and the bottleneck: how the check ended.
+fn check_outcome(s: &mut String, r: &Record) {
     if let Some(e) = &r.error {
         let _ = write!(s, "  | {}: {}", e.kind, e.message);
     } else if let Some(v) = &r.verdict {
@@ -348,7 +425,6 @@ pub fn check_line(r: &Record) -> String {
             let _ = write!(s, ", bottleneck {}", b.name());
         }
     }
-    s
 }
 
 /// Medians over several records, for the end of a `--count`/`--reuse` run.
@@ -492,5 +568,108 @@ mod tests {
         assert!(s.contains("3 requests, 0 failed"), "{s}");
         assert!(s.contains("total 10.000 ms"), "{s}");
         assert!(summary(&[rec()]).is_none());
+    }
+
+    /// A new TLS connection that failed, with every wire fact set: the
+    /// whole breakdown, byte for byte.
+    fn full_rec() -> Record {
+        let mut r = rec();
+        r.redirect_hop = 1;
+        r.tls = true;
+        r.error = Some(ErrorInfo::new("tls", "bad cert"));
+        let w = &mut r.wire;
+        w.retransmits = Some(3);
+        w.data_rtt_ms = Some(0.25);
+        w.syn_retransmits = Some(2);
+        w.connect_wait_ms = Some(1000.5);
+        w.synack_ttl = Some(120);
+        w.synack_initial_ttl = Some(128);
+        w.synack_window = Some(65535);
+        w.synack_mss = Some(1460);
+        w.synack_wscale = Some(7);
+        w.synack_sack_permitted = Some(true);
+        w.synack_timestamps = Some(true);
+        w.tls_rtt_ms = Some(3.0);
+        r.tls_info = Some(crate::model::record::TlsInfo {
+            version: Some("TLSv1.3".into()),
+            alpn: Some("h2".into()),
+            cert_subject: Some("CN=x".into()),
+            cert_issuer: None,
+        });
+        r.drops.ringbuf_full = 3;
+        r.drops.undecodable = 1;
+        r
+    }
+
+    #[test]
+    fn human_output_is_pinned() {
+        let expected = "\
+GET http://h/  10.0.0.2:80  HTTP/1.1 200  mode ebpf  (redirect hop 1)
+  error (tls): bad cert
+
+                        user          wire
+  DNS                   1.000 ms     \x20
+  TCP connect           2.000 ms      SYN -> SYN-ACK 1.500 ms   TTL 120 (8 hops)   2 SYN retransmissions, waited 1000.5 ms
+  TLS handshake         -             ClientHello -> ServerHello 3.000 ms
+  request -> 1st byte   6.000 ms      5.500 ms  (request ACKed after 0.250 ms)
+  total                 10.000 ms     retransmissions 3 (+2 SYN)
+
+  |=DNS==|====TCP=====|================wait================|=rest=|
+  SYN-ACK: TTL 120 (from 128), window 65535, MSS 1460, wscale 7, SACK, timestamps
+  TLS: TLSv1.3 (h2), certificate CN=x issued by -
+  LOST: ring buffer full 3, flow table full 0, flows evicted 0, undecodable 1
+";
+        assert_eq!(human(&full_rec()), expected);
+        assert_eq!(
+            check_line(&full_rec()),
+            "GET http://h/ 200  to 10.0.0.2:80  | hs 1.50  tls 3.00  ttfb 5.50  retx 3 ms  | tls: bad cert"
+        );
+    }
+
+    #[test]
+    fn the_verdict_section_follows_the_handshake_facts() {
+        use crate::model::verdict::{Bottleneck, PathKind};
+        let mut r = full_rec();
+        r.error = None;
+        r.phases.network_ms = Some(3.0);
+        r.phases.middlebox_ms = Some(1.0);
+        r.phases.server_ms = Some(5.0);
+        r.phases.client_ms = Some(0.5);
+        r.phases.local_stack_ms = Some(0.1);
+        let mut v = Verdict::new(PathKind::Middlebox, vec!["one reason".into(), "two".into()]);
+        v.evidence_from = Some(0);
+        v.summary = Some("server holds it".into());
+        v.bottleneck = Some(Bottleneck::Server);
+        r.verdict = Some(v);
+        let s = human(&r);
+        let lines: Vec<&str> = s.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with("  verdict: "))
+            .unwrap();
+        assert_eq!(
+            lines[at - 2],
+            "  TLS: TLSv1.3 (h2), certificate CN=x issued by -",
+            "{s}"
+        );
+        assert_eq!(lines[at - 1], "", "{s}");
+        assert_eq!(
+            lines[at + 1..],
+            [
+                "  (from the measurements of request 1 on this connection)",
+                "  bottleneck: server holds it",
+                "  phases:  network 3.000 ms  |  middlebox 1.000 ms  |  server 5.000 ms  |  client 0.500 ms (local stack 0.100 ms)",
+                "  |======network======|======|=============server=============|===|",
+                "    - one reason",
+                "    - two",
+                "  LOST: ring buffer full 3, flow table full 0, flows evicted 0, undecodable 1",
+            ],
+            "{s}"
+        );
+        let l = check_line(&r);
+        assert!(
+            l.ends_with("client 0.50  retx 3 ms  | MIDDLEBOX, bottleneck server"),
+            "{l}"
+        );
     }
 }
