@@ -576,7 +576,7 @@ mod tests {
         let mut r = rec();
         r.redirect_hop = 1;
         r.tls = true;
-        r.error = Some(ErrorInfo::new("tls", "bad cert"));
+        r.error = Some(ErrorInfo::new(ErrorKind::Tls, "bad cert"));
         let w = &mut r.wire;
         w.retransmits = Some(3);
         w.data_rtt_ms = Some(0.25);
