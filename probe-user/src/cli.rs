@@ -322,7 +322,7 @@ fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
 }
 
 /// A duration as the targets file writes it: 5, 2.5s, 300ms, 1m.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::model::targets::parse_duration(s, true)
 }
 

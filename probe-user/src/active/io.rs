@@ -30,7 +30,7 @@ use tokio::{
 /// Splits a byte stream into TLS records (5-byte header: type, version,
 /// 16-bit length; then the body).
 #[derive(Clone, Debug, Default)]
-pub struct RecordCursor {
+pub(crate) struct RecordCursor {
     /// Header bytes of the current record seen so far (0..=5).
     hdr_have: usize,
     hdr: [u8; 5],
@@ -45,7 +45,7 @@ pub struct RecordCursor {
 impl RecordCursor {
     /// How many of the `avail` bytes (which start at the current offset) can
     /// be delivered without crossing into the next record.
-    pub fn deliverable(&self, avail: &[u8]) -> usize {
+    pub(crate) fn deliverable(&self, avail: &[u8]) -> usize {
         if self.hdr_have == 5 || (self.hdr_have == 0 && self.body_left > 0) {
             return self.body_left.min(avail.len());
         }
@@ -60,7 +60,7 @@ impl RecordCursor {
     }
 
     /// Consumes bytes that were delivered.
-    pub fn consume(&mut self, mut b: &[u8]) {
+    pub(crate) fn consume(&mut self, mut b: &[u8]) {
         while !b.is_empty() {
             if self.hdr_have < 5 && self.body_left == 0 {
                 if self.hdr_have == 0 {
@@ -92,7 +92,7 @@ impl RecordCursor {
 
 /// What the streams saw of the request currently armed.
 #[derive(Clone, Debug, Default)]
-pub struct RequestIo {
+pub(crate) struct RequestIo {
     /// Raw outgoing offset of the request's first byte (after TLS: its first record).
     pub out_start: Option<u64>,
     /// Raw outgoing offset one past the request's last byte.
@@ -111,7 +111,7 @@ pub struct RequestIo {
 
 /// Shared between the two streams and the prober.
 #[derive(Debug, Default)]
-pub struct IoLog {
+pub(crate) struct IoLog {
     pub raw_out: u64,
     /// Bytes handed on to TLS or HTTP.
     pub raw_in: u64,
@@ -127,19 +127,19 @@ pub struct IoLog {
 
 impl IoLog {
     /// Starts the marks of a new request on this connection.
-    pub fn arm(&mut self) {
+    pub(crate) fn arm(&mut self) {
         self.armed = true;
         self.req = RequestIo::default();
     }
 
     /// Stops recording and returns what the request saw.
-    pub fn disarm(&mut self) -> RequestIo {
+    pub(crate) fn disarm(&mut self) -> RequestIo {
         self.armed = false;
         std::mem::take(&mut self.req)
     }
 }
 
-pub type SharedLog = Arc<Mutex<IoLog>>;
+pub(crate) type SharedLog = Arc<Mutex<IoLog>>;
 
 pub(crate) fn lock(l: &SharedLog) -> MutexGuard<'_, IoLog> {
     // A poisoned lock only means another thread panicked mid-update of
@@ -150,7 +150,7 @@ pub(crate) fn lock(l: &SharedLog) -> MutexGuard<'_, IoLog> {
 /// The socket-side stream: counts raw bytes, under TLS delivers one record
 /// at a time, and in unprivileged mode reads with recvmsg to keep the
 /// kernel's receive time of the data and collects transmit stamps.
-pub struct RawStream {
+pub(crate) struct RawStream {
     inner: TcpStream,
     log: SharedLog,
     buf: Vec<u8>,
@@ -161,7 +161,7 @@ pub struct RawStream {
 
 impl RawStream {
     /// `stamped`: the socket has SO_TIMESTAMPING on (see `stamps`).
-    pub fn new(inner: TcpStream, log: SharedLog, tls: bool, stamped: bool) -> Self {
+    pub(crate) fn new(inner: TcpStream, log: SharedLog, tls: bool, stamped: bool) -> Self {
         {
             let mut l = lock(&log);
             if tls {
@@ -181,7 +181,8 @@ impl RawStream {
         }
     }
 
-    pub fn get_ref(&self) -> &TcpStream {
+    #[cfg(test)]
+    pub(crate) fn get_ref(&self) -> &TcpStream {
         &self.inner
     }
 
@@ -317,13 +318,13 @@ fn note_write(log: &SharedLog, start: u64, n: usize) {
 }
 
 /// The HTTP-side stream: user-space times of the request and its response.
-pub struct AppStream<S> {
+pub(crate) struct AppStream<S> {
     inner: S,
     log: SharedLog,
 }
 
 impl<S> AppStream<S> {
-    pub fn new(inner: S, log: SharedLog) -> Self {
+    pub(crate) fn new(inner: S, log: SharedLog) -> Self {
         AppStream { inner, log }
     }
 }

@@ -32,7 +32,7 @@ use tokio::{net::TcpSocket, time::Instant};
 
 /// Which address family to use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Family {
+pub(crate) enum Family {
     #[default]
     Any,
     V4,
@@ -69,7 +69,7 @@ impl std::str::FromStr for Resolve {
 
 /// Everything that shapes the requests.
 #[derive(Clone, Debug)]
-pub struct Options {
+pub(crate) struct Options {
     pub method: Option<Method>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Option<Bytes>,
@@ -88,7 +88,7 @@ pub struct Options {
 }
 
 #[derive(Debug, Error)]
-pub enum TlsSetupError {
+pub(crate) enum TlsSetupError {
     #[error("cannot read CA certificates from {path}: {source}")]
     CaFile {
         path: PathBuf,
@@ -103,7 +103,10 @@ pub enum TlsSetupError {
 
 /// The TLS client configuration: `--cacert` replaces the system roots (as in
 /// curl); without system roots the bundled webpki roots are used.
-pub fn tls_config(cacert: Option<&PathBuf>, insecure: bool) -> Result<ClientConfig, TlsSetupError> {
+pub(crate) fn tls_config(
+    cacert: Option<&PathBuf>,
+    insecure: bool,
+) -> Result<ClientConfig, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     if let Some(path) = cacert {
@@ -222,7 +225,7 @@ fn parse_target(s: &str) -> Result<Target, ErrorInfo> {
 }
 
 /// The prober and the kernel side it registers its sockets with.
-pub struct Prober {
+pub(crate) struct Prober {
     pub kernel: Option<SharedKernel>,
     tls: Arc<ClientConfig>,
     opts: Options,
@@ -286,13 +289,13 @@ struct ConnOutcome {
 }
 
 impl Prober {
-    pub fn new(kernel: Option<Kernel>, tls: ClientConfig, opts: Options) -> Self {
+    pub(crate) fn new(kernel: Option<Kernel>, tls: ClientConfig, opts: Options) -> Self {
         Self::with_shared(kernel.map(Hub::shared), Arc::new(tls), opts)
     }
 
     /// A prober on a kernel (and TLS set-up) shared with others that run at
     /// the same time.
-    pub fn with_shared(
+    pub(crate) fn with_shared(
         kernel: Option<SharedKernel>,
         tls: Arc<ClientConfig>,
         opts: Options,
@@ -314,12 +317,12 @@ impl Prober {
 
     /// The --dump-events lines of the requests run since the last call
     /// (each kernel event and the socket's stamps), for stderr.
-    pub fn take_dump(&mut self) -> Vec<String> {
+    pub(crate) fn take_dump(&mut self) -> Vec<String> {
         std::mem::take(&mut self.dump)
     }
 
     /// "ebpf" or "unprivileged".
-    pub fn mode(&self) -> &'static str {
+    pub(crate) fn mode(&self) -> &'static str {
         self.mode
     }
 
@@ -330,7 +333,7 @@ impl Prober {
     }
 
     /// One run over a URL: its requests, and the redirect hops after them with `-L`.
-    pub async fn run(&mut self, url: &str, attempt: u32) -> Vec<Record> {
+    pub(crate) async fn run(&mut self, url: &str, attempt: u32) -> Vec<Record> {
         let mut out = Vec::new();
         let mut current = url.to_string();
         for hop in 0..=self.opts.max_redirs {
@@ -491,10 +494,7 @@ impl Prober {
         let t = parse_target(url)?;
         let deadline = self.opts.max_time.map(|d| Instant::now() + d);
         let method = self.method_for(url);
-        let mut conn = ConnMarks {
-            tls: t.tls,
-            ..Default::default()
-        };
+        let mut conn = ConnMarks::default();
         let mut base = Record::new(url, method.as_str(), self.mode);
         base.redirect_hop = hop;
 
@@ -968,7 +968,7 @@ fn unprivileged_wire(
 }
 
 /// The largest response head (status line and headers) synack reads.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 trait AsyncStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> AsyncStream for T {}

@@ -34,7 +34,7 @@ const SO_EE_ORIGIN_TIMESTAMPING: u8 = 4;
 
 /// What the stamps say about one connection.
 #[derive(Clone, Debug, Default)]
-pub struct Stamps {
+pub(crate) struct Stamps {
     /// Each write: raw stream offsets [start, end).
     pub writes: Vec<(u64, u64)>,
     /// Each read that returned data: [start, end) and the receive time of
@@ -52,7 +52,7 @@ pub struct Stamps {
 
 /// The TCP_INFO fields synack uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TcpInfo {
+pub(crate) struct TcpInfo {
     /// Smoothed RTT, microseconds (right after connect: the SYN's sample).
     pub rtt_us: u32,
     pub total_retrans: u32,
@@ -62,12 +62,12 @@ pub struct TcpInfo {
     pub snd_wscale: u8,
 }
 
-pub const TCPI_OPT_TIMESTAMPS: u8 = 1;
-pub const TCPI_OPT_SACK: u8 = 2;
-pub const TCPI_OPT_WSCALE: u8 = 4;
+pub(crate) const TCPI_OPT_TIMESTAMPS: u8 = 1;
+pub(crate) const TCPI_OPT_SACK: u8 = 2;
+pub(crate) const TCPI_OPT_WSCALE: u8 = 4;
 
 /// Asks for receive and transmit timestamps on a TCP socket.
-pub fn enable(fd: RawFd) -> io::Result<()> {
+pub(crate) fn enable(fd: RawFd) -> io::Result<()> {
     let flags: libc::c_uint = libc::SOF_TIMESTAMPING_RX_SOFTWARE
         | libc::SOF_TIMESTAMPING_TX_SOFTWARE
         | libc::SOF_TIMESTAMPING_TX_ACK
@@ -92,7 +92,7 @@ pub fn enable(fd: RawFd) -> io::Result<()> {
 }
 
 /// TCP_INFO of a socket.
-pub fn tcp_info(fd: RawFd) -> Option<TcpInfo> {
+pub(crate) fn tcp_info(fd: RawFd) -> Option<TcpInfo> {
     // SAFETY: zeroed tcp_info is a valid out-parameter.
     let mut ti: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -160,7 +160,7 @@ fn parse_cmsgs(msg: &libc::msghdr) -> (Option<u64>, Option<(u32, u32)>) {
 
 /// recvmsg into `buf`: bytes read and the receive time (realtime ns) of the
 /// data, when the kernel stamped it. WouldBlock when nothing is queued.
-pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
+pub(crate) fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -181,7 +181,7 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
 }
 
 /// Reads every transmit stamp waiting on the socket's error queue.
-pub fn drain_errqueue(fd: RawFd, s: &mut Stamps) {
+pub(crate) fn drain_errqueue(fd: RawFd, s: &mut Stamps) {
     // Bounded: a connection has a few stamps per write.
     for _ in 0..256 {
         let mut ctrl = [0u64; 64];
@@ -207,12 +207,12 @@ pub fn drain_errqueue(fd: RawFd, s: &mut Stamps) {
     }
 }
 
-pub fn real_to_mono(real: u64, mono_minus_real: i64) -> u64 {
+pub(crate) fn real_to_mono(real: u64, mono_minus_real: i64) -> u64 {
     (real as i128 + mono_minus_real as i128).max(0) as u64
 }
 
 impl Stamps {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Stamps {
             mono_minus_real: crate::model::events::mono_minus_real(),
             ..Default::default()
@@ -231,7 +231,7 @@ impl Stamps {
     /// The flow these stamps describe. Its sequence numbers are stream
     /// offsets (both ISNs are taken as 2^32 - 1, so offset = sequence): it
     /// has no handshake packets, only what the stamps show.
-    pub fn flow(&self, key: FlowKey) -> Flow {
+    pub(crate) fn flow(&self, key: FlowKey) -> Flow {
         let mut f = Flow::new(key, 0);
         f.set_offset_isns();
         f.rtt_hint_ns = self.handshake_rtt_ms().map(|ms| (ms * 1e6).max(0.0) as u64);
@@ -304,20 +304,20 @@ impl Stamps {
     }
 
     /// SYNs sent again before the handshake completed.
-    pub fn syn_retransmits(&self) -> Option<u32> {
+    pub(crate) fn syn_retransmits(&self) -> Option<u32> {
         self.at_connect.map(|i| i.total_retrans)
     }
 
     /// The handshake RTT in ms: TCP_INFO's first RTT sample, which is the
     /// SYN's, unless the SYN was sent again (then the sample is not the
     /// answered SYN's for certain, and there is none).
-    pub fn handshake_rtt_ms(&self) -> Option<f64> {
+    pub(crate) fn handshake_rtt_ms(&self) -> Option<f64> {
         let i = self.at_connect?;
         (i.total_retrans == 0 && i.rtt_us > 0).then(|| i.rtt_us as f64 / 1000.0)
     }
 
     /// Payload retransmissions out since connect().
-    pub fn retransmits_out(&self) -> Option<u32> {
+    pub(crate) fn retransmits_out(&self) -> Option<u32> {
         let (a, b) = (self.at_connect?, self.last?);
         Some(b.total_retrans.saturating_sub(a.total_retrans))
     }

@@ -6,12 +6,12 @@ use caps::{CapSet, Capability};
 /// Kernels before 6.0 refuse every bpf() command without CAP_BPF when
 /// unprivileged BPF is disabled, map reads and writes through a descriptor
 /// included; later ones only refuse creating maps and loading programs.
-pub fn map_ops_need_cap_bpf() -> bool {
+pub(crate) fn map_ops_need_cap_bpf() -> bool {
     kernel_release().is_none_or(|rel| kernel_before(&rel, (6, 0)))
 }
 
 /// uname's release string, e.g. "6.18.2".
-pub fn kernel_release() -> Option<String> {
+pub(crate) fn kernel_release() -> Option<String> {
     // SAFETY: zeroed utsname is a valid out-parameter.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointer.
@@ -24,7 +24,7 @@ pub fn kernel_release() -> Option<String> {
 }
 
 /// True when `release` is older than `v` (or unreadable).
-pub fn kernel_before(release: &str, v: (u32, u32)) -> bool {
+pub(crate) fn kernel_before(release: &str, v: (u32, u32)) -> bool {
     let mut it = release
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|x| x.parse::<u32>().ok());
@@ -37,7 +37,7 @@ pub fn kernel_before(release: &str, v: (u32, u32)) -> bool {
 /// What loading and attaching takes: CAP_BPF (maps, programs), CAP_PERFMON
 /// (the verifier refuses the classifiers' pointer arithmetic without it),
 /// CAP_NET_ADMIN (tc and cgroup attachment).
-pub const FOR_EBPF: [Capability; 3] = [
+pub(crate) const FOR_EBPF: [Capability; 3] = [
     Capability::CAP_BPF,
     Capability::CAP_NET_ADMIN,
     Capability::CAP_PERFMON,
@@ -46,7 +46,7 @@ pub const FOR_EBPF: [Capability; 3] = [
 /// The capabilities loading needs that this process's effective set lacks,
 /// as `CAP_X` names. Kernels before 5.8 know neither CAP_BPF nor
 /// CAP_PERFMON; there CAP_SYS_ADMIN stands in for both.
-pub fn missing_for_ebpf() -> Vec<String> {
+pub(crate) fn missing_for_ebpf() -> Vec<String> {
     let has = |c: Capability| caps::has_cap(None, CapSet::Effective, c).unwrap_or(false);
     // /proc/sys/kernel/cap_last_cap says which capabilities the kernel knows.
     let old_kernel = caps::runtime::procfs_all_supported(None)
@@ -67,7 +67,7 @@ pub fn missing_for_ebpf() -> Vec<String> {
 /// What to tell an operator whose synack could not load its programs: which
 /// capabilities are missing and how to grant them. None when nothing is
 /// missing (the failure has another cause).
-pub fn grant_hint() -> Option<String> {
+pub(crate) fn grant_hint() -> Option<String> {
     let missing = missing_for_ebpf();
     if missing.is_empty() {
         return None;

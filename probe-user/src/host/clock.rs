@@ -3,7 +3,7 @@
 //! times of one request share one axis with no conversion.
 
 /// Nanoseconds of CLOCK_MONOTONIC now.
-pub fn mono_ns() -> u64 {
+pub(crate) fn mono_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -14,7 +14,7 @@ pub fn mono_ns() -> u64 {
 }
 
 /// Wall-clock time of day, local, with milliseconds.
-pub fn time_of_day() -> String {
+pub(crate) fn time_of_day() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

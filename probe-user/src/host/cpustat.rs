@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 /// One reading of the counters.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct CpuSnapshot {
+pub(crate) struct CpuSnapshot {
     /// Sum over this process's threads of run-queue wait, ns.
     pub run_delay_ns: Option<u64>,
     /// The cgroup's throttled periods and throttled time, ns.
@@ -28,7 +28,7 @@ pub struct CpuSnapshot {
 
 /// What the counters grew by between two readings.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Growth {
+pub(crate) struct Growth {
     pub run_delay_ns: Option<u64>,
     pub throttled_ns: Option<u64>,
     pub throttled_periods: Option<u64>,
@@ -37,7 +37,7 @@ pub struct Growth {
 
 impl CpuSnapshot {
     /// Reads every counter this host has.
-    pub fn take(src: &CpuSources) -> Self {
+    pub(crate) fn take(src: &CpuSources) -> Self {
         CpuSnapshot {
             run_delay_ns: run_delay("/proc/self/task"),
             throttled_periods: src
@@ -58,7 +58,7 @@ impl CpuSnapshot {
     }
 
     /// The growth from `self` to `later`.
-    pub fn until(&self, later: &CpuSnapshot) -> Growth {
+    pub(crate) fn until(&self, later: &CpuSnapshot) -> Growth {
         let d = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?));
         Growth {
             run_delay_ns: d(self.run_delay_ns, later.run_delay_ns),
@@ -71,13 +71,13 @@ impl CpuSnapshot {
 
 /// Where this process's cgroup keeps its CPU statistics (found once).
 #[derive(Clone, Debug, Default)]
-pub struct CpuSources {
+pub(crate) struct CpuSources {
     /// The `cpu.stat` that has throttling fields (v2, or v1's cpu controller).
     pub cpu_stat: Option<PathBuf>,
 }
 
 impl CpuSources {
-    pub fn find() -> Self {
+    pub(crate) fn find() -> Self {
         let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let cpu_stat = cpu_stat_paths(&cgroup, &mounts).into_iter().find(|p| {
@@ -113,12 +113,12 @@ fn run_delay(task_dir: impl AsRef<Path>) -> Option<u64> {
 }
 
 /// The run-queue wait of one schedstat line: "run_ns wait_ns slices".
-pub fn parse_schedstat(s: &str) -> Option<u64> {
+pub(crate) fn parse_schedstat(s: &str) -> Option<u64> {
     s.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// (nr_throttled, throttled time in ns) from a cgroup v2 or v1 `cpu.stat`.
-pub fn parse_cpu_stat(s: &str) -> Option<(u64, u64)> {
+pub(crate) fn parse_cpu_stat(s: &str) -> Option<(u64, u64)> {
     let mut n = None;
     let mut t = None;
     for l in s.lines() {
@@ -139,7 +139,7 @@ pub fn parse_cpu_stat(s: &str) -> Option<(u64, u64)> {
 }
 
 /// The steal column of /proc/stat's aggregate `cpu` line, in ticks.
-pub fn parse_steal_ticks(s: &str) -> Option<u64> {
+pub(crate) fn parse_steal_ticks(s: &str) -> Option<u64> {
     let l = s.lines().find(|l| l.starts_with("cpu "))?;
     l.split_whitespace().nth(8)?.parse().ok()
 }
@@ -147,7 +147,7 @@ pub fn parse_steal_ticks(s: &str) -> Option<u64> {
 /// Candidate `cpu.stat` files for this process, v2 first: from
 /// /proc/self/cgroup ("0::/path" for v2, "N:cpu,cpuacct:/path" for v1) and
 /// the mount points in /proc/self/mountinfo.
-pub fn cpu_stat_paths(cgroup: &str, mountinfo: &str) -> Vec<PathBuf> {
+pub(crate) fn cpu_stat_paths(cgroup: &str, mountinfo: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     // mountinfo: id parent maj:min root mountpoint opts ... - fstype source superopts
     let mounts: Vec<(String, String, String, String)> = mountinfo

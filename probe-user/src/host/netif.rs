@@ -4,7 +4,7 @@ use std::{ffi::CStr, io};
 
 /// One interface as the kernel reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Interface {
+pub(crate) struct Interface {
     pub name: String,
     pub index: u32,
     pub up: bool,
@@ -15,14 +15,14 @@ pub struct Interface {
 impl Interface {
     /// Bytes of link-layer header in front of the IP header that a tc
     /// classifier sees on this interface.
-    pub fn l2_len(&self) -> u32 {
+    pub(crate) fn l2_len(&self) -> u32 {
         l2_len_for(self.link_type)
     }
 }
 
 /// Link-layer header length for an ARPHRD_* type: Ethernet-framed types have
 /// 14 bytes, raw-IP devices (tun, WireGuard, sit, ip6tnl, ipip, gre) none.
-pub fn l2_len_for(link_type: u16) -> u32 {
+pub(crate) fn l2_len_for(link_type: u16) -> u32 {
     match link_type {
         1 | 772 | 774 | 801 => 14,
         _ => 0,
@@ -30,7 +30,7 @@ pub fn l2_len_for(link_type: u16) -> u32 {
 }
 
 /// The name of the interface with this index, if there is one.
-pub fn name_of(index: u32) -> Option<String> {
+pub(crate) fn name_of(index: u32) -> Option<String> {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: buf has the IF_NAMESIZE bytes if_indextoname writes at most.
     let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
@@ -46,7 +46,7 @@ pub fn name_of(index: u32) -> Option<String> {
 }
 
 /// All interfaces in this network namespace.
-pub fn list() -> io::Result<Vec<Interface>> {
+pub(crate) fn list() -> io::Result<Vec<Interface>> {
     let sock = Socket::dgram()?;
     let mut out = Vec::new();
     // SAFETY: if_nameindex returns a heap array terminated by a zero entry,
@@ -79,13 +79,13 @@ pub fn list() -> io::Result<Vec<Interface>> {
 
 /// An address this host has, with its prefix length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LocalNet {
+pub(crate) struct LocalNet {
     pub addr: std::net::IpAddr,
     pub prefix: u8,
 }
 
 /// Every address with its netmask in this network namespace.
-pub fn local_nets() -> io::Result<Vec<LocalNet>> {
+pub(crate) fn local_nets() -> io::Result<Vec<LocalNet>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills a linked list that we walk and free below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
@@ -114,7 +114,7 @@ pub fn local_nets() -> io::Result<Vec<LocalNet>> {
 
 /// This namespace's own addresses, loopback included (127.0.0.1 and ::1
 /// always: connections to them never leave the host).
-pub fn local_addrs() -> io::Result<Vec<std::net::IpAddr>> {
+pub(crate) fn local_addrs() -> io::Result<Vec<std::net::IpAddr>> {
     let mut v: Vec<std::net::IpAddr> = local_nets()?.into_iter().map(|n| n.addr).collect();
     for lo in [
         std::net::IpAddr::from([127, 0, 0, 1]),
@@ -151,7 +151,7 @@ unsafe fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<std::net::IpAddr> {
 
 /// True when `ip` is on one of this host's own subnets (reached without a
 /// gateway), or is one of its addresses.
-pub fn on_link(ip: std::net::IpAddr, nets: &[LocalNet]) -> bool {
+pub(crate) fn on_link(ip: std::net::IpAddr, nets: &[LocalNet]) -> bool {
     let ip = match ip {
         std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(Into::into).unwrap_or(ip),
         v4 => v4,
@@ -181,7 +181,7 @@ pub fn on_link(ip: std::net::IpAddr, nets: &[LocalNet]) -> bool {
 /// table says (`ip route get`): a local subnet, a point-to-point link (a
 /// tun, a tunnel, a `scope link` route) or this host itself. Falls back to
 /// subnet membership when the kernel cannot be asked.
-pub fn reached_on_link(ip: std::net::IpAddr, nets: &[LocalNet]) -> bool {
+pub(crate) fn reached_on_link(ip: std::net::IpAddr, nets: &[LocalNet]) -> bool {
     match route_via_gateway(ip) {
         Some(via) => !via,
         None => on_link(ip, nets),
@@ -222,7 +222,7 @@ fn route_request(ip: std::net::IpAddr, seq: u32) -> Vec<u8> {
 
 /// Netlink attributes in `b`: (type, payload) pairs, stopping at the first
 /// malformed one.
-pub fn nl_attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
+pub(crate) fn nl_attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
     let mut v = Vec::new();
     while b.len() >= 4 {
         let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
@@ -239,7 +239,7 @@ pub fn nl_attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
 /// Sends one request to the kernel's NETLINK_ROUTE and returns its first
 /// answer (needs no privilege to ask; a reply that does not come within
 /// `timeout` will not come).
-pub fn netlink_request(req: &[u8], timeout: std::time::Duration) -> io::Result<Vec<u8>> {
+pub(crate) fn netlink_request(req: &[u8], timeout: std::time::Duration) -> io::Result<Vec<u8>> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     // SAFETY: plain socket(2); the result is checked and owned below.
     let fd = unsafe {
@@ -337,7 +337,7 @@ fn parse_route_reply(b: &[u8]) -> Option<bool> {
 }
 
 /// Asks the kernel for its route to `ip` (needs no privilege).
-pub fn route_via_gateway(ip: std::net::IpAddr) -> Option<bool> {
+pub(crate) fn route_via_gateway(ip: std::net::IpAddr) -> Option<bool> {
     let reply = netlink_request(&route_request(ip, 1), std::time::Duration::from_secs(1)).ok()?;
     parse_route_reply(&reply)
 }

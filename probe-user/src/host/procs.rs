@@ -115,14 +115,14 @@ fn unescape_mount(s: &str) -> String {
 
 /// cgroup v2 ids (the inode numbers of the cgroup directories) and their
 /// paths below the root, read by walking the hierarchy.
-pub struct Cgroups {
+pub(crate) struct Cgroups {
     root: Option<PathBuf>,
     by_id: HashMap<u64, String>,
     walked: Option<Instant>,
 }
 
 impl Cgroups {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut c = Cgroups {
             root: cgroup2_root(),
             by_id: HashMap::new(),
@@ -130,10 +130,6 @@ impl Cgroups {
         };
         c.rewalk();
         c
-    }
-
-    pub fn root(&self) -> Option<&Path> {
-        self.root.as_deref()
     }
 
     fn rewalk(&mut self) {
@@ -169,7 +165,7 @@ impl Cgroups {
 
     /// The path (below the cgroup v2 root, "/" for the root) of a cgroup id.
     /// A miss re-reads the hierarchy, at most once a second.
-    pub fn path(&mut self, id: u64) -> Option<String> {
+    pub(crate) fn path(&mut self, id: u64) -> Option<String> {
         if id == 0 {
             return None;
         }
@@ -186,7 +182,7 @@ impl Cgroups {
     /// The cgroup path a --cgroup argument names: a cgroup directory as
     /// this host mounts it (/sys/fs/cgroup/...), or a path relative to the
     /// hierarchy's root.
-    pub fn resolve(&mut self, arg: &str) -> Result<String, CgroupError> {
+    pub(crate) fn resolve(&mut self, arg: &str) -> Result<String, CgroupError> {
         let root = self.root.clone().ok_or(CgroupError::NoHierarchy)?;
         let p = Path::new(arg);
         if p.is_absolute()
@@ -217,7 +213,7 @@ impl Cgroups {
 
     /// The cgroup of a container: the deepest directory whose name holds the
     /// id (docker-<id>.scope, cri-containerd-<id>.scope, libpod-<id>, /docker/<id>).
-    pub fn container(&mut self, id: &str) -> Result<String, CgroupError> {
+    pub(crate) fn container(&mut self, id: &str) -> Result<String, CgroupError> {
         let id = id.trim();
         if id.len() < 4
             || !id
@@ -260,7 +256,7 @@ impl Cgroups {
 
 /// Why a --cgroup or --container argument names no cgroup.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum CgroupError {
+pub(crate) enum CgroupError {
     #[error("no cgroup v2 hierarchy is available here, so --cgroup cannot be matched")]
     NoHierarchy,
     #[error("{arg}: no such cgroup (looked for {})", .looked.display())]
@@ -280,27 +276,27 @@ impl Default for Cgroups {
 }
 
 /// True when `path` is `under` or inside it.
-pub fn cgroup_within(path: &str, under: &str) -> bool {
+pub(crate) fn cgroup_within(path: &str, under: &str) -> bool {
     under == "/"
         || path == under
         || (path.starts_with(under) && path.as_bytes().get(under.len()) == Some(&b'/'))
 }
 
 /// A process's name (`comm`).
-pub fn comm(pid: u32) -> Option<String> {
+pub(crate) fn comm(pid: u32) -> Option<String> {
     let s = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
     Some(s.trim_end_matches('\n').to_string())
 }
 
 /// A NUL-padded kernel `comm`.
-pub fn comm_from_bytes(b: &[u8]) -> String {
+pub(crate) fn comm_from_bytes(b: &[u8]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
     String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
 /// One line of /proc/net/tcp{,6}.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SockLine {
+pub(crate) struct SockLine {
     pub local: (std::net::IpAddr, u16),
     pub remote: (std::net::IpAddr, u16),
     /// TCP state number (1 ESTABLISHED, 10 LISTEN, ...).
@@ -309,7 +305,7 @@ pub struct SockLine {
 }
 
 /// Parses one data line of /proc/net/tcp or /proc/net/tcp6.
-pub fn parse_sock_line(line: &str) -> Option<SockLine> {
+pub(crate) fn parse_sock_line(line: &str) -> Option<SockLine> {
     let mut f = line.split_whitespace();
     let _sl = f.next()?;
     let local = parse_hex_addr(f.next()?)?;
@@ -352,7 +348,7 @@ fn parse_hex_addr(s: &str) -> Option<(std::net::IpAddr, u16)> {
 
 /// Finds the process behind sockets through /proc, with caches so a busy
 /// host is not rescanned for every connection.
-pub struct SocketOwners {
+pub(crate) struct SocketOwners {
     /// socket inode -> pid, from the last scan of /proc/*/fd.
     by_inode: HashMap<u64, u32>,
     scanned: Option<Instant>,
@@ -367,7 +363,7 @@ impl Default for SocketOwners {
 }
 
 impl SocketOwners {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         SocketOwners {
             by_inode: HashMap::new(),
             scanned: None,
@@ -423,7 +419,7 @@ impl SocketOwners {
     /// The process holding the socket of this connection (or, for a
     /// connection it has not accepted yet or already closed, the one
     /// listening on its local port).
-    pub fn pid_of(
+    pub(crate) fn pid_of(
         &mut self,
         local: std::net::SocketAddr,
         remote: std::net::SocketAddr,

@@ -26,14 +26,14 @@ use thiserror::Error;
 /// The eBPF object, embedded at build time by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf.o"));
 
-pub const PROG_EGRESS: &str = "synack_egress";
-pub const PROG_INGRESS: &str = "synack_ingress";
-pub const PROG_CONNECT4: &str = "synack_connect4";
-pub const PROG_CONNECT6: &str = "synack_connect6";
+pub(crate) const PROG_EGRESS: &str = "synack_egress";
+pub(crate) const PROG_INGRESS: &str = "synack_ingress";
+pub(crate) const PROG_CONNECT4: &str = "synack_connect4";
+pub(crate) const PROG_CONNECT6: &str = "synack_connect6";
 
 /// What the kernel side follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scope {
+pub(crate) enum Scope {
     /// Only sockets synack registers (the active probe).
     Registered,
     /// Every connection this network namespace opens or accepts, with
@@ -86,7 +86,7 @@ pub enum KernelError {
 
 impl KernelError {
     /// True when the cause is missing privileges (EPERM/EACCES somewhere in the chain).
-    pub fn is_permission(&self) -> bool {
+    pub(crate) fn is_permission(&self) -> bool {
         // EACCES from BPF_PROG_LOAD is the verifier saying no, not privileges.
         errno_in_chain(self, &[libc::EPERM])
     }
@@ -113,7 +113,7 @@ impl std::error::Error for Refusal {
 }
 
 /// The error, with what to do about missing privileges.
-pub fn help(e: &KernelError) -> String {
+pub(crate) fn help(e: &KernelError) -> String {
     let refused = errno_in_chain(e, &[libc::EPERM, libc::EACCES]);
     match crate::host::caps::grant_hint() {
         // The verifier's log after a refusal for want of CAP_PERFMON (EACCES)
@@ -149,7 +149,7 @@ fn errno_in_chain(e: &(dyn std::error::Error + 'static), errnos: &[i32]) -> bool
 /// Why the connect hooks are not attached (attribution then falls back to
 /// /proc).
 #[derive(Debug, Error)]
-pub enum HookError {
+pub(crate) enum HookError {
     #[error("not needed")]
     NotAsked,
     #[error("no cgroup v2 hierarchy is mounted (see /proc/self/mountinfo)")]
@@ -220,7 +220,7 @@ fn display(p: &Path) -> String {
 /// How the classifiers were attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum AttachMode {
+pub(crate) enum AttachMode {
     /// tcx bpf_link (kernel >= 6.6): released by the kernel when synack exits,
     /// however it exits.
     Tcx,
@@ -229,7 +229,7 @@ pub enum AttachMode {
 }
 
 /// The loaded programs, their links and maps. Dropping it detaches everything.
-pub struct Kernel {
+pub(crate) struct Kernel {
     // Field order matters: maps and links go before the Ebpf that owns the programs.
     ring: RingBuf<MapData>,
     registered: HashMap<MapData, u64, u8>,
@@ -423,7 +423,7 @@ fn attach_iface(
 
 /// Interfaces that came and went since the last look (`Kernel::follow_interfaces`).
 #[derive(Debug, Default)]
-pub struct IfChanges {
+pub(crate) struct IfChanges {
     /// Attached interfaces that no longer exist; their links went with them.
     pub gone: Vec<Interface>,
     /// New interfaces that are up, now attached.
@@ -433,12 +433,8 @@ pub struct IfChanges {
 }
 
 impl IfChanges {
-    pub fn is_empty(&self) -> bool {
-        self.gone.is_empty() && self.added.is_empty() && self.failed.is_empty()
-    }
-
     /// One line for an operator per change, `who` first (e.g. "synack watch").
-    pub fn report(&self, who: &str, now: &[Interface]) -> Vec<String> {
+    pub(crate) fn report(&self, who: &str, now: &[Interface]) -> Vec<String> {
         let names: Vec<&str> = now.iter().map(|i| i.name.as_str()).collect();
         let still = if names.is_empty() {
             "no interface is left".to_string()
@@ -500,7 +496,7 @@ where
 impl Kernel {
     /// Loads the programs and attaches them on ingress and egress of the
     /// named interfaces, or of every interface that is up.
-    pub fn load_and_attach(only: &[String]) -> Result<Self, KernelError> {
+    pub(crate) fn load_and_attach(only: &[String]) -> Result<Self, KernelError> {
         Self::load(only, Scope::Registered)
     }
 
@@ -508,7 +504,7 @@ impl Kernel {
     /// named interfaces (or every interface that is up); with
     /// `Scope::Everything` also the cgroup connect hooks that tell which
     /// process opened each connection (best effort: see `connect_hooks`).
-    pub fn load(only: &[String], scope: Scope) -> Result<Self, KernelError> {
+    pub(crate) fn load(only: &[String], scope: Scope) -> Result<Self, KernelError> {
         if OBJECT.is_empty() {
             return Err(KernelError::NoObject);
         }
@@ -589,7 +585,7 @@ impl Kernel {
     /// with them) and, for watch with no interface named (-i), attaches to
     /// new ones that are up. An interface that fails to attach is reported once;
     /// the others go on either way.
-    pub fn follow_interfaces(&mut self) -> Result<IfChanges, KernelError> {
+    pub(crate) fn follow_interfaces(&mut self) -> Result<IfChanges, KernelError> {
         let all = netif::list().map_err(KernelError::Interfaces)?;
         let mut ch = IfChanges::default();
         // By index: a renamed interface keeps its links (the sweep, too,
@@ -641,18 +637,18 @@ impl Kernel {
     /// What the kernel side has to tell the operator since the last call
     /// (filters it could not record, leftovers it removed): the caller
     /// prints them, after loading and after each `follow_interfaces`.
-    pub fn take_notices(&mut self) -> Vec<String> {
+    pub(crate) fn take_notices(&mut self) -> Vec<String> {
         std::mem::take(&mut self.links.notices)
     }
 
     /// True when `follow_interfaces` attaches to new interfaces.
-    pub fn follows_new_interfaces(&self) -> bool {
+    pub(crate) fn follows_new_interfaces(&self) -> bool {
         self.follow_new
     }
 
     /// Writes this namespace's addresses to `LOCAL_ADDRS` (and removes the
     /// ones that went away); call again when addresses may have changed.
-    pub fn refresh_local_addrs(&mut self) -> Result<(), KernelError> {
+    pub(crate) fn refresh_local_addrs(&mut self) -> Result<(), KernelError> {
         let now: Vec<[u8; 16]> = netif::local_addrs()
             .map_err(KernelError::Interfaces)?
             .into_iter()
@@ -674,18 +670,18 @@ impl Kernel {
     }
 
     /// The kernel's state of a connection, while it has one.
-    pub fn flow_state(&self, key: &FlowKey) -> Option<FlowState> {
+    pub(crate) fn flow_state(&self, key: &FlowKey) -> Option<FlowState> {
         self.flows.get(key, 0).ok()
     }
 
     /// Who called connect() on the socket with this cookie, if the connect
     /// hooks saw it.
-    pub fn owner(&self, cookie: u64) -> Option<Owner> {
+    pub(crate) fn owner(&self, cookie: u64) -> Option<Owner> {
         self.owners.get(&cookie, 0).ok()
     }
 
     /// Follows the connection of the socket with this cookie from its SYN on.
-    pub fn register(&mut self, cookie: u64) -> Result<(), KernelError> {
+    pub(crate) fn register(&mut self, cookie: u64) -> Result<(), KernelError> {
         self.registered
             .insert(cookie, 1, 0)
             .map_err(|source| KernelError::Map {
@@ -695,7 +691,7 @@ impl Kernel {
     }
 
     /// Stops following a connection and frees its kernel state.
-    pub fn forget(&mut self, cookie: u64, key: Option<&FlowKey>) {
+    pub(crate) fn forget(&mut self, cookie: u64, key: Option<&FlowKey>) {
         let _ = self.registered.remove(&cookie);
         if let Some(k) = key {
             let _ = self.flows.remove(k);
@@ -703,7 +699,7 @@ impl Kernel {
     }
 
     /// Sets `CONFIG[0]` (`CFG_*` bits).
-    pub fn set_config(&mut self, bits: u32) -> Result<(), KernelError> {
+    pub(crate) fn set_config(&mut self, bits: u32) -> Result<(), KernelError> {
         self.config
             .set(0, bits, 0)
             .map_err(|source| KernelError::Map {
@@ -713,18 +709,18 @@ impl Kernel {
     }
 
     /// True while the kernel still holds state for this connection.
-    pub fn has_flow(&self, key: &FlowKey) -> bool {
+    pub(crate) fn has_flow(&self, key: &FlowKey) -> bool {
         self.flows.get(key, 0).is_ok()
     }
 
     /// Records that a live connection's kernel state went missing.
-    pub fn note_evicted(&mut self) {
+    pub(crate) fn note_evicted(&mut self) {
         self.evicted += 1;
     }
 
     /// Takes every event the kernel has submitted so far, each with its best
     /// CLOCK_MONOTONIC time in `ts_ns` (see `events::best_ts`).
-    pub fn drain(&mut self) -> Vec<Event> {
+    pub(crate) fn drain(&mut self) -> Vec<Event> {
         let mut out = Vec::new();
         self.drain_with(|ev, _| out.push(*ev));
         out
@@ -733,7 +729,7 @@ impl Kernel {
     /// Hands every event the kernel has submitted so far to `f`, with the
     /// payload snapshot that came with it (empty for most events); `ts_ns`
     /// is the best CLOCK_MONOTONIC time as in `drain`. Returns the count.
-    pub fn drain_with(&mut self, mut f: impl FnMut(&Event, &[u8])) -> usize {
+    pub(crate) fn drain_with(&mut self, mut f: impl FnMut(&Event, &[u8])) -> usize {
         let off = events::mono_minus_real();
         let mut n = 0;
         while let Some(item) = self.ring.next() {
@@ -752,13 +748,13 @@ impl Kernel {
     }
 
     /// The ring buffer's file descriptor, to wait on with poll/epoll.
-    pub fn ring_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+    pub(crate) fn ring_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         use std::os::fd::AsFd;
         self.ring.as_fd()
     }
 
     /// The loss counters, summed over CPUs.
-    pub fn drops(&self) -> Drops {
+    pub(crate) fn drops(&self) -> Drops {
         let sum = |i: u32| -> u64 { self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0) };
         Drops {
             ringbuf_full: sum(STAT_RINGBUF_FULL),
@@ -774,16 +770,16 @@ impl Kernel {
 /// are drained into per-socket buffers so one prober never consumes
 /// another's. Only registered sockets get a buffer, so memory is bounded by
 /// the connections in flight.
-pub struct Hub {
+pub(crate) struct Hub {
     kernel: Kernel,
     pending: std::collections::HashMap<u64, Vec<Event>>,
 }
 
 /// A `Hub` behind a mutex that is never held across an await.
-pub type SharedKernel = std::sync::Arc<std::sync::Mutex<Hub>>;
+pub(crate) type SharedKernel = std::sync::Arc<std::sync::Mutex<Hub>>;
 
 impl Hub {
-    pub fn shared(kernel: Kernel) -> SharedKernel {
+    pub(crate) fn shared(kernel: Kernel) -> SharedKernel {
         std::sync::Arc::new(std::sync::Mutex::new(Hub {
             kernel,
             pending: std::collections::HashMap::new(),
@@ -791,23 +787,23 @@ impl Hub {
     }
 
     /// `Kernel::follow_interfaces` on the shared kernel.
-    pub fn follow_interfaces(&mut self) -> Result<IfChanges, KernelError> {
+    pub(crate) fn follow_interfaces(&mut self) -> Result<IfChanges, KernelError> {
         self.kernel.follow_interfaces()
     }
 
-    pub fn kernel(&self) -> &Kernel {
+    pub(crate) fn kernel(&self) -> &Kernel {
         &self.kernel
     }
 
     /// Follows the connection of this socket; its events are kept for `take`.
-    pub fn register(&mut self, cookie: u64) -> Result<(), KernelError> {
+    pub(crate) fn register(&mut self, cookie: u64) -> Result<(), KernelError> {
         self.kernel.register(cookie)?;
         self.pending.insert(cookie, Vec::new());
         Ok(())
     }
 
     /// Moves the ring buffer's events into the per-socket buffers.
-    pub fn pump(&mut self) {
+    pub(crate) fn pump(&mut self) {
         for ev in self.kernel.drain() {
             if let Some(v) = self.pending.get_mut(&ev.cookie) {
                 v.push(ev);
@@ -816,31 +812,31 @@ impl Hub {
     }
 
     /// Every event of this socket so far; stops buffering for it.
-    pub fn take(&mut self, cookie: u64) -> Vec<Event> {
+    pub(crate) fn take(&mut self, cookie: u64) -> Vec<Event> {
         self.pump();
         self.pending.remove(&cookie).unwrap_or_default()
     }
 
-    pub fn has_flow(&self, key: &FlowKey) -> bool {
+    pub(crate) fn has_flow(&self, key: &FlowKey) -> bool {
         self.kernel.has_flow(key)
     }
 
-    pub fn note_evicted(&mut self) {
+    pub(crate) fn note_evicted(&mut self) {
         self.kernel.note_evicted();
     }
 
-    pub fn forget(&mut self, cookie: u64, key: Option<&FlowKey>) {
+    pub(crate) fn forget(&mut self, cookie: u64, key: Option<&FlowKey>) {
         self.pending.remove(&cookie);
         self.kernel.forget(cookie, key);
     }
 
-    pub fn drops(&self) -> Drops {
+    pub(crate) fn drops(&self) -> Drops {
         self.kernel.drops()
     }
 }
 
 /// Lifts RLIMIT_MEMLOCK before loading.
-pub fn raise_memlock() {
+pub(crate) fn raise_memlock() {
     // Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones ignore it.
     let lim = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
@@ -863,7 +859,7 @@ pub enum Mode {
 }
 
 /// The kernel side `for_mode` chose, and what the operator should hear.
-pub struct Chosen {
+pub(crate) struct Chosen {
     /// None: unprivileged mode.
     pub kernel: Option<Kernel>,
     /// Why eBPF is not used (--mode auto falling back), and the kernel
@@ -872,7 +868,7 @@ pub struct Chosen {
 }
 
 /// The kernel side for `mode`.
-pub fn for_mode(mode: Mode, interfaces: &[String]) -> Result<Chosen, KernelError> {
+pub(crate) fn for_mode(mode: Mode, interfaces: &[String]) -> Result<Chosen, KernelError> {
     let loaded = |mut k: Kernel| {
         let notices = k.take_notices();
         Chosen {

@@ -24,7 +24,7 @@ use std::{
 };
 
 /// Where ledgers live; `SYNACK_RUN_DIR` moves it (tests, a read-only /run).
-pub fn dir() -> PathBuf {
+pub(crate) fn dir() -> PathBuf {
     std::env::var_os("SYNACK_RUN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/run/synack"))
@@ -33,7 +33,7 @@ pub fn dir() -> PathBuf {
 
 /// One clsact filter as netlink identifies it, and what it runs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Filter {
+pub(crate) struct Filter {
     pub ifname: String,
     pub ifindex: u32,
     pub ingress: bool,
@@ -58,7 +58,7 @@ struct Ledger {
 
 /// This process's ledger and the lock that says it runs. Dropped after the
 /// filters themselves (their links) were detached.
-pub struct Book {
+pub(crate) struct Book {
     json: PathBuf,
     lock_path: PathBuf,
     _lock: fs::File,
@@ -85,7 +85,7 @@ fn try_lock(f: &fs::File) -> io::Result<bool> {
 }
 
 impl Book {
-    pub fn new() -> io::Result<Self> {
+    pub(crate) fn new() -> io::Result<Self> {
         let d = dir();
         fs::create_dir_all(&d)?;
         let pid = std::process::id() as i32;
@@ -112,12 +112,12 @@ impl Book {
         })
     }
 
-    pub fn add(&mut self, f: Filter) -> io::Result<()> {
+    pub(crate) fn add(&mut self, f: Filter) -> io::Result<()> {
         self.ledger.filters.push(f);
         self.save()
     }
 
-    pub fn remove_interface(&mut self, ifindex: u32) -> io::Result<()> {
+    pub(crate) fn remove_interface(&mut self, ifindex: u32) -> io::Result<()> {
         self.ledger.filters.retain(|f| f.ifindex != ifindex);
         self.save()
     }
@@ -142,7 +142,7 @@ impl Drop for Book {
 
 /// What a sweep did.
 #[derive(Debug, Default)]
-pub struct Swept {
+pub(crate) struct Swept {
     /// (pid, filters detached) per dead process.
     pub removed: Vec<(i32, usize)>,
     /// Problems that did not stop the sweep; those ledgers are kept.
@@ -150,7 +150,7 @@ pub struct Swept {
 }
 
 impl Swept {
-    pub fn report(&self) -> Vec<String> {
+    pub(crate) fn report(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .removed
             .iter()
@@ -170,7 +170,7 @@ impl Swept {
 /// Detaches the filters of every ledger in `dir` whose process is gone (its
 /// lock is free) and that belongs to this network namespace, and removes
 /// those ledgers, unless a detach failed (then it stays for the next try).
-pub fn sweep(dir: &Path) -> Swept {
+pub(crate) fn sweep(dir: &Path) -> Swept {
     let mut out = Swept::default();
     let Ok(entries) = fs::read_dir(dir) else {
         return out;

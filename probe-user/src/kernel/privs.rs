@@ -10,7 +10,7 @@ use caps::{CapSet, Capability, CapsHashSet};
 /// What is still needed after loading, and why.
 /// `follow_new`: the kernel side attaches to interfaces that come up later
 /// (watch without -i), which takes CAP_NET_ADMIN.
-pub fn needed(attach: Option<AttachMode>, watch: bool, follow_new: bool) -> Vec<Capability> {
+pub(crate) fn needed(attach: Option<AttachMode>, watch: bool, follow_new: bool) -> Vec<Capability> {
     let mut keep = Vec::new();
     if attach.is_some() && map_ops_need_cap_bpf() {
         keep.push(Capability::CAP_BPF);
@@ -31,7 +31,9 @@ pub fn needed(attach: Option<AttachMode>, watch: bool, follow_new: bool) -> Vec<
 /// Keeps only `keep` in the permitted and effective sets (the inheritable
 /// and ambient sets are cleared), for this thread and every thread it
 /// starts from now on. Returns what was dropped.
-pub fn drop_all_but(keep: &[Capability]) -> Result<Vec<Capability>, caps::errors::CapsError> {
+pub(crate) fn drop_all_but(
+    keep: &[Capability],
+) -> Result<Vec<Capability>, caps::errors::CapsError> {
     let before = caps::read(None, CapSet::Permitted)?;
     let keep: CapsHashSet = keep
         .iter()
@@ -50,7 +52,7 @@ pub fn drop_all_but(keep: &[Capability]) -> Result<Vec<Capability>, caps::errors
 /// `drop_all_but`, with a warning for the operator instead of an error:
 /// running with more privileges than needed is worse, not broken.
 #[must_use = "the warning is for the operator: print it"]
-pub fn drop_or_warn(keep: &[Capability]) -> Option<String> {
+pub(crate) fn drop_or_warn(keep: &[Capability]) -> Option<String> {
     drop_all_but(keep).err().map(|e| {
         format!("synack: could not drop capabilities after attaching ({e}); running with them")
     })

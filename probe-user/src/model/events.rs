@@ -54,7 +54,7 @@ pub fn decode(b: &[u8]) -> Result<(Event, &[u8]), DecodeError> {
 /// `mono_minus_real`) when it is set and plausible, since it is taken before
 /// the backlog queue and the capture taps that run ahead of tc ingress;
 /// otherwise the classifier's own `ts_ns`.
-pub fn best_ts(ev: &Event, mono_minus_real: i64) -> u64 {
+pub(crate) fn best_ts(ev: &Event, mono_minus_real: i64) -> u64 {
     if ev.dir != probe_common::DIR_IN || ev.skb_tstamp == 0 || ev.skb_tstamp_type != 0 {
         return ev.ts_ns;
     }
@@ -71,7 +71,7 @@ pub fn best_ts(ev: &Event, mono_minus_real: i64) -> u64 {
 
 /// CLOCK_MONOTONIC minus CLOCK_REALTIME in ns, from the tightest of a few
 /// back-to-back readings.
-pub fn mono_minus_real() -> i64 {
+pub(crate) fn mono_minus_real() -> i64 {
     fn now(clock: libc::clockid_t) -> i128 {
         let mut ts = libc::timespec {
             tv_sec: 0,

@@ -14,7 +14,7 @@ use probe_common::{
 
 /// A payload segment as the classifier saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Seg {
+pub(crate) struct Seg {
     /// CLOCK_MONOTONIC ns at the classifier.
     pub ts_ns: u64,
     /// Raw sequence number.
@@ -29,7 +29,7 @@ pub struct Seg {
 
 /// The peer's SYN-ACK.
 #[derive(Clone, Debug, PartialEq)]
-pub struct SynAck {
+pub(crate) struct SynAck {
     pub ts_ns: u64,
     /// IPv4 TTL or IPv6 hop limit as received.
     pub ttl: u8,
@@ -41,7 +41,7 @@ pub struct SynAck {
 
 /// Everything the kernel reported about one connection.
 #[derive(Clone, Debug)]
-pub struct Flow {
+pub(crate) struct Flow {
     pub key: FlowKey,
     pub cookie: u64,
     /// The peer opened the connection (a server-side flow, passive mode).
@@ -78,7 +78,7 @@ pub struct Flow {
 }
 
 impl Flow {
-    pub fn new(key: FlowKey, cookie: u64) -> Self {
+    pub(crate) fn new(key: FlowKey, cookie: u64) -> Self {
         Flow {
             key,
             cookie,
@@ -102,7 +102,7 @@ impl Flow {
     }
 
     /// Adds one kernel event.
-    pub fn push(&mut self, ev: &Event) {
+    pub(crate) fn push(&mut self, ev: &Event) {
         if self.keep_events {
             self.events.push(*ev);
         }
@@ -183,20 +183,20 @@ impl Flow {
 
     /// Makes raw sequence numbers stream offsets (both ISNs 2^32 - 1): for
     /// a flow built from socket timestamps, which have no sequence numbers.
-    pub fn set_offset_isns(&mut self) {
+    pub(crate) fn set_offset_isns(&mut self) {
         self.out_isn = Some(u32::MAX);
         self.in_isn = Some(u32::MAX);
     }
 
     /// The connection ended: a RST, or FINs both ways.
-    pub fn closed(&self) -> bool {
+    pub(crate) fn closed(&self) -> bool {
         !self.rsts.is_empty()
             || (self.fins.iter().any(|f| f.0 == DIR_OUT) && self.fins.iter().any(|f| f.0 == DIR_IN))
     }
 
     /// Forgets payload segments and ACKs from before `ts` (requests already
     /// reported on a long keep-alive connection); the handshake stays.
-    pub fn prune_before(&mut self, ts: u64) {
+    pub(crate) fn prune_before(&mut self, ts: u64) {
         self.out.retain(|s| s.ts_ns >= ts);
         self.inb.retain(|s| s.ts_ns >= ts);
         self.acks.retain(|a| a.0 >= ts);
@@ -204,7 +204,7 @@ impl Flow {
     }
 
     /// Stream offset of a raw sequence number in the given direction.
-    pub fn offset(&self, dir: u8, seq: u32) -> Option<u32> {
+    pub(crate) fn offset(&self, dir: u8, seq: u32) -> Option<u32> {
         let isn = if dir == DIR_OUT {
             self.out_isn
         } else {
@@ -214,13 +214,14 @@ impl Flow {
     }
 
     /// Stream offset of an incoming sequence number.
-    pub fn in_offset(&self, seq: u32) -> Option<u32> {
+    pub(crate) fn in_offset(&self, seq: u32) -> Option<u32> {
         self.offset(DIR_IN, seq)
     }
 
     /// The SYN the SYN-ACK answered and the SYN-ACK: the SYN whose TSval
     /// the SYN-ACK's TSecr echoes, else the last one sent before it.
-    pub fn handshake(&self) -> Option<(u64, u64)> {
+    #[cfg(test)]
+    pub(crate) fn handshake(&self) -> Option<(u64, u64)> {
         self.handshake_checked().map(|(syn, sa, _)| (syn, sa))
     }
 
@@ -228,7 +229,7 @@ impl Flow {
     /// only one SYN was sent, or the TSecr names the SYN answered and that
     /// SYN is the last one sent before the SYN-ACK (an earlier one means
     /// the peer's timer resent its SYN-ACK: no round trip either).
-    pub fn handshake_checked(&self) -> Option<(u64, u64, bool)> {
+    pub(crate) fn handshake_checked(&self) -> Option<(u64, u64, bool)> {
         let sa = self.synack.as_ref()?;
         let before: Vec<(u64, Option<u32>)> = self
             .syns
@@ -257,7 +258,7 @@ impl Flow {
     }
 
     /// SYNs sent after the first.
-    pub fn syn_retransmits(&self) -> u32 {
+    pub(crate) fn syn_retransmits(&self) -> u32 {
         self.syns.len().saturating_sub(1) as u32
     }
 
@@ -275,18 +276,18 @@ impl Flow {
     }
 
     /// The outgoing segment that first carried stream byte `off`.
-    pub fn out_covering(&self, off: u32) -> Option<&Seg> {
+    pub(crate) fn out_covering(&self, off: u32) -> Option<&Seg> {
         self.covering(DIR_OUT, &self.out, off)
     }
 
     /// The incoming segment that first carried stream byte `off`.
-    pub fn in_covering(&self, off: u32) -> Option<&Seg> {
+    pub(crate) fn in_covering(&self, off: u32) -> Option<&Seg> {
         self.covering(DIR_IN, &self.inb, off)
     }
 
     /// Time of the first ACK, not before `not_before`, that acknowledged every
     /// outgoing byte below offset `end` (exclusive end of a request).
-    pub fn ack_covering(&self, end: u32, not_before: u64) -> Option<u64> {
+    pub(crate) fn ack_covering(&self, end: u32, not_before: u64) -> Option<u64> {
         self.acks.iter().find_map(|&(ts, ack)| {
             let o = self.offset(DIR_OUT, ack)?;
             // `o` is the next byte the peer expects; covered when o >= end.
@@ -295,7 +296,7 @@ impl Flow {
     }
 
     /// Retransmitted (or reordered) payload segments in [from, to], per direction (out, in).
-    pub fn retransmits_between(&self, from: u64, to: u64) -> (u32, u32) {
+    pub(crate) fn retransmits_between(&self, from: u64, to: u64) -> (u32, u32) {
         let n = |v: &[Seg]| {
             v.iter()
                 .filter(|s| s.retrans && s.ts_ns >= from && s.ts_ns <= to)
@@ -308,7 +309,7 @@ impl Flow {
 /// An address as the kernel side keys it: IPv4 in the first 4 bytes, and
 /// the IP version. A v4-mapped IPv6 address is IPv4 (that is what goes on
 /// the wire).
-pub fn addr_bytes(ip: std::net::IpAddr) -> ([u8; 16], u8) {
+pub(crate) fn addr_bytes(ip: std::net::IpAddr) -> ([u8; 16], u8) {
     match ip {
         std::net::IpAddr::V4(a) => {
             let mut b = [0u8; 16];
@@ -323,7 +324,7 @@ pub fn addr_bytes(ip: std::net::IpAddr) -> ([u8; 16], u8) {
 }
 
 /// The kernel's key for a connection from `local` to `remote`.
-pub fn flow_key(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> FlowKey {
+pub(crate) fn flow_key(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> FlowKey {
     let (l, v) = addr_bytes(local.ip());
     let (r, _) = addr_bytes(remote.ip());
     FlowKey {
@@ -337,7 +338,7 @@ pub fn flow_key(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> Fl
 }
 
 /// A flow key's (local, remote) socket addresses.
-pub fn key_addrs(key: &FlowKey) -> (std::net::SocketAddr, std::net::SocketAddr) {
+pub(crate) fn key_addrs(key: &FlowKey) -> (std::net::SocketAddr, std::net::SocketAddr) {
     let ip = |b: &[u8; 16]| -> std::net::IpAddr {
         if key.ip_version == 4 {
             std::net::IpAddr::from([b[0], b[1], b[2], b[3]])

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 /// Why a request failed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ErrorInfo {
+pub(crate) struct ErrorInfo {
     /// Machine-readable class (serialised as the strings docs/json.md lists).
     pub kind: ErrorKind,
     /// What happened, for a person.
@@ -18,7 +18,7 @@ pub struct ErrorInfo {
 /// metrics' `kind` label uses the same strings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ErrorKind {
+pub(crate) enum ErrorKind {
     /// The URL (or a redirect's Location) cannot be parsed or has no host.
     InvalidUrl,
     /// Not http:// or https://.
@@ -46,7 +46,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// The contract string: the same as the JSON value.
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             ErrorKind::InvalidUrl => "invalid_url",
             ErrorKind::UnsupportedScheme => "unsupported_scheme",
@@ -78,7 +78,7 @@ impl PartialEq<&str> for ErrorKind {
 
 /// An error and its causes on one line ("a: b: c"), each part once (some
 /// libraries repeat their cause in their own message).
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(x) = src {
@@ -93,7 +93,7 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl ErrorInfo {
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         ErrorInfo {
             kind,
             message: message.into(),
@@ -103,7 +103,7 @@ impl ErrorInfo {
 
 /// The TLS session as the client saw it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct TlsInfo {
+pub(crate) struct TlsInfo {
     /// "TLSv1.3", "TLSv1.2".
     pub version: Option<String>,
     /// The protocol ALPN chose ("http/1.1"), null when none.
@@ -117,7 +117,7 @@ pub struct TlsInfo {
 /// User-space times, milliseconds. Null where the phase did not happen (a
 /// reused connection has no DNS, connect or TLS) or did not complete.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct UserTimes {
+pub(crate) struct UserTimes {
     /// Name resolution.
     pub dns_ms: Option<f64>,
     /// connect() call to connection established.
@@ -132,7 +132,7 @@ pub struct UserTimes {
 
 /// Times and facts from the kernel's packet timestamps, milliseconds.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct WireTimes {
+pub(crate) struct WireTimes {
     /// SYN out to SYN-ACK in (the SYN that was answered).
     pub handshake_rtt_ms: Option<f64>,
     /// The handshake is a clean round trip (Karn's rule): one SYN, or the
@@ -193,7 +193,7 @@ pub struct WireTimes {
 
 /// One point of the request's timeline.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct TimelineEntry {
+pub(crate) struct TimelineEntry {
     /// dns_start, syn_out, synack_in, request_out, response_in, ...
     pub event: &'static str,
     /// "wire" (kernel packet timestamp) or "user" (user-space clock).
@@ -204,7 +204,7 @@ pub struct TimelineEntry {
 
 /// One HTTP request, as printed.
 #[derive(Clone, Debug, Serialize)]
-pub struct Record {
+pub(crate) struct Record {
     pub url: String,
     pub method: String,
     pub remote_addr: Option<String>,
@@ -270,7 +270,7 @@ pub struct Record {
 
 impl Record {
     /// CLOCK_MONOTONIC ns of the first timeline entry with this name.
-    pub fn at(&self, event: &str) -> Option<u64> {
+    pub(crate) fn at(&self, event: &str) -> Option<u64> {
         self.timeline
             .iter()
             .find(|e| e.event == event)
@@ -278,7 +278,7 @@ impl Record {
     }
 
     /// The verdict's inputs.
-    pub fn facts(&self) -> crate::model::verdict::Facts {
+    pub(crate) fn facts(&self) -> crate::model::verdict::Facts {
         let w = &self.wire;
         let user_span = if self.connection_reused {
             self.at("request_start").zip(self.at("first_byte_read"))
@@ -318,7 +318,7 @@ impl Record {
         }
     }
 
-    pub fn new(url: &str, method: &str, mode: &'static str) -> Self {
+    pub(crate) fn new(url: &str, method: &str, mode: &'static str) -> Self {
         Record {
             url: url.to_string(),
             method: method.to_string(),
@@ -359,7 +359,7 @@ impl Record {
 }
 /// Loss counters: every way an event or a flow can go missing.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Drops {
+pub(crate) struct Drops {
     /// Events lost because the ring buffer was full.
     pub ringbuf_full: u64,
     /// Connections not followed because the flow table was full.
@@ -374,7 +374,7 @@ pub struct Drops {
 }
 
 impl Drops {
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.ringbuf_full + self.flow_insert_failed + self.flows_evicted + self.undecodable
     }
 }

@@ -243,7 +243,7 @@ pub struct Records {
 /// request ("GET / HTTP/1.0" and two CRLFs, 18 bytes) plus the content-type
 /// byte and a 16-byte AEAD tag. Shorter ones are alerts (close_notify is 19)
 /// or HTTP/2 control frames.
-pub const MIN_REQUEST_RECORD: usize = 35;
+pub(crate) const MIN_REQUEST_RECORD: usize = 35;
 
 /// Walks TLS record headers from the start of a segment's snapshot.
 pub fn records(snap: &[u8], seg_len: u32) -> Records {

@@ -53,7 +53,7 @@ pub enum StatusMatch {
 }
 
 impl Expect {
-    pub fn accepts(&self, status: u16) -> bool {
+    pub(crate) fn accepts(&self, status: u16) -> bool {
         match self {
             Expect::Default => (200..400).contains(&status),
             Expect::Any(v) => v.iter().any(|m| match *m {
@@ -118,7 +118,7 @@ fn duration(v: &str) -> Result<Duration, String> {
 
 /// A duration as `5`, `2.5s`, `300ms` or `1m`, at most a day; zero only when
 /// `zero_ok`. Shared by the targets file and the command line.
-pub fn parse_duration(v: &str, zero_ok: bool) -> Result<Duration, String> {
+pub(crate) fn parse_duration(v: &str, zero_ok: bool) -> Result<Duration, String> {
     let v = v.trim();
     let (num, mul) = if let Some(x) = v.strip_suffix("ms") {
         (x, 1e-3)

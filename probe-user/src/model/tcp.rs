@@ -91,7 +91,7 @@ pub fn parse_options(b: &[u8]) -> Result<TcpOptions, OptionError> {
 /// The initial TTL a received TTL most likely started from, and the hops it
 /// implies. Stacks start at 64 (Linux, BSD, macOS), 128 (Windows) or 255
 /// (network gear); 32 and 60 are too rare today to be worth a wrong guess.
-pub fn hops_from_ttl(ttl: u8) -> (u8, u8) {
+pub(crate) fn hops_from_ttl(ttl: u8) -> (u8, u8) {
     let initial = if ttl <= 64 {
         64
     } else if ttl <= 128 {

@@ -12,14 +12,13 @@ use probe_common::DIR_OUT;
 
 /// User-space marks of a connection (CLOCK_MONOTONIC ns).
 #[derive(Clone, Debug, Default)]
-pub struct ConnMarks {
+pub(crate) struct ConnMarks {
     pub dns_start: Option<u64>,
     pub dns_done: Option<u64>,
     pub connect_call: Option<u64>,
     pub connect_done: Option<u64>,
     pub tls_start: Option<u64>,
     pub tls_done: Option<u64>,
-    pub tls: bool,
     /// TLS 1.3: after our Finished the client needs nothing more from the
     /// server before its request (session tickets come unasked).
     pub tls13: bool,
@@ -27,7 +26,7 @@ pub struct ConnMarks {
 
 /// User-space marks and stream offsets of one request.
 #[derive(Clone, Debug, Default)]
-pub struct RequestMarks {
+pub(crate) struct RequestMarks {
     pub request_start: Option<u64>,
     /// First and last write of the request.
     pub first_write: Option<u64>,
@@ -155,7 +154,7 @@ const CCS_RECORD: u32 = 6;
 /// is counted once. With `tls13`, what arrives after our last segment
 /// before the request (session tickets) answers nothing of ours and asks
 /// nothing of us: the wait from the Finished to the request is ours. ns.
-pub fn client_turns(f: &Flow, start: u64, until: u64, tls13: bool) -> u64 {
+pub(crate) fn client_turns(f: &Flow, start: u64, until: u64, tls13: bool) -> u64 {
     let quiet_after = tls13
         .then(|| {
             f.out
@@ -196,7 +195,7 @@ fn ms(a: Option<u64>, b: Option<u64>) -> Option<f64> {
 
 /// User-space phase durations. `conn` is given for the first request on a
 /// connection only.
-pub fn user_times(conn: Option<&ConnMarks>, req: &RequestMarks) -> UserTimes {
+pub(crate) fn user_times(conn: Option<&ConnMarks>, req: &RequestMarks) -> UserTimes {
     let start = conn
         .and_then(|c| c.dns_start.or(c.connect_call))
         .or(req.request_start);
@@ -210,7 +209,7 @@ pub fn user_times(conn: Option<&ConnMarks>, req: &RequestMarks) -> UserTimes {
 }
 
 /// Wire intervals and the merged timeline of one request.
-pub fn assemble(
+pub(crate) fn assemble(
     flow: Option<&Flow>,
     conn: Option<&ConnMarks>,
     tls: bool,
@@ -767,7 +766,6 @@ mod tests {
             connect_done: Some(3_000_000),
             tls_start: None,
             tls_done: None,
-            tls: false,
             tls13: false,
         };
         let r = RequestMarks {

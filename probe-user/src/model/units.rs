@@ -1,7 +1,7 @@
 //! Units shared by the timeline, the record and the output.
 
 /// Milliseconds between two CLOCK_MONOTONIC nanosecond stamps (b - a), as a float.
-pub fn ms_between(a: u64, b: u64) -> f64 {
+pub(crate) fn ms_between(a: u64, b: u64) -> f64 {
     (b as i128 - a as i128) as f64 / 1e6
 }
 

@@ -33,7 +33,7 @@ use serde::Serialize;
 /// The CPU this process did not get while a request ran, ms (JSON
 /// `client`); null where the host does not expose the counter.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct ClientStall {
+pub(crate) struct ClientStall {
     /// Time synack's threads waited for a CPU while runnable (schedstat).
     pub run_delay_ms: Option<f64>,
     /// Time synack's cgroup was held back by its CPU quota (cpu.stat).
@@ -47,7 +47,7 @@ pub struct ClientStall {
 
 /// What one request contributes, taken from its record.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Facts {
+pub(crate) struct Facts {
     /// Position on its connection (0 = the one that paid for the handshake).
     pub index: u32,
     /// Asks for the same thing as the connection's first request (always so
@@ -105,7 +105,7 @@ pub struct Facts {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum PathKind {
+pub(crate) enum PathKind {
     Direct,
     Middlebox,
     #[default]
@@ -115,7 +115,7 @@ pub enum PathKind {
 /// The explanations the verdict compares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Explanation {
+pub(crate) enum Explanation {
     /// TCP, TLS and HTTP end at the origin.
     Direct,
     /// A TCP-terminating relay (haproxy mode tcp, socat, a platform's
@@ -129,7 +129,7 @@ pub enum Explanation {
 }
 
 impl Explanation {
-    pub fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             Explanation::Direct => "direct",
             Explanation::TcpRelay => "a TCP relay",
@@ -141,7 +141,7 @@ impl Explanation {
 
 /// How one explanation fares against the request's measurements.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     pub name: Explanation,
     /// Every measurement falls inside what it predicts, within noise.
     pub fits: bool,
@@ -156,7 +156,7 @@ pub struct Candidate {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     pub path: PathKind,
     /// The candidate that explains every measurement; null when none or
     /// several do (`path` is then `unknown`).
@@ -177,8 +177,9 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    /// A verdict with only a path and its reasons (tests, other modules).
-    pub fn new(path: PathKind, reasons: Vec<String>) -> Self {
+    /// A verdict with only a path and its reasons (tests).
+    #[cfg(test)]
+    pub(crate) fn new(path: PathKind, reasons: Vec<String>) -> Self {
         Verdict {
             path,
             reasons,
@@ -192,7 +193,7 @@ impl Verdict {
 /// to the first byte read); in `synack watch`, which has no user-space
 /// marks, to the wire span.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct Phases {
+pub(crate) struct Phases {
     /// In flight, or waiting on the other side for a round trip.
     pub network_ms: Option<f64>,
     pub middlebox_ms: Option<f64>,
@@ -210,7 +211,7 @@ pub struct Phases {
 /// The phase that holds most of the request's time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Bottleneck {
+pub(crate) enum Bottleneck {
     Network,
     Middlebox,
     Server,
@@ -219,7 +220,7 @@ pub enum Bottleneck {
 
 impl Bottleneck {
     /// The name, as in JSON and metric labels.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Bottleneck::Network => "network",
             Bottleneck::Middlebox => "middlebox",
@@ -230,7 +231,7 @@ impl Bottleneck {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct Middlebox {
+pub(crate) struct Middlebox {
     /// RTT to the TCP endpoint that answered our SYN, ms.
     pub near_rtt_ms: Option<f64>,
     /// Estimated RTT from it to the origin, ms.
@@ -242,7 +243,7 @@ pub struct Middlebox {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Analysis {
+pub(crate) struct Analysis {
     pub verdict: Verdict,
     pub phases: Phases,
     pub middlebox: Option<Middlebox>,
@@ -250,7 +251,7 @@ pub struct Analysis {
 
 /// The smallest excess over `base` that is not measurement noise: 1 ms or a
 /// quarter of the base, whichever is larger (jitter grows with path length).
-pub fn significant(base: f64) -> f64 {
+pub(crate) fn significant(base: f64) -> f64 {
     (0.25 * base).max(1.0)
 }
 
@@ -273,7 +274,7 @@ fn crypto_allowance(r: f64) -> f64 {
 /// first-vs-later difference alone must exceed it to count as a relay's
 /// upstream connect; with a second, independent clue the noise threshold
 /// applies. docs/verdict.md says why this number.
-pub const PER_CONNECTION_COST_MS: f64 = 5.0;
+pub(crate) const PER_CONNECTION_COST_MS: f64 = 5.0;
 
 fn r(x: f64) -> String {
     if x.abs() >= 100.0 {
@@ -909,7 +910,7 @@ fn candidates(s: &Samples, tls: bool, c: &Clues, reuse_threshold: f64) -> Vec<Fi
 
 /// Analyses the requests of one connection together (a second request on a
 /// connection tells about the first).
-pub fn analyze(conn: &[Facts]) -> Vec<Analysis> {
+pub(crate) fn analyze(conn: &[Facts]) -> Vec<Analysis> {
     let mut connection = Connection::gather(conn);
     connection.set_aside_unexplained_server_hello();
     let standing = Standing::of(&connection.fits);
@@ -1686,7 +1687,7 @@ fn misfit(server: f64, network: f64, ttfb: f64, tol: f64) -> Option<String> {
 }
 
 /// The one plain sentence for people.
-pub fn sentence(a: &Analysis, f: &Facts) -> String {
+pub(crate) fn sentence(a: &Analysis, f: &Facts) -> String {
     let ph = &a.phases;
     match a.verdict.path {
         PathKind::Middlebox => middlebox_sentence(a, f),

@@ -46,7 +46,7 @@ pub async fn command(m: crate::cli::MonitorArgs) -> Result<std::process::ExitCod
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-pub struct MonitorOptions {
+pub(crate) struct MonitorOptions {
     pub targets: PathBuf,
     pub interval: Duration,
     pub listen: SocketAddr,
@@ -262,7 +262,7 @@ fn json_lines(target: &Target, recs: &[Record], o: &Outcome) -> String {
 }
 
 /// Runs until SIGINT or SIGTERM.
-pub async fn run(o: MonitorOptions) -> Result<()> {
+pub(crate) async fn run(o: MonitorOptions) -> Result<()> {
     let local = tokio::task::LocalSet::new();
     local.run_until(run_local(o)).await
 }

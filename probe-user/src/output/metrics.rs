@@ -24,7 +24,7 @@ use prometheus_client::{
 use std::sync::{Mutex, atomic::AtomicU64};
 
 /// The phases, as label values, with how each is read from a record (ms).
-pub const PHASES: [&str; 10] = [
+pub(crate) const PHASES: [&str; 10] = [
     "dns",
     "connect",
     "tls",
@@ -41,7 +41,7 @@ pub const PHASES: [&str; 10] = [
 const BOTTLENECKS: [&str; 4] = ["network", "middlebox", "server", "client"];
 
 /// A record's phase durations in milliseconds, for the phases it has.
-pub fn phase_values(r: &Record) -> Vec<(&'static str, f64)> {
+pub(crate) fn phase_values(r: &Record) -> Vec<(&'static str, f64)> {
     let v = [
         r.user.dns_ms,
         r.user.connect_ms,
@@ -103,7 +103,7 @@ fn phase_histogram() -> Histogram {
 }
 
 /// Every metric `synack monitor` exposes.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     phase: Family<PhaseL, Histogram, fn() -> Histogram>,
     success: Family<TargetL, Gauge>,
@@ -140,7 +140,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::default();
         let phase = Family::<PhaseL, Histogram, fn() -> Histogram>::new_with_constructor(
             phase_histogram as fn() -> Histogram,
@@ -245,7 +245,7 @@ impl Metrics {
     }
 
     /// The OpenMetrics text of every metric.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut s = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
@@ -259,7 +259,7 @@ impl Metrics {
     }
 
     /// The targets file was (re)loaded.
-    pub fn set_targets(&self, targets: &[Target], file_errors: usize) {
+    pub(crate) fn set_targets(&self, targets: &[Target], file_errors: usize) {
         self.targets.set(targets.len() as i64);
         self.file_errors.set(file_errors as i64);
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -286,12 +286,12 @@ impl Metrics {
     }
 
     /// A check of `target` was due while the previous one still ran.
-    pub fn skipped(&self, target: &str) {
+    pub(crate) fn skipped(&self, target: &str) {
         self.skipped.get_or_create(&Self::t(target)).inc();
     }
 
     /// Records one finished check (all its records: `reuse` requests).
-    pub fn observe(&self, target: &str, records: &[Record], outcome: &Outcome) {
+    pub(crate) fn observe(&self, target: &str, records: &[Record], outcome: &Outcome) {
         self.observe_phases(target, records);
         self.observe_outcome(target, outcome);
         self.observe_path(target, records);
@@ -405,7 +405,7 @@ impl Metrics {
     }
 
     /// Exports the kernel's loss counters (they only grow).
-    pub fn drops(&self, d: Drops) {
+    pub(crate) fn drops(&self, d: Drops) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         for (reason, now, before) in [
             ("ringbuf_full", d.ringbuf_full, st.drops.ringbuf_full),
@@ -426,7 +426,7 @@ impl Metrics {
     }
 
     /// Forgets every series of a target that left the targets file.
-    pub fn remove_target(&self, target: &str) {
+    pub(crate) fn remove_target(&self, target: &str) {
         let tl = Self::t(target);
         for p in PHASES {
             self.phase.remove(&PhaseL {
@@ -490,7 +490,7 @@ fn sanitize(k: &str) -> String {
 
 /// How a check ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub success: bool,
     /// Why it failed, when it did.
     pub error_kind: Option<Failure>,
@@ -499,7 +499,7 @@ pub struct Outcome {
 /// Why a check failed: the `kind` label of `synack_check_errors_total` (and
 /// DogStatsD's `synack.check.errors`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// A request failed: its error's kind.
     Request(ErrorKind),
     /// Every request ended, but a status was not one the target expects.
@@ -510,7 +510,7 @@ pub enum Failure {
 
 impl Failure {
     /// The label value.
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Failure::Request(k) => k.as_str(),
             Failure::Status => "status",
@@ -520,7 +520,7 @@ impl Failure {
 }
 
 /// Judges a check's records against the target's expectations.
-pub fn outcome(t: &Target, records: &[Record]) -> Outcome {
+pub(crate) fn outcome(t: &Target, records: &[Record]) -> Outcome {
     if records.is_empty() {
         return Outcome {
             success: false,
@@ -551,7 +551,7 @@ pub fn outcome(t: &Target, records: &[Record]) -> Outcome {
 /// DogStatsD lines for one check: `name:value|type|#tags`. Durations are
 /// distributions in milliseconds (Datadog's convention); tags are the
 /// target, the phase, and the target's own tags.
-pub fn statsd_lines(t: &Target, records: &[Record], o: &Outcome) -> Vec<String> {
+pub(crate) fn statsd_lines(t: &Target, records: &[Record], o: &Outcome) -> Vec<String> {
     let mut tags = vec![format!("target:{}", statsd_tag(&t.name))];
     tags.extend(
         t.tags
@@ -622,7 +622,7 @@ fn statsd_tag(s: &str) -> String {
 
 /// Packs lines into datagrams of at most `max` bytes (newline-separated),
 /// so a check's metrics go in a few packets without IP fragmentation.
-pub fn datagrams(lines: &[String], max: usize) -> Vec<String> {
+pub(crate) fn datagrams(lines: &[String], max: usize) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let mut cur = String::new();
     for l in lines {

@@ -16,14 +16,14 @@ fn f(ms: Option<f64>) -> String {
 }
 
 /// One JSON object, one line.
-pub fn json_line(r: &Record) -> String {
+pub(crate) fn json_line(r: &Record) -> String {
     serde_json::to_string(r).unwrap_or_else(|e| {
         format!(r#"{{"error":{{"kind":"internal","message":"cannot serialise record: {e}"}}}}"#)
     })
 }
 
 /// The human breakdown of one request.
-pub fn human(r: &Record) -> String {
+pub(crate) fn human(r: &Record) -> String {
     let mut s = String::new();
     header(&mut s, r);
     timings(&mut s, r);
@@ -267,7 +267,7 @@ fn synack_line(r: &Record) -> Option<String> {
 /// proportional to its user-space duration.
 /// The verdict's phases as one bar, in the order the time passed: where
 /// the time went rather than which call took it.
-pub fn phase_bar(r: &Record, width: usize) -> Option<String> {
+pub(crate) fn phase_bar(r: &Record, width: usize) -> Option<String> {
     let p = &r.phases;
     let parts = [
         ("network", p.network_ms?),
@@ -305,7 +305,7 @@ fn bar(parts: &[(&str, Option<f64>)], total: f64, width: usize) -> String {
     out
 }
 
-pub fn waterfall(r: &Record, width: usize) -> Option<String> {
+pub(crate) fn waterfall(r: &Record, width: usize) -> Option<String> {
     let u = &r.user;
     let total = u.total_ms?;
     if total <= 0.0 {
@@ -327,7 +327,7 @@ pub fn waterfall(r: &Record, width: usize) -> Option<String> {
 }
 
 /// One line per request for `synack watch`: who, what, and where the time went.
-pub fn watch_line(r: &Record) -> String {
+pub(crate) fn watch_line(r: &Record) -> String {
     let arrow = if r.direction == "server" { "<-" } else { "->" };
     let who = match (&r.comm, r.pid) {
         (Some(c), Some(p)) => format!("{c}[{p}]"),
@@ -338,7 +338,7 @@ pub fn watch_line(r: &Record) -> String {
 }
 
 /// One line per request without its owner: `synack monitor`'s checks.
-pub fn check_line(r: &Record) -> String {
+pub(crate) fn check_line(r: &Record) -> String {
     let mut s = check_subject(r);
     let parts = check_numbers(r);
     if !parts.is_empty() {
@@ -428,7 +428,7 @@ fn check_outcome(s: &mut String, r: &Record) {
 }
 
 /// Medians over several records, for the end of a `--count`/`--reuse` run.
-pub fn summary(records: &[Record]) -> Option<String> {
+pub(crate) fn summary(records: &[Record]) -> Option<String> {
     if records.len() < 2 {
         return None;
     }

@@ -26,7 +26,7 @@ use tokio::io::{Interest, unix::AsyncFd};
 
 /// Which connections to report. Kinds AND together; values of one kind OR.
 #[derive(Clone, Debug, Default)]
-pub struct Filters {
+pub(crate) struct Filters {
     pub pids: Vec<u32>,
     /// cgroup paths below the cgroup v2 root (from --cgroup and --container).
     pub cgroups: Vec<String>,
@@ -38,7 +38,7 @@ pub struct Filters {
 
 impl Filters {
     /// Whether a finished, attributed record passes.
-    pub fn pass(&self, r: &Record, key: &probe_common::FlowKey) -> bool {
+    pub(crate) fn pass(&self, r: &Record, key: &probe_common::FlowKey) -> bool {
         let (_, remote) = crate::model::flows::key_addrs(key);
         (self.pids.is_empty() || r.pid.is_some_and(|p| self.pids.contains(&p)))
             && (self.cgroups.is_empty()
@@ -53,7 +53,7 @@ impl Filters {
     }
 }
 
-pub struct WatchOptions {
+pub(crate) struct WatchOptions {
     pub interfaces: Vec<String>,
     pub filters: Filters,
     pub json: bool,
@@ -328,7 +328,7 @@ pub async fn command(a: WatchArgs) -> Result<ExitCode> {
 }
 
 /// Runs until Ctrl-C, SIGTERM or --duration; prints the summary then.
-pub async fn run(o: WatchOptions) -> Result<()> {
+pub(crate) async fn run(o: WatchOptions) -> Result<()> {
     let mut w = Watch::start(o)?;
     let ring_fd = w
         .kernel

@@ -31,7 +31,7 @@ use std::collections::HashMap;
 
 /// How the tracker cuts and bounds.
 #[derive(Clone, Debug)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Keep query strings of request paths (they may hold secrets).
     pub keep_query: bool,
     /// A request whose response started is reported after this long without
@@ -56,7 +56,7 @@ impl Default for Settings {
 
 /// Counters of what the tracker saw and what it had to drop.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct PassiveStats {
+pub(crate) struct PassiveStats {
     /// Connections followed from their SYN.
     pub connections: u64,
     /// Connections neither HTTP/1.x nor TLS: not reported.
@@ -135,7 +135,7 @@ struct Conn {
 }
 
 /// A finished request, ready for attribution and printing.
-pub struct Done {
+pub(crate) struct Done {
     pub record: Record,
     pub key: FlowKey,
     /// Socket cookie (client side: the socket that called connect()).
@@ -144,7 +144,7 @@ pub struct Done {
     pub cgroup_id: u64,
 }
 
-pub struct Tracker {
+pub(crate) struct Tracker {
     settings: Settings,
     conns: HashMap<FlowKey, Conn>,
     nets: Vec<LocalNet>,
@@ -163,7 +163,7 @@ const REPEATS_KEPT: usize = 8;
 const ROUTE_CACHE: usize = 4096;
 
 impl Tracker {
-    pub fn new(settings: Settings, nets: Vec<LocalNet>) -> Self {
+    pub(crate) fn new(settings: Settings, nets: Vec<LocalNet>) -> Self {
         Tracker {
             settings,
             conns: HashMap::new(),
@@ -188,13 +188,13 @@ impl Tracker {
     }
 
     /// Connections currently followed.
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.conns.len()
     }
 
     /// Feeds one kernel event (and its payload snapshot); finished requests
     /// are appended to `out`.
-    pub fn push(&mut self, ev: &Event, snap: &[u8], out: &mut Vec<Done>) {
+    pub(crate) fn push(&mut self, ev: &Event, snap: &[u8], out: &mut Vec<Done>) {
         if ev.kind == EV_SYN && ev.ev_flags & EVF_RETRANS == 0 {
             self.open_conn(ev, out);
         }
@@ -283,15 +283,17 @@ impl Tracker {
     }
 
     /// Reports requests whose connection went quiet, and forgets connections
-    /// idle for long. `now` is CLOCK_MONOTONIC ns.
-    pub fn tick(&mut self, now: u64, out: &mut Vec<Done>) {
+    /// idle for long. `now` is CLOCK_MONOTONIC ns. (The tests' way in: watch
+    /// itself asks the kernel, with `tick_with`.)
+    #[cfg(test)]
+    pub(crate) fn tick(&mut self, now: u64, out: &mut Vec<Done>) {
         self.tick_with(now, |_| None, out)
     }
 
     /// As `tick`, asking `kernel` for a connection's current state first:
     /// past the first segments the kernel reports one event per turn, so a
     /// response still streaming looks quiet to the events alone.
-    pub fn tick_with(
+    pub(crate) fn tick_with(
         &mut self,
         now: u64,
         kernel: impl Fn(&FlowKey) -> Option<probe_common::FlowState>,
@@ -351,7 +353,7 @@ impl Tracker {
     }
 
     /// Reports every pending request (at exit).
-    pub fn flush(&mut self, out: &mut Vec<Done>) {
+    pub(crate) fn flush(&mut self, out: &mut Vec<Done>) {
         let keys: Vec<FlowKey> = self.conns.keys().copied().collect();
         for k in keys {
             if let Some(mut c) = self.conns.remove(&k) {
@@ -705,7 +707,6 @@ fn build(c: &mut Conn, p: Pending, nets: &[LocalNet]) -> Record {
                 ..Default::default()
             };
             let conn = (p.index == 0).then(|| ConnMarks {
-                tls,
                 tls13: c.tls_version == Some(0x0304),
                 ..Default::default()
             });
