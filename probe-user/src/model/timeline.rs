@@ -627,13 +627,12 @@ mod tests {
         f
     }
 
-    #[test]
-    fn the_finished_is_our_last_handshake_segment_not_the_change_cipher_spec() {
+    /// A server flight over two round trips: ServerHello 300, our CCS 310,
+    /// the rest of the certificate 700, our Finished 900, the request 950,
+    /// the ticket 1300, the response 1400.
+    fn two_round_flight() -> Flow {
         use probe_common::DIR_IN;
-        // A server flight over two round trips: ServerHello 300, our CCS
-        // 310, the rest of the certificate 700, our Finished 900, the
-        // request 950, the ticket 1300, the response 1400.
-        let f = tls_flow(&[
+        tls_flow(&[
             (DIR_IN, 300, 0, 1400),
             (DIR_OUT, 310, 300, 6),
             (DIR_IN, 700, 1400, 20000),
@@ -641,7 +640,13 @@ mod tests {
             (DIR_OUT, 950, 386, 100),
             (DIR_IN, 1300, 21400, 200),
             (DIR_IN, 1400, 21600, 500),
-        ]);
+        ])
+    }
+
+    #[test]
+    fn the_finished_is_our_last_handshake_segment_not_the_change_cipher_spec() {
+        use probe_common::DIR_IN;
+        let f = two_round_flight();
         assert_eq!(tls_round2(&f, Some(21600), Some(386)), Some((900, 1300)));
         // Finished and request in one segment after the server's flight
         let f = tls_flow(&[
@@ -793,16 +798,7 @@ mod tests {
 
     #[test]
     fn tls_rounds_take_their_place_in_the_timeline() {
-        use probe_common::DIR_IN;
-        let f = tls_flow(&[
-            (DIR_IN, 300, 0, 1400),
-            (DIR_OUT, 310, 300, 6),
-            (DIR_IN, 700, 1400, 20000),
-            (DIR_OUT, 900, 306, 80),
-            (DIR_OUT, 950, 386, 100),
-            (DIR_IN, 1300, 21400, 200),
-            (DIR_IN, 1400, 21600, 500),
-        ]);
+        let f = two_round_flight();
         let m = RequestMarks {
             request_start: Some(940),
             done: Some(2000),
