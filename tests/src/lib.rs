@@ -413,6 +413,51 @@ impl Seen {
             think_ms: think as f64 / 1e6,
         })
     }
+
+    /// The smallest round trip the client's capture shows on `r`'s
+    /// connection (ms): the handshake, when the SYN went once, and every
+    /// data segment sent once to the first ACK that covers it. synack takes
+    /// the path's RTT from the same kind of samples; how far one exchange's
+    /// network time lies above this is the path's own variation.
+    pub fn smallest_rtt_ms(&self, r: &serde_json::Value) -> Result<f64> {
+        let local = sock(r, "local_addr")?;
+        let remote = sock(r, "remote_addr")?;
+        let out = |p: &Packet| (p.src, p.sport) == local && (p.dst, p.dport) == remote;
+        let inb = |p: &Packet| (p.src, p.sport) == remote && (p.dst, p.dport) == local;
+        let c: Vec<&Packet> = self.client.iter().filter(|p| out(p) || inb(p)).collect();
+        let mut best: Option<u64> = None;
+        let mut take = |v: u64| best = Some(best.map_or(v, |b| b.min(v)));
+        let syns: Vec<&&Packet> = c
+            .iter()
+            .filter(|p| out(p) && p.syn && !p.ack_flag)
+            .collect();
+        if let (1, Some(sa)) = (syns.len(), c.iter().find(|p| inb(p) && p.syn && p.ack_flag)) {
+            take(sa.ts_ns.saturating_sub(syns[0].ts_ns));
+        }
+        for (i, seg) in c.iter().enumerate() {
+            if !out(seg) || seg.payload_len == 0 {
+                continue;
+            }
+            let end = seg.seq.wrapping_add(seg.payload_len as u32);
+            // Karn's rule: a segment sent again gives no round trip.
+            let again = c
+                .iter()
+                .filter(|p| out(p) && p.payload_len > 0 && p.seq == seg.seq)
+                .count()
+                > 1;
+            if again {
+                continue;
+            }
+            let covered = c[i + 1..]
+                .iter()
+                .find(|p| inb(p) && p.ack_flag && (p.ack.wrapping_sub(end) as i32) >= 0);
+            if let Some(a) = covered {
+                take(a.ts_ns - seg.ts_ns);
+            }
+        }
+        best.map(|b| b as f64 / 1e6)
+            .context("the client's capture has no round trip on this connection")
+    }
 }
 
 /// Median and max of absolute values.

@@ -14,6 +14,11 @@ use nfq::{Queue, Verdict};
 use std::{
     collections::HashSet,
     path::PathBuf,
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 use synack_lab::delay::{DelayLine, RandomDrop, SynDropper};
@@ -42,6 +47,93 @@ struct Cli {
     /// File written once every queue is bound.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Let idle CPUs halt between packets. By default one lowest-priority
+    /// (SCHED_IDLE) thread per CPU spins while packets flow (until 10 s
+    /// after the last): a virtual machine's vCPU woken from a halt by a
+    /// packet or a release timer runs up to milliseconds late, which made
+    /// a 10 ms lab RTT 13.5 ms (median) instead of 10.7; the spinners give
+    /// way to every other thread.
+    #[arg(long)]
+    let_cpus_sleep: bool,
+}
+
+/// When a packet last came, and the spinners parked while none came for
+/// [`LINGER`].
+struct Awake {
+    start: Instant,
+    /// When the last packet came (ns since `start`).
+    last: AtomicU64,
+    /// Spinners waiting on `wake`.
+    sleeping: AtomicUsize,
+    parked: Mutex<()>,
+    wake: Condvar,
+}
+
+/// How long the spinners keep the CPUs awake after a packet: a request's
+/// next packet (the next stage of the same round trip, the answer after
+/// the server's think time, the next request of a batch) must find them
+/// awake, so they stop only once the lab has gone quiet.
+const LINGER: Duration = Duration::from_secs(10);
+
+impl Awake {
+    fn new() -> Self {
+        Awake {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+            sleeping: AtomicUsize::new(0),
+            parked: Mutex::new(()),
+            wake: Condvar::new(),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    fn quiet(&self) -> bool {
+        self.now_ns()
+            .saturating_sub(self.last.load(Ordering::Acquire))
+            > LINGER.as_nanos() as u64
+    }
+
+    /// A packet came.
+    fn packet(&self) {
+        self.last.store(self.now_ns(), Ordering::Release);
+        if self.sleeping.load(Ordering::Acquire) > 0 {
+            // Under the lock, so a spinner between its check and its wait
+            // cannot miss it.
+            let _g = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+            self.wake.notify_all();
+        }
+    }
+
+    /// A spinner: lowest priority, busy while packets flow, parked once the
+    /// lab is quiet, so the CPU it runs on never halts with a release due.
+    fn spin(&self) {
+        // SAFETY: plain syscall on the calling thread with a valid parameter.
+        let idle = unsafe {
+            let p = libc::sched_param { sched_priority: 0 };
+            libc::sched_setscheduler(0, libc::SCHED_IDLE, &p) == 0
+        };
+        if !idle {
+            // At the queues' real-time priority it would starve the machine.
+            eprintln!("synack-delay: no SCHED_IDLE for the spinner; CPUs may halt between packets");
+            return;
+        }
+        loop {
+            if self.quiet() {
+                let mut g = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+                self.sleeping.fetch_add(1, Ordering::AcqRel);
+                while self.quiet() {
+                    g = self.wake.wait(g).unwrap_or_else(|e| e.into_inner());
+                }
+                self.sleeping.fetch_sub(1, Ordering::AcqRel);
+            }
+            for _ in 0..10_000 {
+                std::hint::spin_loop();
+            }
+        }
+    }
 }
 
 fn parse_queue(s: &str) -> Result<(u16, Duration), String> {
@@ -127,7 +219,7 @@ struct Plan {
     seed: u64,
 }
 
-fn serve(mut q: Queue, fd: i32, plan: Plan) -> Result<()> {
+fn serve(mut q: Queue, fd: i32, plan: Plan, awake: &Awake) -> Result<()> {
     let mut line = DelayLine::new(plan.delay);
     let mut dropper = SynDropper::new(plan.drop_syns);
     let mut random = RandomDrop::new(plan.loss, plan.seed);
@@ -150,6 +242,7 @@ fn serve(mut q: Queue, fd: i32, plan: Plan) -> Result<()> {
                         continue;
                     }
                     line.push(Instant::now(), msg);
+                    awake.packet();
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e).context("receiving from the queue"),
@@ -163,9 +256,9 @@ fn serve(mut q: Queue, fd: i32, plan: Plan) -> Result<()> {
 }
 
 /// Opening is serialised so the new-fd trick above sees one socket at a time.
-static OPEN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static OPEN: Mutex<()> = Mutex::new(());
 
-fn start(num: u16, plan: Plan, ready: std::sync::mpsc::Sender<Result<()>>) -> Result<()> {
+fn start(num: u16, plan: Plan, awake: &Awake, ready: mpsc::Sender<Result<()>>) -> Result<()> {
     let setup = || -> Result<(Queue, i32)> {
         let _g = OPEN.lock().unwrap_or_else(|e| e.into_inner());
         let (mut q, fd) = open_queue()?;
@@ -179,7 +272,7 @@ fn start(num: u16, plan: Plan, ready: std::sync::mpsc::Sender<Result<()>>) -> Re
     match setup() {
         Ok((q, fd)) => {
             let _ = ready.send(Ok(()));
-            serve(q, fd, plan)
+            serve(q, fd, plan, awake)
         }
         Err(e) => {
             let msg = format!("{e:#}");
@@ -199,7 +292,15 @@ fn main() -> Result<()> {
             "synack-delay: no real-time priority (needs CAP_SYS_NICE); timing may jitter under load"
         );
     }
-    let (tx, rx) = std::sync::mpsc::channel();
+    let awake = Arc::new(Awake::new());
+    if !cli.let_cpus_sleep {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for _ in 0..cpus {
+            let a = Arc::clone(&awake);
+            std::thread::spawn(move || a.spin());
+        }
+    }
+    let (tx, rx) = mpsc::channel();
     let mut threads = Vec::new();
     for &(num, delay) in &cli.queues {
         let plan = Plan {
@@ -223,7 +324,8 @@ fn main() -> Result<()> {
             );
         }
         let tx = tx.clone();
-        threads.push(std::thread::spawn(move || start(num, plan, tx)));
+        let a = Arc::clone(&awake);
+        threads.push(std::thread::spawn(move || start(num, plan, &a, tx)));
     }
     for _ in &cli.queues {
         rx.recv().context("a queue thread died while starting")??;
