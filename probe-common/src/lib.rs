@@ -237,6 +237,8 @@ pub const CFG_SNAPSHOT: u32 = 4;
 
 /// Capacity of the `FLOWS` LRU map.
 pub const MAX_FLOWS: u32 = 65536;
+/// Entries of the per-port maps `PORT_FLOWS` and `PORT_FREED`: one per TCP port.
+pub const PORTS: u32 = 65536;
 /// Capacity of the `OWNERS` map (sockets whose connect() was seen).
 pub const MAX_OWNERS: u32 = 16384;
 /// Capacity of the `REGISTERED` cookie map.

@@ -20,17 +20,18 @@ pub(crate) fn is_registered(ctx: &TcContext) -> (bool, u64) {
     (all, cookie)
 }
 
-pub(crate) fn try_egress(ctx: &TcContext) -> Result<(), ()> {
-    let p = parse(ctx)?;
+pub(crate) fn try_egress<const L2: usize>(ctx: &TcContext) -> Result<(), ()> {
+    let p = parse::<L2>(ctx)?;
     let key = flow_key(&p, true);
     let ifx = ifindex(ctx);
 
+    let ours = maybe_ours(key.local_port);
     if flow::is_syn(p.flags) {
-        if let Some(st) = FLOWS.get_ptr_mut(key) {
+        if let Some(st) = ours.then(|| FLOWS.get_ptr_mut(key)).flatten() {
             // SAFETY: pointer into the map value, valid for this program run.
             let st = unsafe { &mut *st };
             if flow::syn_again(st, p.seq) {
-                let c = out_ctx(ctx, ktime(), st.cookie, st);
+                let c = out_ctx(ktime(), st.cookie, st);
                 emit(ctx, &p, &key, &c, EV_SYN, EVF_RETRANS);
                 return Ok(());
             }
@@ -41,15 +42,15 @@ pub(crate) fn try_egress(ctx: &TcContext) -> Result<(), ()> {
             return Ok(());
         }
         let st = flow::new_flow(cookie, p.seq, ifx);
-        if FLOWS.insert(key, st, 0).is_err() {
-            count(STAT_FLOW_INSERT_FAILED);
-            return Ok(());
-        }
-        let c = out_ctx(ctx, ktime(), cookie, &st);
+        insert_flow(&key, &st)?;
+        let c = out_ctx(ktime(), cookie, &st);
         emit(ctx, &p, &key, &c, EV_SYN, 0);
         return Ok(());
     }
 
+    if !ours {
+        return Ok(());
+    }
     let Some(st) = FLOWS.get_ptr_mut(key) else {
         return Ok(());
     };
@@ -63,24 +64,44 @@ pub(crate) fn try_egress(ctx: &TcContext) -> Result<(), ()> {
         // SAFETY: valid context pointer.
         st.cookie = unsafe { bpf_get_socket_cookie(skb(ctx) as *mut _) };
     }
-    let c = out_ctx(ctx, now, st.cookie, st);
+    let c = out_ctx(now, st.cookie, st);
     emit_all(ctx, &p, &key, &c, &e);
     if e.close {
-        let _ = FLOWS.remove(key);
+        remove_flow(&key);
     }
     Ok(())
 }
 
+/// A flow starts: its port counted first, so `maybe_ours` never says no
+/// while it exists. Err (counted) when the table refuses it.
 #[inline(always)]
-pub(crate) fn out_ctx(ctx: &TcContext, now: u64, cookie: u64, st: &FlowState) -> Ctx {
+pub(crate) fn insert_flow(key: &FlowKey, st: &FlowState) -> Result<(), ()> {
+    port_add(key.local_port, 1);
+    if FLOWS.insert(key, st, 0).is_err() {
+        port_add(key.local_port, u32::MAX);
+        count(STAT_FLOW_INSERT_FAILED);
+        return Err(());
+    }
+    Ok(())
+}
+
+/// A flow ends; its port's count drops only if this removal took it (user
+/// space or the LRU may have taken it first).
+#[inline(always)]
+pub(crate) fn remove_flow(key: &FlowKey) {
+    if FLOWS.remove(key).is_ok() {
+        port_add(key.local_port, u32::MAX);
+    }
+}
+
+#[inline(always)]
+pub(crate) fn out_ctx(now: u64, cookie: u64, st: &FlowState) -> Ctx {
     Ctx {
         now,
         cookie,
         dir: DIR_OUT,
         peer_last_ns: st.last_in_ns,
         peer_high: st.in_high,
-        // SAFETY: valid context pointer; 0 when the skb has no full socket.
-        cgroup_id: unsafe { bpf_skb_cgroup_id(skb(ctx)) },
     }
 }
 
@@ -92,17 +113,17 @@ pub(crate) fn in_ctx(now: u64, cookie: u64, st: &FlowState) -> Ctx {
         dir: DIR_IN,
         peer_last_ns: st.last_out_ns,
         peer_high: st.out_high,
-        cgroup_id: 0,
     }
 }
 
-pub(crate) fn try_ingress(ctx: &TcContext) -> Result<(), ()> {
-    let p = parse(ctx)?;
+pub(crate) fn try_ingress<const L2: usize>(ctx: &TcContext) -> Result<(), ()> {
+    let p = parse::<L2>(ctx)?;
     let key = flow_key(&p, false);
     let ifx = ifindex(ctx);
+    let ours = maybe_ours(key.local_port);
     if flow::is_syn(p.flags) {
         // Someone opens a connection to this host.
-        if let Some(st) = FLOWS.get_ptr_mut(key) {
+        if let Some(st) = ours.then(|| FLOWS.get_ptr_mut(key)).flatten() {
             // SAFETY: pointer into the map value, valid for this program run.
             let st = unsafe { &mut *st };
             if flow::syn_in_again(st, p.seq) {
@@ -123,12 +144,12 @@ pub(crate) fn try_ingress(ctx: &TcContext) -> Result<(), ()> {
             return Ok(()); // forwarded, not for us
         }
         let st = flow::new_server_flow(p.seq, ifx);
-        if FLOWS.insert(key, st, 0).is_err() {
-            count(STAT_FLOW_INSERT_FAILED);
-            return Ok(());
-        }
+        insert_flow(&key, &st)?;
         let c = in_ctx(ktime(), 0, &st);
         emit(ctx, &p, &key, &c, EV_SYN, 0);
+        return Ok(());
+    }
+    if !ours {
         return Ok(());
     }
     let Some(st) = FLOWS.get_ptr_mut(key) else {
@@ -141,7 +162,7 @@ pub(crate) fn try_ingress(ctx: &TcContext) -> Result<(), ()> {
     let c = in_ctx(now, st.cookie, st);
     emit_all(ctx, &p, &key, &c, &e);
     if e.close {
-        let _ = FLOWS.remove(key);
+        remove_flow(&key);
     }
     Ok(())
 }

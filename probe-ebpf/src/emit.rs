@@ -12,8 +12,6 @@ pub(crate) struct Ctx {
     /// The other direction's last data time and highest sequence number.
     pub(crate) peer_last_ns: u64,
     pub(crate) peer_high: u32,
-    /// Socket cgroup id (egress), else 0.
-    pub(crate) cgroup_id: u64,
 }
 
 #[inline(always)]
@@ -43,7 +41,14 @@ pub(crate) fn event(
         options: [0; 40],
         // SAFETY: the context pointer is valid for the whole program run.
         skb_tstamp: unsafe { (*skb(ctx)).tstamp },
-        cgroup_id: c.cgroup_id,
+        // Looked up here, for the few packets that make an event, not for
+        // every packet of a followed flow.
+        cgroup_id: if c.dir == DIR_OUT {
+            // SAFETY: valid context pointer; 0 when the skb has no full socket.
+            unsafe { bpf_skb_cgroup_id(skb(ctx)) }
+        } else {
+            0
+        },
         peer_last_ns: c.peer_last_ns,
         peer_high: c.peer_high,
         snap_len: 0,

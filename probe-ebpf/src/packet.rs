@@ -1,9 +1,12 @@
 //! Where a packet's bytes become header fields: one bounds-checked read
-//! (`bpf_skb_load_bytes`), the link-layer length per interface, IPv4 and
-//! IPv6 with their TCP header, the flow key from this host's side.
+//! (direct packet access, `bpf_skb_load_bytes` as the slow path), the
+//! link-layer length a constant of the entry point, IPv4 and IPv6 with
+//! their TCP header, the flow key from this host's side.
 
 use super::*;
 
+/// Link-layer header of Ethernet-framed devices.
+pub(crate) const ETH_HLEN: usize = 14;
 pub(crate) const ETH_P_IP: u16 = 0x0800;
 pub(crate) const ETH_P_IPV6: u16 = 0x86DD;
 pub(crate) const IPPROTO_TCP: u8 = 6;
@@ -28,10 +31,21 @@ pub(crate) struct Pkt {
     pub(crate) payload_off: usize,
 }
 
-/// The one way this program reads packet bytes: `bpf_skb_load_bytes`, which
-/// checks bounds and also works on non-linear skbs.
+/// The one way this program reads packet bytes: straight from the linear
+/// part of the skb after one bounds check against `data_end` (a load, no
+/// helper call), else `bpf_skb_load_bytes`, which also reaches the paged
+/// part of a non-linear skb (a GRO aggregate's later headers, say).
 #[inline(always)]
-pub(crate) fn read<T>(ctx: &TcContext, off: usize) -> Result<T, ()> {
+pub(crate) fn read<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, ()> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    let len = core::mem::size_of::<T>();
+    if start + off + len <= end {
+        // SAFETY: the verifier-visible check above keeps the whole T inside
+        // the packet's linear data; read_unaligned since headers need not
+        // be aligned.
+        return Ok(unsafe { core::ptr::read_unaligned((start + off) as *const T) });
+    }
     ctx.load::<T>(off).map_err(|_| ())
 }
 
@@ -67,11 +81,8 @@ pub(crate) fn ifindex(ctx: &TcContext) -> u32 {
 }
 
 #[inline(always)]
-pub(crate) fn parse(ctx: &TcContext) -> Result<Pkt, ()> {
-    let ifx = ifindex(ctx);
-    // SAFETY: plain map lookup; the value is a u32 copied out at once.
-    let l2 = unsafe { L2_LEN.get(ifx) }.copied().unwrap_or(14) as usize;
-    let l2 = if l2 > 64 { 14 } else { l2 };
+pub(crate) fn parse<const L2: usize>(ctx: &TcContext) -> Result<Pkt, ()> {
+    let l2 = L2;
     // skb->protocol is the ethertype in network byte order for every device type.
     let proto = u16::from_be(ctx.skb.protocol() as u16);
 

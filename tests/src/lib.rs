@@ -8,6 +8,8 @@
 
 pub use synack_lab::*;
 
+pub mod testrun;
+
 use anyhow::{Context, Result};
 use std::{
     fs,

@@ -28,6 +28,23 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pr
 
 pub(crate) const PROG_EGRESS: &str = "synack_egress";
 pub(crate) const PROG_INGRESS: &str = "synack_ingress";
+/// The same classifiers for raw-IP devices (no link-layer header).
+pub(crate) const PROG_EGRESS_RAW: &str = "synack_egress_raw";
+pub(crate) const PROG_INGRESS_RAW: &str = "synack_ingress_raw";
+
+/// The egress and ingress classifiers built for this interface's
+/// link-layer header (the programs take its length as a constant).
+fn programs_for(i: &Interface) -> [(&'static str, TcAttachType, &'static str); 2] {
+    let (e, n) = if i.l2_len() == 0 {
+        (PROG_EGRESS_RAW, PROG_INGRESS_RAW)
+    } else {
+        (PROG_EGRESS, PROG_INGRESS)
+    };
+    [
+        (e, TcAttachType::Egress, "egress"),
+        (n, TcAttachType::Ingress, "ingress"),
+    ]
+}
 pub(crate) const PROG_CONNECT4: &str = "synack_connect4";
 pub(crate) const PROG_CONNECT6: &str = "synack_connect6";
 
@@ -239,7 +256,9 @@ pub(crate) struct Kernel {
     config: Array<MapData, u32>,
     owners: HashMap<MapData, u64, Owner>,
     local_addrs: HashMap<MapData, [u8; 16], u8>,
-    l2: HashMap<MapData, u32, u32>,
+    /// Per local port, the flows user space removed (`maybe_ours` in the
+    /// kernel side).
+    port_freed: Array<MapData, u32>,
     /// Attach to interfaces that come up later (no -i was given).
     follow_new: bool,
     /// New interfaces that could not be attached: reported once, not retried.
@@ -344,21 +363,12 @@ fn classifier<'a>(
 /// clsact filter. On failure nothing of this interface stays attached.
 fn attach_iface(
     ebpf: &mut Ebpf,
-    l2: &mut HashMap<MapData, u32, u32>,
     i: &Interface,
     mode: &mut AttachMode,
     links: &mut Links,
 ) -> Result<(), KernelError> {
     let r = (|| {
-        l2.insert(i.index, i.l2_len(), 0)
-            .map_err(|source| KernelError::Map {
-                name: "L2_LEN",
-                source: Box::new(source),
-            })?;
-        for (name, dir, dir_s) in [
-            (PROG_EGRESS, TcAttachType::Egress, "egress"),
-            (PROG_INGRESS, TcAttachType::Ingress, "ingress"),
-        ] {
+        for (name, dir, dir_s) in programs_for(i) {
             let prog = classifier(ebpf, name)?;
             let attach_err = |source| KernelError::Attach {
                 name,
@@ -416,7 +426,6 @@ fn attach_iface(
     })();
     if r.is_err() {
         links.forget_interface(i.index);
-        let _ = l2.remove(&i.index);
     }
     r
 }
@@ -520,8 +529,7 @@ impl Kernel {
         let mut ebpf = EbpfLoader::new()
             .load(OBJECT)
             .map_err(|e| KernelError::Load(Box::new(e)))?;
-        let mut l2: HashMap<MapData, u32, u32> = take(&mut ebpf, "L2_LEN")?;
-        for name in [PROG_EGRESS, PROG_INGRESS] {
+        for name in [PROG_EGRESS, PROG_INGRESS, PROG_EGRESS_RAW, PROG_INGRESS_RAW] {
             classifier(&mut ebpf, name)?
                 .load()
                 .map_err(|source| KernelError::Program {
@@ -538,7 +546,7 @@ impl Kernel {
         };
         let mut links = Links::default();
         for i in &interfaces {
-            attach_iface(&mut ebpf, &mut l2, i, &mut attach_mode, &mut links)?;
+            attach_iface(&mut ebpf, i, &mut attach_mode, &mut links)?;
         }
         // Attaching worked, so this process may detach filters too: remove
         // the ones a killed synack left behind (netlink mode).
@@ -560,7 +568,7 @@ impl Kernel {
             config: take(&mut ebpf, "CONFIG")?,
             owners: take(&mut ebpf, "OWNERS")?,
             local_addrs: take(&mut ebpf, "LOCAL_ADDRS")?,
-            l2,
+            port_freed: take(&mut ebpf, "PORT_FREED")?,
             // Only watch, which follows what the host does, attaches to
             // interfaces that come later; it keeps CAP_NET_ADMIN for that.
             follow_new: only.is_empty() && scope == Scope::Everything,
@@ -602,7 +610,6 @@ impl Kernel {
                 }
             });
         for i in &ch.gone {
-            let _ = self.l2.remove(&i.index);
             self.links.forget_interface(i.index);
         }
         if self.follow_new {
@@ -612,13 +619,7 @@ impl Kernel {
                 {
                     continue;
                 }
-                match attach_iface(
-                    &mut self.ebpf,
-                    &mut self.l2,
-                    &i,
-                    &mut self.attach_mode,
-                    &mut self.links,
-                ) {
+                match attach_iface(&mut self.ebpf, &i, &mut self.attach_mode, &mut self.links) {
                     Ok(()) => {
                         self.interfaces.push(i.clone());
                         ch.added.push(i);
@@ -693,8 +694,14 @@ impl Kernel {
     /// Stops following a connection and frees its kernel state.
     pub(crate) fn forget(&mut self, cookie: u64, key: Option<&FlowKey>) {
         let _ = self.registered.remove(&cookie);
-        if let Some(k) = key {
-            let _ = self.flows.remove(k);
+        if let Some(k) = key
+            && self.flows.remove(k).is_ok()
+        {
+            // Counted so the kernel's per-port test (flows added minus
+            // flows removed) drops back; only this thread writes the map.
+            let port = u32::from(k.local_port);
+            let freed = self.port_freed.get(&port, 0).unwrap_or(0);
+            let _ = self.port_freed.set(port, freed.wrapping_add(1), 0);
         }
     }
 

@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 use synack_tests::{
-    Capture, Netns, Packet, Proc, Served, TempDir, synack_bin,
+    Capture, Netns, Packet, Proc, Served, TempDir, synack_bin, testrun,
     topo::{Bins, Delays, Lab, Via, url},
     truth, unique, wait_for,
 };
@@ -29,6 +29,8 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let r = if args.first().map(String::as_str) == Some("gen") {
         generator(&args[1..])
+    } else if args.first().map(String::as_str) == Some("testrun") {
+        testrun_only(&args[1..])
     } else {
         bench(&args)
     };
@@ -73,6 +75,13 @@ fn bench(args: &[String]) -> Result<()> {
     results.insert("quick".into(), quick.into());
     results.insert("synack".into(), synack_bin().display().to_string().into());
 
+    eprintln!("bench: classifier cost per packet (BPF_PROG_TEST_RUN)");
+    let before = arg_value(args, "--before").map(PathBuf::from);
+    let tr = testrun::test_run(quick, &testrun::default_object(), before.as_deref())?;
+    for k in ["untracked_ns", "tracked_ns", "noop_ns"] {
+        results.insert(k.into(), tr[k].clone());
+    }
+    results.insert("test_run".into(), tr);
     eprintln!("bench: accuracy (lab, tcpdump, curl)");
     results.insert("accuracy".into(), accuracy(quick)?);
     eprintln!("bench: cost per packet (kernel BPF run-time statistics)");
@@ -93,6 +102,31 @@ fn bench(args: &[String]) -> Result<()> {
         .with_context(|| format!("writing {}", out.display()))?;
     println!("{}", table(&v));
     eprintln!("bench: results in {}", out.display());
+    Ok(())
+}
+
+fn arg_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+/// `synack-bench testrun [--quick] [--before OBJECT] [--object OBJECT]`:
+/// only the classifiers' cost per packet (seconds, no lab), this build and
+/// optionally another side by side.
+fn testrun_only(args: &[String]) -> Result<()> {
+    if !synack_tests::is_root() {
+        bail!("BPF_PROG_TEST_RUN needs root");
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let object = arg_value(args, "--object")
+        .map(PathBuf::from)
+        .unwrap_or_else(testrun::default_object);
+    let before = arg_value(args, "--before").map(PathBuf::from);
+    let v = testrun::test_run(quick, &object, before.as_deref())?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    eprint!("{}", testrun::table(&v));
     Ok(())
 }
 
@@ -125,6 +159,9 @@ fn table(v: &Value) -> String {
         f(a, &["user_ttfb", "curl_minus_wire_median_us"]),
         a["user_ttfb"]["requests"]
     ));
+    if v["test_run"].is_object() {
+        s.push_str(&testrun::table(&v["test_run"]));
+    }
     let c = &v["cost_per_packet"];
     s.push_str(&format!(
         "cost per packet (ns, median over rounds): untracked flows {:.0}, tracked flows (watch) {:.0}\n",
