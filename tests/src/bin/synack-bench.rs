@@ -20,7 +20,8 @@ use std::{
     time::{Duration, Instant},
 };
 use synack_tests::{
-    Capture, Netns, Packet, Proc, Served, TempDir, synack_bin, testrun,
+    Capture, Netns, Packet, Proc, Served, TempDir, synack_bin,
+    testrun::{self, median},
     topo::{Bins, Delays, Lab, Via, url},
     truth, unique, wait_for,
 };
@@ -49,14 +50,6 @@ fn stats(v: &[f64]) -> (f64, f64, f64) {
     }
     let at = |q: f64| a[((a.len() - 1) as f64 * q).round() as usize];
     (at(0.5), at(0.99), a[a.len() - 1])
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[v.len() / 2]
 }
 
 fn bench(args: &[String]) -> Result<()> {
