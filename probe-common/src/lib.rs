@@ -156,8 +156,8 @@ pub struct Event {
 pub const SNAP_BYTES: usize = 1024;
 
 /// A turn-start `EV_DATA` event followed by the first bytes of its payload
-/// (only with `CFG_SNAPSHOT`). The ring-buffer record is exactly this size;
-/// `ev.snap_len` says how many bytes of `snap` are valid.
+/// (only with `CFG_SNAPSHOT`). The ring-buffer record is the event and the
+/// `ev.snap_len` bytes of `snap` that are valid, no more: 152 to 1176 bytes.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SnapEvent {

@@ -23,9 +23,12 @@ pub(crate) fn is_registered(ctx: &TcContext) -> (bool, u64) {
 pub(crate) fn try_egress<const L2: usize>(ctx: &TcContext) -> Result<(), ()> {
     let p = parse::<L2>(ctx)?;
     let key = flow_key(&p, true);
-    let ifx = ifindex(ctx);
-
     let ours = maybe_ours(key.local_port);
+    // Every other program's traffic ends here: not a SYN, no flow on its port.
+    if !ours && !flow::is_syn(p.flags) {
+        return Ok(());
+    }
+    let ifx = ifindex(ctx);
     if flow::is_syn(p.flags) {
         if let Some(st) = ours.then(|| FLOWS.get_ptr_mut(key)).flatten() {
             // SAFETY: pointer into the map value, valid for this program run.
@@ -119,8 +122,12 @@ pub(crate) fn in_ctx(now: u64, cookie: u64, st: &FlowState) -> Ctx {
 pub(crate) fn try_ingress<const L2: usize>(ctx: &TcContext) -> Result<(), ()> {
     let p = parse::<L2>(ctx)?;
     let key = flow_key(&p, false);
-    let ifx = ifindex(ctx);
     let ours = maybe_ours(key.local_port);
+    // Every other program's traffic ends here: not a SYN, no flow on its port.
+    if !ours && !flow::is_syn(p.flags) {
+        return Ok(());
+    }
+    let ifx = ifindex(ctx);
     if flow::is_syn(p.flags) {
         // Someone opens a connection to this host.
         if let Some(st) = ours.then(|| FLOWS.get_ptr_mut(key)).flatten() {

@@ -33,6 +33,14 @@ pub(crate) static PORT_FREED: Array<u32> = Array::with_max_entries(PORTS, 0);
 #[map]
 pub(crate) static LOCAL_ADDRS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(1024, 0);
 
+/// One header offset per CPU: `packet::launder`.
+#[map]
+pub(crate) static OFFSET: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// One snapshot record being built, per CPU: `emit::emit_snap`.
+#[map]
+pub(crate) static SNAP: PerCpuArray<SnapEvent> = PerCpuArray::with_max_entries(1, 0);
+
 /// `CONFIG[0]`: `CFG_*` bits.
 #[map]
 pub(crate) static CONFIG: Array<u32> = Array::with_max_entries(1, 0);

@@ -31,22 +31,65 @@ pub(crate) struct Pkt {
     pub(crate) payload_off: usize,
 }
 
-/// The one way this program reads packet bytes: straight from the linear
+/// Offsets from here on are not read (no header synack parses lies this
+/// deep); the bound also lets the verifier check the direct reads below.
+pub(crate) const MAX_HEADER_OFF: usize = 4096;
+
+/// The one way this program reads header bytes: straight from the linear
 /// part of the skb after one bounds check against `data_end` (a load, no
-/// helper call), else `bpf_skb_load_bytes`, which also reaches the paged
-/// part of a non-linear skb (a GRO aggregate's later headers, say).
+/// helper call). When the header is not in the linear part (a paged
+/// fragment: rare, some drivers split headers from payload), the skb's
+/// first bytes are made linear with `bpf_skb_pull_data` (what the stack
+/// itself does before reading them; the bytes do not change) and read the
+/// same way.
+///
+/// Why not `bpf_skb_load_bytes` as the slow path: it gave the verifier two
+/// different states after every read (bytes on the stack from a helper, or
+/// from registers) and each walked the whole rest of the program, which was
+/// most of start-up. After a pull both ways end in the same read.
 #[inline(always)]
 pub(crate) fn read<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, ()> {
-    let start = ctx.data();
-    let end = ctx.data_end();
     let len = core::mem::size_of::<T>();
+    if off >= MAX_HEADER_OFF {
+        return Err(());
+    }
+    let (mut start, mut end) = (ctx.data(), ctx.data_end());
+    if start + off + len > end {
+        ctx.pull_data((off + len) as u32).map_err(|_| ())?;
+        (start, end) = (ctx.data(), ctx.data_end());
+    }
     if start + off + len <= end {
         // SAFETY: the verifier-visible check above keeps the whole T inside
         // the packet's linear data; read_unaligned since headers need not
         // be aligned.
         return Ok(unsafe { core::ptr::read_unaligned((start + off) as *const T) });
     }
-    ctx.load::<T>(off).map_err(|_| ())
+    Err(())
+}
+
+/// `off` with the verifier's knowledge of it dropped (a round trip through
+/// per-CPU map memory, a few instructions), then bounded again.
+///
+/// Why: the TCP header's offset comes out of `parse` with different bounds
+/// for IPv4 and for IPv6 with 0-4 extension headers, and the verifier walked
+/// the rest of the program once for each. Laundered, all of them are the
+/// same unknown offset below `MAX_HEADER_OFF`, walked once.
+#[inline(always)]
+pub(crate) fn launder(off: usize) -> Result<usize, ()> {
+    let slot = OFFSET.get_ptr_mut(0).ok_or(())?;
+    // SAFETY: this CPU's map value (a u64), valid for the program run; a tc
+    // program runs to its end on its CPU (bottom halves off or in softirq),
+    // so no other run writes it between the write and the read.
+    unsafe { slot.write(off as u64) };
+    // The compiler must assume the slot changed and load it again, or it
+    // would reuse the register the value came from.
+    let slot = core::hint::black_box(slot);
+    // SAFETY: as above.
+    let off = unsafe { slot.read() } as usize;
+    if off >= MAX_HEADER_OFF {
+        return Err(());
+    }
+    Ok(off)
 }
 
 /// `bpf_skb_load_bytes` of `n` (1..=SNAP_BYTES) payload bytes straight into
@@ -67,6 +110,16 @@ pub(crate) fn read_into(ctx: &TcContext, off: usize, slot: *mut SnapEvent, n: us
     // SAFETY: valid skb and destination of at least n bytes.
     let r = unsafe { bpf_skb_load_bytes(skb(ctx) as *const _, off as u32, dst.cast(), n as u32) };
     if r == 0 { n } else { 0 }
+}
+
+/// `bpf_skb_load_bytes` of `n` bytes (a constant at each call, 1..=40)
+/// into the start of `out`; returns n, or 0 on failure.
+#[inline(always)]
+pub(crate) fn load_into(ctx: &TcContext, off: usize, out: &mut [u8; 40], n: u32) -> u8 {
+    // SAFETY: valid skb; `out` has 40 bytes and every caller passes n <= 40.
+    let r =
+        unsafe { bpf_skb_load_bytes(skb(ctx) as *const _, off as u32, out.as_mut_ptr().cast(), n) };
+    if r == 0 { n as u8 } else { 0 }
 }
 
 #[inline(always)]
@@ -104,8 +157,7 @@ pub(crate) fn parse<const L2: usize>(ctx: &TcContext) -> Result<Pkt, ()> {
     };
     let tcp_off;
     let ip_payload_len: usize;
-    // Each header is read with one helper call (a fixed-size copy to the
-    // stack), not one per field: per-packet cost is mostly these calls.
+    // Each header is read whole (one bounds check), not field by field.
     if proto == ETH_P_IP {
         let h: [u8; 20] = read(ctx, l2)?;
         if h[0] >> 4 != 4 {
@@ -173,6 +225,7 @@ pub(crate) fn parse<const L2: usize>(ctx: &TcContext) -> Result<Pkt, ()> {
         return Err(());
     }
 
+    let tcp_off = launder(tcp_off)?;
     let t: [u8; 20] = read(ctx, tcp_off)?;
     p.sport = u16::from_be_bytes([t[0], t[1]]);
     p.dport = u16::from_be_bytes([t[2], t[3]]);

@@ -19,6 +19,9 @@ use std::path::{Path, PathBuf};
 /// One build of the classifiers, loaded.
 struct Build {
     ebpf: Ebpf,
+    /// Per classifier: how long its load (the verifier) took, in ms, and
+    /// how many instructions the verifier walked.
+    verify: Vec<(&'static str, f64, Option<u32>)>,
 }
 
 /// The packets timed: what every other program's traffic looks like to
@@ -100,9 +103,14 @@ impl Build {
             .with_context(|| format!("{}: build it with `cargo xtask build`", object.display()))?;
         let mut ebpf =
             Ebpf::load(&bytes).with_context(|| format!("loading {}", object.display()))?;
+        let mut verify = Vec::new();
         for name in ["synack_egress", "synack_ingress"] {
             let p: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
+            let t = std::time::Instant::now();
             p.load().with_context(|| format!("loading {name}"))?;
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            let insns = p.info().ok().and_then(|i| i.verified_instruction_count());
+            verify.push((name, ms, insns));
         }
         if let Some(p) = ebpf.program_mut("synack_noop") {
             let p: &mut SchedClassifier = p.try_into()?;
@@ -112,7 +120,19 @@ impl Build {
         // tracked connection below can be set up by its packets.
         let mut cfg: Array<_, u32> = Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG")?)?;
         cfg.set(0, CFG_TRACK_ALL_OUT, 0)?;
-        Ok(Build { ebpf })
+        Ok(Build { ebpf, verify })
+    }
+
+    /// The verifier's work per classifier, for results.json.
+    fn verify_json(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        for (name, ms, insns) in &self.verify {
+            m.insert(
+                name.to_string(),
+                json!({"load_ms": ms, "verified_insns": insns}),
+            );
+        }
+        Value::Object(m)
     }
 
     fn has(&self, name: &str) -> bool {
@@ -215,7 +235,9 @@ pub fn test_run(quick: bool, object: &Path, before: Option<&Path>) -> Result<Val
         "tracked_ns": net(&got[0][5]),
         "object": object.display().to_string(),
         "now": figures(0),
-        "before": then.as_ref().map(|_| json!({
+        "verify": now.verify_json(),
+        "before": then.as_ref().map(|t| json!({
+            "verify": t.verify_json(),
             "object": before.map(|p| p.display().to_string()),
             "untracked_ns": untracked(1),
             "tracked_ns": net(&got[1][5]),
@@ -256,6 +278,19 @@ pub fn table(v: &Value) -> String {
             s.push_str(&format!("{:>10.1}", g(before, &key)));
         }
         s.push('\n');
+    }
+    for (label, x) in [("now", &v["verify"]), ("before", &v["before"]["verify"])] {
+        if let Some(m) = x.as_object() {
+            s.push_str(&format!("  verifier ({label}):"));
+            for (name, e) in m {
+                s.push_str(&format!(
+                    " {name} {:.0} ms, {} insns;",
+                    g(e, "load_ms"),
+                    e["verified_insns"]
+                ));
+            }
+            s.push('\n');
+        }
     }
     s
 }

@@ -5,14 +5,14 @@
 use anyhow::{Context, Result};
 use aya::{
     Ebpf,
-    maps::{Array, MapData, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use etherparse::{PacketBuilder, TcpOptionElement};
 use probe_common::{
     CFG_LOCAL_ONLY, CFG_SNAPSHOT, CFG_TRACK_ALL_IN, CFG_TRACK_ALL_OUT, DIR_IN, DIR_OUT,
     EV_ACK_COVER, EV_DATA, EV_FIN, EV_SYN, EV_SYNACK, EVF_RETRANS, EVF_TURN_START, Event,
-    SNAP_BYTES,
+    SNAP_BYTES, STAT_PARSE_SKIPPED,
 };
 use std::path::PathBuf;
 use synack::{model::events::decode, model::tcp::parse_options};
@@ -570,5 +570,98 @@ fn raw_ip_devices_get_their_own_classifiers() -> Result<()> {
     // header it can take for this flow's, so no event.
     let f = bare(false, 3000, Some(7001), true, &[])?;
     assert!(h.run(false, &f)?.iter().all(|e| e.kind != EV_SYNACK));
+    Ok(())
+}
+
+/// `frame`'s IPv6 packet with extension headers (`kinds`: next-header
+/// numbers, each 8 bytes long) between the IPv6 and the TCP header.
+fn with_ipv6_extensions(f: &[u8], kinds: &[u8]) -> Vec<u8> {
+    let (eth, rest) = f.split_at(14);
+    let (ip6, tcp) = rest.split_at(40);
+    let mut ip6 = ip6.to_vec();
+    let mut ext = Vec::new();
+    for (i, _) in kinds.iter().enumerate() {
+        // Each header names the next one; the last names TCP (6).
+        let next = kinds.get(i + 1).copied().unwrap_or(6);
+        // next, length (in 8-byte units past the first 8), PadN over the rest.
+        ext.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+    }
+    ip6[6] = kinds[0];
+    let plen = u16::from_be_bytes([ip6[4], ip6[5]]) + ext.len() as u16;
+    ip6[4..6].copy_from_slice(&plen.to_be_bytes());
+    [eth, &ip6, &ext, tcp].concat()
+}
+
+/// IPv6 extension headers (hop-by-hop, destination options) are walked to
+/// the TCP header, up to four; a fragment header is skipped and counted.
+#[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
+fn ipv6_extension_headers_are_walked() -> Result<()> {
+    let mut h = Harness::new()?;
+    let mut a = [0u8; 16];
+    a[0] = 0xfd;
+    a[15] = 1;
+    let mut b = a;
+    b[15] = 2;
+    let syn = |sport| {
+        frame(Tcp {
+            ip: Ip::V6(a, b),
+            ttl: 64,
+            sport,
+            dport: 443,
+            seq: 5000,
+            ack: None,
+            syn: true,
+            payload: b"",
+            options: &SYN_OPTS,
+        })
+    };
+    // One, two and four extension headers: each SYN is followed, its
+    // options read from where the TCP header really is.
+    for (sport, kinds) in [
+        (40041u16, &[0u8][..]),
+        (40042, &[0, 60]),
+        (40043, &[0, 60, 43, 60]),
+    ] {
+        let f = with_ipv6_extensions(&syn(sport)?, kinds);
+        let ev = h.run(true, &f)?;
+        assert_eq!(ev.len(), 1, "{kinds:?}: {ev:?}");
+        let e = ev[0];
+        assert_eq!((e.kind, e.seq), (EV_SYN, 5000), "{kinds:?}");
+        assert_eq!((e.key.local_port, e.key.remote_port), (sport, 443));
+        let o = parse_options(&e.options[..e.opt_len as usize])?;
+        assert_eq!((o.mss, o.wscale), (Some(1460), Some(7)), "{kinds:?}");
+        // Its SYN-ACK comes back through two extension headers.
+        let sa = frame(Tcp {
+            ip: Ip::V6(b, a),
+            ttl: 61,
+            sport: 443,
+            dport: sport,
+            seq: 9000,
+            ack: Some(5001),
+            syn: true,
+            payload: b"",
+            options: &[],
+        })?;
+        let ev = h.run(false, &with_ipv6_extensions(&sa, &[0, 60]))?;
+        assert_eq!(ev.len(), 1, "{kinds:?}: {ev:?}");
+        assert_eq!((ev[0].kind, ev[0].ttl), (EV_SYNACK, 61));
+    }
+    // Five are more than the classifier walks: not followed.
+    let f = with_ipv6_extensions(&syn(40044)?, &[0, 60, 60, 60, 60]);
+    assert!(h.run(true, &f)?.is_empty());
+    // A fragment header: the TCP header may be in another fragment, so the
+    // packet is skipped, and counted.
+    let skipped = |h: &Harness| -> Result<u64> {
+        let m: PerCpuArray<_, u64> = PerCpuArray::try_from(h.ebpf.map("STATS").context("STATS")?)?;
+        Ok(m.get(&STAT_PARSE_SKIPPED, 0)?.iter().sum())
+    };
+    let before = skipped(&h)?;
+    let f = with_ipv6_extensions(&syn(40045)?, &[44]);
+    assert!(h.run(true, &f)?.is_empty());
+    assert_eq!(skipped(&h)?, before + 1);
     Ok(())
 }

@@ -345,6 +345,60 @@ impl Links {
     }
 }
 
+/// Loads the classifiers `interfaces` need, each on its own thread. The
+/// verifier's walk of a program is most of synack's start-up, runs in the
+/// calling thread, and the programs are independent of each other, so on a
+/// host with two or more CPUs start-up waits for the longest program, not
+/// for their sum.
+fn load_classifiers(ebpf: &mut Ebpf, interfaces: &[Interface]) -> Result<(), KernelError> {
+    let mut wanted: Vec<&'static str> = interfaces
+        .iter()
+        .flat_map(|i| programs_for(i).map(|(name, _, _)| name))
+        .collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut progs = Vec::new();
+    for (name, prog) in ebpf.programs_mut() {
+        let Some(&name) = wanted.iter().find(|w| **w == name) else {
+            continue;
+        };
+        let prog: &mut SchedClassifier =
+            prog.try_into().map_err(|source| KernelError::Program {
+                name,
+                source: Box::new(source),
+            })?;
+        progs.push((name, prog));
+    }
+    if let Some(missing) = wanted.iter().find(|w| !progs.iter().any(|(n, _)| n == *w)) {
+        return Err(KernelError::Missing(missing));
+    }
+    std::thread::scope(|s| {
+        let loads: Vec<_> = progs
+            .into_iter()
+            .map(|(name, prog)| {
+                s.spawn(move || {
+                    prog.load().map_err(|source| KernelError::Program {
+                        name,
+                        source: Box::new(source),
+                    })
+                })
+            })
+            .collect();
+        // Every thread is joined before the first error is returned, so
+        // no load is left running when this returns.
+        let results: Vec<_> = loads.into_iter().map(|h| h.join()).collect();
+        for r in results {
+            match r {
+                Ok(r) => r?,
+                // A panic in a load is re-raised here, as it would have
+                // been without the thread.
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        Ok(())
+    })
+}
+
 fn classifier<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
@@ -370,6 +424,12 @@ fn attach_iface(
     let r = (|| {
         for (name, dir, dir_s) in programs_for(i) {
             let prog = classifier(ebpf, name)?;
+            if prog.fd().is_err() {
+                prog.load().map_err(|source| KernelError::Program {
+                    name,
+                    source: Box::new(source),
+                })?;
+            }
             let attach_err = |source| KernelError::Attach {
                 name,
                 iface: i.name.clone(),
@@ -529,14 +589,11 @@ impl Kernel {
         let mut ebpf = EbpfLoader::new()
             .load(OBJECT)
             .map_err(|e| KernelError::Load(Box::new(e)))?;
-        for name in [PROG_EGRESS, PROG_INGRESS, PROG_EGRESS_RAW, PROG_INGRESS_RAW] {
-            classifier(&mut ebpf, name)?
-                .load()
-                .map_err(|source| KernelError::Program {
-                    name,
-                    source: Box::new(source),
-                })?;
-        }
+        // Only the classifier builds these interfaces need are loaded now
+        // (an interface that comes later loads its own in `attach_iface`):
+        // a host with only Ethernet-framed devices never verifies the
+        // raw-IP builds.
+        load_classifiers(&mut ebpf, &interfaces)?;
         // tcx links (>= 6.6) first: the kernel releases them whatever way
         // synack ends. Where tcx is missing, fall back to a clsact filter.
         // SYNACK_TC_ATTACH=netlink forces the fallback (its tests).
@@ -746,9 +803,9 @@ impl Kernel {
                     f(&ev, snap);
                     n += 1;
                 }
-                Err(DecodeError::Size { .. } | DecodeError::Kind(_) | DecodeError::SnapLen(_)) => {
-                    self.undecodable += 1
-                }
+                Err(
+                    DecodeError::Size { .. } | DecodeError::Kind(_) | DecodeError::SnapLen { .. },
+                ) => self.undecodable += 1,
             }
         }
         n

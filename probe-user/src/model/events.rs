@@ -1,12 +1,12 @@
 //! Where ring-buffer bytes become typed events: decoding of the records the
 //! classifiers submit.
 
-use probe_common::{Event, SNAP_BYTES, SnapEvent};
+use probe_common::{Event, SnapEvent};
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
-    #[error("ring buffer record of {got} bytes, expected {want} or {snap}")]
+    #[error("ring buffer record of {got} bytes, expected {want} to {snap}")]
     Size {
         got: usize,
         want: usize,
@@ -14,16 +14,17 @@ pub enum DecodeError {
     },
     #[error("unknown event kind {0}")]
     Kind(u8),
-    #[error("payload snapshot of {0} bytes in a record that holds {SNAP_BYTES}")]
-    SnapLen(u16),
+    #[error("event says its payload snapshot has {said} bytes, the record holds {got}")]
+    SnapLen { said: u16, got: usize },
 }
 
-/// Decodes one ring-buffer record: an `Event`, or a `SnapEvent` (an event
-/// followed by the first bytes of its payload, returned as the slice).
+/// Decodes one ring-buffer record: an `Event`, or the start of a `SnapEvent`
+/// (an event followed by exactly `snap_len` bytes of its payload, returned
+/// as the slice).
 pub fn decode(b: &[u8]) -> Result<(Event, &[u8]), DecodeError> {
     let want = size_of::<Event>();
     let snap = size_of::<SnapEvent>();
-    if b.len() != want && b.len() != snap {
+    if b.len() < want || b.len() > snap {
         return Err(DecodeError::Size {
             got: b.len(),
             want,
@@ -37,15 +38,14 @@ pub fn decode(b: &[u8]) -> Result<(Event, &[u8]), DecodeError> {
     if !(probe_common::EV_SYN..=probe_common::EV_RST).contains(&ev.kind) {
         return Err(DecodeError::Kind(ev.kind));
     }
-    let bytes = if b.len() == snap {
-        let n = ev.snap_len as usize;
-        if n > SNAP_BYTES {
-            return Err(DecodeError::SnapLen(ev.snap_len));
-        }
-        &b[want..want + n]
-    } else {
-        &[][..]
-    };
+    // A snapshot record is the event and exactly the bytes it says it has.
+    let bytes = &b[want..];
+    if bytes.len() != ev.snap_len as usize {
+        return Err(DecodeError::SnapLen {
+            said: ev.snap_len,
+            got: bytes.len(),
+        });
+    }
     Ok((ev, bytes))
 }
 
@@ -104,7 +104,7 @@ pub(crate) fn encode(ev: &Event) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use probe_common::EV_DATA;
+    use probe_common::{EV_DATA, SNAP_BYTES};
 
     pub(crate) fn sample() -> Event {
         // An incoming data event at t=123: seq 1, ack 2, 3 bytes.
@@ -169,13 +169,25 @@ mod tests {
         ev.snap_len = 5;
         let mut b = encode(&ev);
         b.extend_from_slice(b"GET /");
-        b.resize(size_of::<SnapEvent>(), 0xee);
         let (d, snap) = decode(&b).unwrap();
         assert_eq!(d.payload_len, 3);
         assert_eq!(snap, b"GET /");
-        ev.snap_len = SNAP_BYTES as u16 + 1;
+        // A record longer or shorter than the event says is refused.
+        b.push(0xee);
+        assert!(matches!(
+            decode(&b),
+            Err(DecodeError::SnapLen { said: 5, got: 6 })
+        ));
+        assert!(matches!(
+            decode(&b[..b.len() - 2]),
+            Err(DecodeError::SnapLen { said: 5, got: 4 })
+        ));
+        // The longest record holds SNAP_BYTES; one byte more is not a record.
+        ev.snap_len = SNAP_BYTES as u16;
         let mut b = encode(&ev);
-        b.resize(size_of::<SnapEvent>(), 0);
-        assert!(matches!(decode(&b), Err(DecodeError::SnapLen(_))));
+        b.resize(size_of::<SnapEvent>(), b'x');
+        assert_eq!(decode(&b).unwrap().1.len(), SNAP_BYTES);
+        b.push(b'x');
+        assert!(matches!(decode(&b), Err(DecodeError::Size { .. })));
     }
 }

@@ -7,7 +7,9 @@
 //!
 //! `synack-bench gen RATE SECS HOST:PORT` is the connection generator the
 //! scale step runs inside a namespace (one short HTTP/1.0 request per
-//! connection, paced).
+//! connection, paced). `synack-bench noop IFACE` attaches the object's
+//! no-op classifier to both directions of IFACE until it is stopped: the
+//! baseline the run-time statistics are taken net of.
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
@@ -32,6 +34,8 @@ fn main() {
         generator(&args[1..])
     } else if args.first().map(String::as_str) == Some("testrun") {
         testrun_only(&args[1..])
+    } else if args.first().map(String::as_str) == Some("noop") {
+        noop(&args[1..])
     } else {
         bench(&args)
     };
@@ -83,6 +87,7 @@ fn bench(args: &[String]) -> Result<()> {
     results.insert("overhead".into(), overhead(quick)?);
     eprintln!("bench: scale of synack watch");
     results.insert("scale".into(), scale(quick)?);
+    summarize(&mut results);
     results.insert(
         "duration_s".into(),
         json!(started.elapsed().as_secs_f64().round()),
@@ -96,6 +101,95 @@ fn bench(args: &[String]) -> Result<()> {
     println!("{}", table(&v));
     eprintln!("bench: results in {}", out.display());
     Ok(())
+}
+
+/// The figures at the top of results.json, each a median over the
+/// rounds kept below it; a figure that could not be measured is null with
+/// the reason in `notes`.
+fn summarize(r: &mut serde_json::Map<String, Value>) {
+    let mut notes = serde_json::Map::new();
+    let mut num = |key: &str, v: f64, why: &str| {
+        if v.is_finite() {
+            json!(v)
+        } else {
+            notes.insert(key.into(), json!(why));
+            Value::Null
+        }
+    };
+    let g = |r: &serde_json::Map<String, Value>, path: &[&str]| {
+        let mut x = r.get(path[0]).unwrap_or(&Value::Null);
+        for k in &path[1..] {
+            x = &x[*k];
+        }
+        x.as_f64().unwrap_or(f64::NAN)
+    };
+    let mut put = Vec::new();
+    for (key, path, why) in [
+        (
+            "idle_attached_rps_ratio",
+            &["overhead", "idle_ratio"][..],
+            "no wrk round completed",
+        ),
+        (
+            "watch_rps_ratio",
+            &["overhead", "watch_ratio"],
+            "no wrk round completed",
+        ),
+        (
+            "tcpdump_rps_ratio",
+            &["overhead", "tcpdump_ratio"],
+            "no wrk round completed",
+        ),
+        (
+            "conn_per_s_held",
+            &["scale", "max_lossless_cps"],
+            "no step held",
+        ),
+        (
+            "startup_ms",
+            &["scale", "startup_ms_median"],
+            "synack watch never attached",
+        ),
+        (
+            "rss_probe_mib",
+            &["scale", "probe_peak_rss_mib"],
+            "/usr/bin/time gave no figure",
+        ),
+        ("rss_watch_mib", &["scale", "peak_rss_mib"], "no step held"),
+    ] {
+        let v = num(key, g(r, path), why);
+        put.push((key, v));
+    }
+    let ovh = json!({
+        "synack": num("user_ttfb_overhead_us.synack", g(r, &["accuracy", "user_ttfb", "synack_minus_wire_median_us"]), "no plain-HTTP record matched the capture"),
+        "curl": num("user_ttfb_overhead_us.curl", g(r, &["accuracy", "user_ttfb", "curl_minus_wire_median_us"]), "no curl request matched the capture"),
+    });
+    let mut acc = serde_json::Map::new();
+    for k in ["handshake_rtt", "tls_rtt", "wire_ttfb"] {
+        let mut m = serde_json::Map::new();
+        for (out, inner) in [
+            ("median", "median_us"),
+            ("p99", "p99_us"),
+            ("max", "max_us"),
+        ] {
+            let key = format!("accuracy_us.{k}.{out}");
+            m.insert(
+                out.into(),
+                num(
+                    &key,
+                    g(r, &["accuracy", k, inner]),
+                    "no connection matched the capture",
+                ),
+            );
+        }
+        acc.insert(k.into(), Value::Object(m));
+    }
+    for (k, v) in put {
+        r.insert(k.into(), v);
+    }
+    r.insert("user_ttfb_overhead_us".into(), ovh);
+    r.insert("accuracy_us".into(), Value::Object(acc));
+    r.insert("notes".into(), Value::Object(notes));
 }
 
 fn arg_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
@@ -157,15 +251,20 @@ fn table(v: &Value) -> String {
     }
     let c = &v["cost_per_packet"];
     s.push_str(&format!(
-        "cost per packet (ns, median over rounds): untracked flows {:.0}, tracked flows (watch) {:.0}\n",
+        "cost per packet under wrk (bpf_stats, ns, median over rounds): untracked {:.0}, tracked (watch) {:.0}; no-op tc program {:.0}; net of it: untracked {:.0}, tracked {:.0}\n",
         f(c, &["untracked_ns"]),
-        f(c, &["tracked_ns"])
+        f(c, &["tracked_ns"]),
+        f(c, &["noop_ns"]),
+        f(c, &["untracked_net_ns"]),
+        f(c, &["tracked_net_ns"])
     ));
     let o = &v["overhead"];
     s.push_str(&format!(
-        "throughput under wrk (median req/s over {} rounds): bare {:.0}, synack watch {:.0} ({:.3} of bare), tcpdump -w {:.0} ({:.3} of bare)\n",
+        "throughput under wrk (median req/s over {} rounds): bare {:.0}; active probe attached, idle {:.0} ({:.3} of bare); synack watch writing JSON lines {:.0} ({:.3}); tcpdump -w {:.0} ({:.3})\n",
         o["rounds"],
         f(o, &["bare_rps"]),
+        f(o, &["idle_rps"]),
+        f(o, &["idle_ratio"]),
         f(o, &["watch_rps"]),
         f(o, &["watch_ratio"]),
         f(o, &["tcpdump_rps"]),
@@ -173,12 +272,22 @@ fn table(v: &Value) -> String {
     ));
     let sc = &v["scale"];
     s.push_str(&format!(
-        "scale: synack watch followed {} new connections/s with no loss (highest step tried {}); peak memory {:.1} MiB; load-and-attach {:.0} ms (median)\n",
+        "scale: synack watch followed {} new connections/s with no loss (highest step tried {}: {}); watch's peak memory there {:.1} MiB; active probe's {:.1} MiB; start-up (exec to attached) {:.0} ms (median)\n",
         sc["max_lossless_cps"],
         sc["highest_step_cps"],
+        sc["why_stopped"].as_str().unwrap_or("?"),
         f(sc, &["peak_rss_mib"]),
+        f(sc, &["probe_peak_rss_mib"]),
         f(sc, &["startup_ms_median"])
     ));
+    if let Some(n) = v["notes"].as_object().filter(|n| !n.is_empty()) {
+        for (k, why) in n {
+            s.push_str(&format!(
+                "not measured: {k}: {}\n",
+                why.as_str().unwrap_or("?")
+            ));
+        }
+    }
     s
 }
 
@@ -358,8 +467,7 @@ fn wrk(b: &Bed, secs: u32) -> Result<f64> {
 fn watch(ns: &Netns, dir: &TempDir, extra: &[&str], records: bool) -> Result<Watch> {
     let err = dir.join(&format!("{}.err", unique("watch")));
     let out = dir.join(&format!("{}.jsonl", unique("watch")));
-    let t0 = Instant::now();
-    let mut c = ns.command(synack_bin().to_str().context("path")?);
+    let mut c = in_netns(ns, &synack_bin())?;
     c.args(["watch", "--json", "--summary-every", "0"])
         .args(extra)
         .stdout(if records {
@@ -368,6 +476,7 @@ fn watch(ns: &Netns, dir: &TempDir, extra: &[&str], records: bool) -> Result<Wat
             Stdio::null()
         })
         .stderr(fs::File::create(&err)?);
+    let t0 = Instant::now();
     let p = Proc::spawn(c, "synack watch")?;
     let ready = wait_for(Duration::from_secs(30), "synack watch to attach", || {
         fs::read_to_string(&err)
@@ -383,6 +492,27 @@ fn watch(ns: &Netns, dir: &TempDir, extra: &[&str], records: bool) -> Result<Wat
     })
 }
 
+/// A command for `program` that enters the namespace itself (setns between
+/// fork and exec) instead of through `ip netns exec`, so the time from
+/// spawn to "attached" is the program's own start-up.
+fn in_netns(ns: &Netns, program: &std::path::Path) -> Result<std::process::Command> {
+    use std::os::{fd::AsRawFd, unix::process::CommandExt};
+    let f = fs::File::open(format!("/run/netns/{}", ns.name))
+        .with_context(|| format!("opening namespace {}", ns.name))?;
+    let mut c = std::process::Command::new(program);
+    // SAFETY: setns is async-signal-safe; `f` lives in the closure, which
+    // the Command keeps until it has spawned.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(c)
+}
+
 struct Watch {
     proc: Proc,
     /// Its stderr (summary) and stdout (one JSON record per request).
@@ -392,93 +522,176 @@ struct Watch {
     ready: Duration,
 }
 
-/// Cost per packet from the kernel's own statistics: the classifiers'
-/// run time over run count, for flows they do not track (active mode with
-/// nothing registered but one long request) and for flows they track
-/// (`synack watch`), under the same wrk load.
+/// Cost per packet from the kernel's own statistics: the classifiers' run
+/// time over run count, for flows they do not track (the active probe
+/// attached for one long request of its own) and for flows they track
+/// (`synack watch`), under the same wrk load, with the object's no-op
+/// classifier attached to the same interface in both: the figures net of it
+/// are synack's own work, without the cost of running any tc program.
 fn cost_per_packet(quick: bool) -> Result<Value> {
     let b = bed()?;
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .context("enabling BPF run-time statistics (kernel.bpf_stats_enabled)")?;
-    let snapshot = || -> (u64, u64) {
+    let snapshot = |names: &[&str]| -> (u64, u64) {
         aya::programs::loaded_programs()
             .filter_map(|p| p.ok())
-            .filter(|p| {
-                p.name_as_str()
-                    .is_some_and(|n| n == "synack_egress" || n == "synack_ingress")
-            })
+            .filter(|p| p.name_as_str().is_some_and(|n| names.contains(&n)))
             .fold((0, 0), |(t, c), p| {
                 (t + p.run_time().as_nanos() as u64, c + p.run_count())
             })
     };
-    let rounds = if quick { 3 } else { 5 };
-    let (mut untracked, mut tracked) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        // Untracked: the active probe attached for one long request.
-        let mut c = b
-            .pair
-            .client
-            .command(synack_bin().to_str().context("path")?);
-        c.args([
-            "--json",
-            &format!("http://{}:8080/delay/3000", b.pair.server_v4),
-        ])
-        .stdout(Stdio::null())
+    let ours = ["synack_egress", "synack_ingress"];
+    let noop_name = ["synack_noop"];
+    let per =
+        |a: (u64, u64), z: (u64, u64)| (z.1 > a.1).then(|| (z.0 - a.0) as f64 / (z.1 - a.1) as f64);
+    let noop_out = b.dir.join(&format!("{}.out", unique("noop")));
+    let mut c = b
+        .pair
+        .client
+        .command(std::env::current_exe()?.to_str().context("path")?);
+    c.args(["noop", &b.pair.client_if])
+        .stdout(fs::File::create(&noop_out)?)
         .stderr(Stdio::null());
-        let mut p = Proc::spawn(c, "synack")?;
-        // Attached once both classifiers have run (the request's SYN out,
-        // its SYN-ACK in); statistics count from zero for new programs.
-        wait_for(Duration::from_secs(10), "synack to attach", || {
-            (snapshot().1 >= 2).then_some(())
-        })?;
-        let a = snapshot();
+    let _noop = Proc::spawn(c, "synack-bench noop")?;
+    wait_for(
+        Duration::from_secs(10),
+        "the no-op classifier to attach",
+        || {
+            fs::read_to_string(&noop_out)
+                .ok()
+                .filter(|t| t.contains("attached"))
+                .map(|_| ())
+        },
+    )?;
+    let rounds = if quick { 3 } else { 5 };
+    let (mut untracked, mut tracked, mut noop) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let p = idle_probe(&b, 4000)?;
+        let (a, an) = (snapshot(&ours), snapshot(&noop_name));
         wrk(&b, 1)?;
-        let z = snapshot();
-        p.wait_exit(Duration::from_secs(10))?;
-        if z.1 > a.1 {
-            untracked.push((z.0 - a.0) as f64 / (z.1 - a.1) as f64);
-        }
-        // Tracked: synack watch follows every connection.
+        let (z, zn) = (snapshot(&ours), snapshot(&noop_name));
+        drop(p);
+        untracked.extend(per(a, z));
+        noop.extend(per(an, zn));
         let w = watch(&b.pair.client, &b.dir, &[], false)?;
-        let a = snapshot();
+        let (a, an) = (snapshot(&ours), snapshot(&noop_name));
         wrk(&b, 1)?;
-        let z = snapshot();
+        let (z, zn) = (snapshot(&ours), snapshot(&noop_name));
         drop(w);
-        if z.1 > a.1 {
-            tracked.push((z.0 - a.0) as f64 / (z.1 - a.1) as f64);
-        }
+        tracked.extend(per(a, z));
+        noop.extend(per(an, zn));
     }
+    let n = median(noop.clone());
+    let (u, t) = (median(untracked.clone()), median(tracked.clone()));
     Ok(json!({
         "rounds": rounds,
-        "untracked_ns": median(untracked.clone()),
-        "tracked_ns": median(tracked.clone()),
+        "untracked_ns": u,
+        "tracked_ns": t,
+        "noop_ns": n,
+        "untracked_net_ns": u - n,
+        "tracked_net_ns": t - n,
         "untracked_rounds_ns": untracked,
         "tracked_rounds_ns": tracked,
-        "note": "run_time_ns / run_cnt of synack_egress and synack_ingress (kernel.bpf_stats_enabled), wrk's HTTP/1.1 keep-alive load",
+        "noop_rounds_ns": noop,
+        "note": "run_time_ns / run_cnt of synack_egress and synack_ingress (kernel.bpf_stats_enabled) under wrk's HTTP/1.1 keep-alive load; net = less synack_noop attached to the same interface in the same rounds",
     }))
 }
 
-/// Throughput under load: wrk's requests per second with nothing
-/// attached, with `synack watch`, and with tcpdump writing the same traffic
-/// to a file, interleaved round by round.
+/// `synack-bench noop IFACE`: the object's no-op classifier attached (tcx)
+/// to both directions of IFACE until this process is stopped; prints
+/// "attached" once it is.
+fn noop(args: &[String]) -> Result<()> {
+    use aya::programs::{SchedClassifier, TcAttachType, links::LinkOrder, tc::TcAttachOptions};
+    let [iface] = args else {
+        bail!("usage: synack-bench noop IFACE");
+    };
+    let object = testrun::default_object();
+    let bytes = fs::read(&object)
+        .with_context(|| format!("{}: build it with `cargo xtask build`", object.display()))?;
+    let mut ebpf = aya::Ebpf::load(&bytes)?;
+    let p: &mut SchedClassifier = ebpf
+        .program_mut("synack_noop")
+        .context("the object has no synack_noop")?
+        .try_into()?;
+    p.load()?;
+    for dir in [TcAttachType::Egress, TcAttachType::Ingress] {
+        p.attach_with_options(iface, dir, TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .with_context(|| format!("attaching synack_noop to {iface}"))?;
+    }
+    println!("attached");
+    std::io::stdout().flush()?;
+    // Until SIGTERM; the links go with the process.
+    loop {
+        std::thread::park();
+    }
+}
+
+/// The active probe attached for one long request (`/delay/MS` on the
+/// origin), so that everything else on the interfaces is traffic it does
+/// not follow; ready once both classifiers are in place.
+fn idle_probe(b: &Bed, ms: u64) -> Result<Proc> {
+    let mut c = in_netns(&b.pair.client, &synack_bin())?;
+    c.args([
+        "--json",
+        &format!("http://{}:8080/delay/{ms}", b.pair.server_v4),
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let p = Proc::spawn(c, "synack (idle)")?;
+    // Its SYN went out through the attached classifiers once the socket to
+    // the origin exists.
+    let port = format!("{}:8080", b.pair.server_v4);
+    wait_for(Duration::from_secs(10), "the idle probe to connect", || {
+        let o = b
+            .pair
+            .client
+            .command("ss")
+            .args(["-tnH", "state", "established"])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&o.stdout)
+            .contains(&port)
+            .then_some(())
+    })?;
+    Ok(p)
+}
+
+/// Throughput under load: wrk's requests per second with nothing attached,
+/// with the active probe attached and idle (following nothing of wrk's),
+/// with `synack watch` writing every request as a JSON line to a file, and
+/// with tcpdump writing the same traffic to a file, interleaved round by
+/// round.
 fn overhead(quick: bool) -> Result<Value> {
     let b = bed()?;
     let rounds = if quick { 3 } else { 5 };
     let secs = if quick { 3 } else { 5 };
-    let (mut bare, mut with_watch, mut with_tcpdump) = (vec![], vec![], vec![]);
+    let (mut bare, mut idle, mut with_watch, mut with_tcpdump) = (vec![], vec![], vec![], vec![]);
+    let mut watch_lines = Vec::new();
     for _ in 0..rounds {
         bare.push(wrk(&b, secs)?);
-        let w = watch(&b.pair.client, &b.dir, &[], false)?;
+        let p = idle_probe(&b, (secs as u64 + 5) * 1000)?;
+        idle.push(wrk(&b, secs)?);
+        drop(p);
+        let w = watch(&b.pair.client, &b.dir, &[], true)?;
         with_watch.push(wrk(&b, secs)?);
+        let out = w.out.clone();
         drop(w);
+        // What watch wrote (and then the file goes: a round is ~200k lines).
+        watch_lines.push(
+            fs::read_to_string(&out)
+                .map(|t| t.lines().count())
+                .unwrap_or(0),
+        );
+        let _ = fs::remove_file(out);
         let cap = Capture::start(&b.pair.client, &b.pair.client_if, &b.dir)?;
         with_tcpdump.push(wrk(&b, secs)?);
         let file = cap.file.clone();
         drop(cap);
         let _ = fs::remove_file(file);
     }
-    let (mb, mw, mt) = (
+    let (mb, mi, mw, mt) = (
         median(bare.clone()),
+        median(idle.clone()),
         median(with_watch.clone()),
         median(with_tcpdump.clone()),
     );
@@ -486,13 +699,18 @@ fn overhead(quick: bool) -> Result<Value> {
         "rounds": rounds,
         "seconds_each": secs,
         "bare_rps": mb,
+        "idle_rps": mi,
         "watch_rps": mw,
         "tcpdump_rps": mt,
+        "idle_ratio": mi / mb,
         "watch_ratio": mw / mb,
         "tcpdump_ratio": mt / mb,
         "bare_rounds": bare,
+        "idle_rounds": idle,
         "watch_rounds": with_watch,
+        "watch_lines_written": watch_lines,
         "tcpdump_rounds": with_tcpdump,
+        "note": "wrk -t1 -c16 keep-alive through a veth pair; idle = the active probe attached with one long request of its own; watch writes JSON lines to a file",
     }))
 }
 
@@ -513,17 +731,21 @@ fn scale(quick: bool) -> Result<Value> {
     let b = bed()?;
     let me = std::env::current_exe()?;
     let secs = if quick { 2 } else { 4 };
-    let steps: &[u32] = if quick {
-        &[500, 1000, 2000, 4000]
-    } else {
-        &[250, 500, 1000, 2000, 3000, 4000, 6000, 8000]
-    };
+    // Stepped up until a step fails (or the generator cannot go faster on
+    // these two CPUs): x2 to 8000, then +25%, at most 64,000.
+    let mut steps = vec![500u32, 1000, 2000, 4000, 8000];
+    while let Some(&last) = steps.last()
+        && last < 64_000
+    {
+        steps.push((last + last / 4).min(64_000));
+    }
     let mut best = 0;
     let mut highest = 0;
-    let mut peak_kib = 0;
+    let mut best_kib = 0;
     let mut startups = Vec::new();
     let mut log = Vec::new();
-    for &rate in steps {
+    let mut why_stopped = String::from("the highest step held");
+    for rate in steps {
         let Watch {
             proc: mut w,
             err,
@@ -562,9 +784,7 @@ fn scale(quick: bool) -> Result<Value> {
                 (n >= made).then_some(())
             },
         );
-        if let Some(k) = rss_peak_kib(w.pid()) {
-            peak_kib = peak_kib.max(k);
-        }
+        let kib = rss_peak_kib(w.pid()).unwrap_or(0);
         w.signal(libc::SIGINT);
         w.wait_exit(Duration::from_secs(20))?;
         let e = fs::read_to_string(&err)?;
@@ -577,12 +797,47 @@ fn scale(quick: bool) -> Result<Value> {
         let lossless = e.contains("lost: 0 events (ring buffer full), 0 connections (kernel flow table full), 0 connections dropped")
             && reported == made;
         let achieved = made as f64 / took.max(secs as f64);
-        log.push(json!({"rate": rate, "made": made, "achieved_cps": achieved, "reported": reported, "lossless": lossless}));
+        log.push(json!({"rate": rate, "made": made, "achieved_cps": achieved, "reported": reported, "lossless": lossless, "watch_peak_rss_kib": kib}));
         highest = rate;
         if lossless && achieved >= rate as f64 * 0.9 {
             best = rate;
+            best_kib = kib;
         } else {
+            why_stopped = if !lossless {
+                format!(
+                    "at {rate}/s watch reported {reported} of {made} requests or counted a loss"
+                )
+            } else {
+                format!(
+                    "at {rate}/s the generator made only {achieved:.0} connections/s (these CPUs also run the origin and watch)"
+                )
+            };
             break;
+        }
+    }
+    // The active probe's peak memory: a short run of requests, its maximum
+    // resident set as /usr/bin/time reports it (KiB), median of three.
+    let mut probe_kib = Vec::new();
+    for _ in 0..3 {
+        let f = b.dir.join(&format!("{}.time", unique("probe")));
+        let o = b
+            .pair
+            .client
+            .command("/usr/bin/time")
+            .args(["-f", "%M", "-o", f.to_str().context("path")?])
+            .arg(synack_bin())
+            .args(["--json", "--count", "20"])
+            .arg(format!("http://{}:8080/", b.pair.server_v4))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("running synack under /usr/bin/time")?;
+        if o.success()
+            && let Some(k) = fs::read_to_string(&f)
+                .ok()
+                .and_then(|t| t.trim().lines().last()?.trim().parse::<f64>().ok())
+        {
+            probe_kib.push(k);
         }
     }
     Ok(json!({
@@ -590,7 +845,10 @@ fn scale(quick: bool) -> Result<Value> {
         "highest_step_cps": highest,
         "seconds_per_step": secs,
         "steps": log,
-        "peak_rss_mib": peak_kib as f64 / 1024.0,
+        "why_stopped": why_stopped,
+        "peak_rss_mib": if best > 0 { best_kib as f64 / 1024.0 } else { f64::NAN },
+        "probe_peak_rss_mib": median(probe_kib.clone()) / 1024.0,
+        "probe_peak_rss_kib_rounds": probe_kib,
         "startup_ms_median": median(startups.clone()),
         "startup_ms": startups,
     }))
@@ -606,7 +864,9 @@ fn generator(args: &[String]) -> Result<()> {
     let rate: u32 = rate.parse()?;
     let secs: u32 = secs.parse()?;
     let addr: SocketAddr = addr.parse()?;
-    let threads = 8u32;
+    // Enough threads that a connection's round trips (blocking calls) do
+    // not cap the rate below the step's.
+    let threads = (rate / 500).clamp(8, 64);
     let per = (rate / threads).max(1);
     let total = per as u64 * secs as u64;
     let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
