@@ -17,6 +17,7 @@ use crate::{
 };
 use anyhow::{Context, Result};
 use ipnet::IpNet;
+use std::collections::HashMap;
 use std::process::ExitCode;
 use std::{
     io::Write,
@@ -251,8 +252,59 @@ fn final_summary(
     s
 }
 
-/// Fills pid, comm and cgroup of a finished request.
-fn attribute(d: &mut Done, kernel: &Kernel, owners: &mut SocketOwners, cgroups: &mut Cgroups) {
+/// Who a connection belongs to, once found: its later requests (a
+/// keep-alive connection carries thousands) reuse it instead of a map
+/// lookup (a syscall) and a cgroup path per request.
+#[derive(Clone)]
+struct Owned {
+    pid: u32,
+    comm: Option<String>,
+    cgroup: Option<String>,
+}
+
+/// Connections kept in the owner cache at most; past it the cache starts over
+/// (socket cookies are never reused, so an entry is never wrong, only old).
+const OWNED_MAX: usize = 16_384;
+
+/// Fills pid, comm and cgroup of a finished request; a connection's owner
+/// is looked up for its first request only (`cache`, by socket cookie).
+fn attribute(
+    d: &mut Done,
+    kernel: &Kernel,
+    owners: &mut SocketOwners,
+    cgroups: &mut Cgroups,
+    cache: &mut HashMap<u64, Owned>,
+) {
+    if d.cookie != 0
+        && let Some(o) = cache.get(&d.cookie)
+    {
+        d.record.pid = Some(o.pid);
+        d.record.comm = o.comm.clone();
+        d.record.cgroup = o.cgroup.clone();
+        return;
+    }
+    find_owner(d, kernel, owners, cgroups);
+    let r = &d.record;
+    // Only a found owner is kept: one not found yet may be found later
+    // (the /proc scan runs now and then).
+    if d.cookie != 0
+        && let Some(pid) = r.pid
+    {
+        if cache.len() >= OWNED_MAX {
+            cache.clear();
+        }
+        cache.insert(
+            d.cookie,
+            Owned {
+                pid,
+                comm: r.comm.clone(),
+                cgroup: r.cgroup.clone(),
+            },
+        );
+    }
+}
+
+fn find_owner(d: &mut Done, kernel: &Kernel, owners: &mut SocketOwners, cgroups: &mut Cgroups) {
     let r = &mut d.record;
     let mut cg = d.cgroup_id;
     if r.direction == "client"
@@ -398,6 +450,8 @@ struct Watch {
     tracker: Tracker,
     owners: SocketOwners,
     cgroups: Cgroups,
+    /// Each connection's owner, by socket cookie: `attribute`.
+    owned: HashMap<u64, Owned>,
     totals: Totals,
     /// Requests complete and not yet printed.
     done: Vec<Done>,
@@ -451,6 +505,7 @@ impl Watch {
             tracker,
             owners: SocketOwners::new(),
             cgroups: Cgroups::new(),
+            owned: HashMap::new(),
             totals: Totals::new(),
             done: Vec::new(),
             started: now,
@@ -508,7 +563,13 @@ impl Watch {
         let drops = self.kernel.drops();
         let mut text = String::new();
         for mut d in self.done.drain(..) {
-            attribute(&mut d, &self.kernel, &mut self.owners, &mut self.cgroups);
+            attribute(
+                &mut d,
+                &self.kernel,
+                &mut self.owners,
+                &mut self.cgroups,
+                &mut self.owned,
+            );
             if !self.o.filters.pass(&d.record, &d.key) {
                 self.totals.filtered_out += 1;
                 continue;
