@@ -178,6 +178,17 @@ pub fn default_object() -> PathBuf {
 /// in the same rounds), net of the no-op classifier.
 pub fn test_run(quick: bool, object: &Path, before: Option<&Path>) -> Result<Value> {
     let f = frames()?;
+    // What aya's loader does before anything else, whatever the object
+    // needs: read and parse the kernel's BTF (part of every start-up).
+    let btf_ms = median(
+        (0..3)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                let _ = aya::Btf::from_sys_fs();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect(),
+    );
     let now = Build::load(object)?;
     if !now.has("synack_noop") {
         bail!(
@@ -236,6 +247,7 @@ pub fn test_run(quick: bool, object: &Path, before: Option<&Path>) -> Result<Val
         "object": object.display().to_string(),
         "now": figures(0),
         "verify": now.verify_json(),
+        "vmlinux_btf_parse_ms": btf_ms,
         "before": then.as_ref().map(|t| json!({
             "verify": t.verify_json(),
             "object": before.map(|p| p.display().to_string()),
@@ -279,6 +291,10 @@ pub fn table(v: &Value) -> String {
         }
         s.push('\n');
     }
+    s.push_str(&format!(
+        "  aya's loader reads and parses /sys/kernel/btf/vmlinux first: {:.0} ms\n",
+        g(v, "vmlinux_btf_parse_ms")
+    ));
     for (label, x) in [("now", &v["verify"]), ("before", &v["before"]["verify"])] {
         if let Some(m) = x.as_object() {
             s.push_str(&format!("  verifier ({label}):"));

@@ -695,6 +695,9 @@ fn overhead(quick: bool) -> Result<Value> {
         median(with_watch.clone()),
         median(with_tcpdump.clone()),
     );
+    // Each condition against the bare run of its own round (seconds apart),
+    // median over the rounds: the machine's drift over the run cancels.
+    let ratio = |v: &[f64]| median(v.iter().zip(&bare).map(|(x, b)| x / b).collect());
     Ok(json!({
         "rounds": rounds,
         "seconds_each": secs,
@@ -702,15 +705,15 @@ fn overhead(quick: bool) -> Result<Value> {
         "idle_rps": mi,
         "watch_rps": mw,
         "tcpdump_rps": mt,
-        "idle_ratio": mi / mb,
-        "watch_ratio": mw / mb,
-        "tcpdump_ratio": mt / mb,
+        "idle_ratio": ratio(&idle),
+        "watch_ratio": ratio(&with_watch),
+        "tcpdump_ratio": ratio(&with_tcpdump),
         "bare_rounds": bare,
         "idle_rounds": idle,
         "watch_rounds": with_watch,
         "watch_lines_written": watch_lines,
         "tcpdump_rounds": with_tcpdump,
-        "note": "wrk -t1 -c16 keep-alive through a veth pair; idle = the active probe attached with one long request of its own; watch writes JSON lines to a file",
+        "note": "wrk -t1 -c16 keep-alive through a veth pair; idle = the active probe attached with one long request of its own; watch writes JSON lines to a file; each ratio is the median over rounds of the condition's req/s over the same round's bare req/s",
     }))
 }
 
@@ -745,6 +748,7 @@ fn scale(quick: bool) -> Result<Value> {
     let mut startups = Vec::new();
     let mut log = Vec::new();
     let mut why_stopped = String::from("the highest step held");
+    let mut bare_cps: Option<f64> = None;
     for rate in steps {
         let Watch {
             proc: mut w,
@@ -753,27 +757,7 @@ fn scale(quick: bool) -> Result<Value> {
             ready,
         } = watch(&b.pair.client, &b.dir, &["--port", "8080"], true)?;
         startups.push(ready.as_secs_f64() * 1e3);
-        let o = b
-            .pair
-            .client
-            .command(me.to_str().context("path")?)
-            .args([
-                "gen",
-                &rate.to_string(),
-                &secs.to_string(),
-                &format!("{}:8080", b.pair.server_v4),
-            ])
-            .output()?;
-        let out = String::from_utf8_lossy(&o.stdout).to_string();
-        let mut it = out.split_whitespace();
-        let made: u64 = it
-            .next()
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("generator: {out} {}", String::from_utf8_lossy(&o.stderr)))?;
-        let took: f64 = it
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(secs as f64);
+        let (made, took) = generate(&b, &me, rate, secs)?;
         // Let watch report the last connections (a lossy step never gets
         // there: the deadline ends the wait, the summary tells).
         let _ = wait_for(
@@ -796,7 +780,7 @@ fn scale(quick: bool) -> Result<Value> {
             .unwrap_or(0);
         let lossless = e.contains("lost: 0 events (ring buffer full), 0 connections (kernel flow table full), 0 connections dropped")
             && reported == made;
-        let achieved = made as f64 / took.max(secs as f64);
+        let achieved = made as f64 / took;
         log.push(json!({"rate": rate, "made": made, "achieved_cps": achieved, "reported": reported, "lossless": lossless, "watch_peak_rss_kib": kib}));
         highest = rate;
         if lossless && achieved >= rate as f64 * 0.9 {
@@ -808,8 +792,17 @@ fn scale(quick: bool) -> Result<Value> {
                     "at {rate}/s watch reported {reported} of {made} requests or counted a loss"
                 )
             } else {
+                // Could the machine make this rate at all? The same step
+                // with nothing attached says whether watch or the two CPUs
+                // (generator, origin, stack) are the limit.
+                let alone = generate(&b, &me, rate, secs).map(|(m, t)| m as f64 / t);
+                bare_cps = alone.as_ref().ok().copied();
                 format!(
-                    "at {rate}/s the generator made only {achieved:.0} connections/s (these CPUs also run the origin and watch)"
+                    "at {rate}/s the generator made only {achieved:.0} connections/s with watch; {}",
+                    match alone {
+                        Ok(c) => format!("with nothing attached it made {c:.0}/s"),
+                        Err(e) => format!("alone it failed: {e:#}"),
+                    }
                 )
             };
             break;
@@ -846,12 +839,40 @@ fn scale(quick: bool) -> Result<Value> {
         "seconds_per_step": secs,
         "steps": log,
         "why_stopped": why_stopped,
+        "bare_generator_cps_at_failed_step": bare_cps,
         "peak_rss_mib": if best > 0 { best_kib as f64 / 1024.0 } else { f64::NAN },
         "probe_peak_rss_mib": median(probe_kib.clone()) / 1024.0,
         "probe_peak_rss_kib_rounds": probe_kib,
         "startup_ms_median": median(startups.clone()),
         "startup_ms": startups,
     }))
+}
+
+/// One run of the generator in the client namespace: connections
+/// completed, and the seconds it took (at least `secs`).
+fn generate(b: &Bed, me: &std::path::Path, rate: u32, secs: u32) -> Result<(u64, f64)> {
+    let o = b
+        .pair
+        .client
+        .command(me.to_str().context("path")?)
+        .args([
+            "gen",
+            &rate.to_string(),
+            &secs.to_string(),
+            &format!("{}:8080", b.pair.server_v4),
+        ])
+        .output()?;
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let mut it = out.split_whitespace();
+    let made: u64 = it
+        .next()
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("generator: {out} {}", String::from_utf8_lossy(&o.stderr)))?;
+    let took: f64 = it
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(secs as f64);
+    Ok((made, took.max(secs as f64)))
 }
 
 /// The connection generator: RATE connections a second for SECS seconds to
