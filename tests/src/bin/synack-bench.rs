@@ -9,7 +9,8 @@
 //! scale step runs inside a namespace (one short HTTP/1.0 request per
 //! connection, paced). `synack-bench noop IFACE` attaches the object's
 //! no-op classifier to both directions of IFACE until it is stopped: the
-//! baseline the run-time statistics are taken net of.
+//! baseline the run-time statistics are taken net of. `synack-bench startup
+//! BIN...` compares builds' start-up and peak memory side by side.
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
@@ -36,6 +37,8 @@ fn main() {
         testrun_only(&args[1..])
     } else if args.first().map(String::as_str) == Some("noop") {
         noop(&args[1..])
+    } else if args.first().map(String::as_str) == Some("startup") {
+        startup(&args[1..])
     } else {
         bench(&args)
     };
@@ -465,9 +468,20 @@ fn wrk(b: &Bed, secs: u32) -> Result<f64> {
 /// With `records`, its JSON records go to a file (`Watch::out`); else to
 /// /dev/null, as in the throughput rounds.
 fn watch(ns: &Netns, dir: &TempDir, extra: &[&str], records: bool) -> Result<Watch> {
+    watch_with(ns, dir, &synack_bin(), extra, records)
+}
+
+/// `watch` with another synack binary.
+fn watch_with(
+    ns: &Netns,
+    dir: &TempDir,
+    bin: &std::path::Path,
+    extra: &[&str],
+    records: bool,
+) -> Result<Watch> {
     let err = dir.join(&format!("{}.err", unique("watch")));
     let out = dir.join(&format!("{}.jsonl", unique("watch")));
-    let mut c = in_netns(ns, &synack_bin())?;
+    let mut c = in_netns(ns, bin)?;
     c.args(["watch", "--json", "--summary-every", "0"])
         .args(extra)
         .stdout(if records {
@@ -781,7 +795,12 @@ fn scale(quick: bool) -> Result<Value> {
         let lossless = e.contains("lost: 0 events (ring buffer full), 0 connections (kernel flow table full), 0 connections dropped")
             && reported == made;
         let achieved = made as f64 / took;
-        log.push(json!({"rate": rate, "made": made, "achieved_cps": achieved, "reported": reported, "lossless": lossless, "watch_peak_rss_kib": kib}));
+        // watch's own account of what it lost, for a step that failed.
+        let lost_line = e
+            .lines()
+            .find(|l| l.trim_start().starts_with("lost:"))
+            .map(str::trim);
+        log.push(json!({"rate": rate, "made": made, "achieved_cps": achieved, "reported": reported, "lossless": lossless, "watch_peak_rss_kib": kib, "watch_lost": lost_line}));
         highest = rate;
         if lossless && achieved >= rate as f64 * 0.9 {
             best = rate;
@@ -812,26 +831,7 @@ fn scale(quick: bool) -> Result<Value> {
     // resident set as /usr/bin/time reports it (KiB), median of three.
     let mut probe_kib = Vec::new();
     for _ in 0..3 {
-        let f = b.dir.join(&format!("{}.time", unique("probe")));
-        let o = b
-            .pair
-            .client
-            .command("/usr/bin/time")
-            .args(["-f", "%M", "-o", f.to_str().context("path")?])
-            .arg(synack_bin())
-            .args(["--json", "--count", "20"])
-            .arg(format!("http://{}:8080/", b.pair.server_v4))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .context("running synack under /usr/bin/time")?;
-        if o.success()
-            && let Some(k) = fs::read_to_string(&f)
-                .ok()
-                .and_then(|t| t.trim().lines().last()?.trim().parse::<f64>().ok())
-        {
-            probe_kib.push(k);
-        }
+        probe_kib.extend(probe_peak_kib(&b, &synack_bin())?);
     }
     Ok(json!({
         "max_lossless_cps": best,
@@ -846,6 +846,72 @@ fn scale(quick: bool) -> Result<Value> {
         "startup_ms_median": median(startups.clone()),
         "startup_ms": startups,
     }))
+}
+
+/// The active probe's peak resident memory (KiB, /usr/bin/time's %M) over
+/// 20 requests to the origin; None when it failed.
+fn probe_peak_kib(b: &Bed, bin: &std::path::Path) -> Result<Option<f64>> {
+    let f = b.dir.join(&format!("{}.time", unique("probe")));
+    let o = in_netns(&b.pair.client, std::path::Path::new("/usr/bin/time"))?
+        .args(["-f", "%M", "-o", f.to_str().context("path")?])
+        .arg(bin)
+        .args(["--json", "--count", "20"])
+        .arg(format!("http://{}:8080/", b.pair.server_v4))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("running synack under /usr/bin/time (apt install time)")?;
+    Ok(o.success()
+        .then(|| {
+            fs::read_to_string(&f)
+                .ok()
+                .and_then(|t| t.trim().lines().last()?.trim().parse::<f64>().ok())
+        })
+        .flatten())
+}
+
+/// `synack-bench startup BIN...`: start-up (exec to "following") of
+/// `synack watch` and the active probe's peak memory, for each build given,
+/// interleaved round by round so they share the machine's state; the
+/// before/after figures of docs/benchmarks.md.
+fn startup(args: &[String]) -> Result<()> {
+    if !synack_tests::is_root() {
+        bail!("loading eBPF programs needs root");
+    }
+    let bins: Vec<PathBuf> = args.iter().map(PathBuf::from).collect();
+    if bins.is_empty() {
+        bail!("usage: synack-bench startup SYNACK_BINARY...");
+    }
+    let b = bed()?;
+    let rounds = 11;
+    let mut ms = vec![Vec::new(); bins.len()];
+    let mut kib = vec![Vec::new(); bins.len()];
+    for r in 0..rounds {
+        for (i, bin) in bins.iter().enumerate() {
+            let w = watch_with(&b.pair.client, &b.dir, bin, &["--port", "9"], false)?;
+            ms[i].push(w.ready.as_secs_f64() * 1e3);
+            drop(w);
+            if r < 3 {
+                kib[i].extend(probe_peak_kib(&b, bin)?);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (i, bin) in bins.iter().enumerate() {
+        let (m, lo, hi) = (
+            median(ms[i].clone()),
+            ms[i].iter().copied().fold(f64::INFINITY, f64::min),
+            ms[i].iter().copied().fold(0.0, f64::max),
+        );
+        eprintln!(
+            "{}: start-up median {m:.0} ms (min {lo:.0}, max {hi:.0}, {rounds} rounds); active probe peak RSS {:.1} MiB",
+            bin.display(),
+            median(kib[i].clone()) / 1024.0
+        );
+        out.push(json!({"binary": bin.display().to_string(), "startup_ms": ms[i], "startup_ms_median": m, "probe_peak_rss_kib": kib[i]}));
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
 }
 
 /// One run of the generator in the client namespace: connections
