@@ -118,6 +118,16 @@ impl Harness {
     }
 }
 
+/// Two IPv6 addresses of one unique-local prefix: fd00::1 and fd00::2.
+fn ula_pair() -> ([u8; 16], [u8; 16]) {
+    let mut a = [0u8; 16];
+    a[0] = 0xfd;
+    a[15] = 1;
+    let mut b = a;
+    b[15] = 2;
+    (a, b)
+}
+
 #[derive(Clone, Copy)]
 enum Ip {
     V4([u8; 4], [u8; 4]),
@@ -266,11 +276,7 @@ fn ipv4_conversation() -> Result<()> {
 )]
 fn ipv6_conversation() -> Result<()> {
     let mut h = Harness::new()?;
-    let mut a = [0u8; 16];
-    a[0] = 0xfd;
-    a[15] = 1;
-    let mut b = a;
-    b[15] = 2;
+    let (a, b) = ula_pair();
     conversation(&mut h, Ip::V6(a, b), 40002)
 }
 
@@ -601,11 +607,7 @@ fn with_ipv6_extensions(f: &[u8], kinds: &[u8]) -> Vec<u8> {
 )]
 fn ipv6_extension_headers_are_walked() -> Result<()> {
     let mut h = Harness::new()?;
-    let mut a = [0u8; 16];
-    a[0] = 0xfd;
-    a[15] = 1;
-    let mut b = a;
-    b[15] = 2;
+    let (a, b) = ula_pair();
     let syn = |sport| {
         frame(Tcp {
             ip: Ip::V6(a, b),

@@ -362,12 +362,7 @@ fn load_classifiers(ebpf: &mut Ebpf, interfaces: &[Interface]) -> Result<(), Ker
         let Some(&name) = wanted.iter().find(|w| **w == name) else {
             continue;
         };
-        let prog: &mut SchedClassifier =
-            prog.try_into().map_err(|source| KernelError::Program {
-                name,
-                source: Box::new(source),
-            })?;
-        progs.push((name, prog));
+        progs.push((name, as_classifier(name, prog)?));
     }
     if let Some(missing) = wanted.iter().find(|w| !progs.iter().any(|(n, _)| n == *w)) {
         return Err(KernelError::Missing(missing));
@@ -375,14 +370,7 @@ fn load_classifiers(ebpf: &mut Ebpf, interfaces: &[Interface]) -> Result<(), Ker
     std::thread::scope(|s| {
         let loads: Vec<_> = progs
             .into_iter()
-            .map(|(name, prog)| {
-                s.spawn(move || {
-                    prog.load().map_err(|source| KernelError::Program {
-                        name,
-                        source: Box::new(source),
-                    })
-                })
-            })
+            .map(|(name, prog)| s.spawn(move || load_classifier(name, prog)))
             .collect();
         // Every thread is joined before the first error is returned, so
         // no load is left running when this returns.
@@ -403,13 +391,28 @@ fn classifier<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut SchedClassifier, KernelError> {
-    ebpf.program_mut(name)
-        .ok_or(KernelError::Missing(name))?
-        .try_into()
-        .map_err(|source| KernelError::Program {
-            name,
-            source: Box::new(source),
-        })
+    as_classifier(
+        name,
+        ebpf.program_mut(name).ok_or(KernelError::Missing(name))?,
+    )
+}
+
+fn as_classifier<'a>(
+    name: &'static str,
+    prog: &'a mut aya::programs::Program,
+) -> Result<&'a mut SchedClassifier, KernelError> {
+    prog.try_into().map_err(|source| KernelError::Program {
+        name,
+        source: Box::new(source),
+    })
+}
+
+/// Hands the classifier to the verifier.
+fn load_classifier(name: &'static str, prog: &mut SchedClassifier) -> Result<(), KernelError> {
+    prog.load().map_err(|source| KernelError::Program {
+        name,
+        source: Box::new(source),
+    })
 }
 
 /// Attaches both classifiers to one interface: tcx while `mode` says so
@@ -425,10 +428,7 @@ fn attach_iface(
         for (name, dir, dir_s) in programs_for(i) {
             let prog = classifier(ebpf, name)?;
             if prog.fd().is_err() {
-                prog.load().map_err(|source| KernelError::Program {
-                    name,
-                    source: Box::new(source),
-                })?;
+                load_classifier(name, prog)?;
             }
             let attach_err = |source| KernelError::Attach {
                 name,
