@@ -40,40 +40,7 @@ impl Mitmproxy {
         std::fs::create_dir_all(&confdir)?;
         let m = &lab.mid;
         let port = MITM_PORT.to_string();
-        // Never let mid's own connections reach the proxy: as with haproxy,
-        // a connection to its own port would make it connect to itself.
-        for (ipt, src) in [
-            ("iptables", MID_C_V4),
-            ("iptables", MID_S_V4),
-            ("iptables", "127.0.0.0/8"),
-            ("ip6tables", MID_C_V6),
-            ("ip6tables", MID_S_V6),
-            ("ip6tables", "::1"),
-        ] {
-            m.exec(&[
-                ipt, "-A", "INPUT", "-p", "tcp", "--dport", &port, "-s", src, "-j", "REJECT",
-            ])?;
-        }
-        for ipt in ["iptables", "ip6tables"] {
-            m.exec(&[
-                ipt,
-                "-t",
-                "nat",
-                "-A",
-                "PREROUTING",
-                "-i",
-                &lab.mid_c_if,
-                "-p",
-                "tcp",
-                "--dport",
-                &INTERCEPT_HTTPS.to_string(),
-                "-j",
-                "REDIRECT",
-                "--to-ports",
-                &port,
-            ])
-            .with_context(|| format!("{ipt} nat REDIRECT (IPv6 needs the kernel's IPv6 NAT)"))?;
-        }
+        redirect_to(lab, MITM_PORT)?;
         let origin_ca = lab.ca_path();
         let set = |k: &str, v: &str| ["--set".to_string(), format!("{k}={v}")];
         let mut c = m.command("chrt");
@@ -130,6 +97,183 @@ impl Mitmproxy {
             bail!("{} is not a PEM certificate", ca.display());
         }
         Ok(Mitmproxy { proc, ca })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.proc.pid()
+    }
+}
+
+/// Sends the client's connections to the origin's `INTERCEPT_HTTPS` to
+/// `port` in mid (nat REDIRECT, IPv4 and IPv6), and refuses connections to
+/// `port` from mid itself: a proxy's own connection to its own port would
+/// make it connect to itself, as with haproxy.
+fn redirect_to(lab: &Lab, port: u16) -> Result<()> {
+    let m = &lab.mid;
+    let port = port.to_string();
+    for (ipt, src) in [
+        ("iptables", MID_C_V4),
+        ("iptables", MID_S_V4),
+        ("iptables", "127.0.0.0/8"),
+        ("ip6tables", MID_C_V6),
+        ("ip6tables", MID_S_V6),
+        ("ip6tables", "::1"),
+    ] {
+        m.exec(&[
+            ipt, "-A", "INPUT", "-p", "tcp", "--dport", &port, "-s", src, "-j", "REJECT",
+        ])?;
+    }
+    for ipt in ["iptables", "ip6tables"] {
+        m.exec(&[
+            ipt,
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-i",
+            &lab.mid_c_if,
+            "-p",
+            "tcp",
+            "--dport",
+            &INTERCEPT_HTTPS.to_string(),
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &port,
+        ])
+        .with_context(|| format!("{ipt} nat REDIRECT (IPv6 needs the kernel's IPv6 NAT)"))?;
+    }
+    Ok(())
+}
+
+/// squid's SSL bump (Debian's squid-openssl 5.7) in mid: transparent,
+/// peeking at the ClientHello's SNI, then connecting to the origin, shaking
+/// hands with it (verifying it against the lab's origin CA) and answering
+/// the client with a certificate it mimics from the origin's, signed by its
+/// own CA, as corporate interception set-ups do. Where mitmproxy is Python,
+/// squid is C: its own time on a handshake is far smaller, which is what
+/// lets the origin's round trip be read from the client's side (see
+/// docs/lab.md).
+pub struct SquidBump {
+    proc: Proc,
+    /// squid's CA certificate (PEM), to hand to synack's `--cacert`.
+    pub ca: PathBuf,
+}
+
+/// The name in the origin's certificate. squid 5 matches an origin's
+/// certificate against names only (not IP addresses), so the client asks for
+/// the origin by this name (`--resolve NAME:PORT:ADDR`), as clients behind
+/// interception do.
+pub const ORIGIN_NAME: &str = "origin.lab";
+
+/// Where squid's bumping https_port listens in mid (the REDIRECT target).
+pub const SQUID_BUMP_PORT: u16 = 15003;
+
+impl SquidBump {
+    /// Makes squid's CA the way squid's documentation does (`openssl req
+    /// -x509`, RSA 2048), its certificate database, and starts squid in
+    /// `lab`'s mid namespace intercepting `INTERCEPT_HTTPS`. Returns once it
+    /// listens.
+    pub fn start(lab: &Lab) -> Result<Self> {
+        let d = lab.dir.join("squid-bump");
+        std::fs::create_dir_all(&d)?;
+        let p = |x: &std::path::Path| x.display().to_string();
+        let (ca, key, db) = (d.join("ca.pem"), d.join("ca.key"), d.join("ssl_db"));
+        crate::sh(&[
+            "openssl",
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-sha256",
+            "-days",
+            "7",
+            "-nodes",
+            "-x509",
+            "-subj",
+            "/O=synack lab/CN=synack lab squid CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout",
+            &p(&key),
+            "-out",
+            &p(&ca),
+        ])
+        .context("making squid's CA with openssl")?;
+        crate::sh(&[
+            "/usr/lib/squid/security_file_certgen",
+            "-c",
+            "-s",
+            &p(&db),
+            "-M",
+            "4MB",
+        ])
+        .context("initialising squid's certificate database (apt install squid-openssl)")?;
+        // squid drops privileges to its own user: let it read and write here.
+        crate::sh(&["chmod", "-R", "a+rwX", &p(&d)])?;
+        let hosts = d.join("hosts");
+        // The origin by name, as a client asks for it (squid checks the
+        // Host header against the intercepted address, and the origin's
+        // certificate against the name the ClientHello carries).
+        std::fs::write(
+            &hosts,
+            format!("127.0.0.1 localhost\n{SERVER_V4} {ORIGIN_NAME}\n{SERVER_V6} {ORIGIN_NAME}\n"),
+        )?;
+        let cfg = d.join("squid.conf");
+        std::fs::write(
+            &cfg,
+            format!(
+                "http_port 127.0.0.1:15004\n\
+                 https_port {SQUID_BUMP_PORT} intercept ssl-bump generate-host-certificates=on \
+                 dynamic_cert_mem_cache_size=4MB tls-cert={ca} tls-key={key}\n\
+                 sslcrtd_program /usr/lib/squid/security_file_certgen -s {db} -M 4MB\n\
+                 sslcrtd_children 2 startup=1 idle=1\n\
+                 acl step1 at_step SslBump1\n\
+                 ssl_bump peek step1\n\
+                 ssl_bump bump all\n\
+                 tls_outgoing_options cafile={origin_ca}\n\
+                 http_access allow all\ncache deny all\naccess_log none\n\
+                 cache_log {log}\npid_filename {pid}\ncoredump_dir {d}\n\
+                 hosts_file {hosts}\ndns_nameservers 127.0.0.1\nvisible_hostname synack-lab-mid\n\
+                 shutdown_lifetime 0 seconds\n",
+                ca = p(&ca),
+                key = p(&key),
+                db = p(&db),
+                origin_ca = p(&lab.ca_path()),
+                log = p(&d.join("cache.log")),
+                pid = p(&d.join("squid.pid")),
+                d = p(&d),
+                hosts = p(&hosts),
+            ),
+        )?;
+        redirect_to(lab, SQUID_BUMP_PORT)?;
+        let m = &lab.mid;
+        let mut c = m.command("chrt");
+        // Real-time class like the lab's other proxies (see Mitmproxy).
+        c.args(["-f", "30", "squid", "-N", "-f"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(lab.log("squid-bump")?);
+        let mut proc = Proc::spawn(c, "squid (ssl-bump)")?;
+        wait_for(
+            Duration::from_secs(30),
+            "squid (ssl-bump) to listen (IPv4 and IPv6)",
+            || {
+                if let Ok(Some(st)) = proc.child.try_wait() {
+                    return Some(Err(anyhow::anyhow!(
+                        "squid exited ({st}); see {}",
+                        d.join("cache.log").display()
+                    )));
+                }
+                let listening = m
+                    .exec(&["ss", "-Hltn", &format!("sport = :{SQUID_BUMP_PORT}")])
+                    .ok()?;
+                (!listening.trim().is_empty()).then_some(Ok(()))
+            },
+        )??;
+        Ok(SquidBump { proc, ca })
     }
 
     pub fn pid(&self) -> i32 {

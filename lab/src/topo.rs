@@ -382,7 +382,7 @@ impl Lab {
             "--san",
             SERVER_V6,
             "--san",
-            "origin.lab",
+            crate::intercept::ORIGIN_NAME,
         ])
         .arg("--ca-out")
         .arg(&ca)

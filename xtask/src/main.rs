@@ -784,8 +784,10 @@ const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     "curl",
     "haproxy",
-    "squid",
-    // The lab's TLS-intercepting proxy (tests/tests/lab_interception.rs).
+    // squid built with OpenSSL (replaces Debian's `squid`, which cannot
+    // bump TLS): the lab's plain-HTTP interceptor and its SSL-bump one.
+    "squid-openssl",
+    // The lab's other TLS-intercepting proxy (tests/tests/lab_interception.rs).
     "mitmproxy",
     "procps",
     "prometheus",

@@ -313,6 +313,7 @@ impl Record {
             on_link: self.remote_on_link,
             probe_ttl: self.path_probe_ttl,
             via: self.via.clone(),
+            server_timing: self.server_timing_ms,
             cert_issuer: self.tls_info.as_ref().and_then(|t| t.cert_issuer.clone()),
             remote: self.remote_addr.clone().unwrap_or_default(),
         }

@@ -98,6 +98,9 @@ pub(crate) struct Facts {
     pub probe_ttl: Option<u8>,
     /// The response's Via header, if any.
     pub via: Option<String>,
+    /// The origin's own time on this request, as its Server-Timing header
+    /// said (the first metric's `dur`), ms.
+    pub server_timing: Option<f64>,
     /// Who issued the server's certificate (TLS), for the reasons.
     pub cert_issuer: Option<String>,
     pub remote: String,
@@ -1364,6 +1367,7 @@ impl<'a> Connection<'a> {
                     .into()
             });
         }
+        let r2 = r2.map(|x| self.tighter_by_server_timing(x, limits));
         if let Some(r2x) = r2
             && r2x.1 == "tls_rtt"
         {
@@ -1374,6 +1378,52 @@ impl<'a> Connection<'a> {
             );
         }
         r2
+    }
+
+    /// An origin RTT taken from the TLS handshake holds the proxy's and the
+    /// origin's crypto (T = R1 + 2 R2 + c). When the origin says how long it
+    /// took (Server-Timing), the first request gives a second bound with no
+    /// crypto in it: F = R1 + R2 + S + the proxy's forwarding time, so
+    /// R2 <= F - R1 - S as long as the header does not overstate the
+    /// origin's time. The tighter of the two is the estimate.
+    fn tighter_by_server_timing(
+        &self,
+        r2: (f64, &'static str),
+        limits: &mut Vec<String>,
+    ) -> (f64, &'static str) {
+        let (Some(first), Some(r1), Some(f)) = (self.first, self.s.r1, self.s.f) else {
+            return r2;
+        };
+        let Some(st) = first.server_timing.filter(|_| r2.1 == "tls_rtt") else {
+            return r2;
+        };
+        let bound = f - r1 - st;
+        if bound <= 0.0 {
+            limits.push(format!(
+                "the origin's Server-Timing ({}) leaves no time for the way to it within the \
+                 first byte ({} after the request, {} round trip): not this response's own \
+                 time (a cached one?), so not used",
+                r(st),
+                r(f),
+                r(r1)
+            ));
+            return r2;
+        }
+        if bound >= r2.0 {
+            return r2;
+        }
+        limits.push(format!(
+            "the origin RTT is the first byte's wait ({}) less the near round trip ({}) and the \
+             origin's own time by its Server-Timing ({}): at most {}, tighter than the TLS \
+             handshake's {} (which holds the crypto); an origin that understates its time \
+             makes this an upper bound",
+            r(f),
+            r(r1),
+            r(st),
+            r(bound),
+            r(r2.0)
+        ));
+        (bound, "server_timing")
     }
 
     /// The samples set aside, and (when the path is unknown) which
@@ -1585,7 +1635,7 @@ fn phases(
         return (p, mb, None);
     };
     let ttfb = answered_ttfb(f, r1, ttfb);
-    let Some((server, middlebox)) = server_and_middlebox(f, path, r2, r1, ttfb) else {
+    let Some((server, middlebox)) = server_and_middlebox(f, path, r2, r1, ttfb, s.t) else {
         return (p, mb, None);
     };
     let network = span - server - middlebox - turns;
@@ -1646,11 +1696,18 @@ fn server_and_middlebox(
     r2: Option<(f64, &'static str)>,
     r1: f64,
     ttfb: f64,
+    t: Option<f64>,
 ) -> Option<(f64, f64)> {
     match path {
         PathKind::Direct => Some((ttfb - r1, 0.0)),
         PathKind::Middlebox => {
-            let (r2, _) = r2?;
+            let (r2, from) = r2?;
+            // An origin RTT without the crypto in it: the handshake's wait
+            // beyond the near round trip is all the middlebox's (its two
+            // upstream round trips and the crypto), then the request's.
+            if let (0, true, "server_timing", Some(t)) = (f.index, f.tls, from, t) {
+                return Some((ttfb - r1 - r2, (t - r1) + r2));
+            }
             // Origin round trips in the TTFB (k) and in the span (m): the
             // upstream connect (first request), the TLS handshake (first
             // TLS request: two for a proxy that connects, then shakes
@@ -1809,6 +1866,7 @@ mod tests {
             on_link: Some(false),
             probe_ttl: None,
             via: None,
+            server_timing: None,
             cert_issuer: None,
             remote: "10.10.2.1:8443".into(),
         }
@@ -1953,6 +2011,75 @@ mod tests {
             // no hint may speak of plain HTTP for an HTTPS request
             assert!(!v.reasons.iter().any(|r| r.contains("plain-HTTP")), "{v:?}");
         }
+    }
+
+    #[test]
+    fn server_timing_takes_the_crypto_out_of_an_interceptors_origin_rtt() {
+        // squid's SSL bump in the lab: R1 4.3, R2 40.3, origin think 15.3,
+        // and 9 ms of crypto in the ServerHello's wait: T = R1 + 2 R2 + 9;
+        // F = R1 + R2 + S + 0.8 (squid forwarding the request).
+        let (r1, r2, s, c) = (4.3, 40.3, 15.3, 9.0);
+        let t = r1 + 2.0 * r2 + c;
+        let ttfb = r1 + r2 + s + 0.8;
+        let base = || {
+            let mut f = tls(r1, t, Some(4.5), ttfb, 0);
+            f.cert_issuer = Some("synack lab squid CA".into());
+            f
+        };
+        let origin = |a: &Analysis| a.middlebox.as_ref().and_then(|m| m.origin_rtt_ms);
+        let from = |a: &Analysis| a.middlebox.as_ref().and_then(|m| m.origin_rtt_from);
+        // Without the header: half the crypto in the origin RTT.
+        let a = analyze(&[base()]).remove(0);
+        assert_eq!(
+            a.verdict.explanation,
+            Some(Explanation::TlsTerminatingProxy)
+        );
+        assert!(near(origin(&a).unwrap(), r2 + c / 2.0, 0.01), "{a:?}");
+        assert_eq!(from(&a), Some("tls_rtt"));
+        // With it: the request's bound, the forwarding time only; server
+        // time is the header's, and the handshake's excess is the
+        // middlebox's (not the network's).
+        let mut f = base();
+        f.server_timing = Some(s);
+        let a = analyze(&[f]).remove(0);
+        assert_eq!(a.verdict.path, PathKind::Middlebox);
+        assert!(near(origin(&a).unwrap(), r2 + 0.8, 0.01), "{a:?}");
+        assert_eq!(from(&a), Some("server_timing"));
+        assert!(near(a.phases.server_ms.unwrap(), s, 0.01), "{:?}", a.phases);
+        assert!(
+            near(a.phases.middlebox_ms.unwrap(), (t - r1) + r2 + 0.8, 0.01),
+            "{:?}",
+            a.phases
+        );
+        assert!(
+            a.verdict
+                .reasons
+                .iter()
+                .any(|r| r.contains("Server-Timing"))
+        );
+        // A header that leaves more than the handshake's bound: the
+        // handshake's (the tighter) stands.
+        let mut f = base();
+        f.server_timing = Some(1.0);
+        let a = analyze(&[f]).remove(0);
+        assert_eq!(from(&a), Some("tls_rtt"), "{a:?}");
+        // One that leaves no time for the way to the origin (a cached
+        // response's, another request's): not used, and said so.
+        let mut f = base();
+        f.server_timing = Some(ttfb);
+        let a = analyze(&[f]).remove(0);
+        assert_eq!(from(&a), Some("tls_rtt"), "{a:?}");
+        assert!(
+            a.verdict.reasons.iter().any(|r| r.contains("not used")),
+            "{:?}",
+            a.verdict.reasons
+        );
+        // A direct server's header changes nothing about a direct verdict.
+        let mut g = tls(4.4, 5.5, Some(4.5), 30.0, 2);
+        g.server_timing = Some(25.0);
+        let a = analyze(&[g]).remove(0);
+        assert_eq!(a.verdict.path, PathKind::Direct, "{:?}", a.verdict);
+        assert!(a.middlebox.is_none());
     }
 
     #[test]
