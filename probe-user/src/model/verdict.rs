@@ -914,6 +914,25 @@ fn candidates(s: &Samples, tls: bool, c: &Clues, reuse_threshold: f64) -> Vec<Fi
 /// Analyses the requests of one connection together (a second request on a
 /// connection tells about the first).
 pub(crate) fn analyze(conn: &[Facts]) -> Vec<Analysis> {
+    let (connection, decision) = decide(conn);
+    conn.iter()
+        .map(|f| connection.request(&decision, f))
+        .collect()
+}
+
+/// The analysis of `conn[which]` alone, decided on the whole connection as
+/// `analyze` does: watch prints each request once, when it completes, and
+/// the sentences of the others (the first and its repeats, kept as
+/// evidence) would be written only to be dropped.
+pub(crate) fn analyze_one(conn: &[Facts], which: usize) -> Option<Analysis> {
+    let f = conn.get(which)?;
+    let (connection, decision) = decide(conn);
+    Some(connection.request(&decision, f))
+}
+
+/// The connection's path, explanation, reasons and origin RTT: what every
+/// request's analysis shares.
+fn decide(conn: &[Facts]) -> (Connection<'_>, Decision) {
     let mut connection = Connection::gather(conn);
     connection.set_aside_unexplained_server_hello();
     let standing = Standing::of(&connection.fits);
@@ -931,9 +950,7 @@ pub(crate) fn analyze(conn: &[Facts]) -> Vec<Analysis> {
         words,
         r2,
     };
-    conn.iter()
-        .map(|f| connection.request(&decision, f))
-        .collect()
+    (connection, decision)
 }
 
 /// The shared facts of one connection, which every step of its verdict reads.
@@ -2213,6 +2230,32 @@ mod tests {
         assert_eq!(a[1].verdict.evidence_from, Some(0));
         assert_eq!(a[1].verdict.path, PathKind::Middlebox);
         assert!(near(a[1].phases.middlebox_ms.unwrap(), 40.9, 0.01));
+    }
+
+    #[test]
+    fn one_requests_analysis_is_the_same_as_in_the_whole_connections() {
+        // watch analyses only the request that completed; it must get what
+        // analysing the whole connection gives that request.
+        let mut later = tls(4.4, 87.2, Some(45.3), 65.4, 0);
+        later.index = 1;
+        later.handshake = None;
+        later.tls_rtt = None;
+        later.tls_round2 = None;
+        let conns = [
+            vec![tls(4.4, 87.2, Some(45.3), 65.4, 0), later],
+            vec![
+                http(0, 10.6, 211.0, 1),
+                http(1, 10.6, 210.8, 1),
+                http(2, 10.6, 250.0, 1),
+            ],
+        ];
+        for conn in &conns {
+            let all = analyze(conn);
+            for (i, a) in all.iter().enumerate() {
+                assert_eq!(analyze_one(conn, i).as_ref(), Some(a), "request {i}");
+            }
+            assert_eq!(analyze_one(conn, conn.len()), None);
+        }
     }
 
     #[test]

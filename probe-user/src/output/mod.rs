@@ -16,6 +16,21 @@ fn f(ms: Option<f64>) -> String {
 }
 
 /// One JSON object, one line.
+/// `json_line` appended to `buf` (no newline), without a String of its own
+/// per record: watch writes tens of thousands a second.
+pub(crate) fn json_line_into(buf: &mut Vec<u8>, r: &Record) {
+    let start = buf.len();
+    if let Err(e) = serde_json::to_writer(&mut *buf, r) {
+        buf.truncate(start);
+        buf.extend_from_slice(
+            format!(
+                r#"{{"error":{{"kind":"internal","message":"cannot serialise record: {e}"}}}}"#
+            )
+            .as_bytes(),
+        );
+    }
+}
+
 pub(crate) fn json_line(r: &Record) -> String {
     serde_json::to_string(r).unwrap_or_else(|e| {
         format!(r#"{{"error":{{"kind":"internal","message":"cannot serialise record: {e}"}}}}"#)

@@ -726,16 +726,23 @@ fn build(c: &mut Conn, p: Pending, nets: &[LocalNet]) -> Record {
             }
             let mut f = r.facts();
             f.repeats_first = p.index == 0 || c.first.as_ref() == Some(&me);
-            let mut facts: Vec<Facts> = c.facts.clone();
             // The first request and a few repeats of it: how much the
-            // repeats vary among themselves is the reuse rule's noise.
-            if f.index == 0 || (f.repeats_first && c.facts.len() < REPEATS_KEPT + 1) {
-                c.facts.push(f.clone());
+            // repeats vary among themselves is the reuse rule's noise. This
+            // request is analysed with them (pushed for the call, kept only
+            // if it is one of those), without copying them per request.
+            let keep = f.index == 0 || (f.repeats_first && c.facts.len() < REPEATS_KEPT + 1);
+            let (which, pushed) = match c.facts.iter().position(|x| x.index == f.index) {
+                Some(i) => (i, false),
+                None => {
+                    c.facts.push(f);
+                    (c.facts.len() - 1, true)
+                }
+            };
+            let a = verdict::analyze_one(&c.facts, which);
+            if pushed && !keep {
+                c.facts.pop();
             }
-            if !facts.iter().any(|x| x.index == f.index) {
-                facts.push(f);
-            }
-            if let Some(a) = verdict::analyze(&facts).pop() {
+            if let Some(a) = a {
                 r.verdict = Some(a.verdict);
                 r.phases = a.phases;
                 r.middlebox = a.middlebox;

@@ -144,6 +144,11 @@ fn summarize(r: &mut serde_json::Map<String, Value>) {
             "no wrk round completed",
         ),
         (
+            "watch_cpu_us_per_request",
+            &["overhead", "watch_cpu_us_per_request"],
+            "watch printed no line or its CPU time could not be read",
+        ),
+        (
             "conn_per_s_held",
             &["scale", "max_lossless_cps"],
             "no step held",
@@ -263,13 +268,14 @@ fn table(v: &Value) -> String {
     ));
     let o = &v["overhead"];
     s.push_str(&format!(
-        "throughput under wrk (median req/s over {} rounds): bare {:.0}; active probe attached, idle {:.0} ({:.3} of bare); synack watch writing JSON lines {:.0} ({:.3}); tcpdump -w {:.0} ({:.3})\n",
+        "throughput under wrk (median req/s over {} rounds): bare {:.0}; active probe attached, idle {:.0} ({:.3} of bare); synack watch writing JSON lines {:.0} ({:.3}; its CPU {:.1} us per request); tcpdump -w {:.0} ({:.3})\n",
         o["rounds"],
         f(o, &["bare_rps"]),
         f(o, &["idle_rps"]),
         f(o, &["idle_ratio"]),
         f(o, &["watch_rps"]),
         f(o, &["watch_ratio"]),
+        f(o, &["watch_cpu_us_per_request"]),
         f(o, &["tcpdump_rps"]),
         f(o, &["tcpdump_ratio"])
     ));
@@ -506,6 +512,41 @@ fn watch_with(
     })
 }
 
+/// The path of the requests `until_followed` makes.
+const READY_PATH: &str = "/synack-bench-ready";
+
+/// Returns once `w` has printed a request made after its "following"
+/// line. A connection opened in the first moments after it is now and then
+/// not followed (seen right after another run's namespaces were deleted:
+/// its first connection, or all 16 of wrk's, missed); wrk's keep-alive
+/// connections would then go unwatched for the whole round, and the round
+/// would measure nothing attached.
+fn until_followed(b: &Bed, w: &Watch) -> Result<()> {
+    let url = format!("http://{}:8080{READY_PATH}", b.pair.server_v4);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        b.pair
+            .client
+            .command("curl")
+            .args(["-s", "-o", "/dev/null", "-m", "2", &url])
+            .status()
+            .context("running curl")?;
+        let seen = wait_for(Duration::from_secs(1), "watch to print the request", || {
+            fs::read_to_string(&w.out)
+                .ok()
+                .filter(|t| t.contains(READY_PATH))
+                .map(|_| ())
+        });
+        if seen.is_ok() {
+            return Ok(());
+        }
+    }
+    bail!(
+        "synack watch printed no request made after it attached within 20 s; see {}",
+        w.err.display()
+    )
+}
+
 /// A command for `program` that enters the namespace itself (setns between
 /// fork and exec) instead of through `ip netns exec`, so the time from
 /// spawn to "attached" is the program's own start-up.
@@ -681,21 +722,31 @@ fn overhead(quick: bool) -> Result<Value> {
     let secs = if quick { 3 } else { 5 };
     let (mut bare, mut idle, mut with_watch, mut with_tcpdump) = (vec![], vec![], vec![], vec![]);
     let mut watch_lines = Vec::new();
+    let mut watch_cpu = Vec::new();
     for _ in 0..rounds {
         bare.push(wrk(&b, secs)?);
         let p = idle_probe(&b, (secs as u64 + 5) * 1000)?;
         idle.push(wrk(&b, secs)?);
         drop(p);
         let w = watch(&b.pair.client, &b.dir, &[], true)?;
+        until_followed(&b, &w)?;
+        let cpu0 = cpu_ticks(w.proc.pid());
         with_watch.push(wrk(&b, secs)?);
+        // Its last turn's lines written (it drains every 10 ms).
+        std::thread::sleep(Duration::from_millis(50));
+        let cpu1 = cpu_ticks(w.proc.pid());
         let out = w.out.clone();
         drop(w);
         // What watch wrote (and then the file goes: a round is ~200k lines).
-        watch_lines.push(
-            fs::read_to_string(&out)
-                .map(|t| t.lines().count())
-                .unwrap_or(0),
-        );
+        let lines = fs::read_to_string(&out)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        watch_lines.push(lines);
+        if let (Some(a), Some(b)) = (cpu0, cpu1)
+            && lines > 0
+        {
+            watch_cpu.push((b - a) * 1e6 / lines as f64);
+        }
         let _ = fs::remove_file(out);
         let cap = Capture::start(&b.pair.client, &b.pair.client_if, &b.dir)?;
         with_tcpdump.push(wrk(&b, secs)?);
@@ -726,9 +777,24 @@ fn overhead(quick: bool) -> Result<Value> {
         "idle_rounds": idle,
         "watch_rounds": with_watch,
         "watch_lines_written": watch_lines,
+        "watch_cpu_us_per_request": if watch_cpu.is_empty() { Value::Null } else { json!(median(watch_cpu.clone())) },
+        "watch_cpu_us_per_request_rounds": watch_cpu,
         "tcpdump_rounds": with_tcpdump,
-        "note": "wrk -t1 -c16 keep-alive through a veth pair; idle = the active probe attached with one long request of its own; watch writes JSON lines to a file; each ratio is the median over rounds of the condition's req/s over the same round's bare req/s",
+        "note": "wrk -t1 -c16 keep-alive through a veth pair; idle = the active probe attached with one long request of its own; watch writes JSON lines to a file, its CPU time (user + system, /proc/PID/stat) over the lines it wrote is watch_cpu_us_per_request; each ratio is the median over rounds of the condition's req/s over the same round's bare req/s",
     }))
+}
+
+/// A process's user + system CPU time so far, seconds (/proc/PID/stat).
+fn cpu_ticks(pid: i32) -> Option<f64> {
+    let st = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces: ") S ppid ...".
+    let rest = &st[st.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line (11, 12 here).
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf reads a constant of the running system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (hz > 0.0).then(|| ticks / hz)
 }
 
 fn rss_peak_kib(pid: i32) -> Option<u64> {
@@ -764,13 +830,21 @@ fn scale(quick: bool) -> Result<Value> {
     let mut why_stopped = String::from("the highest step held");
     let mut bare_cps: Option<f64> = None;
     for rate in steps {
+        let wt = watch(&b.pair.client, &b.dir, &["--port", "8080"], true)?;
+        until_followed(&b, &wt)?;
         let Watch {
             proc: mut w,
             err,
             out: records,
             ready,
-        } = watch(&b.pair.client, &b.dir, &["--port", "8080"], true)?;
+        } = wt;
         startups.push(ready.as_secs_f64() * 1e3);
+        // The requests `until_followed` made and watch printed.
+        let warm = || -> u64 {
+            fs::read_to_string(&records)
+                .map(|t| t.lines().filter(|l| l.contains(READY_PATH)).count() as u64)
+                .unwrap_or(0)
+        };
         let (made, took) = generate(&b, &me, rate, secs)?;
         // Let watch report the last connections (a lossy step never gets
         // there: the deadline ends the wait, the summary tells).
@@ -779,9 +853,10 @@ fn scale(quick: bool) -> Result<Value> {
             "watch to report every request",
             || {
                 let n = fs::read_to_string(&records).ok()?.lines().count() as u64;
-                (n >= made).then_some(())
+                (n >= made + warm()).then_some(())
             },
         );
+        let warm = warm();
         let kib = rss_peak_kib(w.pid()).unwrap_or(0);
         w.signal(libc::SIGINT);
         w.wait_exit(Duration::from_secs(20))?;
@@ -792,6 +867,7 @@ fn scale(quick: bool) -> Result<Value> {
             .and_then(|s| s.split_whitespace().next())
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
+        let reported = reported.saturating_sub(warm);
         let lossless = e.contains("lost: 0 events (ring buffer full), 0 connections (kernel flow table full), 0 connections dropped")
             && reported == made;
         let achieved = made as f64 / took;
