@@ -516,11 +516,10 @@ fn watch_with(
 const READY_PATH: &str = "/synack-bench-ready";
 
 /// Returns once `w` has printed a request made after its "following"
-/// line. A connection opened in the first moments after it is now and then
-/// not followed (seen right after another run's namespaces were deleted:
-/// its first connection, or all 16 of wrk's, missed); wrk's keep-alive
-/// connections would then go unwatched for the whole round, and the round
-/// would measure nothing attached.
+/// line: a round whose watch follows nothing (a wrong filter, a changed
+/// start-up) would measure wrk with nothing attached and pass for a good
+/// ratio; wrk's keep-alive connections are all opened at its start, so one
+/// missed start would go unwatched for the whole round.
 fn until_followed(b: &Bed, w: &Watch) -> Result<()> {
     let url = format!("http://{}:8080{READY_PATH}", b.pair.server_v4);
     let deadline = Instant::now() + Duration::from_secs(20);
