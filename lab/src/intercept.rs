@@ -13,8 +13,8 @@
 //! (`topo::BIG_HTTPS` straight, `topo::PROXY_BIG_HTTPS` through haproxy).
 
 use crate::topo::{
-    BIG_HTTPS, INTERCEPT_HTTPS, Lab, MID_C_V4, MID_C_V6, MID_S_V4, MID_S_V6, PROXY_BIG_HTTPS,
-    SERVER_V4, SERVER_V6, Via,
+    BIG_HTTPS, INTERCEPT_HTTPS, Lab, PROXY_BIG_HTTPS, SERVER_V4, SERVER_V6, Via,
+    refuse_own_connections,
 };
 use crate::{Proc, wait_for};
 use anyhow::{Context, Result, bail};
@@ -73,23 +73,17 @@ impl Mitmproxy {
         let mut proc = Proc::spawn(c, "mitmdump")?;
         let ca = confdir.join("mitmproxy-ca-cert.pem");
         // Python starts in a second or two; give a busy machine time.
-        wait_for(
+        until_listening(
+            lab,
+            &mut proc,
+            MITM_PORT,
             Duration::from_secs(60),
             "mitmproxy to write its CA and listen (IPv4 and IPv6)",
-            || {
-                if let Ok(Some(st)) = proc.child.try_wait() {
-                    return Some(Err(anyhow::anyhow!(
-                        "mitmdump exited ({st}); see {}",
-                        lab.dir.join("mitmproxy.log").display()
-                    )));
-                }
-                let listening = m
-                    .exec(&["ss", "-Hltn", &format!("sport = :{MITM_PORT}")])
-                    .ok()?;
-                let both = listening.contains("0.0.0.0:") && listening.contains("[::]:");
-                (ca.exists() && both).then_some(Ok(()))
+            &lab.dir.join("mitmproxy.log"),
+            |listening| {
+                ca.exists() && listening.contains("0.0.0.0:") && listening.contains("[::]:")
             },
-        )??;
+        )?;
         // The CA file is written whole before mitmproxy listens, but check
         // it is a certificate rather than trust the order.
         let pem = std::fs::read_to_string(&ca)?;
@@ -104,25 +98,40 @@ impl Mitmproxy {
     }
 }
 
+/// Waits until `proc` listens on `port` in mid and `ready` holds for what
+/// `ss` lists there; fails at once, naming its `log`, if it exits first.
+fn until_listening(
+    lab: &Lab,
+    proc: &mut Proc,
+    port: u16,
+    timeout: Duration,
+    what: &str,
+    log: &std::path::Path,
+    ready: impl Fn(&str) -> bool,
+) -> Result<()> {
+    wait_for(timeout, what, || {
+        if let Ok(Some(st)) = proc.child.try_wait() {
+            return Some(Err(anyhow::anyhow!(
+                "{} exited ({st}); see {}",
+                proc.label,
+                log.display()
+            )));
+        }
+        let listening = lab
+            .mid
+            .exec(&["ss", "-Hltn", &format!("sport = :{port}")])
+            .ok()?;
+        ready(&listening).then_some(Ok(()))
+    })?
+}
+
 /// Sends the client's connections to the origin's `INTERCEPT_HTTPS` to
 /// `port` in mid (nat REDIRECT, IPv4 and IPv6), and refuses connections to
-/// `port` from mid itself: a proxy's own connection to its own port would
-/// make it connect to itself, as with haproxy.
+/// `port` from mid itself (`refuse_own_connections`).
 fn redirect_to(lab: &Lab, port: u16) -> Result<()> {
     let m = &lab.mid;
+    refuse_own_connections(m, port)?;
     let port = port.to_string();
-    for (ipt, src) in [
-        ("iptables", MID_C_V4),
-        ("iptables", MID_S_V4),
-        ("iptables", "127.0.0.0/8"),
-        ("ip6tables", MID_C_V6),
-        ("ip6tables", MID_S_V6),
-        ("ip6tables", "::1"),
-    ] {
-        m.exec(&[
-            ipt, "-A", "INPUT", "-p", "tcp", "--dport", &port, "-s", src, "-j", "REJECT",
-        ])?;
-    }
     for ipt in ["iptables", "ip6tables"] {
         m.exec(&[
             ipt,
@@ -257,22 +266,16 @@ impl SquidBump {
             .stdout(Stdio::null())
             .stderr(lab.log("squid-bump")?);
         let mut proc = Proc::spawn(c, "squid (ssl-bump)")?;
-        wait_for(
+        // One [::] socket serves both families (squid's default).
+        until_listening(
+            lab,
+            &mut proc,
+            SQUID_BUMP_PORT,
             Duration::from_secs(30),
-            "squid (ssl-bump) to listen (IPv4 and IPv6)",
-            || {
-                if let Ok(Some(st)) = proc.child.try_wait() {
-                    return Some(Err(anyhow::anyhow!(
-                        "squid exited ({st}); see {}",
-                        d.join("cache.log").display()
-                    )));
-                }
-                let listening = m
-                    .exec(&["ss", "-Hltn", &format!("sport = :{SQUID_BUMP_PORT}")])
-                    .ok()?;
-                (!listening.trim().is_empty()).then_some(Ok(()))
-            },
-        )??;
+            "squid (ssl-bump) to listen",
+            &d.join("cache.log"),
+            |listening| !listening.trim().is_empty(),
+        )?;
         Ok(SquidBump { proc, ca })
     }
 

@@ -171,6 +171,27 @@ pub struct Lab {
     bins: Bins,
 }
 
+/// Never let mid's own connections reach a transparent proxy's `port`: a
+/// proxy that connects to the original destination would connect to itself
+/// in a loop (iptables and ip6tables INPUT REJECT from mid's addresses and
+/// loopback).
+pub(crate) fn refuse_own_connections(m: &Netns, port: u16) -> Result<()> {
+    let port = port.to_string();
+    for (ipt, src) in [
+        ("iptables", MID_C_V4),
+        ("iptables", MID_S_V4),
+        ("iptables", "127.0.0.0/8"),
+        ("ip6tables", MID_C_V6),
+        ("ip6tables", MID_S_V6),
+        ("ip6tables", "::1"),
+    ] {
+        m.exec(&[
+            ipt, "-A", "INPUT", "-p", "tcp", "--dport", &port, "-s", src, "-j", "REJECT",
+        ])?;
+    }
+    Ok(())
+}
+
 impl Lab {
     /// Builds the lab, starts the delay line and the origin, and the proxies
     /// when `proxies` is set.
@@ -435,30 +456,7 @@ impl Lab {
         )?;
         let ports = format!("{PROXY_HTTP},{PROXY_HTTPS},{PROXY_BIG_HTTPS}");
         let m = &self.mid;
-        // Never let mid's own connections reach the proxy: haproxy would
-        // connect to itself in a loop.
-        for (ipt, src) in [
-            ("iptables", MID_C_V4),
-            ("iptables", MID_S_V4),
-            ("iptables", "127.0.0.0/8"),
-            ("ip6tables", MID_C_V6),
-            ("ip6tables", MID_S_V6),
-            ("ip6tables", "::1"),
-        ] {
-            m.exec(&[
-                ipt,
-                "-A",
-                "INPUT",
-                "-p",
-                "tcp",
-                "--dport",
-                &HAPROXY_PORT.to_string(),
-                "-s",
-                src,
-                "-j",
-                "REJECT",
-            ])?;
-        }
+        refuse_own_connections(m, HAPROXY_PORT)?;
         m.exec(&[
             "iptables",
             "-t",

@@ -1889,6 +1889,15 @@ mod tests {
         }
     }
 
+    /// `f` as the connection's second request: no handshake of its own.
+    fn later_tls(mut f: Facts) -> Facts {
+        f.index = 1;
+        f.handshake = None;
+        f.tls_rtt = None;
+        f.tls_round2 = None;
+        f
+    }
+
     fn http(index: u32, h: f64, ttfb: f64, hops: u8) -> Facts {
         Facts {
             index,
@@ -2220,11 +2229,7 @@ mod tests {
 
     #[test]
     fn a_later_request_says_where_its_verdict_comes_from() {
-        let mut later = tls(4.4, 87.2, Some(45.3), 65.0, 0);
-        later.index = 1;
-        later.handshake = None;
-        later.tls_rtt = None;
-        later.tls_round2 = None;
+        let later = later_tls(tls(4.4, 87.2, Some(45.3), 65.0, 0));
         let a = analyze(&[tls(4.4, 87.2, Some(45.3), 65.4, 0), later]);
         assert_eq!(a[0].verdict.evidence_from, None);
         assert_eq!(a[1].verdict.evidence_from, Some(0));
@@ -2236,11 +2241,7 @@ mod tests {
     fn one_requests_analysis_is_the_same_as_in_the_whole_connections() {
         // watch analyses only the request that completed; it must get what
         // analysing the whole connection gives that request.
-        let mut later = tls(4.4, 87.2, Some(45.3), 65.4, 0);
-        later.index = 1;
-        later.handshake = None;
-        later.tls_rtt = None;
-        later.tls_round2 = None;
+        let later = later_tls(tls(4.4, 87.2, Some(45.3), 65.4, 0));
         let conns = [
             vec![tls(4.4, 87.2, Some(45.3), 65.4, 0), later],
             vec![

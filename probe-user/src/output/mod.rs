@@ -15,7 +15,6 @@ fn f(ms: Option<f64>) -> String {
     }
 }
 
-/// One JSON object, one line.
 /// `json_line` appended to `buf` (no newline), without a String of its own
 /// per record: watch writes tens of thousands a second.
 pub(crate) fn json_line_into(buf: &mut Vec<u8>, r: &Record) {
@@ -31,10 +30,12 @@ pub(crate) fn json_line_into(buf: &mut Vec<u8>, r: &Record) {
     }
 }
 
+/// One JSON object, one line.
 pub(crate) fn json_line(r: &Record) -> String {
-    serde_json::to_string(r).unwrap_or_else(|e| {
-        format!(r#"{{"error":{{"kind":"internal","message":"cannot serialise record: {e}"}}}}"#)
-    })
+    let mut buf = Vec::new();
+    json_line_into(&mut buf, r);
+    // serde_json writes UTF-8 only; the fallback line is ASCII.
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// The human breakdown of one request.

@@ -729,11 +729,11 @@ fn overhead(quick: bool) -> Result<Value> {
         drop(p);
         let w = watch(&b.pair.client, &b.dir, &[], true)?;
         until_followed(&b, &w)?;
-        let cpu0 = cpu_ticks(w.proc.pid());
+        let cpu0 = cpu_seconds(w.proc.pid());
         with_watch.push(wrk(&b, secs)?);
         // Its last turn's lines written (it drains every 10 ms).
         std::thread::sleep(Duration::from_millis(50));
-        let cpu1 = cpu_ticks(w.proc.pid());
+        let cpu1 = cpu_seconds(w.proc.pid());
         let out = w.out.clone();
         drop(w);
         // What watch wrote (and then the file goes: a round is ~200k lines).
@@ -784,7 +784,7 @@ fn overhead(quick: bool) -> Result<Value> {
 }
 
 /// A process's user + system CPU time so far, seconds (/proc/PID/stat).
-fn cpu_ticks(pid: i32) -> Option<f64> {
+fn cpu_seconds(pid: i32) -> Option<f64> {
     let st = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which may hold spaces: ") S ppid ...".
     let rest = &st[st.rfind(')')? + 2..];
@@ -839,7 +839,7 @@ fn scale(quick: bool) -> Result<Value> {
         } = wt;
         startups.push(ready.as_secs_f64() * 1e3);
         // The requests `until_followed` made and watch printed.
-        let warm = || -> u64 {
+        let warm_lines = || -> u64 {
             fs::read_to_string(&records)
                 .map(|t| t.lines().filter(|l| l.contains(READY_PATH)).count() as u64)
                 .unwrap_or(0)
@@ -852,10 +852,10 @@ fn scale(quick: bool) -> Result<Value> {
             "watch to report every request",
             || {
                 let n = fs::read_to_string(&records).ok()?.lines().count() as u64;
-                (n >= made + warm()).then_some(())
+                (n >= made + warm_lines()).then_some(())
             },
         );
-        let warm = warm();
+        let warm = warm_lines();
         let kib = rss_peak_kib(w.pid()).unwrap_or(0);
         w.signal(libc::SIGINT);
         w.wait_exit(Duration::from_secs(20))?;
