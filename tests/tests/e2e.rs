@@ -86,7 +86,14 @@ fn wire_batch(lab: &Lab) -> Result<()> {
         url(p.server_v6, 8443, true, &path),
     ];
     let ca = lab.ca();
-    let mut args = vec!["--count", "13", "--cacert", &ca, "-i", &p.client_if];
+    let mut args = vec![
+        "--count",
+        "13",
+        "--cacert",
+        &ca,
+        "--interface",
+        &p.client_if,
+    ];
     args.extend(urls.iter().map(String::as_str));
     let (code, recs, stderr) = synack_json(&p.client, &args)?;
     let pkts = cap.finish()?;
@@ -521,6 +528,52 @@ fn capabilities_are_dropped_after_attaching() -> Result<()> {
             .then_some(())
     })
     .with_context(|| format!("CapEff of watch: {:x?}", cap_eff(wpid)))?;
+    Ok(())
+}
+
+/// synack's object has no CO-RE relocation, so loading it must not read
+/// the kernel's BTF (/sys/kernel/btf/vmlinux, about 5 MB, parsed into more:
+/// most of start-up's peak memory). aya 0.14 read it always; the workspace
+/// patches aya (third_party/aya). The bytes a process has read (rchar in
+/// /proc/PID/io) tell: with the read, they exceed the file's size.
+#[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
+fn loading_reads_no_kernel_btf() -> Result<()> {
+    let _serial = need_root();
+    let btf = std::fs::metadata("/sys/kernel/btf/vmlinux")
+        .context("this kernel has no /sys/kernel/btf/vmlinux: nothing to check")?
+        .len();
+    assert!(btf > 1 << 20, "vmlinux BTF is only {btf} bytes");
+    let lab = Lab::new()?;
+    let p = &lab.pair;
+    let bin = synack_bin();
+    let err = lab.dir.join("btf-watch.err");
+    let mut c = p.client.command(bin.to_str().context("path")?);
+    c.args(["watch", "--summary-every", "0"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err)?);
+    let w = Proc::spawn(c, "synack watch")?;
+    let pid = w.pid();
+    wait_for(Duration::from_secs(20), "watch to attach", || {
+        std::fs::read_to_string(&err)
+            .ok()
+            .filter(|e| e.contains("synack watch: following"))
+    })?;
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))?;
+    let rchar: u64 = io
+        .lines()
+        .find_map(|l| l.strip_prefix("rchar:"))
+        .context("no rchar in /proc/PID/io")?
+        .trim()
+        .parse()?;
+    assert!(
+        rchar < btf / 2,
+        "synack read {rchar} bytes before attaching, the kernel's BTF is {btf}: \
+         the loader parsed it (is aya's patch in third_party/aya applied?)"
+    );
     Ok(())
 }
 
