@@ -24,6 +24,7 @@ use std::{path::PathBuf, time::Duration};
 ///   sudo synack --count 5 --interval 1s --json http://10.0.0.2:8080/health
 ///   sudo synack --reuse 2 --resolve api.internal:443:10.0.0.7 https://api.internal/
 ///   sudo synack watch --port 443          (every request the host makes or serves)
+///   synack -s -o /dev/null -w '%{time_starttransfer} %{wire_ttfb} %{verdict}\n' URL   (as curl -w)
 #[derive(Parser, Debug)]
 #[command(
     name = "synack",
@@ -121,9 +122,69 @@ pub struct ProbeArgs {
     #[arg(long, hide = true)]
     pub dump_events: bool,
 
-    /// Treat HTTP statuses >= 400 as failures (exit status 1).
+    /// Treat HTTP statuses >= 400 as failures (exit status 1; 22 in curl's
+    /// output mode, as curl).
     #[arg(short = 'f', long)]
     pub fail: bool,
+
+    #[command(flatten)]
+    pub curl: CurlOutput,
+}
+
+/// curl's output options. With any of -w, -o, -s, -I or -i, stdout carries
+/// exactly what curl would print there (the body unless -o, then -w's
+/// text), errors are curl's "synack: (N) message" on stderr, the exit
+/// status is curl's, and synack's own record goes to stderr with -v only.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct CurlOutput {
+    /// After each transfer print FORMAT, with curl's variables: %{time_total},
+    /// %{http_code}, %{remote_ip}, %{json}, %header{name}, \n ... and
+    /// synack's: %{wire_ttfb}, %{wire_handshake}, %{wire_tls}, %{verdict},
+    /// %{bottleneck}, %{network}, %{middlebox}, %{server}, %{client},
+    /// %{synack_ttl}, %{hops} (seconds, empty where not measured).
+    /// "@FILE" reads FORMAT from a file, "@-" from stdin.
+    #[arg(short = 'w', long = "write-out", value_name = "FORMAT")]
+    pub write_out: Option<String>,
+
+    /// Write the response body to FILE instead of stdout.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Silent: no error messages or notices on stderr (see -S).
+    #[arg(short = 's', long)]
+    pub silent: bool,
+
+    /// With -s, still print error messages.
+    #[arg(short = 'S', long = "show-error")]
+    pub show_error: bool,
+
+    /// Send HEAD and print the response's head, not its body.
+    #[arg(short = 'I', long = "head")]
+    pub head: bool,
+
+    /// Print the response's head before its body.
+    #[arg(short = 'i', long = "include")]
+    pub include: bool,
+
+    /// The User-Agent header to send.
+    #[arg(short = 'A', long = "user-agent", value_name = "NAME")]
+    pub user_agent: Option<String>,
+
+    /// In curl's output mode, also print synack's record of each request
+    /// (the waterfall, or JSON with --json) to stderr.
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+}
+
+impl CurlOutput {
+    /// True when stdout is curl's (any of -w, -o, -s, -I, -i).
+    pub fn active(&self) -> bool {
+        self.write_out.is_some()
+            || self.output.is_some()
+            || self.silent
+            || self.head
+            || self.include
+    }
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -288,8 +349,9 @@ pub enum Direction {
 /// Which interfaces the kernel side attaches to.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Interfaces {
-    /// Attach to these interfaces only (default: every interface that is up); repeatable.
-    #[arg(short = 'i', long = "interface", value_name = "IFACE")]
+    /// Attach to these interfaces only (default: every interface that is up);
+    /// repeatable. (No -i: that is curl's --include.)
+    #[arg(long = "interface", value_name = "IFACE")]
     pub interfaces: Vec<String>,
 }
 

@@ -839,13 +839,13 @@ fn interfaces_that_come_and_go() -> Result<()> {
     assert_eq!(recs.len(), 2, "{err}");
     assert!(!err.contains("cannot be attached"), "{err}");
 
-    // Only -i synack-d2: when it goes, nothing can be seen any more.
-    let mut only = Watch::start(&p.client, &lab.dir, &["-i", "synack-d2"])?;
+    // Only --interface synack-d2: when it goes, nothing can be seen any more.
+    let mut only = Watch::start(&p.client, &lab.dir, &["--interface", "synack-d2"])?;
     let caps = cap_eff(only.proc.pid()).context("CapEff")?;
     assert_eq!(
         caps,
         1 << 19,
-        "watch -i keeps CAP_SYS_PTRACE only: {caps:#x}"
+        "watch --interface keeps CAP_SYS_PTRACE only: {caps:#x}"
     );
     p.client.exec(&["ip", "link", "del", "synack-d2"])?;
     let st = only.proc.wait_exit(Duration::from_secs(10))?;

@@ -789,6 +789,9 @@ const APT_PACKAGES: &[&str] = &[
     "squid-openssl",
     // The lab's other TLS-intercepting proxy (tests/tests/lab_interception.rs).
     "mitmproxy",
+    // A server no one here wrote, for synack as curl's drop-in
+    // (tests/tests/curl_compat.rs).
+    "nginx-light",
     "procps",
     "prometheus",
     "python3",

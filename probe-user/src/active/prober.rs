@@ -85,6 +85,53 @@ pub(crate) struct Options {
     pub dump_events: bool,
     /// After each connection, find the TCP endpoint's distance with TTL-limited SYNs.
     pub path_probe: bool,
+    /// Where response bodies (and with `include_head` their heads) go as
+    /// they arrive, as curl writes them (stdout or -o FILE); None drops them.
+    pub sink: Option<BodySink>,
+    /// curl's -i: the head goes to the sink before the body.
+    pub include_head: bool,
+}
+
+/// A shared writer for response bodies. A failed write is kept (curl's
+/// exit code 23) and later bodies are dropped.
+#[derive(Clone)]
+pub(crate) struct BodySink(Arc<Mutex<SinkState>>);
+
+struct SinkState {
+    out: Box<dyn std::io::Write + Send>,
+    failed: Option<std::io::Error>,
+}
+
+impl std::fmt::Debug for BodySink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BodySink")
+    }
+}
+
+impl BodySink {
+    pub(crate) fn new(out: Box<dyn std::io::Write + Send>) -> Self {
+        BodySink(Arc::new(Mutex::new(SinkState { out, failed: None })))
+    }
+
+    fn write(&self, bytes: &[u8]) {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if s.failed.is_none()
+            && let Err(e) = s.out.write_all(bytes)
+        {
+            s.failed = Some(e);
+        }
+    }
+
+    /// Flushes; the first write error, if any (taken: reported once).
+    pub(crate) fn finish(&self) -> Option<std::io::Error> {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if s.failed.is_none()
+            && let Err(e) = s.out.flush()
+        {
+            s.failed = Some(e);
+        }
+        s.failed.take()
+    }
 }
 
 #[derive(Debug, Error)]
@@ -109,6 +156,7 @@ pub(crate) fn tls_config(
 ) -> Result<ClientConfig, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
+    let mut given: Vec<CertificateDer<'static>> = Vec::new();
     if let Some(path) = cacert {
         let certs = CertificateDer::pem_file_iter(path)
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
@@ -116,6 +164,7 @@ pub(crate) fn tls_config(
                 path: path.clone(),
                 source,
             })?;
+        given.clone_from(&certs);
         let (added, _) = roots.add_parsable_certificates(certs);
         if added == 0 {
             return Err(TlsSetupError::NoCa { path: path.clone() });
@@ -133,6 +182,21 @@ pub(crate) fn tls_config(
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+            .with_no_client_auth()
+    } else if !given.is_empty() {
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| TlsSetupError::Rustls(rustls::Error::General(e.to_string())))?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(GivenOrChained {
+                inner,
+                given,
+                provider,
+            }))
             .with_no_client_auth()
     } else {
         builder.with_root_certificates(roots).with_no_client_auth()
@@ -174,6 +238,83 @@ impl ServerCertVerifier for AcceptAny {
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `--cacert`: a chain to one of the file's certificates (webpki), or, as
+/// curl with OpenSSL takes it, the server's certificate itself in the file:
+/// a self-signed certificate made with `openssl req -x509` is marked as a
+/// CA, which webpki refuses as an end entity (CaUsedAsEndEntity). Such a
+/// certificate is still held to the server's name and its validity dates.
+#[derive(Debug)]
+struct GivenOrChained {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    given: Vec<CertificateDer<'static>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for GivenOrChained {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let chained =
+            self.inner
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
+        match chained {
+            Err(e) if self.given.iter().any(|c| c.as_ref() == end_entity.as_ref()) => {
+                let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+                rustls::client::verify_server_name(&parsed, server_name)?;
+                let secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+                let validity = x509_parser::parse_x509_certificate(end_entity.as_ref())
+                    .map(|(_, c)| c.validity().clone());
+                match validity {
+                    Ok(v) if v.not_before.timestamp() > secs => Err(
+                        rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidYet),
+                    ),
+                    Ok(v) if v.not_after.timestamp() < secs => Err(
+                        rustls::Error::InvalidCertificate(rustls::CertificateError::Expired),
+                    ),
+                    Ok(_) => Ok(ServerCertVerified::assertion()),
+                    // Unparsable for x509-parser: webpki's own refusal stands.
+                    Err(_) => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            m,
+            c,
+            d,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            m,
+            c,
+            d,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 
@@ -244,6 +385,7 @@ struct Done {
     status: u16,
     via: Option<String>,
     server_timing: Option<f64>,
+    response: crate::model::record::ResponseSeen,
     request_bytes: u64,
     response_bytes: u64,
 }
@@ -563,6 +705,7 @@ impl Prober {
             r.http_status = Some(d.status);
             r.via = d.via.clone();
             r.server_timing_ms = d.server_timing;
+            r.response = Some(Box::new(d.response.clone()));
             r.client = Some(d.stall.clone());
             r.request_bytes = Some(d.request_bytes);
             r.response_bytes = Some(d.response_bytes);
@@ -678,7 +821,13 @@ impl Prober {
                 request_start: Some(mono_ns()),
                 ..Default::default()
             };
-            let r = with_deadline(a.deadline, "response", read_response(sender, req)).await;
+            // Bodies of redirects that -L follows are not written, as in curl.
+            let sink = Sink {
+                to: self.opts.sink.as_ref(),
+                head: self.opts.include_head,
+                skip_body_of_redirect: self.opts.follow,
+            };
+            let r = with_deadline(a.deadline, "response", read_response(sender, req, sink)).await;
             m.done = Some(mono_ns());
             let stall =
                 stall_of(&cpu_before.until(&crate::host::cpustat::CpuSnapshot::take(&self.cpu)));
@@ -716,6 +865,7 @@ impl Prober {
                 status: head.status.as_u16(),
                 via: head.via,
                 server_timing: head.server_timing,
+                response: head.seen,
                 request_bytes: io.app_out,
                 response_bytes: io.app_in,
             });
@@ -869,13 +1019,26 @@ struct Head {
     server_timing: Option<f64>,
     /// The head as sent: status line, then "name: value\r\n" each.
     bytes: usize,
+    /// Head and body size, for curl's output options.
+    seen: crate::model::record::ResponseSeen,
 }
 
-/// Sends the request and reads the whole response (the body is read and
-/// dropped: its last byte is the request's end).
+/// Where `read_response` writes what it reads.
+#[derive(Clone, Copy)]
+struct Sink<'a> {
+    to: Option<&'a BodySink>,
+    /// curl's -i.
+    head: bool,
+    /// -L: a redirect's body is not written (its head is, with -i).
+    skip_body_of_redirect: bool,
+}
+
+/// Sends the request and reads the whole response: the body goes to the
+/// sink as it arrives (or is dropped); its last byte is the request's end.
 async fn read_response(
     sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     req: Request<Full<Bytes>>,
+    sink: Sink<'_>,
 ) -> Result<Head, hyper::Error> {
     let resp = sender.send_request(req).await?;
     let text = |name: &str| {
@@ -884,23 +1047,80 @@ async fn read_response(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
+    let version = match resp.version() {
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_3 => "3",
+        _ => "1.1",
+    };
+    // The reason phrase as the server sent it (hyper keeps a non-standard
+    // one), else the standard one.
+    let reason = resp
+        .extensions()
+        .get::<hyper::ext::ReasonPhrase>()
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+        .or_else(|| resp.status().canonical_reason().map(str::to_string))
+        .unwrap_or_default();
+    let headers: Vec<(String, String)> = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    // "HTTP/1.1 200 OK\r\n", "name: value\r\n" each, "\r\n".
+    let header_bytes = 9
+        + 3
+        + if reason.is_empty() {
+            0
+        } else {
+            1 + reason.len()
+        }
+        + 2
+        + headers
+            .iter()
+            .map(|(k, v)| k.len() + 2 + v.len() + 2)
+            .sum::<usize>()
+        + 2;
+    let location = text(header::LOCATION.as_str());
+    let mut seen = crate::model::record::ResponseSeen {
+        version,
+        reason,
+        headers,
+        header_bytes: header_bytes as u64,
+        body_bytes: 0,
+    };
     let head = Head {
         status: resp.status(),
-        location: text(header::LOCATION.as_str()),
         via: text(header::VIA.as_str()),
         server_timing: text("server-timing").as_deref().and_then(server_timing_dur),
-        bytes: 17
-            + resp
-                .headers()
-                .iter()
-                .map(|(k, v)| k.as_str().len() + v.len() + 4)
-                .sum::<usize>(),
+        bytes: header_bytes,
+        location,
+        seen: Default::default(),
     };
+    let write_body =
+        !(sink.skip_body_of_redirect && head.status.is_redirection() && head.location.is_some());
+    if let Some(to) = sink.to
+        && sink.head
+    {
+        to.write(seen.head_text(head.status.as_u16()).as_bytes());
+    }
     let mut body = resp.into_body();
     while let Some(frame) = body.frame().await {
-        frame?;
+        let frame = frame?;
+        if let Some(data) = frame.data_ref() {
+            seen.body_bytes += data.len() as u64;
+            if let Some(to) = sink.to
+                && write_body
+            {
+                to.write(data);
+            }
+        }
     }
-    Ok(head)
+    Ok(Head { seen, ..head })
 }
 
 /// The verdict of each record, from all the connection's records together

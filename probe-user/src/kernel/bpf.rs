@@ -259,7 +259,7 @@ pub(crate) struct Kernel {
     /// Per local port, the flows user space removed (`maybe_ours` in the
     /// kernel side).
     port_freed: Array<MapData, u32>,
-    /// Attach to interfaces that come up later (no -i was given).
+    /// Attach to interfaces that come up later (no --interface was given).
     follow_new: bool,
     /// New interfaces that could not be attached: reported once, not retried.
     refused: std::collections::HashSet<u32>,
@@ -530,7 +530,7 @@ impl IfChanges {
     }
 }
 
-/// The named interfaces (-i), or every interface that is up.
+/// The named interfaces (--interface), or every interface that is up.
 fn interfaces_to_attach(only: &[String]) -> Result<Vec<Interface>, KernelError> {
     let all = netif::list().map_err(KernelError::Interfaces)?;
     let interfaces: Vec<Interface> = if only.is_empty() {
@@ -647,7 +647,7 @@ impl Kernel {
 
     /// Follows interfaces coming and going while synack runs: forgets the
     /// ones that disappeared (the kernel removed their links and filters
-    /// with them) and, for watch with no interface named (-i), attaches to
+    /// with them) and, for watch with no interface named (--interface), attaches to
     /// new ones that are up. An interface that fails to attach is reported once;
     /// the others go on either way.
     pub(crate) fn follow_interfaces(&mut self) -> Result<IfChanges, KernelError> {

@@ -266,6 +266,43 @@ pub(crate) struct Record {
     pub middlebox: Option<Middlebox>,
     /// Loss counters for the whole run so far.
     pub drops: Drops,
+    /// The response's head and size as received (the active probe; for
+    /// curl's -w, -i and -D, not part of the JSON record).
+    #[serde(skip)]
+    pub response: Option<Box<ResponseSeen>>,
+}
+
+/// A response as curl's output options need it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ResponseSeen {
+    /// "1.0", "1.1", "2": as curl's `http_version` prints it.
+    pub version: &'static str,
+    /// The status line's reason phrase ("OK"), empty with HTTP/2.
+    pub reason: String,
+    /// Every header in order, names as received.
+    pub headers: Vec<(String, String)>,
+    /// The head's size on the wire: status line, headers, the empty line.
+    pub header_bytes: u64,
+    /// The body's bytes (decoded of chunking).
+    pub body_bytes: u64,
+}
+
+impl ResponseSeen {
+    /// The head as curl's -i and -I print it: the status line, each
+    /// header, an empty line.
+    pub(crate) fn head_text(&self, status: u16) -> String {
+        use std::fmt::Write as _;
+        let mut s = format!("HTTP/{} {status}", self.version);
+        if !self.reason.is_empty() {
+            let _ = write!(s, " {}", self.reason);
+        }
+        s.push_str("\r\n");
+        for (k, v) in &self.headers {
+            let _ = write!(s, "{k}: {v}\r\n");
+        }
+        s.push_str("\r\n");
+        s
+    }
 }
 
 impl Record {
@@ -355,6 +392,7 @@ impl Record {
             client: None,
             middlebox: None,
             drops: Drops::default(),
+            response: None,
         }
     }
 }

@@ -202,6 +202,8 @@ impl Job {
             insecure: self.insecure,
             dump_events: false,
             path_probe: false,
+            sink: None,
+            include_head: false,
         };
         let mut p = Prober::with_shared(self.kernel, self.tls, opts);
         // --max-time bounds each connection; this bounds the whole check.

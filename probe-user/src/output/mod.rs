@@ -1,6 +1,7 @@
 //! Where records become text: the human waterfall and JSON lines.
 
 pub mod metrics;
+pub(crate) mod writeout;
 
 use crate::model::record::Record;
 use crate::model::tcp::hops_from_ttl;

@@ -25,14 +25,26 @@ fn parse_header(h: &str) -> Result<(HeaderName, HeaderValue)> {
     Ok((name, value))
 }
 
-fn options(a: &ProbeArgs) -> Result<Options> {
+fn options(a: &ProbeArgs, sink: Option<prober::BodySink>) -> Result<Options> {
     let method = a
         .method
         .as_deref()
         .map(|m| {
             Method::from_bytes(m.as_bytes()).with_context(|| format!("{m:?} is not an HTTP method"))
         })
-        .transpose()?;
+        .transpose()?
+        .or_else(|| a.curl.head.then_some(Method::HEAD));
+    let mut headers: Vec<(HeaderName, HeaderValue)> = a
+        .headers
+        .iter()
+        .map(|h| parse_header(h))
+        .collect::<Result<_>>()?;
+    if let Some(ua) = &a.curl.user_agent {
+        let v = HeaderValue::from_str(ua)
+            .with_context(|| format!("--user-agent {ua:?} is not a valid header value"))?;
+        headers.retain(|(n, _)| n != http::header::USER_AGENT);
+        headers.push((http::header::USER_AGENT, v));
+    }
     let body = match a.data.as_deref() {
         Some(d) if d.starts_with('@') => {
             Some(Bytes::from(std::fs::read(&d[1..]).with_context(|| {
@@ -44,11 +56,7 @@ fn options(a: &ProbeArgs) -> Result<Options> {
     };
     Ok(Options {
         method,
-        headers: a
-            .headers
-            .iter()
-            .map(|h| parse_header(h))
-            .collect::<Result<_>>()?,
+        headers,
         body,
         max_time: a.max_time,
         follow: a.follow,
@@ -66,12 +74,127 @@ fn options(a: &ProbeArgs) -> Result<Options> {
         insecure: a.tls.insecure,
         dump_events: a.dump_events,
         path_probe: a.path_probe,
+        include_head: a.curl.include || a.curl.head,
+        sink,
     })
+}
+
+/// What curl's output mode prints for a run: per transfer the -w text,
+/// errors as curl words them, and the exit status curl would give.
+struct CurlMode {
+    format: Option<String>,
+    silent: bool,
+    show_error: bool,
+    verbose: bool,
+    fail: bool,
+    /// The last failed transfer's curl exit code (0: none failed).
+    exit: u8,
+}
+
+impl CurlMode {
+    /// Prints what curl prints after a transfer (the redirect chain
+    /// `hops`, final last).
+    fn transfer(&mut self, hops: &[crate::model::record::Record]) -> Result<()> {
+        let Some(last) = hops.last() else {
+            return Ok(());
+        };
+        let code = output::writeout::exit_code(last, self.fail);
+        if code != 0 {
+            self.exit = code;
+            if !self.silent || self.show_error {
+                let msg = match &last.error {
+                    Some(e) => e.message.clone(),
+                    None => format!(
+                        "The requested URL returned error: {}",
+                        last.http_status.unwrap_or(0)
+                    ),
+                };
+                eprintln!("synack: ({code}) {msg}");
+            }
+        }
+        if let Some(f) = &self.format {
+            let t = output::writeout::Transfer {
+                hops,
+                exit_code: code,
+            };
+            let (pieces, warnings) = output::writeout::expand(f, &t);
+            for w in warnings {
+                eprintln!("{w}");
+            }
+            for (stream, text) in pieces {
+                let r = match stream {
+                    output::writeout::Stream::Stdout => {
+                        let mut o = std::io::stdout().lock();
+                        o.write_all(text.as_bytes()).and_then(|_| o.flush())
+                    }
+                    output::writeout::Stream::Stderr => {
+                        std::io::stderr().lock().write_all(text.as_bytes())
+                    }
+                };
+                r.context("cannot write --write-out's output")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where the bodies go in curl's output mode: stdout, or -o FILE (created
+/// or truncated, as curl does).
+fn body_sink(a: &ProbeArgs) -> Result<Option<prober::BodySink>> {
+    if !a.curl.active() {
+        return Ok(None);
+    }
+    Ok(Some(match &a.curl.output {
+        Some(p) if p.as_os_str() == "-" => prober::BodySink::new(Box::new(std::io::stdout())),
+        Some(p) => prober::BodySink::new(Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p)
+                .with_context(|| format!("cannot write to -o {}", p.display()))?,
+        ))),
+        None => prober::BodySink::new(Box::new(std::io::stdout())),
+    }))
+}
+
+/// Splits a URL's records into curl's transfers: a request and the
+/// redirects -L followed from it (a hop's first request continues the
+/// chain of the record before it).
+fn transfers(records: &[crate::model::record::Record]) -> Vec<&[crate::model::record::Record]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 1..=records.len() {
+        let continues = records
+            .get(i)
+            .is_some_and(|r| r.redirect_hop > 0 && r.request_index == 0);
+        if !continues {
+            out.push(&records[start..i]);
+            start = i;
+        }
+    }
+    out
 }
 
 /// Every URL, `--count` times; Ok(1) when a request failed.
 async fn requests(a: ProbeArgs) -> Result<ExitCode> {
-    let opts = options(&a)?;
+    let curl_mode = a.curl.active();
+    let sink = body_sink(&a)?;
+    let opts = options(&a, sink.clone())?;
+    let format = a
+        .curl
+        .write_out
+        .as_deref()
+        .map(|f| {
+            output::writeout::load_format(f).with_context(|| format!("cannot read --write-out {f}"))
+        })
+        .transpose()?;
+    let mut curl = CurlMode {
+        format,
+        silent: a.curl.silent,
+        show_error: a.curl.show_error,
+        verbose: a.curl.verbose,
+        fail: a.fail,
+        exit: 0,
+    };
+    // curl's -s keeps stderr for errors (-S) only: synack's notices go too.
+    let quiet = curl_mode && a.curl.silent;
     let tls = prober::tls_config(opts.cacert.as_ref(), opts.insecure)
         .context("cannot set up TLS (check --cacert)")?;
     bpf::raise_memlock();
@@ -86,7 +209,9 @@ async fn requests(a: ProbeArgs) -> Result<ExitCode> {
         false,
     ));
     for l in chosen.notices.iter().chain(&dropped) {
-        eprintln!("{l}");
+        if !quiet {
+            eprintln!("{l}");
+        }
     }
     let mut prober = Prober::new(kernel, tls, opts);
 
@@ -101,6 +226,29 @@ async fn requests(a: ProbeArgs) -> Result<ExitCode> {
             let records = prober.run(url, attempt).await;
             for l in prober.take_dump() {
                 eprintln!("{l}");
+            }
+            if curl_mode {
+                if let Some(e) = sink.as_ref().and_then(prober::BodySink::finish) {
+                    // curl's exit code 23: a write error; the run stops.
+                    if !quiet || a.curl.show_error {
+                        eprintln!("synack: (23) Failure writing output to destination: {e}");
+                    }
+                    return Ok(ExitCode::from(23));
+                }
+                for t in transfers(&records) {
+                    curl.transfer(t)?;
+                }
+                if curl.verbose {
+                    for r in &records {
+                        if a.json {
+                            eprintln!("{}", output::json_line(r));
+                        } else {
+                            eprintln!("{}", output::human(r));
+                        }
+                    }
+                }
+                all.extend(records);
+                continue;
             }
             for r in records {
                 let failed =
@@ -118,6 +266,15 @@ async fn requests(a: ProbeArgs) -> Result<ExitCode> {
                 all.push(r);
             }
         }
+    }
+    if curl_mode {
+        if curl.verbose
+            && !a.json
+            && let Some(s) = output::summary(&all)
+        {
+            eprintln!("{s}");
+        }
+        return Ok(ExitCode::from(curl.exit));
     }
     if !a.json
         && let Some(s) = output::summary(&all)

@@ -679,7 +679,7 @@ impl Watch {
 /// failure while running (exit status 1), not one to start (2).
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "every interface it was attached to is gone; attach to others with -i, or leave -i out \
+    "every interface it was attached to is gone; attach to others with --interface, or leave it out \
      to follow every interface, new ones included"
 )]
 pub struct InterfacesGone;

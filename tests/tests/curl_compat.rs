@@ -1,0 +1,403 @@
+//! synack as a drop-in for curl (issue 17), as root: the same command lines
+//! run with Debian's curl and with synack against Debian's nginx, serving a
+//! self-signed certificate made as people make one (`openssl req -x509`),
+//! and what lands on stdout, stderr's error codes and the exit statuses are
+//! compared: strings equal, times within the lab's noise.
+
+use anyhow::{Context, Result, bail};
+use std::{net::IpAddr, process::Stdio, time::Duration};
+use synack_tests::*;
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The name nginx's certificate carries; clients reach it with --resolve.
+const NAME: &str = "origin.lab";
+const HTTP: u16 = 9080;
+const HTTPS: u16 = 9443;
+/// The body of /file.txt (and its size in size_download).
+const BODY: &str = "synack and curl read the same bytes\n";
+
+/// nginx in the lab's server namespace: HTTP and HTTPS on IPv4 and IPv6,
+/// a file, a 404 and a redirect, and a self-signed certificate for NAME.
+struct Nginx {
+    // Drop order: nginx before the namespaces and files.
+    _nginx: Proc,
+    lab: Served,
+    cert: String,
+}
+
+impl Nginx {
+    fn start() -> Result<Self> {
+        let lab = Served::new()?;
+        let d = &lab.dir;
+        let (cert, key) = (d.join("self.pem"), d.join("self.key"));
+        // As the tutorials do it; OpenSSL marks such a certificate CA:TRUE.
+        sh(&[
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            &format!("/CN={NAME}"),
+            "-addext",
+            &format!("subjectAltName=DNS:{NAME}"),
+            "-keyout",
+            key.to_str().context("path")?,
+            "-out",
+            cert.to_str().context("path")?,
+        ])?;
+        let root = d.join("www");
+        std::fs::create_dir_all(&root)?;
+        std::fs::write(root.join("file.txt"), BODY)?;
+        let conf = d.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off;\nuser root;\nworker_processes 1;\npid {pid};\nerror_log {err};\n\
+                 events {{ worker_connections 64; }}\n\
+                 http {{\n  access_log off;\n  default_type text/plain;\n\
+                 client_body_temp_path {tmp};\n\
+                 server {{\n    listen {HTTP}; listen [::]:{HTTP};\n\
+                 listen {HTTPS} ssl; listen [::]:{HTTPS} ssl;\n\
+                 ssl_certificate {cert}; ssl_certificate_key {key};\n\
+                 root {root};\n    location = /moved {{ return 301 /file.txt; }}\n  }}\n}}\n",
+                pid = d.join("nginx.pid").display(),
+                err = d.join("nginx.err").display(),
+                tmp = d.join("nginx-body").display(),
+                cert = cert.display(),
+                key = key.display(),
+                root = root.display(),
+            ),
+        )?;
+        let mut c = lab.pair.server.command("nginx");
+        c.args(["-c", conf.to_str().context("path")?, "-p"])
+            .arg(d.join(""))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let nginx = Proc::spawn(c, "nginx")?;
+        let v4 = lab.pair.server_v4;
+        wait_for(Duration::from_secs(10), "nginx to listen", || {
+            lab.pair
+                .client
+                .command("curl")
+                .args([
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    &format!("http://{v4}:{HTTP}/file.txt"),
+                ])
+                .status()
+                .ok()
+                .filter(|s| s.success())
+        })?;
+        Ok(Nginx {
+            _nginx: nginx,
+            cert: cert.to_string_lossy().into_owned(),
+            lab,
+        })
+    }
+
+    /// One command line run by `tool` (curl or synack) in the client
+    /// namespace: exit status, stdout, stderr.
+    fn run(&self, tool: &str, args: &[&str]) -> Result<(i32, String, String)> {
+        let bin = match tool {
+            "curl" => "curl".to_string(),
+            _ => synack_bin().to_string_lossy().into_owned(),
+        };
+        let o = self
+            .lab
+            .pair
+            .client
+            .command(&bin)
+            .args(args)
+            .output()
+            .with_context(|| format!("running {tool}"))?;
+        Ok((
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        ))
+    }
+
+    /// Both tools, the same arguments.
+    fn both(&self, args: &[&str]) -> Result<[(i32, String, String); 2]> {
+        Ok([self.run("curl", args)?, self.run("synack", args)?])
+    }
+}
+
+fn host(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V6(a) => format!("[{a}]"),
+        IpAddr::V4(a) => a.to_string(),
+    }
+}
+
+fn need_root() -> std::sync::MutexGuard<'static, ()> {
+    let g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(
+        is_root(),
+        "these tests create namespaces and load eBPF: run them as root"
+    );
+    g
+}
+
+const STRINGS: &str = "%{http_code}|%{http_version}|%{remote_ip}|%{remote_port}|%{size_download}|%{size_header}|%{num_redirects}|%{url_effective}|%{exitcode}|%{content_type}|%header{content-length}|%{scheme}";
+const TIMES: &str = "%{time_namelookup} %{time_connect} %{time_appconnect} %{time_pretransfer} %{time_starttransfer} %{time_total}";
+
+/// `-s -o /dev/null -w FORMAT`, the seed's line, over plain HTTP on IPv4
+/// and HTTPS on IPv6 with the self-signed certificate: every string
+/// variable equal, every time within 10 ms of curl's and in curl's order.
+#[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
+fn write_out_prints_what_curl_prints() -> Result<()> {
+    let _g = need_root();
+    let n = Nginx::start()?;
+    let p = &n.lab.pair;
+    let resolve = format!("{NAME}:{HTTPS}:{}", p.server_v6);
+    let cases: Vec<(String, Vec<String>)> = vec![
+        (
+            format!("http://{}:{HTTP}/file.txt", host(p.server_v4)),
+            vec![],
+        ),
+        (
+            format!("http://{}:{HTTP}/moved", host(p.server_v6)),
+            vec!["-L".into()],
+        ),
+        (
+            format!("https://{NAME}:{HTTPS}/file.txt"),
+            vec![
+                "--cacert".into(),
+                n.cert.clone(),
+                "--resolve".into(),
+                resolve,
+            ],
+        ),
+    ];
+    for (url, extra) in &cases {
+        // The seed's exact line: one number on stdout, nothing else.
+        let mut args: Vec<&str> = extra.iter().map(String::as_str).collect();
+        args.extend(["-s", "-o", "/dev/null", "-w", "%{time_starttransfer}", url]);
+        let [curl, synack] = n.both(&args)?;
+        assert_eq!(
+            (curl.0, synack.0),
+            (0, 0),
+            "{url}: curl {curl:?}, synack {synack:?}"
+        );
+        let t: f64 = synack
+            .1
+            .parse()
+            .with_context(|| format!("synack printed {:?}", synack.1))?;
+        assert!(t > 0.0 && t < 5.0, "{url}: {t}");
+        assert!(
+            synack.2.is_empty(),
+            "-s: nothing on stderr, got {:?}",
+            synack.2
+        );
+
+        let fmt = format!("{STRINGS}\\n{TIMES}");
+        let mut args: Vec<&str> = extra.iter().map(String::as_str).collect();
+        args.extend(["-s", "-o", "/dev/null", "-w", &fmt, url]);
+        let [curl, synack] = n.both(&args)?;
+        let (c, s) = (
+            curl.1.lines().collect::<Vec<_>>(),
+            synack.1.lines().collect::<Vec<_>>(),
+        );
+        assert_eq!(c.len(), 2, "curl: {curl:?}");
+        assert_eq!(s.len(), 2, "synack: {synack:?}");
+        assert_eq!(s[0], c[0], "{url}: string variables differ");
+        let nums = |l: &str| -> Vec<f64> {
+            l.split(' ')
+                .map(|x| x.parse().unwrap_or(f64::NAN))
+                .collect()
+        };
+        let (ct, st) = (nums(c[1]), nums(s[1]));
+        for (i, (a, b)) in ct.iter().zip(&st).enumerate() {
+            assert!(
+                (a - b).abs() <= 0.010,
+                "{url}: time {i}: curl {a}, synack {b} ({})",
+                s[1]
+            );
+        }
+        // curl follows a redirect to the same origin on its connection;
+        // synack gives each hop a connection (and timeline) of its own.
+        let mut args: Vec<&str> = extra.iter().map(String::as_str).collect();
+        args.extend(["-s", "-o", "/dev/null", "-w", "%{num_connects}", url]);
+        let [curl, synack] = n.both(&args)?;
+        let hops = if extra.iter().any(|e| e == "-L") {
+            2
+        } else {
+            1
+        };
+        assert_eq!(curl.1, "1", "{url}: curl {curl:?}");
+        assert_eq!(synack.1, hops.to_string(), "{url}: synack {synack:?}");
+        let order: Vec<f64> = st.iter().copied().filter(|&v| v > 0.0).collect();
+        assert!(
+            order.windows(2).all(|w| w[0] <= w[1]),
+            "{url}: times out of order: {}",
+            s[1]
+        );
+    }
+    Ok(())
+}
+
+/// The body on stdout, or in -o's file; -i and -I print the head as curl
+/// (header names compared without case: synack prints them as hyper gives
+/// them, in lower case; Date is left out, the two requests are a second
+/// apart at most).
+#[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
+fn bodies_and_heads_go_where_curl_puts_them() -> Result<()> {
+    let _g = need_root();
+    let n = Nginx::start()?;
+    let url = format!("http://{}:{HTTP}/file.txt", host(n.lab.pair.server_v4));
+    let [curl, synack] = n.both(&["-s", &url])?;
+    assert_eq!(curl.1, BODY);
+    assert_eq!(synack.1, BODY);
+
+    let file = n.lab.dir.join("out.txt");
+    let f = file.to_str().context("path")?;
+    let (code, out, _) = n.run("synack", &["-o", f, "-w", "%{size_download}", &url])?;
+    assert_eq!(code, 0);
+    assert_eq!(out, BODY.len().to_string(), "-o: only -w's text on stdout");
+    assert_eq!(std::fs::read_to_string(&file)?, BODY);
+
+    let norm = |s: &str| -> Vec<String> {
+        s.split("\r\n")
+            .filter(|l| !l.to_ascii_lowercase().starts_with("date:"))
+            .map(|l| match l.split_once(':') {
+                Some((k, v)) if !l.starts_with("HTTP/") => {
+                    format!("{}:{v}", k.to_ascii_lowercase())
+                }
+                _ => l.to_string(),
+            })
+            .collect()
+    };
+    for flag in ["-i", "-I"] {
+        let [curl, synack] = n.both(&["-s", flag, &url])?;
+        assert_eq!(
+            norm(&synack.1),
+            norm(&curl.1),
+            "{flag}: synack {:?}",
+            synack.1
+        );
+        if flag == "-i" {
+            assert!(synack.1.ends_with(BODY));
+        } else {
+            assert!(!synack.1.contains(BODY.trim()), "-I prints no body");
+        }
+    }
+    Ok(())
+}
+
+/// Failures: curl's exit codes and http_code 000, for a refused port, a
+/// 404 with -f, a certificate for another name and one not trusted.
+#[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
+fn failures_exit_as_curl_does() -> Result<()> {
+    let _g = need_root();
+    let n = Nginx::start()?;
+    let p = &n.lab.pair;
+    let v4 = host(p.server_v4);
+    let other = format!("other.lab:{HTTPS}:{}", p.server_v4);
+    let right = format!("{NAME}:{HTTPS}:{}", p.server_v4);
+    let (refused, missing) = (
+        format!("http://{v4}:9/"),
+        format!("http://{v4}:{HTTP}/nothing"),
+    );
+    let (wrong_name, self_signed) = (
+        format!("https://other.lab:{HTTPS}/file.txt"),
+        format!("https://{NAME}:{HTTPS}/file.txt"),
+    );
+    let cases: Vec<(Vec<&str>, i32)> = vec![
+        (vec![refused.as_str()], 7),
+        (vec![missing.as_str()], 0),
+        (vec!["-f", missing.as_str()], 22),
+        (
+            vec![
+                "--cacert",
+                &n.cert,
+                "--resolve",
+                &other,
+                wrong_name.as_str(),
+            ],
+            60,
+        ),
+        (vec!["--resolve", &right, self_signed.as_str()], 60),
+    ];
+    for (args, want) in cases {
+        let mut a = vec!["-s", "-o", "/dev/null", "-w", "%{http_code} %{exitcode}"];
+        a.extend(&args);
+        let [curl, synack] = n.both(&a)?;
+        if curl.0 != want {
+            bail!(
+                "the case itself is wrong: curl {args:?} exited {} ({curl:?})",
+                curl.0
+            );
+        }
+        assert_eq!(synack.0, want, "{args:?}: synack {synack:?}");
+        assert_eq!(synack.1, curl.1, "{args:?}: -w");
+        // -s alone keeps errors quiet; -sS shows them, as curl.
+        assert!(synack.2.is_empty(), "{args:?}: {:?}", synack.2);
+        if want != 0 {
+            let mut a = vec!["-sS", "-o", "/dev/null"];
+            a.extend(&args);
+            let (_, _, err) = n.run("synack", &a)?;
+            assert!(
+                err.starts_with(&format!("synack: ({want}) ")),
+                "{args:?}: {err:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Output options that cannot be honoured fail before any request, with
+/// what to fix (exit status 2, synack's for bad set-up); an unknown -w variable is curl's warning, not a failure.
+#[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
+fn output_options_that_cannot_work_say_why() -> Result<()> {
+    let _g = need_root();
+    let n = Nginx::start()?;
+    let url = format!("http://{}:{HTTP}/file.txt", host(n.lab.pair.server_v4));
+    let (code, out, err) = n.run("synack", &["-o", "/nonexistent-dir/x", &url])?;
+    assert_eq!(code, 2, "{out} {err}");
+    assert!(
+        err.contains("cannot write to -o /nonexistent-dir/x"),
+        "{err}"
+    );
+    let (code, _, err) = n.run("synack", &["-s", "-w", "@/nonexistent-format", &url])?;
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("cannot read --write-out @/nonexistent-format"),
+        "{err}"
+    );
+    let fmt = n.lab.dir.join("fmt.txt");
+    std::fs::write(&fmt, "%{http_code} %{no_such_thing}\\n")?;
+    let at = format!("@{}", fmt.display());
+    let [curl, synack] = n.both(&["-s", "-o", "/dev/null", "-w", &at, &url])?;
+    assert_eq!((synack.0, synack.1.as_str()), (0, curl.1.as_str()));
+    assert!(
+        synack
+            .2
+            .contains("unknown --write-out variable: 'no_such_thing'"),
+        "{:?}",
+        synack.2
+    );
+    Ok(())
+}
