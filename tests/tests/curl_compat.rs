@@ -14,6 +14,8 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const NAME: &str = "origin.lab";
 const HTTP: u16 = 9080;
 const HTTPS: u16 = 9443;
+/// nginx with keep-alive off: it answers with Connection: close.
+const CLOSING: u16 = 9081;
 /// The body of /file.txt (and its size in size_download).
 const BODY: &str = "synack and curl read the same bytes\n";
 
@@ -64,7 +66,9 @@ impl Nginx {
                  server {{\n    listen {HTTP}; listen [::]:{HTTP};\n\
                  listen {HTTPS} ssl; listen [::]:{HTTPS} ssl;\n\
                  ssl_certificate {cert}; ssl_certificate_key {key};\n\
-                 root {root};\n    location = /moved {{ return 301 /file.txt; }}\n  }}\n}}\n",
+                 root {root};\n    location = /moved {{ return 301 /file.txt; }}\n  }}\n\
+                 server {{\n    listen {CLOSING}; listen [::]:{CLOSING};\n    keepalive_timeout 0;\n\
+                 root {root};\n  }}\n}}\n",
                 pid = d.join("nginx.pid").display(),
                 err = d.join("nginx.err").display(),
                 tmp = d.join("nginx-body").display(),
@@ -399,5 +403,73 @@ fn output_options_that_cannot_work_say_why() -> Result<()> {
         "{:?}",
         synack.2
     );
+    Ok(())
+}
+
+/// --reuse against servers that close after each response: nginx with
+/// keep-alive off (Connection: close) and Python's http.server (HTTP/1.0).
+/// Each request opens a new connection, as curl would, and its record says
+/// why; nginx with keep-alive is the control (one connection).
+#[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
+fn reuse_reconnects_when_the_server_closes() -> Result<()> {
+    let _g = need_root();
+    let n = Nginx::start()?;
+    let p = &n.lab.pair;
+    let www = n.lab.dir.join("www");
+    let mut py = p.server.command("python3");
+    py.args(["-m", "http.server", "9082", "--bind", "::", "--directory"])
+        .arg(&www)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _py = Proc::spawn(py, "python3 -m http.server")?;
+    let v4 = host(p.server_v4);
+    wait_for(Duration::from_secs(10), "http.server to listen", || {
+        p.client
+            .command("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                &format!("http://{v4}:9082/file.txt"),
+            ])
+            .status()
+            .ok()
+            .filter(|s| s.success())
+    })?;
+    for (port, reason) in [
+        (HTTP, None),
+        (CLOSING, Some("Connection: close")),
+        (9082, Some("HTTP/1.0")),
+    ] {
+        let url = format!("http://{v4}:{port}/file.txt");
+        let (code, out, err) = n.run("synack", &["--json", "--reuse", "3", &url])?;
+        assert_eq!(code, 0, "{url}: {err}");
+        let recs = json_lines(out.as_bytes())?;
+        assert_eq!(recs.len(), 3, "{url}: {out}");
+        for (i, r) in recs.iter().enumerate() {
+            assert!(r["error"].is_null(), "{url} request {i}: {r}");
+            assert_eq!(r["http_status"], 200);
+            match reason {
+                None => {
+                    assert_eq!(r["connection_reused"], i > 0, "{url}: {r}");
+                    assert!(r["reconnect_reason"].is_null());
+                }
+                Some(why) => {
+                    assert_eq!(r["connection_reused"], false, "{url}: {r}");
+                    assert_eq!(r["request_index"], 0);
+                    let got = r["reconnect_reason"].as_str().unwrap_or("");
+                    if i == 0 {
+                        assert_eq!(got, "", "{url}: {r}");
+                    } else {
+                        assert!(got.contains(why), "{url} request {i}: {got:?}");
+                    }
+                }
+            }
+        }
+    }
     Ok(())
 }

@@ -428,6 +428,9 @@ struct ConnOutcome {
     records: Vec<Record>,
     /// Location of a redirect to follow, if the last response asked for one.
     redirect: Option<String>,
+    /// The server closed the connection after this many requests, for this
+    /// reason, before all of `--reuse`'s were sent.
+    closed_early: Option<(u32, String)>,
 }
 
 impl Prober {
@@ -479,12 +482,27 @@ impl Prober {
         let mut out = Vec::new();
         let mut current = url.to_string();
         for hop in 0..=self.opts.max_redirs {
-            let o = self.connection(&current, hop).await;
-            let redirect = o.redirect.clone();
-            out.extend(o.records.into_iter().map(|mut r| {
-                r.attempt = attempt;
-                r
-            }));
+            // --reuse's requests on as few connections as the server allows.
+            let mut want = self.opts.reuse.max(1);
+            let mut because: Option<String> = None;
+            let redirect = loop {
+                let o = self.connection(&current, hop, want).await;
+                let mut records = o.records;
+                if let Some(first) = records.first_mut() {
+                    first.reconnect_reason = because.take();
+                }
+                out.extend(records.into_iter().map(|mut r| {
+                    r.attempt = attempt;
+                    r
+                }));
+                match o.closed_early {
+                    Some((done, why)) if done > 0 && done < want => {
+                        want -= done;
+                        because = Some(why);
+                    }
+                    _ => break o.redirect,
+                }
+            };
             match redirect {
                 Some(next) if self.opts.follow => {
                     if hop == self.opts.max_redirs {
@@ -529,6 +547,7 @@ impl Prober {
         ConnOutcome {
             records: vec![r],
             redirect: None,
+            closed_early: None,
         }
     }
 
@@ -586,11 +605,12 @@ impl Prober {
     }
 
     /// One connection: DNS, connect, TLS, then `--reuse` requests on it.
-    async fn connection(&mut self, url: &str, hop: u32) -> ConnOutcome {
+    async fn connection(&mut self, url: &str, hop: u32, want: u32) -> ConnOutcome {
         let (mut a, sock) = match self.prepare(url, hop).await {
             Ok(x) => x,
             Err(e) => return self.fail(url, hop, e),
         };
+        a.want = want.max(1);
         // Without eBPF the socket's own timestamps are the wire times (set
         // once connected: byte-keyed stamps need a connected TCP socket).
         let stamped = self.kernel.is_none();
@@ -627,7 +647,11 @@ impl Prober {
             }
         }
         judge(&mut records);
-        ConnOutcome { records, redirect }
+        ConnOutcome {
+            records,
+            redirect,
+            closed_early: a.closed_early.take(),
+        }
     }
 
     /// Everything before the connect: the URL parsed, the name resolved, a
@@ -683,6 +707,8 @@ impl Prober {
             key: None,
             redirect: None,
             cookie,
+            want: 1,
+            closed_early: None,
         };
         Ok((a, sock))
     }
@@ -810,8 +836,21 @@ impl Prober {
         sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
         mut cpu_before: crate::host::cpustat::CpuSnapshot,
     ) -> Result<(), Failed> {
-        let n = self.opts.reuse.max(1);
+        let n = a.want;
         for i in 0..n {
+            // A server that closes after a response (Connection: close,
+            // HTTP/1.0, an idle timeout) leaves the rest of --reuse to a new
+            // connection, as curl opens one.
+            if i > 0 {
+                match with_deadline(a.deadline, "response", sender.ready()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => {
+                        a.closed_early = Some((i, close_reason(a.done.last(), i)));
+                        return Ok(());
+                    }
+                    Err(e) => return Err(Failed::from(e)),
+                }
+            }
             let req = self.build_request(&a.t, &a.method)?;
             crate::active::io::lock(&a.log).arm();
             if i > 0 {
@@ -853,6 +892,23 @@ impl Prober {
                     ));
                 }
                 Ok(Ok(head)) => head,
+                // The close raced the request: nothing of a response came,
+                // so it goes again on a new connection (curl retries a
+                // request that a reused connection dropped, too).
+                Ok(Err(e))
+                    if i > 0
+                        && m.first_byte_read.is_none()
+                        && (e.is_canceled() || e.is_closed() || e.is_incomplete_message()) =>
+                {
+                    a.closed_early = Some((
+                        i,
+                        format!(
+                            "the server closed the connection as request {} was sent",
+                            i + 1
+                        ),
+                    ));
+                    return Ok(());
+                }
                 Ok(Err(e)) => return Err(Failed::with(http_error(&e), m)),
                 Err(e) => return Err(Failed::with(e, m)),
             };
@@ -992,6 +1048,11 @@ struct Attempt {
     /// Location of a redirect the last response asked for.
     redirect: Option<String>,
     cookie: Option<u64>,
+    /// Requests to send on this connection (what is left of --reuse).
+    want: u32,
+    /// Set when the server closed the connection before `want` were sent:
+    /// how many were done, and why (`close_reason`).
+    closed_early: Option<(u32, String)>,
 }
 
 /// Connects, timed; the connection's addresses go to the record and key.
@@ -1008,6 +1069,28 @@ async fn connect(a: &mut Attempt, sock: TcpSocket) -> Result<tokio::net::TcpStre
         a.key = Some(flow_key(local, a.addr));
     }
     Ok(stream)
+}
+
+/// Why the server closed the connection after `done` requests, from the
+/// last response's head.
+fn close_reason(last: Option<&Done>, done: u32) -> String {
+    let h = |name: &str| {
+        last.and_then(|d| {
+            d.response
+                .headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.to_ascii_lowercase())
+        })
+    };
+    let conn = h("connection").unwrap_or_default();
+    if conn.contains("close") {
+        format!("the server answered request {done} with Connection: close")
+    } else if last.is_some_and(|d| d.response.version == "1.0") && !conn.contains("keep-alive") {
+        format!("the server answered request {done} in HTTP/1.0, without keep-alive")
+    } else {
+        format!("the server closed the connection after request {done}")
+    }
 }
 
 /// What synack keeps of a response's head.

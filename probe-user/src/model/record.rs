@@ -233,6 +233,10 @@ pub(crate) struct Record {
     /// Position on its connection (0 = first request, which paid for the handshake).
     pub request_index: u32,
     pub connection_reused: bool,
+    /// Why this request of a --reuse series is on a new connection: the
+    /// server closed the one before (Connection: close, HTTP/1.0, an idle
+    /// timeout). Null otherwise.
+    pub reconnect_reason: Option<String>,
     /// https:// (TLS) or not.
     pub tls: bool,
     /// What the TLS handshake gave: version, ALPN and whose certificate
@@ -375,6 +379,7 @@ impl Record {
             redirect_hop: 0,
             request_index: 0,
             connection_reused: false,
+            reconnect_reason: None,
             tls: url.starts_with("https:"),
             tls_info: None,
             remote_on_link: None,

@@ -156,14 +156,15 @@ fn body_sink(a: &ProbeArgs) -> Result<Option<prober::BodySink>> {
 
 /// Splits a URL's records into curl's transfers: a request and the
 /// redirects -L followed from it (a hop's first request continues the
-/// chain of the record before it).
+/// chain of the record before it; a --reuse request that had to reconnect
+/// starts its own).
 fn transfers(records: &[crate::model::record::Record]) -> Vec<&[crate::model::record::Record]> {
     let mut out = Vec::new();
     let mut start = 0;
     for i in 1..=records.len() {
-        let continues = records
-            .get(i)
-            .is_some_and(|r| r.redirect_hop > 0 && r.request_index == 0);
+        let continues = records.get(i).is_some_and(|r| {
+            r.redirect_hop > 0 && r.request_index == 0 && r.reconnect_reason.is_none()
+        });
         if !continues {
             out.push(&records[start..i]);
             start = i;
@@ -311,6 +312,30 @@ pub async fn run(a: ProbeArgs) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transfers_are_curls() {
+        use crate::model::record::Record;
+        let r = |hop: u32, index: u32, reconnect: bool| {
+            let mut r = Record::new("http://h/", "GET", "ebpf");
+            r.redirect_hop = hop;
+            r.request_index = index;
+            r.reconnect_reason = reconnect.then(|| "closed".to_string());
+            r
+        };
+        let lens = |v: &[Record]| transfers(v).iter().map(|t| t.len()).collect::<Vec<_>>();
+        assert_eq!(lens(&[r(0, 0, false), r(1, 0, false)]), vec![2]);
+        assert_eq!(lens(&[r(0, 0, false), r(0, 1, false)]), vec![1, 1]);
+        assert_eq!(
+            lens(&[r(0, 0, false), r(1, 0, false), r(1, 0, true)]),
+            vec![2, 1]
+        );
+        assert_eq!(
+            lens(&[r(0, 0, false), r(0, 0, true), r(1, 0, false)]),
+            vec![1, 2]
+        );
+        assert!(transfers(&[]).is_empty());
+    }
 
     #[test]
     fn headers() {
