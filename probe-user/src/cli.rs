@@ -103,6 +103,9 @@ pub struct ProbeArgs {
     pub tls: TlsArgs,
 
     #[command(flatten)]
+    pub proxy: ProxyArgs,
+
+    #[command(flatten)]
     pub interfaces: Interfaces,
 
     /// Print one JSON object per request, one per line (see docs/json.md).
@@ -131,6 +134,30 @@ pub struct ProbeArgs {
     pub curl: CurlOutput,
 }
 
+/// Explicit proxies, as curl takes them. Without -x, the environment's
+/// http_proxy (lowercase only), HTTPS_PROXY / https_proxy, ALL_PROXY and
+/// NO_PROXY apply, as in curl. Plain HTTP goes to the proxy in absolute
+/// form; HTTPS through a CONNECT tunnel, whose phases (connect to the
+/// proxy, its CONNECT answer, TLS with the origin through it, the request)
+/// are timed apart.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ProxyArgs {
+    /// Go through this HTTP proxy: [http://][USER:PASSWORD@]HOST[:PORT]
+    /// (port 1080 when left out, as curl); "" turns proxies off, the
+    /// environment's too.
+    #[arg(short = 'x', long = "proxy", value_name = "[PROTOCOL://]HOST[:PORT]")]
+    pub proxy: Option<String>,
+
+    /// Hosts to reach directly, comma-separated (each matches its
+    /// subdomains; "*" all; addresses and CIDR ranges): replaces NO_PROXY.
+    #[arg(long, value_name = "LIST")]
+    pub noproxy: Option<String>,
+
+    /// USER:PASSWORD for the proxy (Basic), over the proxy URL's.
+    #[arg(short = 'U', long = "proxy-user", value_name = "USER:PASSWORD")]
+    pub proxy_user: Option<String>,
+}
+
 /// curl's output options. With any of -w, -o, -s, -I or -i, stdout carries
 /// exactly what curl would print there (the body unless -o, then -w's
 /// text), errors are curl's "synack: (N) message" on stderr, the exit
@@ -139,7 +166,8 @@ pub struct ProbeArgs {
 pub struct CurlOutput {
     /// After each transfer print FORMAT, with curl's variables: %{time_total},
     /// %{http_code}, %{remote_ip}, %{json}, %header{name}, \n ... and
-    /// synack's: %{wire_ttfb}, %{wire_handshake}, %{wire_tls}, %{verdict},
+    /// synack's: %{wire_ttfb}, %{wire_handshake}, %{wire_tls},
+    /// %{wire_proxy_connect}, %{verdict},
     /// %{bottleneck}, %{network}, %{middlebox}, %{server}, %{client},
     /// %{synack_ttl}, %{hops} (seconds, empty where not measured).
     /// "@FILE" reads FORMAT from a file, "@-" from stdin.

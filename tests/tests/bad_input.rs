@@ -38,7 +38,16 @@ def huge(c):
     c.recv(4096)
     c.sendall(b'HTTP/1.1 200 OK\r\nX-Big: ' + b'a' * (70 * 1024) + b'\r\nContent-Length: 0\r\n\r\n')
     time.sleep(1); c.close()
-for port, h in ((7001, garbage), (7002, reset), (7003, drip), (7004, silent), (7005, huge)):
+def forbids(c):
+    c.recv(4096)
+    c.sendall(b'HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n'); time.sleep(0.2); c.close()
+def wants_auth(c):
+    c.recv(4096)
+    c.sendall(b'HTTP/1.1 407 Proxy Authentication Required\r\n'
+              b'Proxy-Authenticate: Basic realm="lab"\r\nContent-Length: 0\r\n\r\n')
+    time.sleep(0.2); c.close()
+for port, h in ((7001, garbage), (7002, reset), (7003, drip), (7004, silent), (7005, huge),
+                (7007, forbids), (7008, wants_auth)):
     threading.Thread(target=serve, args=(port, h), daemon=True).start()
 open(sys.argv[1], 'w').close()
 while True:
@@ -227,6 +236,72 @@ fn every_bad_input_has_its_error_and_exit_status() -> Result<()> {
             exit: 0,
             kind: None,
             message: None,
+        },
+        Case {
+            name: "a proxy whose name does not resolve",
+            args: a(&[
+                "-m",
+                "5",
+                "-x",
+                "http://proxy.synack-test.invalid:3128",
+                "http://x/",
+            ]),
+            exit: 1,
+            kind: Some("proxy_dns"),
+            message: Some("proxy"),
+        },
+        Case {
+            name: "a proxy that refuses the connection",
+            args: a(&["-x", &format!("{s}:9"), "http://origin.test/"]),
+            exit: 1,
+            kind: Some("proxy_refused"),
+            message: Some("proxy"),
+        },
+        Case {
+            name: "a proxy that never answers the SYN",
+            args: a(&["-m", "1", "-x", &format!("{s}:7006"), "http://origin.test/"]),
+            exit: 1,
+            kind: Some("timeout"),
+            message: Some("connect"),
+        },
+        Case {
+            name: "a proxy that answers CONNECT with 403",
+            args: a(&["-x", &format!("http://{s}:7007"), "https://origin.test/"]),
+            exit: 1,
+            kind: Some("proxy_tunnel"),
+            message: Some("403 Forbidden"),
+        },
+        Case {
+            name: "a proxy that wants credentials (407)",
+            args: a(&["-x", &format!("http://{s}:7008"), "https://origin.test/"]),
+            exit: 1,
+            kind: Some("proxy_auth"),
+            message: Some("-U"),
+        },
+        Case {
+            name: "a proxy that refuses the credentials given",
+            args: a(&[
+                "-x",
+                &format!("http://u:wrong@{s}:7008"),
+                "https://origin.test/",
+            ]),
+            exit: 1,
+            kind: Some("proxy_auth"),
+            message: Some("refused the credentials"),
+        },
+        Case {
+            name: "a proxy that speaks garbage to CONNECT",
+            args: a(&["-x", &format!("http://{s}:7001"), "https://origin.test/"]),
+            exit: 1,
+            kind: Some("http"),
+            message: Some("not HTTP"),
+        },
+        Case {
+            name: "a SOCKS proxy (not supported)",
+            args: a(&["-x", "socks5://127.0.0.1:1080", "http://x/"]),
+            exit: 1,
+            kind: Some("unsupported_scheme"),
+            message: Some("HTTP proxies only"),
         },
         Case {
             name: "a bad option",

@@ -140,6 +140,25 @@ fn host(ip: IpAddr) -> String {
     }
 }
 
+/// curl's and synack's lines of TIMES, each time within 10 ms of the
+/// other's; both as numbers.
+fn times_agree(what: &str, curl: &str, synack: &str) -> (Vec<f64>, Vec<f64>) {
+    let nums = |l: &str| -> Vec<f64> {
+        l.split(' ')
+            .map(|x| x.parse().unwrap_or(f64::NAN))
+            .collect()
+    };
+    let (ct, st) = (nums(curl), nums(synack));
+    assert_eq!(ct.len(), st.len(), "{what}: curl {curl}, synack {synack}");
+    for (i, (a, b)) in ct.iter().zip(&st).enumerate() {
+        assert!(
+            (a - b).abs() <= 0.010,
+            "{what}: time {i}: curl {a}, synack {b} ({synack})"
+        );
+    }
+    (ct, st)
+}
+
 fn need_root() -> std::sync::MutexGuard<'static, ()> {
     let g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     assert!(
@@ -216,19 +235,7 @@ fn write_out_prints_what_curl_prints() -> Result<()> {
         assert_eq!(c.len(), 2, "curl: {curl:?}");
         assert_eq!(s.len(), 2, "synack: {synack:?}");
         assert_eq!(s[0], c[0], "{url}: string variables differ");
-        let nums = |l: &str| -> Vec<f64> {
-            l.split(' ')
-                .map(|x| x.parse().unwrap_or(f64::NAN))
-                .collect()
-        };
-        let (ct, st) = (nums(c[1]), nums(s[1]));
-        for (i, (a, b)) in ct.iter().zip(&st).enumerate() {
-            assert!(
-                (a - b).abs() <= 0.010,
-                "{url}: time {i}: curl {a}, synack {b} ({})",
-                s[1]
-            );
-        }
+        let (_, st) = times_agree(url, c[1], s[1]);
         // curl follows a redirect to the same origin on its connection;
         // synack gives each hop a connection (and timeline) of its own.
         let mut args: Vec<&str> = extra.iter().map(String::as_str).collect();
@@ -471,5 +478,223 @@ fn reuse_reconnects_when_the_server_closes() -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// The proxy's port in the server namespace.
+const SQUID: u16 = 3128;
+
+/// Debian's squid as a forward proxy (plain requests and CONNECT), in the
+/// server namespace beside nginx; it resolves NAME to nginx's address.
+struct Squid {
+    _squid: Proc,
+}
+
+impl Squid {
+    fn start(n: &Nginx) -> Result<Self> {
+        let p = &n.lab.pair;
+        let d = n.lab.dir.join("squid");
+        std::fs::create_dir_all(&d)?;
+        // squid drops privileges to its own user: let it write here.
+        sh(&["chmod", "0777", d.to_str().context("path")?])?;
+        let hosts = d.join("hosts");
+        std::fs::write(
+            &hosts,
+            format!("127.0.0.1 localhost\n{} {NAME}\n", p.server_v4),
+        )?;
+        let cfg = d.join("squid.conf");
+        let f = |x: &std::path::Path| x.display().to_string();
+        std::fs::write(
+            &cfg,
+            format!(
+                "http_port {SQUID}\nhttp_access allow all\ncache deny all\naccess_log none\n\
+                 cache_log {}\npid_filename {}\ncoredump_dir {}\nhosts_file {}\n\
+                 dns_nameservers 127.0.0.1\nvisible_hostname synack-test-proxy\n\
+                 shutdown_lifetime 0 seconds\n",
+                f(&d.join("cache.log")),
+                f(&d.join("squid.pid")),
+                f(&d),
+                f(&hosts)
+            ),
+        )?;
+        let mut c = p.server.command("squid");
+        c.arg("-N")
+            .arg("-f")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let squid = Proc::spawn(c, "squid")?;
+        // Both of its addresses, each warm (the first contact over a new
+        // path can lose its SYN to neighbour discovery: a 1 s retransmit
+        // that is no part of what the comparison measures).
+        for proxy in [
+            format!("http://{}:{SQUID}", p.server_v4),
+            format!("http://[{}]:{SQUID}", p.server_v6),
+        ] {
+            wait_for(Duration::from_secs(20), "squid to proxy", || {
+                p.client
+                    .command("curl")
+                    .args(["-s", "-o", "/dev/null", "-m", "5", "-x", &proxy])
+                    .arg(format!("http://{NAME}:{HTTP}/file.txt"))
+                    .status()
+                    .ok()
+                    .filter(|s| s.success())
+            })?;
+        }
+        Ok(Squid { _squid: squid })
+    }
+}
+
+/// Through squid (-x, IPv4 and IPv6 to the proxy): plain HTTP in absolute
+/// form and HTTPS through CONNECT give curl's strings (the proxy's
+/// address as remote_ip, http_connect 200 for the tunnel) and times within
+/// 10 ms; the environment and NO_PROXY / --noproxy choose as in curl; the
+/// record names the proxy and the verdict's path is `proxy`, with the
+/// tunnel's CONNECT timed on the wire.
+#[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
+fn proxies_give_what_curl_gives() -> Result<()> {
+    let _g = need_root();
+    let n = Nginx::start()?;
+    let _squid = Squid::start(&n)?;
+    let p = &n.lab.pair;
+    let strings = "%{http_code}|%{http_connect}|%{remote_ip}|%{remote_port}|%{num_connects}|\
+                   %{size_download}|%{url_effective}|%{exitcode}";
+    let http_url = format!("http://{NAME}:{HTTP}/file.txt");
+    let https_url = format!("https://{NAME}:{HTTPS}/file.txt");
+    for proxy in [
+        format!("http://{}:{SQUID}", p.server_v4),
+        format!("[{}]:{SQUID}", p.server_v6),
+    ] {
+        for url in [&http_url, &https_url] {
+            let fmt = format!("{strings}\\n{TIMES}");
+            let args = [
+                "-s",
+                "-o",
+                "/dev/null",
+                "--cacert",
+                &n.cert,
+                "-x",
+                &proxy,
+                "-w",
+                &fmt,
+                url,
+            ];
+            let [curl, synack] = n.both(&args)?;
+            let (c, s) = (
+                curl.1.lines().collect::<Vec<_>>(),
+                synack.1.lines().collect::<Vec<_>>(),
+            );
+            assert_eq!(
+                (curl.0, synack.0),
+                (0, 0),
+                "{proxy} {url}: {curl:?} {synack:?}"
+            );
+            assert_eq!(c.len(), 2, "curl: {curl:?}");
+            assert_eq!(s.len(), 2, "synack: {synack:?}");
+            assert_eq!(s[0], c[0], "{proxy} {url}: string variables differ");
+            assert!(c[0].starts_with("200|"), "{c:?}");
+            let (ct, st) = times_agree(&format!("{proxy} {url}"), c[1], s[1]);
+            // Through a tunnel, appconnect (CONNECT and TLS) follows connect.
+            if url == &https_url {
+                assert!(st[2] > st[1] && ct[2] > ct[1], "{c:?} {s:?}");
+            }
+        }
+    }
+
+    // The environment, as curl reads it; JSON names the proxy.
+    let json_of = |env: &[(&str, &str)], extra: &[&str], url: &str| -> Result<serde_json::Value> {
+        let mut c = p.client.command(synack_bin().to_str().context("path")?);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let o = c
+            .args(["--json", "--cacert", &n.cert])
+            .args(extra)
+            .arg(url)
+            .output()?;
+        let recs = json_lines(&o.stdout)?;
+        recs.into_iter()
+            .next()
+            .with_context(|| format!("no record: {}", String::from_utf8_lossy(&o.stderr)))
+    };
+    let proxy = format!("http://{}:{SQUID}", p.server_v4);
+    let r = json_of(&[("HTTPS_PROXY", &proxy)], &[], &https_url)?;
+    assert_eq!(r["http_status"], 200, "{r}");
+    assert_eq!(r["proxy"]["from"], "HTTPS_PROXY", "{r}");
+    assert_eq!(r["proxy"]["tunnel"], true, "{r}");
+    assert_eq!(r["proxy"]["connect_status"], 200, "{r}");
+    assert_eq!(r["remote_addr"], format!("{}:{SQUID}", p.server_v4), "{r}");
+    assert_eq!(r["verdict"]["path"], "proxy", "{r}");
+    let connect = r["wire"]["proxy_connect_ms"]
+        .as_f64()
+        .context("CONNECT on the wire")?;
+    let user = r["user"]["proxy_connect_ms"]
+        .as_f64()
+        .context("CONNECT in user space")?;
+    // The wire sees the answer before user space reads it.
+    assert!(connect > 0.0 && connect <= user + 0.5, "{connect} {user}");
+    // The TLS round trip is the one through the tunnel, not the CONNECT's.
+    let tls_start = r["timeline"]
+        .as_array()
+        .and_then(|t| t.iter().find(|e| e["event"] == "client_hello_out"))
+        .and_then(|e| e["t_ns"].as_u64());
+    let answer_in = r["timeline"]
+        .as_array()
+        .and_then(|t| t.iter().find(|e| e["event"] == "proxy_connect_in"))
+        .and_then(|e| e["t_ns"].as_u64());
+    assert!(
+        matches!((answer_in, tls_start), (Some(a), Some(b)) if a < b),
+        "the ClientHello leaves after the CONNECT answer: {r}"
+    );
+    // http_proxy (lowercase) for plain HTTP; HTTP_PROXY is not read (curl's rule).
+    let r = json_of(&[("http_proxy", &proxy)], &[], &http_url)?;
+    assert_eq!(
+        (r["proxy"]["from"].as_str(), r["proxy"]["tunnel"].as_bool()),
+        (Some("http_proxy"), Some(false)),
+        "{r}"
+    );
+    assert_eq!(r["verdict"]["path"], "proxy", "{r}");
+    let r = json_of(
+        &[("HTTP_PROXY", &proxy)],
+        &[],
+        &format!("http://{}:{HTTP}/file.txt", p.server_v4),
+    )?;
+    assert!(r["proxy"].is_null(), "HTTP_PROXY is ignored: {r}");
+    // NO_PROXY, and --noproxy over it, and -x "" over the environment.
+    let direct = format!("{}:{HTTP}", p.server_v4);
+    let no = json_of(
+        &[("http_proxy", &proxy), ("NO_PROXY", NAME)],
+        &["--resolve", &format!("{NAME}:{HTTP}:{}", p.server_v4)],
+        &http_url,
+    )?;
+    assert!(no["proxy"].is_null(), "{no}");
+    assert_eq!(no["remote_addr"], direct, "{no}");
+    let star = json_of(
+        &[("http_proxy", &proxy)],
+        &[
+            "--noproxy",
+            "*",
+            "--resolve",
+            &format!("{NAME}:{HTTP}:{}", p.server_v4),
+        ],
+        &http_url,
+    )?;
+    assert!(star["proxy"].is_null(), "{star}");
+    let off = json_of(
+        &[("http_proxy", &proxy)],
+        &[
+            "-x",
+            "",
+            "--resolve",
+            &format!("{NAME}:{HTTP}:{}", p.server_v4),
+        ],
+        &http_url,
+    )?;
+    assert!(off["proxy"].is_null(), "{off}");
+    assert_eq!(off["remote_addr"], direct, "{off}");
     Ok(())
 }

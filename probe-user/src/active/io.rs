@@ -181,6 +181,23 @@ impl RawStream {
         }
     }
 
+    /// Delivers bytes as they come, not record by record: a proxy's
+    /// plain answer to CONNECT comes before TLS.
+    pub(crate) fn pause_records(&mut self) {
+        lock(&self.log).records = None;
+    }
+
+    /// TLS starts here: records are counted from the current offset.
+    pub(crate) fn resume_records(&mut self) {
+        let mut l = lock(&self.log);
+        let at = l.raw_in;
+        l.records = Some(RecordCursor {
+            record_start: at,
+            offset: at,
+            ..Default::default()
+        });
+    }
+
     #[cfg(test)]
     pub(crate) fn get_ref(&self) -> &TcpStream {
         &self.inner

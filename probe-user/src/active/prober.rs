@@ -90,6 +90,8 @@ pub(crate) struct Options {
     pub sink: Option<BodySink>,
     /// curl's -i: the head goes to the sink before the body.
     pub include_head: bool,
+    /// -x, --noproxy, -U and the proxy environment.
+    pub proxy: crate::model::proxy::ProxyConfig,
 }
 
 /// A shared writer for response bodies. A failed write is kept (curl's
@@ -556,23 +558,34 @@ impl Prober {
         t: &Target,
         deadline: Option<Instant>,
     ) -> Result<SocketAddr, ErrorInfo> {
+        self.resolve_host(&t.host, t.port, deadline).await
+    }
+
+    /// A name (or address) and port to a socket address: --resolve first,
+    /// then an address as given, then the system's resolver.
+    async fn resolve_host(
+        &self,
+        host: &str,
+        port: u16,
+        deadline: Option<Instant>,
+    ) -> Result<SocketAddr, ErrorInfo> {
         let fam_ok = |a: &IpAddr| match self.opts.family {
             Family::Any => true,
             Family::V4 => a.is_ipv4(),
             Family::V6 => a.is_ipv6(),
         };
-        let host = t.host.to_ascii_lowercase();
+        let host = host.to_ascii_lowercase();
         if let Some(r) = self
             .opts
             .resolve
             .iter()
-            .find(|r| r.host == host && r.port == t.port && fam_ok(&r.addr))
+            .find(|r| r.host == host && r.port == port && fam_ok(&r.addr))
         {
-            return Ok(SocketAddr::new(r.addr, t.port));
+            return Ok(SocketAddr::new(r.addr, port));
         }
         if let Ok(ip) = host.parse::<IpAddr>() {
             return if fam_ok(&ip) {
-                Ok(SocketAddr::new(ip, t.port))
+                Ok(SocketAddr::new(ip, port))
             } else {
                 Err(ErrorInfo::new(
                     ErrorKind::Dns,
@@ -580,7 +593,7 @@ impl Prober {
                 ))
             };
         }
-        let lookup = tokio::net::lookup_host((host.clone(), t.port));
+        let lookup = tokio::net::lookup_host((host.clone(), port));
         let addrs = with_deadline(deadline, "dns", lookup)
             .await?
             .map_err(|e| ErrorInfo::new(ErrorKind::Dns, format!("cannot resolve {host}: {e}")))?;
@@ -664,9 +677,30 @@ impl Prober {
         let mut base = Record::new(url, method.as_str(), self.mode);
         base.redirect_hop = hop;
 
+        // Through a proxy only the proxy's name is looked up (as curl
+        // does): the proxy resolves the origin's.
+        let proxy = self.opts.proxy.for_url(t.url.scheme(), &t.host)?;
         conn.dns_start = Some(mono_ns());
-        let addr = self.resolve(&t, deadline).await?;
+        let addr = match &proxy {
+            None => self.resolve(&t, deadline).await?,
+            Some(p) => self
+                .resolve_host(&p.host, p.port, deadline)
+                .await
+                .map_err(|e| match e.kind {
+                    ErrorKind::Dns => ErrorInfo::new(
+                        ErrorKind::ProxyDns,
+                        format!("proxy {} ({}): {}", p.display(), p.from, e.message),
+                    ),
+                    _ => e,
+                })?,
+        };
         conn.dns_done = Some(mono_ns());
+        base.proxy = proxy.as_ref().map(|p| crate::model::record::ProxyUsed {
+            url: p.display(),
+            from: p.from,
+            tunnel: t.tls,
+            connect_status: None,
+        });
         base.remote_addr = Some(addr.to_string());
         // By the routing table: a point-to-point or `scope link` route is
         // on-link although no subnet of ours holds the address.
@@ -709,6 +743,7 @@ impl Prober {
             cookie,
             want: 1,
             closed_early: None,
+            proxy,
         };
         Ok((a, sock))
     }
@@ -773,7 +808,10 @@ impl Prober {
             st.at_connect = crate::active::stamps::tcp_info(stream.as_raw_fd());
             crate::active::io::lock(&a.log).stamps = Some(st);
         }
-        let raw = RawStream::new(stream, a.log.clone(), a.t.tls, stamped);
+        let mut raw = RawStream::new(stream, a.log.clone(), a.t.tls, stamped);
+        if a.t.tls && a.proxy.is_some() {
+            self.tunnel(a, &mut raw).await?;
+        }
         let io: Box<dyn AsyncStream> = if a.t.tls {
             self.tls_handshake(a, raw).await?
         } else {
@@ -797,6 +835,98 @@ impl Prober {
         // Let hyper close the connection so the FIN is on the record.
         let _ = tokio::time::timeout(Duration::from_millis(200), driver).await;
         result
+    }
+
+    /// Through a declared proxy: CONNECT to the origin and the proxy's
+    /// answer, read as plain bytes before TLS starts on the tunnel.
+    async fn tunnel(&self, a: &mut Attempt, raw: &mut RawStream) -> Result<(), Failed> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Some(p) = a.proxy.clone() else {
+            return Ok(());
+        };
+        let authority = match a.t.url.host() {
+            Some(url::Host::Ipv6(h)) => format!("[{h}]:{}", a.t.port),
+            _ => format!("{}:{}", a.t.host, a.t.port),
+        };
+        let mut req = format!(
+            "CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: {}\r\n",
+            self.user_agent()
+        );
+        if let Some(auth) = p.authorization() {
+            req.push_str(&format!("Proxy-Authorization: {auth}\r\n"));
+        }
+        req.push_str("Proxy-Connection: Keep-Alive\r\n\r\n");
+        let io_err = |e: std::io::Error| {
+            Failed::from(ErrorInfo::new(
+                ErrorKind::Io,
+                format!("CONNECT through proxy {}: {e}", p.display()),
+            ))
+        };
+        raw.pause_records();
+        a.conn.proxy_connect_start = Some(mono_ns());
+        let exchange = async {
+            raw.write_all(req.as_bytes()).await?;
+            raw.flush().await?;
+            let mut head = Vec::with_capacity(256);
+            let mut buf = [0u8; 1024];
+            loop {
+                let n = raw.read(&mut buf).await?;
+                if n == 0 {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the proxy closed the connection before it answered",
+                    ));
+                }
+                head.extend_from_slice(&buf[..n]);
+                if head.windows(4).any(|w| w == b"\r\n\r\n") || head.len() > MAX_HEAD_BYTES {
+                    return Ok(head);
+                }
+            }
+        };
+        let head = with_deadline(a.deadline, "the proxy's CONNECT", exchange)
+            .await?
+            .map_err(io_err)?;
+        a.conn.proxy_connect_done = Some(mono_ns());
+        let answer = crate::model::proxy::connect_answer(&head).map_err(|why| {
+            Failed::from(ErrorInfo::new(
+                ErrorKind::Http,
+                format!("proxy {}: {why}", p.display()),
+            ))
+        })?;
+        if let Some(used) = a.base.proxy.as_mut() {
+            used.connect_status = Some(answer.status);
+        }
+        {
+            let log = crate::active::io::lock(&a.log);
+            a.conn.tls_out_at = log.raw_out;
+            a.conn.tls_in_at = log.raw_in;
+        }
+        if let Some(e) = answer.error(&p) {
+            return Err(Failed::from(e));
+        }
+        if answer.extra > 0 {
+            return Err(Failed::from(ErrorInfo::new(
+                ErrorKind::Http,
+                format!(
+                    "proxy {} sent {} bytes after its answer to CONNECT, before TLS began",
+                    p.display(),
+                    answer.extra
+                ),
+            )));
+        }
+        raw.resume_records();
+        Ok(())
+    }
+
+    /// The User-Agent synack sends unless -A or -H sets one.
+    fn user_agent(&self) -> String {
+        self.opts
+            .headers
+            .iter()
+            .find(|(h, _)| h == header::USER_AGENT)
+            .and_then(|(_, v)| v.to_str().ok())
+            .map(str::to_string)
+            .unwrap_or_else(|| concat!("synack/", env!("CARGO_PKG_VERSION")).to_string())
     }
 
     /// The TLS handshake, timed, and what it gave (version, certificate).
@@ -851,7 +981,7 @@ impl Prober {
                     Err(e) => return Err(Failed::from(e)),
                 }
             }
-            let req = self.build_request(&a.t, &a.method)?;
+            let req = self.build_request(&a.t, &a.method, a.proxy.as_ref())?;
             crate::active::io::lock(&a.log).arm();
             if i > 0 {
                 cpu_before = crate::host::cpustat::CpuSnapshot::take(&self.cpu);
@@ -933,11 +1063,20 @@ impl Prober {
         &self,
         t: &Target,
         method: &Method,
+        proxy: Option<&crate::model::proxy::Proxy>,
     ) -> Result<Request<Full<Bytes>>, ErrorInfo> {
-        let path = match t.url.query() {
+        let mut path = match t.url.query() {
             Some(q) => format!("{}?{q}", t.url.path()),
             None => t.url.path().to_string(),
         };
+        // A plain request to a proxy names the whole URL (absolute form);
+        // through a tunnel the origin gets the path as usual.
+        let forward = proxy.filter(|_| !t.tls);
+        if forward.is_some() {
+            let mut u = t.url.clone();
+            u.set_fragment(None);
+            path = u.to_string();
+        }
         let uri: Uri = path.parse().map_err(|e| {
             ErrorInfo::new(
                 ErrorKind::InvalidUrl,
@@ -963,6 +1102,12 @@ impl Prober {
         }
         if !has(&header::ACCEPT) {
             b = b.header(header::ACCEPT, "*/*");
+        }
+        if let Some(p) = forward {
+            if let Some(auth) = p.authorization() {
+                b = b.header(header::PROXY_AUTHORIZATION, auth);
+            }
+            b = b.header("proxy-connection", "Keep-Alive");
         }
         for (k, v) in &self.opts.headers {
             b = b.header(k, v);
@@ -1053,6 +1198,8 @@ struct Attempt {
     /// Set when the server closed the connection before `want` were sent:
     /// how many were done, and why (`close_reason`).
     closed_early: Option<(u32, String)>,
+    /// The declared proxy this connection goes to (`addr` is its address).
+    proxy: Option<crate::model::proxy::Proxy>,
 }
 
 /// Connects, timed; the connection's addresses go to the record and key.
@@ -1060,7 +1207,20 @@ async fn connect(a: &mut Attempt, sock: TcpSocket) -> Result<tokio::net::TcpStre
     a.conn.connect_call = Some(mono_ns());
     let stream = with_deadline(a.deadline, "connect", sock.connect(a.addr))
         .await?
-        .map_err(|e| connect_error(a.addr, e))?;
+        .map_err(|e| {
+            let e = connect_error(a.addr, e);
+            match &a.proxy {
+                None => e,
+                Some(p) => ErrorInfo::new(
+                    if e.kind == ErrorKind::ConnectRefused {
+                        ErrorKind::ProxyRefused
+                    } else {
+                        ErrorKind::ProxyConnect
+                    },
+                    format!("proxy {} ({}): {}", p.display(), p.from, e.message),
+                ),
+            }
+        })?;
     a.conn.connect_done = Some(mono_ns());
     // Requests go out in one segment as soon as they are written, as with curl.
     let _ = stream.set_nodelay(true);

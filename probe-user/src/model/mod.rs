@@ -4,6 +4,7 @@
 
 pub mod events;
 pub mod flows;
+pub mod proxy;
 pub mod record;
 pub mod sniff;
 pub mod targets;

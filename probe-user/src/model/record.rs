@@ -42,6 +42,16 @@ pub(crate) enum ErrorKind {
     /// `synack watch`: the connection closed or was reset before a response,
     /// or synack stopped first.
     NoResponse,
+    /// The proxy's name did not resolve.
+    ProxyDns,
+    /// The proxy answered the SYN with a RST.
+    ProxyRefused,
+    /// Any other failure to connect to the proxy.
+    ProxyConnect,
+    /// The proxy answered CONNECT with a status other than 2xx (not 407).
+    ProxyTunnel,
+    /// The proxy asked for credentials (407 to CONNECT).
+    ProxyAuth,
 }
 
 impl ErrorKind {
@@ -59,6 +69,11 @@ impl ErrorKind {
             ErrorKind::Io => "io",
             ErrorKind::Kernel => "kernel",
             ErrorKind::NoResponse => "no_response",
+            ErrorKind::ProxyDns => "proxy_dns",
+            ErrorKind::ProxyRefused => "proxy_refused",
+            ErrorKind::ProxyConnect => "proxy_connect",
+            ErrorKind::ProxyTunnel => "proxy_tunnel",
+            ErrorKind::ProxyAuth => "proxy_auth",
         }
     }
 }
@@ -122,6 +137,9 @@ pub(crate) struct UserTimes {
     pub dns_ms: Option<f64>,
     /// connect() call to connection established.
     pub connect_ms: Option<f64>,
+    /// The proxy's answer to CONNECT: written to the head read (a
+    /// tunnel through a declared proxy only).
+    pub proxy_connect_ms: Option<f64>,
     /// TLS handshake.
     pub tls_ms: Option<f64>,
     /// Request fully written to the first response byte read.
@@ -189,6 +207,25 @@ pub(crate) struct WireTimes {
     /// -> ClientHello, the server's flight -> our Finished), and from our
     /// Finished to the request.
     pub client_turns_ms: Option<f64>,
+    /// Through a declared proxy's tunnel: CONNECT out to the first segment
+    /// of its answer in (the proxy's way to the origin and back, plus the
+    /// round trip to the proxy).
+    pub proxy_connect_ms: Option<f64>,
+}
+
+/// The declared proxy a request went through (`-x`, or the environment).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct ProxyUsed {
+    /// `http://host:port`, without credentials.
+    pub url: String,
+    /// Where it was set: `-x`, `http_proxy`, `HTTPS_PROXY`, `ALL_PROXY`.
+    pub from: &'static str,
+    /// HTTPS through a CONNECT tunnel (true) or a plain request in
+    /// absolute form (false).
+    pub tunnel: bool,
+    /// The status of the proxy's answer to CONNECT (null: no tunnel, or
+    /// no answer).
+    pub connect_status: Option<u16>,
 }
 
 /// One point of the request's timeline.
@@ -239,6 +276,9 @@ pub(crate) struct Record {
     pub reconnect_reason: Option<String>,
     /// https:// (TLS) or not.
     pub tls: bool,
+    /// The declared proxy this request went through; `remote_addr` is
+    /// then the proxy's.
+    pub proxy: Option<ProxyUsed>,
     /// What the TLS handshake gave: version, ALPN and whose certificate
     /// (null for plain HTTP, or before the handshake completed).
     pub tls_info: Option<TlsInfo>,
@@ -357,6 +397,14 @@ impl Record {
             server_timing: self.server_timing_ms,
             cert_issuer: self.tls_info.as_ref().and_then(|t| t.cert_issuer.clone()),
             remote: self.remote_addr.clone().unwrap_or_default(),
+            proxy: self
+                .proxy
+                .as_ref()
+                .map(|p| crate::model::verdict::DeclaredProxy {
+                    url: p.url.clone(),
+                    tunnel: p.tunnel,
+                    connect_answer: w.proxy_connect_ms,
+                }),
         }
     }
 
@@ -380,6 +428,7 @@ impl Record {
             request_index: 0,
             connection_reused: false,
             reconnect_reason: None,
+            proxy: None,
             tls: url.starts_with("https:"),
             tls_info: None,
             remote_on_link: None,
@@ -441,6 +490,11 @@ mod tests {
             (ErrorKind::Io, "io"),
             (ErrorKind::Kernel, "kernel"),
             (ErrorKind::NoResponse, "no_response"),
+            (ErrorKind::ProxyDns, "proxy_dns"),
+            (ErrorKind::ProxyRefused, "proxy_refused"),
+            (ErrorKind::ProxyConnect, "proxy_connect"),
+            (ErrorKind::ProxyTunnel, "proxy_tunnel"),
+            (ErrorKind::ProxyAuth, "proxy_auth"),
         ];
         let doc = include_str!("../../../docs/json.md");
         for (k, s) in all {

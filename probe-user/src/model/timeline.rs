@@ -17,11 +17,18 @@ pub(crate) struct ConnMarks {
     pub dns_done: Option<u64>,
     pub connect_call: Option<u64>,
     pub connect_done: Option<u64>,
+    /// CONNECT written to a declared proxy, and its answer's head read.
+    pub proxy_connect_start: Option<u64>,
+    pub proxy_connect_done: Option<u64>,
     pub tls_start: Option<u64>,
     pub tls_done: Option<u64>,
     /// TLS 1.3: after our Finished the client needs nothing more from the
     /// server before its request (session tickets come unasked).
     pub tls13: bool,
+    /// Raw stream offsets where TLS begins, out and in: 0, or what the
+    /// CONNECT and its answer took before it through a proxy's tunnel.
+    pub tls_out_at: u64,
+    pub tls_in_at: u64,
 }
 
 /// User-space marks and stream offsets of one request.
@@ -49,8 +56,13 @@ pub(crate) struct RequestMarks {
 /// arriving a round trip later: that is no reply. Our Finished can only
 /// leave once the whole server flight is in, so whatever arrives after it
 /// is new.
-fn tls_round2(f: &Flow, response_at: Option<u64>, request_at: Option<u64>) -> Option<(u64, u64)> {
-    let finished = our_finished(f, request_at?)?;
+fn tls_round2(
+    f: &Flow,
+    response_at: Option<u64>,
+    request_at: Option<u64>,
+    tls_out_at: u64,
+) -> Option<(u64, u64)> {
+    let finished = our_finished(f, request_at?, tls_out_at)?;
     let reply = f
         .inb
         .iter()
@@ -62,8 +74,9 @@ fn tls_round2(f: &Flow, response_at: Option<u64>, request_at: Option<u64>) -> Op
 }
 
 /// Our Finished: the last handshake segment we sent before the request at
-/// stream offset `request_at` (or the request's own, which it rode with).
-fn our_finished(f: &Flow, request_at: u64) -> Option<&Seg> {
+/// stream offset `request_at` (or the request's own, which it rode with),
+/// after the ClientHello at `tls_out_at`.
+fn our_finished(f: &Flow, request_at: u64, tls_out_at: u64) -> Option<&Seg> {
     let off = |s: &Seg| f.offset(DIR_OUT, s.seq).map(u64::from);
     let request = f
         .out
@@ -76,7 +89,7 @@ fn our_finished(f: &Flow, request_at: u64) -> Option<&Seg> {
     f.out
         .iter()
         .filter(|s| !s.retrans && s.len != CCS_RECORD)
-        .filter(|s| off(s).is_some_and(|o| o > 0 && o < request_at))
+        .filter(|s| off(s).is_some_and(|o| o > tls_out_at && o < request_at))
         .max_by_key(|s| s.ts_ns)
         .or(request)
 }
@@ -202,6 +215,7 @@ pub(crate) fn user_times(conn: Option<&ConnMarks>, req: &RequestMarks) -> UserTi
     UserTimes {
         dns_ms: conn.and_then(|c| ms(c.dns_start, c.dns_done)),
         connect_ms: conn.and_then(|c| ms(c.connect_call, c.connect_done)),
+        proxy_connect_ms: conn.and_then(|c| ms(c.proxy_connect_start, c.proxy_connect_done)),
         tls_ms: conn.and_then(|c| ms(c.tls_start, c.tls_done)),
         ttfb_ms: ms(req.request_written, req.first_byte_read),
         total_ms: ms(start, req.done),
@@ -232,6 +246,7 @@ pub(crate) fn assemble(
     // Handshake packets belong to the first request's timeline only.
     if conn.is_some() {
         a.handshake_marks();
+        a.proxy_connect();
         if tls {
             a.tls_hello();
             a.tls_second_round();
@@ -266,6 +281,8 @@ fn user_marks(conn: Option<&ConnMarks>, req: &RequestMarks) -> Vec<TimelineEntry
         user("dns_done", c.dns_done);
         user("connect_call", c.connect_call);
         user("connect_done", c.connect_done);
+        user("proxy_connect_start", c.proxy_connect_start);
+        user("proxy_connect_done", c.proxy_connect_done);
         user("tls_start", c.tls_start);
         user("tls_done", c.tls_done);
     }
@@ -343,13 +360,34 @@ impl Assembly<'_> {
         }
     }
 
+    /// Through a declared proxy's tunnel: the CONNECT out (the first
+    /// bytes sent) and the first segment of its answer in.
+    fn proxy_connect(&mut self) {
+        let f = self.f;
+        if self.conn.is_none_or(|c| c.proxy_connect_start.is_none()) {
+            return;
+        }
+        let out = f.out_covering(0).map(|s| s.ts_ns);
+        let answer = f.in_covering(0).map(|s| s.ts_ns);
+        if let Some(t) = out {
+            self.wire("proxy_connect_out", t);
+        }
+        if let Some(t) = answer {
+            self.wire("proxy_connect_in", t);
+        }
+        if let (Some(a), Some(b)) = (out, answer) {
+            self.w.proxy_connect_ms = Some(ms_between(a, b));
+        }
+    }
+
     /// TLS's first round: ClientHello out, ServerHello in, the round trip
     /// between them, and how soon a TCP endpoint acknowledged the
     /// ClientHello.
     fn tls_hello(&mut self) {
         let f = self.f;
-        let ch = f.out_covering(0);
-        let sh = server_hello(f, ch);
+        let (out_at, in_at) = self.conn.map_or((0, 0), |c| (c.tls_out_at, c.tls_in_at));
+        let ch = f.out_covering(out_at as u32);
+        let sh = server_hello(f, ch, in_at);
         if let Some(s) = ch {
             self.wire("client_hello_out", s.ts_ns);
         }
@@ -360,7 +398,7 @@ impl Assembly<'_> {
             self.w.tls_rtt_ms = Some(ms_between(a.ts_ns, b.ts_ns));
         }
         if let Some(a) = ch
-            && let Some(ack) = f.ack_covering(a.len, a.ts_ns)
+            && let Some(ack) = f.ack_covering(out_at as u32 + a.len, a.ts_ns)
         {
             self.w.client_hello_acked_ms = Some(ms_between(a.ts_ns, ack));
         }
@@ -369,7 +407,8 @@ impl Assembly<'_> {
     /// TLS's second round (our Finished and the TLS endpoint's prompt
     /// reply), when there is one: a round trip with no think time in it.
     fn tls_second_round(&mut self) {
-        if let Some((a, b)) = tls_round2(self.f, self.req.in_start, self.req.out_start) {
+        let out_at = self.conn.map_or(0, |c| c.tls_out_at);
+        if let Some((a, b)) = tls_round2(self.f, self.req.in_start, self.req.out_start, out_at) {
             self.wire("client_finished_out", a);
             self.wire("tls_round2_in", b);
             self.w.tls_round2_ms = Some(ms_between(a, b));
@@ -499,18 +538,22 @@ impl Assembly<'_> {
     }
 }
 
-/// The ServerHello's segment, or the server flight's first to arrive when
-/// that one was lost: the end of TLS's first round trip.
-fn server_hello<'f>(f: &'f Flow, ch: Option<&Seg>) -> Option<&'f Seg> {
+/// The ServerHello's segment (at incoming offset `in_at`), or the server
+/// flight's first to arrive when that one was lost: the end of TLS's first
+/// round trip.
+fn server_hello<'f>(f: &'f Flow, ch: Option<&Seg>, in_at: u64) -> Option<&'f Seg> {
     // The server's first flight leaves at once: when its first
     // segment (the ServerHello) was lost, a later one arrives on
     // time, and the ServerHello a retransmission timeout later.
-    let first_in = f.in_covering(0);
+    let first_in = f.in_covering(in_at as u32);
     let earlier = ch.and_then(|c| {
         f.inb
             .iter()
             .filter(|s| !s.retrans && s.ts_ns > c.ts_ns)
-            .filter(|s| f.in_offset(s.seq).is_some_and(|o| o > 0 && o < 1 << 20))
+            .filter(|s| {
+                f.in_offset(s.seq)
+                    .is_some_and(|o| u64::from(o) > in_at && u64::from(o) - in_at < 1 << 20)
+            })
             .filter(|s| first_in.is_none_or(|x| s.ts_ns < x.ts_ns))
             .min_by_key(|s| s.ts_ns)
     });
@@ -647,7 +690,7 @@ mod tests {
     fn the_finished_is_our_last_handshake_segment_not_the_change_cipher_spec() {
         use probe_common::DIR_IN;
         let f = two_round_flight();
-        assert_eq!(tls_round2(&f, Some(21600), Some(386)), Some((900, 1300)));
+        assert_eq!(tls_round2(&f, Some(21600), Some(386), 0), Some((900, 1300)));
         // Finished and request in one segment after the server's flight
         let f = tls_flow(&[
             (DIR_IN, 300, 0, 1400),
@@ -657,9 +700,9 @@ mod tests {
             (DIR_IN, 1300, 3400, 200),
             (DIR_IN, 1400, 3600, 500),
         ]);
-        assert_eq!(tls_round2(&f, Some(3600), Some(306)), Some((900, 1300)));
+        assert_eq!(tls_round2(&f, Some(3600), Some(306), 0), Some((900, 1300)));
         // the first bytes after the Finished are the response: no sample
-        assert_eq!(tls_round2(&f, Some(3400), Some(306)), None);
+        assert_eq!(tls_round2(&f, Some(3400), Some(306), 0), None);
     }
 
     #[test]
@@ -683,7 +726,7 @@ mod tests {
             }
             f.push(&ev(EV_DATA, DIR_IN, reply, 8401, 581, 200, 0));
             f.push(&ev(EV_DATA, DIR_IN, 150 * MS, 8601, 581, 500, 0));
-            tls_round2(&f, Some(1600), Some(380))
+            tls_round2(&f, Some(1600), Some(380), 0)
         };
         // at once: a round trip
         assert_eq!(run(120 * MS, 0), Some((100 * MS, 120 * MS)));
@@ -763,15 +806,80 @@ mod tests {
     }
 
     #[test]
+    fn a_tunnels_connect_comes_before_tls() {
+        use crate::model::flows::tests::ev;
+        use probe_common::{DIR_IN, EV_DATA, EV_SYN, EV_SYNACK};
+        const MS: u64 = 1_000_000;
+        // CONNECT (100 bytes) and its answer (39), then TLS: ClientHello
+        // (300) and the server's flight (1000), then the request (200) and
+        // the response.
+        let mut f = Flow::new(probe_common::FlowKey::default(), 5);
+        for e in [
+            ev(EV_SYN, DIR_OUT, 0, 1000, 0, 0, 0),
+            ev(EV_SYNACK, DIR_IN, 4 * MS, 5000, 1001, 0, 0),
+            ev(EV_DATA, DIR_OUT, 5 * MS, 1001, 5001, 100, 0),
+            ev(EV_DATA, DIR_IN, 40 * MS, 5001, 1101, 39, 0),
+            ev(EV_DATA, DIR_OUT, 51 * MS, 1101, 5040, 300, 0),
+            ev(EV_DATA, DIR_IN, 96 * MS, 5040, 1401, 1000, 0),
+            ev(EV_DATA, DIR_OUT, 97 * MS, 1401, 6040, 200, 0),
+            ev(EV_DATA, DIR_IN, 160 * MS, 6040, 1601, 500, 0),
+        ] {
+            f.push(&e);
+        }
+        let conn = ConnMarks {
+            connect_call: Some(0),
+            connect_done: Some(4 * MS),
+            proxy_connect_start: Some(5 * MS),
+            proxy_connect_done: Some(40 * MS),
+            tls_start: Some(41 * MS),
+            tls_done: Some(97 * MS),
+            tls13: true,
+            tls_out_at: 100,
+            tls_in_at: 39,
+            ..Default::default()
+        };
+        let m = RequestMarks {
+            request_start: Some(97 * MS),
+            request_written: Some(97 * MS),
+            first_byte_read: Some(160 * MS),
+            done: Some(161 * MS),
+            out_start: Some(400),
+            out_end: Some(600),
+            in_start: Some(1039),
+            ..Default::default()
+        };
+        let (w, tl) = assemble(Some(&f), Some(&conn), true, &m);
+        assert_eq!(w.proxy_connect_ms, Some(35.0));
+        // The ClientHello is not the CONNECT, the ServerHello not its answer.
+        assert_eq!(w.tls_rtt_ms, Some(45.0));
+        assert_eq!(w.ttfb_ms, Some(63.0));
+        let at = |name| tl.iter().find(|e| e.event == name).map(|e| e.t_ns);
+        assert_eq!(at("proxy_connect_out"), Some(5 * MS));
+        assert_eq!(at("proxy_connect_in"), Some(40 * MS));
+        assert_eq!(at("client_hello_out"), Some(51 * MS));
+        assert_eq!(at("server_hello_in"), Some(96 * MS));
+        // Without the tunnel's offsets the CONNECT would pass for TLS.
+        let direct = ConnMarks {
+            proxy_connect_start: None,
+            tls_out_at: 0,
+            tls_in_at: 0,
+            ..conn
+        };
+        let (w, _) = assemble(Some(&f), Some(&direct), true, &m);
+        assert_eq!(w.proxy_connect_ms, None);
+        assert_eq!(w.tls_rtt_ms, Some(35.0));
+    }
+
+    #[test]
     fn user_times_per_phase() {
         let conn = ConnMarks {
             dns_start: Some(0),
             dns_done: Some(1_000_000),
             connect_call: Some(1_000_000),
             connect_done: Some(3_000_000),
-            tls_start: None,
-            tls_done: None,
-            tls13: false,
+            proxy_connect_start: Some(3_100_000),
+            proxy_connect_done: Some(3_600_000),
+            ..Default::default()
         };
         let r = RequestMarks {
             request_written: Some(4_000_000),
@@ -782,6 +890,7 @@ mod tests {
         let u = user_times(Some(&conn), &r);
         assert_eq!(u.dns_ms, Some(1.0));
         assert_eq!(u.connect_ms, Some(2.0));
+        assert_eq!(u.proxy_connect_ms, Some(0.5));
         assert_eq!(u.tls_ms, None);
         assert_eq!(u.ttfb_ms, Some(5.0));
         assert_eq!(u.total_ms, Some(10.0));

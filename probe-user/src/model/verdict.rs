@@ -104,6 +104,20 @@ pub(crate) struct Facts {
     /// Who issued the server's certificate (TLS), for the reasons.
     pub cert_issuer: Option<String>,
     pub remote: String,
+    /// The request went through a proxy it was told to use (-x, or the
+    /// environment): no guess about the path is needed.
+    pub proxy: Option<DeclaredProxy>,
+}
+
+/// A proxy the request was told to use.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct DeclaredProxy {
+    /// `http://host:port`.
+    pub url: String,
+    /// HTTPS through a CONNECT tunnel (else plain HTTP in absolute form).
+    pub tunnel: bool,
+    /// CONNECT out -> the first segment of its answer in, ms (wire).
+    pub connect_answer: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -111,6 +125,8 @@ pub(crate) struct Facts {
 pub(crate) enum PathKind {
     Direct,
     Middlebox,
+    /// A proxy the request was told to use (-x, or the environment).
+    Proxy,
     #[default]
     Unknown,
 }
@@ -323,7 +339,12 @@ fn samples(conn: &[Facts], first: Option<&Facts>) -> Samples {
     let Some(f) = first else {
         return s;
     };
-    if tls {
+    if tls && f.proxy.as_ref().is_some_and(|p| p.tunnel) {
+        // Through a declared tunnel TLS ends at the origin, beyond the
+        // proxy: its round trips are the way there, not samples of the
+        // path's RTT to test.
+        s.t = raw.t;
+    } else if tls {
         s.keep_possible(raw.p, raw.t);
         s.set_aside_late_finished_reply();
     }
@@ -934,6 +955,10 @@ pub(crate) fn analyze_one(conn: &[Facts], which: usize) -> Option<Analysis> {
 /// request's analysis shares.
 fn decide(conn: &[Facts]) -> (Connection<'_>, Decision) {
     let mut connection = Connection::gather(conn);
+    if let Some(p) = connection.any.and_then(|f| f.proxy.clone()) {
+        let decision = connection.declared(&p);
+        return (connection, decision);
+    }
     connection.set_aside_unexplained_server_hello();
     let standing = Standing::of(&connection.fits);
     let mut words = Words::default();
@@ -1363,6 +1388,108 @@ impl<'a> Connection<'a> {
 
     /// The chosen middlebox's origin RTT, and what limits it (not measured,
     /// or measured with crypto time in it).
+    /// The verdict of a declared proxy: the path is known, so nothing is
+    /// fitted; what is left to measure is the proxy's way to the origin.
+    fn declared(&self, p: &DeclaredProxy) -> Decision {
+        let mut words = Words::default();
+        let hops = self
+            .any
+            .and_then(|f| f.hops)
+            .map(|h| format!(", {h} hop{} away", if h == 1 { "" } else { "s" }))
+            .unwrap_or_default();
+        words.reasons.push(format!(
+            "the proxy was declared ({}): TCP ends at the proxy{hops}{}",
+            p.url,
+            self.s
+                .r1
+                .map(|x| format!(", {} round trip to it", r(x)))
+                .unwrap_or_default()
+        ));
+        let mut bounds: Vec<(f64, &'static str)> = Vec::new();
+        if p.tunnel {
+            if let (Some(c), Some(r1)) = (p.connect_answer, self.s.r1) {
+                words.reasons.push(format!(
+                    "it answered CONNECT {} after it was sent, {} beyond the round trip to it: \
+                     its name lookup and connect to the origin (at least one round trip from \
+                     the proxy to the origin)",
+                    r(c),
+                    r(c - r1)
+                ));
+                bounds.push((c - r1, "proxy_connect"));
+            }
+            if let (Some(t), Some(r1)) = (self.s.t, self.s.r1) {
+                bounds.push((t - r1, "tls_rtt"));
+            }
+            if bounds.is_empty() {
+                words.limits.push(
+                    "the proxy's way to the origin was not timed (no CONNECT answer or TLS round \
+                     trip on the wire): proxy and server time cannot be told apart"
+                        .into(),
+                );
+            }
+        }
+        // The origin's own account bounds the way to it with no crypto in
+        // it. (Through a plain proxy the first byte's wait also holds the
+        // proxy's connect to the origin, when it opened one: no RTT then.)
+        if let (Some(first), Some(r1), Some(f)) = (self.first, self.s.r1, self.s.f)
+            && let Some(st) = first.server_timing
+        {
+            let bound = f - r1 - st;
+            if bound > -slack(r1) {
+                if p.tunnel {
+                    bounds.push((bound.max(0.0), "server_timing"));
+                } else {
+                    words.reasons.push(format!(
+                        "the first byte came {} after the request; the origin's Server-Timing \
+                         says it took {} of it, which leaves {} to the proxy (its connect to the \
+                         origin, when it opened one, and the round trip to it)",
+                        r(f),
+                        r(st),
+                        r(bound.max(0.0))
+                    ));
+                }
+            } else {
+                words.limits.push(format!(
+                    "the origin's Server-Timing ({}) leaves no time for the way to it within \
+                     the first byte ({} after the request): not used",
+                    r(st),
+                    r(f)
+                ));
+            }
+        }
+        if !p.tunnel && self.first.is_none_or(|f| f.server_timing.is_none()) {
+            words.limits.push(
+                "through a plain-HTTP proxy its way to the origin cannot be told apart from \
+                 server time: an origin that sends Server-Timing, or HTTPS (a CONNECT tunnel \
+                 times the proxy's way), would settle it"
+                    .into(),
+            );
+        }
+        let r2 = bounds
+            .into_iter()
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(v, from)| (v.max(0.0), from));
+        if let Some((v, from)) = r2 {
+            words.reasons.push(format!(
+                "the origin is at most {} beyond the proxy (from {})",
+                r(v),
+                match from {
+                    "proxy_connect" => "the CONNECT answer",
+                    "tls_rtt" => "the TLS handshake through the tunnel, crypto included",
+                    _ => "the first byte less the origin's Server-Timing",
+                }
+            ));
+        }
+        Decision {
+            path: PathKind::Proxy,
+            explanation: None,
+            candidates: Vec::new(),
+            notes: self.s.notes.clone(),
+            words,
+            r2,
+        }
+    }
+
     fn origin_rtt(
         &self,
         path: PathKind,
@@ -1600,7 +1727,12 @@ fn bottleneck_summary(
             }
         ),
         Bottleneck::Middlebox => format!(
-            "the middlebox's way to the origin holds {} of {}{}",
+            "the {}'s way to the origin holds {} of {}{}",
+            if f.proxy.is_some() {
+                "proxy"
+            } else {
+                "middlebox"
+            },
             r(v),
             r(of),
             mb.and_then(|m| m.origin_rtt_ms)
@@ -1642,7 +1774,7 @@ fn phases(
 ) -> (Phases, Option<Middlebox>, Option<String>) {
     let turns = f.client_turns.unwrap_or(0.0);
     let mut p = client_phases(f);
-    let mb = (path == PathKind::Middlebox).then(|| Middlebox {
+    let mb = matches!(path, PathKind::Middlebox | PathKind::Proxy).then(|| Middlebox {
         near_rtt_ms: s.r1,
         origin_rtt_ms: r2.map(|x| x.0),
         hops: f.hops,
@@ -1736,8 +1868,45 @@ fn server_and_middlebox(
             };
             Some((ttfb - r1 - k * r2, m * r2))
         }
+        PathKind::Proxy => declared_split(f, r2, r1, ttfb, t),
         PathKind::Unknown => None,
     }
+}
+
+/// Server and proxy time through a declared proxy. Plain HTTP: the origin's
+/// Server-Timing is the server's, the rest of the wait beyond the round
+/// trip to the proxy is the proxy's (none without the header). A tunnel:
+/// the server's time is the first byte's wait less the round trips to the
+/// proxy and on to the origin; the proxy's is its time to answer CONNECT
+/// beyond the round trip to it, the TLS handshake's wait beyond that round
+/// trip, and the request's way from the proxy to the origin.
+fn declared_split(
+    f: &Facts,
+    r2: Option<(f64, &'static str)>,
+    r1: f64,
+    ttfb: f64,
+    t: Option<f64>,
+) -> Option<(f64, f64)> {
+    let p = f.proxy.as_ref()?;
+    if !p.tunnel {
+        // A header that leaves no time for the way to the origin is not
+        // this response's own account (the reasons say so): no split.
+        let st = f.server_timing?;
+        let proxy = ttfb - r1 - st;
+        return (proxy > -slack(r1)).then_some((st, proxy.max(0.0)));
+    }
+    let (r2, _) = r2?;
+    let server = ttfb - r1 - r2;
+    if f.index > 0 {
+        return Some((server, r2));
+    }
+    let connect = p.connect_answer.map_or(r2, |c| (c - r1).max(0.0));
+    let tls = if f.tls {
+        t.map_or(r2, |t| (t - r1).max(0.0))
+    } else {
+        0.0
+    };
+    Some((server, connect + tls + r2))
 }
 
 /// The sentence saying the model does not fit, when server or network time
@@ -1765,6 +1934,7 @@ pub(crate) fn sentence(a: &Analysis, f: &Facts) -> String {
     let ph = &a.phases;
     match a.verdict.path {
         PathKind::Middlebox => middlebox_sentence(a, f),
+        PathKind::Proxy => proxy_sentence(a, f),
         PathKind::Direct => format!(
             "direct: no middlebox on the path; RTT {}, server {}, network {}.",
             a.middlebox
@@ -1820,6 +1990,48 @@ fn middlebox_sentence(a: &Analysis, f: &Facts) -> String {
                     r(t - h)
                 ),
                 _ => "its upstream and the server cannot be told apart here.".into(),
+            }
+        ),
+    }
+}
+
+/// The sentence for a declared proxy: its round trip, its way to the
+/// origin, and what it and the server add, or that they cannot be told
+/// apart.
+fn proxy_sentence(a: &Analysis, f: &Facts) -> String {
+    let ph = &a.phases;
+    let mb = a.middlebox.clone().unwrap_or_default();
+    let url = f.proxy.as_ref().map(|p| p.url.as_str()).unwrap_or("-");
+    let near = mb
+        .near_rtt_ms
+        .map(|x| format!(", {} round trip to it", r(x)))
+        .unwrap_or_default();
+    let connect = f
+        .proxy
+        .as_ref()
+        .and_then(|p| p.connect_answer)
+        .map(|c| format!("; it answered CONNECT in {}", r(c)))
+        .unwrap_or_default();
+    match (ph.middlebox_ms, ph.server_ms) {
+        (Some(cost), Some(s)) => format!(
+            "proxy {url} (declared){near}{connect}{}; the proxy path adds {} to this request, \
+             the server {}.",
+            mb.origin_rtt_ms
+                .map(|o| format!("; the origin is about {} beyond it", r(o)))
+                .unwrap_or_default(),
+            r(cost),
+            r(s)
+        ),
+        _ => format!(
+            "proxy {url} (declared){near}{connect}; {}",
+            match (f.ttfb, mb.near_rtt_ms) {
+                (Some(t), Some(h)) if t >= h => format!(
+                    "the first byte came {} after the round trip to it (the proxy's way to the \
+                     origin and the server together; they cannot be told apart here).",
+                    r(t - h)
+                ),
+                _ =>
+                    "the proxy's way to the origin and the server cannot be told apart here.".into(),
             }
         ),
     }
@@ -1886,6 +2098,7 @@ mod tests {
             server_timing: None,
             cert_issuer: None,
             remote: "10.10.2.1:8443".into(),
+            proxy: None,
         }
     }
 
@@ -2037,6 +2250,128 @@ mod tests {
             // no hint may speak of plain HTTP for an HTTPS request
             assert!(!v.reasons.iter().any(|r| r.contains("plain-HTTP")), "{v:?}");
         }
+    }
+
+    #[test]
+    fn a_declared_tunnel_splits_the_proxy_from_the_server() {
+        // -x to squid: R1 4.3 to the proxy, R2 40.4 on to the origin; the
+        // CONNECT answer takes R1 + R2 + 0.6 (squid's connect), TLS
+        // through the tunnel R1 + R2, the request R1 + R2 + S.
+        let (r1, r2, s) = (4.3, 40.4, 20.0);
+        let c = r1 + r2 + 0.6;
+        let t = r1 + r2;
+        let ttfb = r1 + r2 + s;
+        let mut f = tls(r1, t, None, ttfb, 0);
+        // The tunnel's own: the CONNECT round trip is in the span.
+        f.span = Some(r1 + c + t + ttfb + 1.0);
+        f.user_span = Some(r1 + c + t + ttfb + 2.0);
+        f.proxy = Some(DeclaredProxy {
+            url: "http://10.10.1.254:3128".into(),
+            tunnel: true,
+            connect_answer: Some(c),
+        });
+        let a = analyze(std::slice::from_ref(&f)).remove(0);
+        assert_eq!(a.verdict.path, PathKind::Proxy, "{:?}", a.verdict);
+        assert_eq!(a.verdict.explanation, None);
+        assert!(a.verdict.candidates.is_empty());
+        let mb = a.middlebox.clone().expect("the proxy's figures");
+        assert!(near(mb.near_rtt_ms.unwrap(), r1, 0.01));
+        // The tighter of the CONNECT's and the handshake's bounds.
+        assert!(near(mb.origin_rtt_ms.unwrap(), r2, 0.01), "{mb:?}");
+        assert_eq!(mb.origin_rtt_from, Some("tls_rtt"));
+        assert!(near(a.phases.server_ms.unwrap(), s, 0.01), "{:?}", a.phases);
+        // CONNECT beyond R1, TLS beyond R1, the request's R2.
+        let proxy = (c - r1) + (t - r1) + r2;
+        assert!(
+            near(a.phases.middlebox_ms.unwrap(), proxy, 0.01),
+            "{:?}",
+            a.phases
+        );
+        // Four round trips to the proxy: SYN, CONNECT, ClientHello, request.
+        assert!(
+            near(a.phases.network_ms.unwrap(), 4.0 * r1, 0.01),
+            "{:?}",
+            a.phases
+        );
+        let line = sentence(&a, &f);
+        assert!(
+            line.starts_with("proxy http://10.10.1.254:3128 (declared)"),
+            "{line}"
+        );
+        assert!(line.contains("answered CONNECT in 45.3 ms"), "{line}");
+        // A second request through the same tunnel: one R2 is the proxy's.
+        let mut g = later_tls(f.clone());
+        g.span = Some(ttfb);
+        g.user_span = Some(ttfb + 0.2);
+        g.client_turns = Some(0.0);
+        let b = analyze(&[f.clone(), g]).remove(1);
+        assert_eq!(b.verdict.path, PathKind::Proxy);
+        assert!(
+            near(b.phases.middlebox_ms.unwrap(), r2, 0.01),
+            "{:?}",
+            b.phases
+        );
+        assert!(near(b.phases.server_ms.unwrap(), s, 0.01), "{:?}", b.phases);
+        // No timing of the proxy's way (no CONNECT answer, no TLS round
+        // trip): no split, and the limits say why.
+        let mut blind = f;
+        blind.tls_rtt = None;
+        blind.proxy.as_mut().unwrap().connect_answer = None;
+        let a = analyze(&[blind]).remove(0);
+        assert_eq!(a.verdict.path, PathKind::Proxy);
+        assert_eq!(a.phases.server_ms, None);
+        assert!(
+            a.verdict
+                .reasons
+                .iter()
+                .any(|r| r.contains("cannot be told apart")),
+            "{:?}",
+            a.verdict.reasons
+        );
+    }
+
+    #[test]
+    fn a_declared_plain_proxy_needs_the_origins_word() {
+        // Plain HTTP through squid, a new upstream connection: F = R1 +
+        // 2 R2 + S. Without Server-Timing the proxy and the server are one.
+        let (r1, r2, s) = (4.2, 40.4, 20.0);
+        let ttfb = r1 + 2.0 * r2 + s;
+        let mut f = http(0, r1, ttfb, 0);
+        f.proxy = Some(DeclaredProxy {
+            url: "http://10.10.1.254:3128".into(),
+            tunnel: false,
+            connect_answer: None,
+        });
+        let a = analyze(std::slice::from_ref(&f)).remove(0);
+        assert_eq!(a.verdict.path, PathKind::Proxy);
+        assert_eq!((a.phases.server_ms, a.phases.middlebox_ms), (None, None));
+        assert!(
+            a.verdict
+                .reasons
+                .iter()
+                .any(|r| r.contains("Server-Timing")),
+            "{:?}",
+            a.verdict.reasons
+        );
+        assert!(sentence(&a, &f).contains("cannot be told apart"));
+        // With it: the server's time is the header's, the rest the proxy's,
+        // and no origin RTT is claimed (the proxy's connect is in it).
+        f.server_timing = Some(s);
+        let a = analyze(std::slice::from_ref(&f)).remove(0);
+        assert!(near(a.phases.server_ms.unwrap(), s, 0.01), "{:?}", a.phases);
+        assert!(
+            near(a.phases.middlebox_ms.unwrap(), 2.0 * r2, 0.01),
+            "{:?}",
+            a.phases
+        );
+        assert_eq!(a.middlebox.as_ref().and_then(|m| m.origin_rtt_ms), None);
+        assert_eq!(a.verdict.bottleneck, Some(Bottleneck::Middlebox));
+        // A header that overstates the origin's time: not used, no split;
+        // the path is still the declared proxy.
+        f.server_timing = Some(ttfb);
+        let a = analyze(&[f]).remove(0);
+        assert_eq!(a.verdict.path, PathKind::Proxy, "{:?}", a.verdict);
+        assert_eq!(a.phases.server_ms, None, "{:?}", a.phases);
     }
 
     #[test]

@@ -204,6 +204,9 @@ impl Job {
             path_probe: false,
             sink: None,
             include_head: false,
+            // Checks go direct: a monitor's targets are what it watches,
+            // and an agent's environment proxy would hide their paths.
+            proxy: Default::default(),
         };
         let mut p = Prober::with_shared(self.kernel, self.tls, opts);
         // --max-time bounds each connection; this bounds the whole check.

@@ -361,7 +361,8 @@ impl Metrics {
             .set(last.and_then(|r| r.http_status).unwrap_or(0) as i64);
         if let Some(v) = records.iter().rev().find_map(|r| r.verdict.as_ref()) {
             match v.path {
-                PathKind::Middlebox => {
+                // A declared proxy is a middlebox on the path too.
+                PathKind::Middlebox | PathKind::Proxy => {
                     self.middlebox.get_or_create(&tl).set(1);
                 }
                 PathKind::Direct => {
@@ -585,7 +586,9 @@ pub(crate) fn statsd_lines(t: &Target, records: &[Record], o: &Outcome) -> Vec<S
     }
     if let Some(v) = records.iter().rev().find_map(|r| r.verdict.as_ref()) {
         match v.path {
-            PathKind::Middlebox => out.push(format!("synack.path.middlebox:1|g|#{tagstr}")),
+            PathKind::Middlebox | PathKind::Proxy => {
+                out.push(format!("synack.path.middlebox:1|g|#{tagstr}"))
+            }
             PathKind::Direct => out.push(format!("synack.path.middlebox:0|g|#{tagstr}")),
             PathKind::Unknown => {}
         }

@@ -75,6 +75,15 @@ fn header(s: &mut String, r: &Record) {
     if r.redirect_hop > 0 {
         let _ = write!(s, "  (redirect hop {})", r.redirect_hop);
     }
+    if let Some(p) = &r.proxy {
+        let _ = write!(
+            s,
+            "  (through proxy {}{}, from {})",
+            p.url,
+            if p.tunnel { ", tunnel" } else { "" },
+            p.from
+        );
+    }
     s.push('\n');
     if let Some(e) = &r.error {
         let _ = writeln!(s, "  error ({}): {}", e.kind, e.message);
@@ -125,6 +134,23 @@ fn connection_rows(s: &mut String, r: &Record) {
         f(u.connect_ms),
         connect_wire(r)
     );
+    if let Some(p) = r.proxy.as_ref().filter(|p| p.tunnel) {
+        let answer = p
+            .connect_status
+            .map(|c| format!(" {c}"))
+            .unwrap_or_default();
+        let wire = w
+            .proxy_connect_ms
+            .map(|t| format!("CONNECT -> answer{answer} {}", f(Some(t))))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "  {:<22}{:<14}{}",
+            "proxy CONNECT",
+            f(u.proxy_connect_ms),
+            wire
+        );
+    }
     if u.tls_ms.is_some() || w.tls_rtt_ms.is_some() {
         let wire = w
             .tls_rtt_ms
@@ -328,14 +354,21 @@ pub(crate) fn waterfall(r: &Record, width: usize) -> Option<String> {
     if total <= 0.0 {
         return None;
     }
-    let ttfb_end = [u.dns_ms, u.connect_ms, u.tls_ms, u.ttfb_ms]
-        .iter()
-        .flatten()
-        .sum::<f64>();
+    let ttfb_end = [
+        u.dns_ms,
+        u.connect_ms,
+        u.proxy_connect_ms,
+        u.tls_ms,
+        u.ttfb_ms,
+    ]
+    .iter()
+    .flatten()
+    .sum::<f64>();
     let rest = (total - ttfb_end).max(0.0);
     let phases = [
         ("DNS", u.dns_ms),
         ("TCP", u.connect_ms),
+        ("CONNECT", u.proxy_connect_ms),
         ("TLS", u.tls_ms),
         ("wait", u.ttfb_ms),
         ("rest", Some(rest)),
@@ -435,6 +468,7 @@ fn check_outcome(s: &mut String, r: &Record) {
             match v.path {
                 crate::model::verdict::PathKind::Direct => "direct",
                 crate::model::verdict::PathKind::Middlebox => "MIDDLEBOX",
+                crate::model::verdict::PathKind::Proxy => "proxy",
                 crate::model::verdict::PathKind::Unknown => "path unknown",
             }
         );

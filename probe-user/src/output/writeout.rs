@@ -46,6 +46,11 @@ pub(crate) fn exit_code(r: &Record, fail: bool) -> u8 {
         ErrorKind::Http if e.message.contains("redirect") => 47,
         ErrorKind::Http => 8,
         ErrorKind::Io | ErrorKind::NoResponse => 56,
+        // curl: 5 "couldn't resolve proxy", 7 for a proxy that cannot be
+        // reached, 56 for a CONNECT answered with an error (407 included).
+        ErrorKind::ProxyDns => 5,
+        ErrorKind::ProxyRefused | ErrorKind::ProxyConnect => 7,
+        ErrorKind::ProxyTunnel | ErrorKind::ProxyAuth => 56,
         // curl has no kernel side; 2 is its "failed to initialize".
         ErrorKind::Kernel => 2,
     }
@@ -130,6 +135,15 @@ fn value(t: &Transfer<'_>, name: &str) -> Option<String> {
         "time_redirect" => secs(hops[..hops.len() - 1].iter().fold(0.0, |a, h| a + h.total)),
         "http_code" | "response_code" => format!("{:03}", last.http_status.unwrap_or(0)),
         "http_version" => resp.map_or("0", |r| r.version).to_string(),
+        // The proxy's answer to CONNECT (000: no tunnel), as curl.
+        "http_connect" => format!(
+            "{:03}",
+            t.hops
+                .iter()
+                .rev()
+                .find_map(|r| r.proxy.as_ref().and_then(|p| p.connect_status))
+                .unwrap_or(0)
+        ),
         "remote_ip" => addr(&last.remote_addr)
             .map(|a| a.ip().to_string())
             .unwrap_or_default(),
@@ -205,6 +219,7 @@ fn value(t: &Transfer<'_>, name: &str) -> Option<String> {
         "wire_handshake" => ms_as_secs(last.wire.handshake_rtt_ms),
         "wire_tls" => ms_as_secs(last.wire.tls_rtt_ms),
         "wire_ttfb" => ms_as_secs(last.wire.ttfb_ms),
+        "wire_proxy_connect" => ms_as_secs(last.wire.proxy_connect_ms),
         "verdict" => last
             .verdict
             .as_ref()
@@ -248,6 +263,7 @@ const JSON_VARS: &[&str] = &[
     "errormsg",
     "exitcode",
     "http_code",
+    "http_connect",
     "http_version",
     "local_ip",
     "local_port",
@@ -277,6 +293,7 @@ const JSON_VARS: &[&str] = &[
     "wire_handshake",
     "wire_tls",
     "wire_ttfb",
+    "wire_proxy_connect",
     "verdict",
     "bottleneck",
     "network",

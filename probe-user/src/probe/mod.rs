@@ -76,6 +76,12 @@ fn options(a: &ProbeArgs, sink: Option<prober::BodySink>) -> Result<Options> {
         path_probe: a.path_probe,
         include_head: a.curl.include || a.curl.head,
         sink,
+        proxy: crate::model::proxy::ProxyConfig {
+            proxy: a.proxy.proxy.clone(),
+            noproxy: a.proxy.noproxy.clone(),
+            proxy_user: a.proxy.proxy_user.clone(),
+            env: crate::model::proxy::ProxyEnv::read(|k| std::env::var(k).ok()),
+        },
     })
 }
 
