@@ -106,6 +106,9 @@ pub struct ProbeArgs {
     pub proxy: ProxyArgs,
 
     #[command(flatten)]
+    pub http: HttpArgs,
+
+    #[command(flatten)]
     pub interfaces: Interfaces,
 
     /// Print one JSON object per request, one per line (see docs/json.md).
@@ -132,6 +135,25 @@ pub struct ProbeArgs {
 
     #[command(flatten)]
     pub curl: CurlOutput,
+}
+
+/// HTTP versions, as curl's flags choose them. By default HTTPS offers h2
+/// and http/1.1 in ALPN and speaks what the server picks; plain HTTP is
+/// HTTP/1.1.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct HttpArgs {
+    /// HTTP/1.1 only (ALPN offers http/1.1 alone).
+    #[arg(long = "http1.1", conflicts_with_all = ["http2", "http2_prior_knowledge"])]
+    pub http11: bool,
+
+    /// Offer HTTP/2 over TLS (the default, as curl's); plain HTTP stays
+    /// HTTP/1.1 (synack sends no h2c Upgrade).
+    #[arg(long = "http2", conflicts_with = "http2_prior_knowledge")]
+    pub http2: bool,
+
+    /// HTTP/2 without asking: h2 alone in ALPN, h2c straight away on http://.
+    #[arg(long = "http2-prior-knowledge")]
+    pub http2_prior_knowledge: bool,
 }
 
 /// Explicit proxies, as curl takes them. Without -x, the environment's
@@ -167,7 +189,7 @@ pub struct CurlOutput {
     /// After each transfer print FORMAT, with curl's variables: %{time_total},
     /// %{http_code}, %{remote_ip}, %{json}, %header{name}, \n ... and
     /// synack's: %{wire_ttfb}, %{wire_handshake}, %{wire_tls},
-    /// %{wire_proxy_connect}, %{verdict},
+    /// %{wire_proxy_connect}, %{wire_h2_ping}, %{verdict},
     /// %{bottleneck}, %{network}, %{middlebox}, %{server}, %{client},
     /// %{synack_ttl}, %{hops} (seconds, empty where not measured).
     /// "@FILE" reads FORMAT from a file, "@-" from stdin.

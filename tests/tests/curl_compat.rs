@@ -16,10 +16,13 @@ const HTTP: u16 = 9080;
 const HTTPS: u16 = 9443;
 /// nginx with keep-alive off: it answers with Connection: close.
 const CLOSING: u16 = 9081;
+/// nginx speaking cleartext HTTP/2 (h2c) only: --http2-prior-knowledge.
+const H2C: u16 = 9083;
 /// The body of /file.txt (and its size in size_download).
 const BODY: &str = "synack and curl read the same bytes\n";
 
-/// nginx in the lab's server namespace: HTTP and HTTPS on IPv4 and IPv6,
+/// nginx in the lab's server namespace: HTTP and HTTPS (HTTP/2 offered
+/// in ALPN, as nginx is mostly deployed) on IPv4 and IPv6,
 /// a file, a 404 and a redirect, and a self-signed certificate for NAME.
 struct Nginx {
     // Drop order: nginx before the namespaces and files.
@@ -64,11 +67,12 @@ impl Nginx {
                  http {{\n  access_log off;\n  default_type text/plain;\n\
                  client_body_temp_path {tmp};\n\
                  server {{\n    listen {HTTP}; listen [::]:{HTTP};\n\
-                 listen {HTTPS} ssl; listen [::]:{HTTPS} ssl;\n\
+                 listen {HTTPS} ssl http2; listen [::]:{HTTPS} ssl http2;\n\
                  ssl_certificate {cert}; ssl_certificate_key {key};\n\
                  root {root};\n    location = /moved {{ return 301 /file.txt; }}\n  }}\n\
                  server {{\n    listen {CLOSING}; listen [::]:{CLOSING};\n    keepalive_timeout 0;\n\
-                 root {root};\n  }}\n}}\n",
+                 root {root};\n  }}\n\
+                 server {{\n    listen {H2C} http2; listen [::]:{H2C} http2;\n    root {root};\n  }}\n}}\n",
                 pid = d.join("nginx.pid").display(),
                 err = d.join("nginx.err").display(),
                 tmp = d.join("nginx-body").display(),
@@ -696,5 +700,109 @@ fn proxies_give_what_curl_gives() -> Result<()> {
     )?;
     assert!(off["proxy"].is_null(), "{off}");
     assert_eq!(off["remote_addr"], direct, "{off}");
+    Ok(())
+}
+
+/// HTTP/2 as curl speaks it, against nginx: h2 chosen in ALPN by default
+/// (and HTTP/1.1 with --http1.1), h2c with --http2-prior-knowledge; -w's
+/// strings equal to curl's (http_version 2, curl's size_header) and times
+/// within 10 ms; -i's status line as curl writes it; --reuse 3 sends three
+/// streams on one connection, each with its wire TTFB, and the first
+/// record carries the PING round trip.
+#[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
+fn http2_as_curl_speaks_it() -> Result<()> {
+    let _g = need_root();
+    let n = Nginx::start()?;
+    let p = &n.lab.pair;
+    let resolve = format!("{NAME}:{HTTPS}:{}", p.server_v4);
+    let url = format!("https://{NAME}:{HTTPS}/file.txt");
+    let h2c = format!("http://{}:{H2C}/file.txt", p.server_v4);
+    let fmt = format!("{STRINGS}\\n{TIMES}");
+    for (flags, version) in [
+        (vec!["--cacert", &n.cert, "--resolve", &resolve, &url], "2"),
+        (
+            vec![
+                "--http1.1",
+                "--cacert",
+                &n.cert,
+                "--resolve",
+                &resolve,
+                &url,
+            ],
+            "1.1",
+        ),
+        (vec!["--http2-prior-knowledge", &h2c], "2"),
+    ] {
+        let mut args = vec!["-s", "-o", "/dev/null", "-w", &fmt];
+        args.extend(&flags);
+        let [curl, synack] = n.both(&args)?;
+        assert_eq!((curl.0, synack.0), (0, 0), "{flags:?}: {curl:?} {synack:?}");
+        let (c, s) = (
+            curl.1.lines().collect::<Vec<_>>(),
+            synack.1.lines().collect::<Vec<_>>(),
+        );
+        assert_eq!(s.len(), 2, "synack: {synack:?}");
+        assert_eq!(s[0], c[0], "{flags:?}: string variables differ");
+        assert!(
+            c[0].starts_with(&format!("200|{version}|")),
+            "{flags:?}: {c:?}"
+        );
+        times_agree(&format!("{flags:?}"), c[1], s[1]);
+    }
+    // -i: the status line as curl writes it, then the same body.
+    let args = ["-si", "--cacert", &n.cert, "--resolve", &resolve, &url];
+    let [curl, synack] = n.both(&args)?;
+    let first = |o: &str| o.lines().next().unwrap_or("").to_string();
+    assert_eq!(first(&synack.1), first(&curl.1), "{curl:?} {synack:?}");
+    assert!(
+        synack.1.ends_with(BODY) && curl.1.ends_with(BODY),
+        "{synack:?}"
+    );
+
+    // --reuse 3: three streams on one connection.
+    let o = p
+        .client
+        .command(synack_bin().to_str().context("path")?)
+        .args([
+            "--json",
+            "--reuse",
+            "3",
+            "--cacert",
+            &n.cert,
+            "--resolve",
+            &resolve,
+            &url,
+        ])
+        .output()?;
+    let recs = json_lines(&o.stdout)?;
+    assert_eq!(recs.len(), 3, "{}", String::from_utf8_lossy(&o.stderr));
+    for (i, r) in recs.iter().enumerate() {
+        assert_eq!(r["http_version"], "2", "{r}");
+        assert_eq!(r["http_status"], 200, "{r}");
+        assert_eq!(r["request_index"], i, "{r}");
+        assert_eq!(r["connection_reused"], i > 0, "{r}");
+        assert_eq!(
+            r["local_addr"], recs[0]["local_addr"],
+            "one connection: {r}"
+        );
+        let ttfb = r["wire"]["ttfb_ms"].as_f64().context("wire TTFB")?;
+        let user = r["user"]["ttfb_ms"].as_f64().context("user TTFB")?;
+        assert!(ttfb > 0.0 && ttfb < 1000.0, "{r}");
+        // The HEADERS frame's segment, not a SETTINGS or WINDOW_UPDATE one:
+        // user space reads the response after the wire saw it.
+        assert!(user >= ttfb - 0.2, "user {user} wire {ttfb}: {r}");
+    }
+    let ping = recs[0]["wire"]["h2_ping_rtt_ms"]
+        .as_f64()
+        .context("the PING on the wire")?;
+    let user_ping = recs[0]["user"]["h2_ping_ms"]
+        .as_f64()
+        .context("the PING in user space")?;
+    assert!(ping > 0.0 && ping <= user_ping + 0.2, "{ping} {user_ping}");
+    assert_eq!(recs[0]["tls_info"]["alpn"], "h2");
     Ok(())
 }

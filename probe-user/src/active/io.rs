@@ -14,6 +14,7 @@
 use crate::{
     active::stamps::{self, Stamps},
     host::clock::mono_ns,
+    model::h2::{ACK, FrameScanner, HEADERS, PING},
 };
 use std::{
     io,
@@ -121,8 +122,43 @@ pub(crate) struct IoLog {
     pub records: Option<RecordCursor>,
     /// Unprivileged mode: the socket's own timestamps.
     pub stamps: Option<Stamps>,
+    /// HTTP/2: the frames each way (None: HTTP/1.x).
+    pub h2: Option<H2Io>,
     armed: bool,
     pub req: RequestIo,
+}
+
+/// What the streams see of an HTTP/2 connection: its frames, so that a
+/// request's marks are its own frames' (not the connection's SETTINGS,
+/// WINDOW_UPDATE or PING), and the PING round trip.
+#[derive(Debug)]
+pub(crate) struct H2Io {
+    inbound: FrameScanner,
+    outbound: FrameScanner,
+    /// Set while a PING of ours is wanted: the next PING written is it.
+    pub ping_armed: bool,
+    /// Our PING: when it was written (CLOCK_MONOTONIC ns) and the raw
+    /// offset where its bytes went out.
+    pub ping_out: Option<(u64, u64)>,
+    /// Its ACK: when it was read, and the raw offset of what carried it.
+    pub ping_in: Option<(u64, u64)>,
+}
+
+impl H2Io {
+    /// The plaintext offset the next inbound byte has.
+    fn inbound_offset(&self) -> u64 {
+        self.inbound.offset()
+    }
+
+    pub(crate) fn new() -> Self {
+        H2Io {
+            inbound: FrameScanner::server_side(),
+            outbound: FrameScanner::client_side(),
+            ping_armed: false,
+            ping_out: None,
+            ping_in: None,
+        }
+    }
 }
 
 impl IoLog {
@@ -293,12 +329,14 @@ impl AsyncWrite for RawStream {
         let this = self.get_mut();
         let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
         let mut log = lock(&this.log);
-        if log.armed && log.req.out_start.is_none() {
+        // HTTP/2: the request's own frames set these (AppStream).
+        let by_bytes = log.armed && log.h2.is_none();
+        if by_bytes && log.req.out_start.is_none() {
             log.req.out_start = Some(log.raw_out);
         }
         let start = log.raw_out;
         log.raw_out += n as u64;
-        if log.armed {
+        if by_bytes {
             log.req.out_end = log.raw_out;
         }
         if let Some(s) = log.stamps.as_mut()
@@ -323,10 +361,32 @@ impl AsyncWrite for RawStream {
     }
 }
 
-/// Records a completed application write of `n` bytes that started at `start`.
-fn note_write(log: &SharedLog, start: u64, n: usize) {
+/// Records a completed application write of `bytes` that started at
+/// `start` (CLOCK_MONOTONIC ns) and went out from raw offset `raw_before`.
+/// HTTP/2: only a write that carries a stream's HEADERS or DATA is the
+/// request's (connection frames, a WINDOW_UPDATE while the body arrives,
+/// are not); our PING is noted when one is wanted.
+fn note_write(log: &SharedLog, start: u64, n: usize, bytes: &[u8], raw_before: u64) {
     let now = mono_ns();
     let mut log = lock(log);
+    let raw_after = log.raw_out;
+    if let Some(h2) = log.h2.as_mut() {
+        let frames = h2.outbound.feed(bytes);
+        if h2.ping_armed
+            && h2.ping_out.is_none()
+            && frames.iter().any(|f| f.kind == PING && f.flags & ACK == 0)
+        {
+            h2.ping_out = Some((start, raw_before));
+        }
+        let request = frames
+            .iter()
+            .any(|f| f.stream != 0 && matches!(f.kind, 0x0 | HEADERS | 0x9));
+        if !(log.armed && request) {
+            return;
+        }
+        log.req.out_start.get_or_insert(raw_before);
+        log.req.out_end = raw_after;
+    }
     if log.armed {
         log.req.first_write_ns.get_or_insert(start);
         log.req.last_write_ns = Some(now);
@@ -359,6 +419,42 @@ impl<S: AsyncRead + Unpin> AsyncRead for AppStream<S> {
         if n > 0 {
             let now = mono_ns();
             let mut log = lock(&this.log);
+            // Where what was just read came from: the TLS record just
+            // delivered, or the raw bytes themselves.
+            let origin = |log: &IoLog, at: u64| match log.records.as_ref() {
+                Some(c) => c.record_start,
+                None => log.raw_in - n + at,
+            };
+            if log.h2.is_some() {
+                let armed = log.armed && log.req.first_read_ns.is_none();
+                let (mut headers_at, mut ack_at) = (None, None);
+                if let Some(h2) = log.h2.as_mut() {
+                    let base = h2.inbound_offset();
+                    for f in h2.inbound.feed(&out.filled()[before..]) {
+                        let at = f.offset.saturating_sub(base);
+                        if f.kind == HEADERS && f.stream != 0 && headers_at.is_none() {
+                            headers_at = Some(at);
+                        }
+                        if f.kind == PING && f.flags & ACK != 0 && h2.ping_out.is_some() {
+                            ack_at.get_or_insert(at);
+                        }
+                    }
+                }
+                if let Some(at) = ack_at {
+                    let o = origin(&log, at);
+                    if let Some(h2) = log.h2.as_mut() {
+                        h2.ping_in.get_or_insert((now, o));
+                    }
+                }
+                if let (true, Some(at)) = (armed, headers_at) {
+                    log.req.first_read_ns = Some(now);
+                    log.req.in_start = Some(origin(&log, at));
+                }
+                if log.armed {
+                    log.req.app_in += n;
+                }
+                return Poll::Ready(Ok(()));
+            }
             if log.armed {
                 if log.req.first_read_ns.is_none() {
                     log.req.first_read_ns = Some(now);
@@ -384,8 +480,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AppStream<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let start = mono_ns();
+        let raw_before = lock(&this.log).raw_out;
         let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
-        note_write(&this.log, start, n);
+        note_write(&this.log, start, n, &buf[..n], raw_before);
         Poll::Ready(Ok(n))
     }
 
@@ -396,8 +493,21 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AppStream<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let start = mono_ns();
+        let raw_before = lock(&this.log).raw_out;
         let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
-        note_write(&this.log, start, n);
+        // HTTP/2's frames are read from the bytes written, in order (the
+        // first n of the slices); HTTP/1 needs only the count.
+        let mut written = Vec::new();
+        if lock(&this.log).h2.is_some() {
+            for b in bufs {
+                let take = (n - written.len()).min(b.len());
+                written.extend_from_slice(&b[..take]);
+                if written.len() == n {
+                    break;
+                }
+            }
+        }
+        note_write(&this.log, start, n, &written, raw_before);
         Poll::Ready(Ok(n))
     }
 

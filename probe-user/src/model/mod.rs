@@ -4,6 +4,7 @@
 
 pub mod events;
 pub mod flows;
+pub mod h2;
 pub mod proxy;
 pub mod record;
 pub mod sniff;

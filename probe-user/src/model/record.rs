@@ -140,6 +140,9 @@ pub(crate) struct UserTimes {
     /// The proxy's answer to CONNECT: written to the head read (a
     /// tunnel through a declared proxy only).
     pub proxy_connect_ms: Option<f64>,
+    /// HTTP/2: our PING written to its ACK read, after the connection's
+    /// requests (the first request's record only).
+    pub h2_ping_ms: Option<f64>,
     /// TLS handshake.
     pub tls_ms: Option<f64>,
     /// Request fully written to the first response byte read.
@@ -211,6 +214,10 @@ pub(crate) struct WireTimes {
     /// of its answer in (the proxy's way to the origin and back, plus the
     /// round trip to the proxy).
     pub proxy_connect_ms: Option<f64>,
+    /// HTTP/2: our PING's segment out to the one carrying its ACK in, a
+    /// round trip to the HTTP/2 endpoint with no think time (sent after
+    /// the connection's requests; on the first request's record).
+    pub h2_ping_rtt_ms: Option<f64>,
 }
 
 /// The declared proxy a request went through (`-x`, or the environment).
@@ -276,6 +283,8 @@ pub(crate) struct Record {
     pub reconnect_reason: Option<String>,
     /// https:// (TLS) or not.
     pub tls: bool,
+    /// The response's HTTP version: "1.0", "1.1" or "2" (null: no response).
+    pub http_version: Option<&'static str>,
     /// The declared proxy this request went through; `remote_addr` is
     /// then the proxy's.
     pub proxy: Option<ProxyUsed>,
@@ -337,7 +346,11 @@ impl ResponseSeen {
     pub(crate) fn head_text(&self, status: u16) -> String {
         use std::fmt::Write as _;
         let mut s = format!("HTTP/{} {status}", self.version);
-        if !self.reason.is_empty() {
+        // curl writes HTTP/2's status line with a space where the reason
+        // would be (HTTP/2 has none).
+        if self.version == "2" {
+            s.push(' ');
+        } else if !self.reason.is_empty() {
             let _ = write!(s, " {}", self.reason);
         }
         s.push_str("\r\n");
@@ -379,6 +392,11 @@ impl Record {
             hops: w.synack_hops,
             tls_rtt: w.tls_rtt_ms,
             tls_round2: w.tls_round2_ms,
+            h2_ping: w.h2_ping_rtt_ms,
+            tls12: self
+                .tls_info
+                .as_ref()
+                .is_some_and(|t| t.version.as_deref() == Some("TLSv1.2")),
             data_rtt: w.data_rtt_ms,
             client_hello_acked: w.client_hello_acked_ms,
             client_turns: w.client_turns_ms,
@@ -429,6 +447,7 @@ impl Record {
             connection_reused: false,
             reconnect_reason: None,
             proxy: None,
+            http_version: None,
             tls: url.starts_with("https:"),
             tls_info: None,
             remote_on_link: None,
@@ -475,6 +494,30 @@ impl Drops {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heads_print_as_curl_prints_them() {
+        let seen = |version, reason: &str| ResponseSeen {
+            version,
+            reason: reason.into(),
+            headers: vec![("server".into(), "nginx".into())],
+            header_bytes: 0,
+            body_bytes: 0,
+        };
+        assert_eq!(
+            seen("1.1", "OK").head_text(200),
+            "HTTP/1.1 200 OK\r\nserver: nginx\r\n\r\n"
+        );
+        assert_eq!(
+            seen("1.0", "").head_text(204),
+            "HTTP/1.0 204\r\nserver: nginx\r\n\r\n"
+        );
+        // HTTP/2 has no reason phrase; curl leaves the space before it.
+        assert_eq!(
+            seen("2", "").head_text(200),
+            "HTTP/2 200 \r\nserver: nginx\r\n\r\n"
+        );
+    }
 
     #[test]
     fn error_kinds_serialise_to_the_documented_strings() {

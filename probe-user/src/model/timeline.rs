@@ -29,6 +29,9 @@ pub(crate) struct ConnMarks {
     /// CONNECT and its answer took before it through a proxy's tunnel.
     pub tls_out_at: u64,
     pub tls_in_at: u64,
+    /// HTTP/2's PING after the requests: (written ns, raw offset out) and
+    /// (its ACK read ns, raw offset in).
+    pub h2_ping: Option<((u64, u64), (u64, u64))>,
 }
 
 /// User-space marks and stream offsets of one request.
@@ -216,6 +219,9 @@ pub(crate) fn user_times(conn: Option<&ConnMarks>, req: &RequestMarks) -> UserTi
         dns_ms: conn.and_then(|c| ms(c.dns_start, c.dns_done)),
         connect_ms: conn.and_then(|c| ms(c.connect_call, c.connect_done)),
         proxy_connect_ms: conn.and_then(|c| ms(c.proxy_connect_start, c.proxy_connect_done)),
+        h2_ping_ms: conn
+            .and_then(|c| c.h2_ping)
+            .map(|((a, _), (b, _))| ms_between(a, b)),
         tls_ms: conn.and_then(|c| ms(c.tls_start, c.tls_done)),
         ttfb_ms: ms(req.request_written, req.first_byte_read),
         total_ms: ms(start, req.done),
@@ -247,6 +253,7 @@ pub(crate) fn assemble(
     if conn.is_some() {
         a.handshake_marks();
         a.proxy_connect();
+        a.h2_ping();
         if tls {
             a.tls_hello();
             a.tls_second_round();
@@ -377,6 +384,24 @@ impl Assembly<'_> {
         }
         if let (Some(a), Some(b)) = (out, answer) {
             self.w.proxy_connect_ms = Some(ms_between(a, b));
+        }
+    }
+
+    /// HTTP/2's PING and its ACK on the wire: the segments that carried
+    /// them, by their stream offsets.
+    fn h2_ping(&mut self) {
+        let f = self.f;
+        let Some(((_, out_at), (_, in_at))) = self.conn.and_then(|c| c.h2_ping) else {
+            return;
+        };
+        let out = f.out_covering(out_at as u32).map(|s| s.ts_ns);
+        let back = f.in_covering(in_at as u32).map(|s| s.ts_ns);
+        if let (Some(a), Some(b)) = (out, back)
+            && b > a
+        {
+            self.wire("h2_ping_out", a);
+            self.wire("h2_ping_ack_in", b);
+            self.w.h2_ping_rtt_ms = Some(ms_between(a, b));
         }
     }
 

@@ -69,6 +69,12 @@ pub(crate) struct Facts {
     pub tls_rtt: Option<f64>,
     /// Finished -> the TLS endpoint's immediate answer, ms (clean by construction).
     pub tls_round2: Option<f64>,
+    /// HTTP/2: our PING -> its ACK, ms: a round trip to whoever speaks
+    /// HTTP/2 to us, the TLS endpoint (an HTTP/2 proxy terminates TLS).
+    pub h2_ping: Option<f64>,
+    /// TLS 1.2 was negotiated: the client waits a second round trip for
+    /// the server's Finished before its request.
+    pub tls12: bool,
     /// Request out -> the ACK covering it, ms: a round trip to the TCP
     /// endpoint (an upper bound: the ACK may wait or ride on the response).
     pub data_rtt: Option<f64>,
@@ -318,8 +324,11 @@ struct Samples {
     r1: Option<f64>,
     /// Where r1 came from.
     r1_from: &'static str,
-    /// The TLS endpoint's immediate reply to our Finished, when possible.
+    /// The TLS endpoint's immediate reply to our Finished (or to our
+    /// HTTP/2 PING, the smaller), when possible.
     p: Option<f64>,
+    /// Which of the two `p` is: "tls_round2" or "h2_ping".
+    p_from: &'static str,
     /// ClientHello -> ServerHello, when clean and possible.
     t: Option<f64>,
     /// First request's TTFB and the smallest repeat's (request index).
@@ -335,6 +344,7 @@ fn samples(conn: &[Facts], first: Option<&Facts>) -> Samples {
     let tls = first.is_some_and(|f| f.tls);
     let raw = RawSamples::gather(conn, first, tls, &mut s.notes);
     (s.r1, s.r1_from) = raw.path_rtt();
+    s.p_from = raw.p_from;
     s.note_first_contact_wait(raw.h);
     let Some(f) = first else {
         return s;
@@ -363,8 +373,10 @@ struct RawSamples {
     ch_ack: Option<f64>,
     /// ClientHello -> ServerHello, unless it may have waited for a retransmission.
     t: Option<f64>,
-    /// The TLS endpoint's immediate reply to our Finished.
+    /// The TLS endpoint's immediate reply to our Finished, or to our
+    /// HTTP/2 PING (the smaller).
     p: Option<f64>,
+    p_from: &'static str,
 }
 
 impl RawSamples {
@@ -384,14 +396,30 @@ impl RawSamples {
         let t = first
             .filter(|_| tls)
             .and_then(|f| server_hello(f, h_est, ch_ack, notes));
-        let p = first.filter(|_| tls).and_then(|f| f.tls_round2);
-        RawSamples { h, d, ch_ack, t, p }
+        // HTTP/2's PING is answered by the TLS endpoint too, at once and
+        // with no crypto: the smaller of the two.
+        let (p, p_from) = match first.filter(|_| tls).map(|f| (f.tls_round2, f.h2_ping)) {
+            Some((Some(a), Some(b))) if b < a => (Some(b), "h2_ping"),
+            Some((None, Some(b))) => (Some(b), "h2_ping"),
+            Some((a, _)) => (a, "tls_round2"),
+            None => (None, "tls_round2"),
+        };
+        RawSamples {
+            h,
+            d,
+            ch_ack,
+            t,
+            p,
+            p_from,
+        }
     }
 
     /// The path's RTT and where it came from: the smallest sample another
     /// agrees with, a clean handshake preferred within the noise of it.
     fn path_rtt(&self) -> (Option<f64>, &'static str) {
-        let RawSamples { h, d, ch_ack, t, p } = *self;
+        let RawSamples {
+            h, d, ch_ack, t, p, ..
+        } = *self;
         // Every sample is an upper bound of the round trip to the TCP endpoint;
         // a mismatched one can come out too short. The path's RTT is the
         // smallest sample another sample agrees with; lacking agreement, the
@@ -749,7 +777,7 @@ fn fit_relay_tls(c: &mut Fit, s: &Samples, r1: f64) {
     match (s.p, s.t) {
         (Some(p), t) => {
             let r2 = p - r1;
-            c.r2 = Some((r2, "tls_round2"));
+            c.r2 = Some((r2, s.p_from));
             if r2 <= significant(r1) {
                 c.degenerate = true;
             }
@@ -1420,6 +1448,10 @@ impl<'a> Connection<'a> {
             if let (Some(t), Some(r1)) = (self.s.t, self.s.r1) {
                 bounds.push((t - r1, "tls_rtt"));
             }
+            // An HTTP/2 PING through the tunnel: the origin's prompt answer.
+            if let (Some(ping), Some(r1)) = (self.first.and_then(|f| f.h2_ping), self.s.r1) {
+                bounds.push((ping - r1, "h2_ping"));
+            }
             if bounds.is_empty() {
                 words.limits.push(
                     "the proxy's way to the origin was not timed (no CONNECT answer or TLS round \
@@ -1476,6 +1508,7 @@ impl<'a> Connection<'a> {
                 match from {
                     "proxy_connect" => "the CONNECT answer",
                     "tls_rtt" => "the TLS handshake through the tunnel, crypto included",
+                    "h2_ping" => "an HTTP/2 PING through the tunnel",
                     _ => "the first byte less the origin's Server-Timing",
                 }
             ));
@@ -1901,8 +1934,10 @@ fn declared_split(
         return Some((server, r2));
     }
     let connect = p.connect_answer.map_or(r2, |c| (c - r1).max(0.0));
+    // TLS 1.2's second round (our Finished, the origin's) crosses the
+    // proxy to the origin too.
     let tls = if f.tls {
-        t.map_or(r2, |t| (t - r1).max(0.0))
+        t.map_or(r2, |t| (t - r1).max(0.0)) + if f.tls12 { r2 } else { 0.0 }
     } else {
         0.0
     };
@@ -2080,6 +2115,8 @@ mod tests {
             hops: Some(hops),
             tls_rtt: Some(t),
             tls_round2: p,
+            h2_ping: None,
+            tls12: false,
             data_rtt: None,
             // acknowledged at once (a holding proxy does; a server with
             // quick ACKs too)
@@ -2312,6 +2349,22 @@ mod tests {
             b.phases
         );
         assert!(near(b.phases.server_ms.unwrap(), s, 0.01), "{:?}", b.phases);
+        // TLS 1.2: its second round crosses to the origin as well.
+        let mut t12 = f.clone();
+        t12.tls12 = true;
+        t12.span = f.span.map(|x| x + r1 + r2);
+        t12.user_span = f.user_span.map(|x| x + r1 + r2);
+        let a = analyze(&[t12]).remove(0);
+        assert!(
+            near(a.phases.middlebox_ms.unwrap(), proxy + r2, 0.01),
+            "{:?}",
+            a.phases
+        );
+        assert!(
+            near(a.phases.network_ms.unwrap(), 5.0 * r1, 0.01),
+            "{:?}",
+            a.phases
+        );
         // No timing of the proxy's way (no CONNECT answer, no TLS round
         // trip): no split, and the limits say why.
         let mut blind = f;
@@ -2328,6 +2381,40 @@ mod tests {
             "{:?}",
             a.verdict.reasons
         );
+    }
+
+    #[test]
+    fn an_http2_ping_times_a_relays_origin_without_the_crypto() {
+        // haproxy mode tcp over HTTP/2: R1 4.2, R2 40.3; the ServerHello
+        // waits R1 + 2 R2 + 6 ms of crypto, the PING R1 + R2 only.
+        let (r1, r2, s) = (4.2, 40.3, 20.0);
+        let t = r1 + 2.0 * r2 + 6.0;
+        let mut f = tls(r1, t, None, r1 + r2 + s, 0);
+        let a = analyze(std::slice::from_ref(&f)).remove(0);
+        let origin = |a: &Analysis| a.middlebox.as_ref().and_then(|m| m.origin_rtt_ms);
+        // Without the PING: half the crypto in the origin RTT.
+        assert!(near(origin(&a).unwrap(), r2 + 3.0, 0.01), "{a:?}");
+        f.h2_ping = Some(r1 + r2);
+        let a = analyze(std::slice::from_ref(&f)).remove(0);
+        assert_eq!(a.verdict.path, PathKind::Middlebox, "{:?}", a.verdict);
+        assert!(near(origin(&a).unwrap(), r2, 0.01), "{a:?}");
+        assert_eq!(
+            a.middlebox.as_ref().and_then(|m| m.origin_rtt_from),
+            Some("h2_ping")
+        );
+        // A reply to our Finished as prompt as the PING: either will do,
+        // the smaller is used.
+        f.tls_round2 = Some(r1 + r2 + 0.3);
+        let a = analyze(&[f]).remove(0);
+        assert_eq!(
+            a.middlebox.as_ref().and_then(|m| m.origin_rtt_from),
+            Some("h2_ping")
+        );
+        // Direct over HTTP/2: the PING is one round trip, as the handshake.
+        let mut d = tls(r1, r1 + 1.0, None, r1 + s, 1);
+        d.h2_ping = Some(r1 + 0.1);
+        let a = analyze(&[d]).remove(0);
+        assert_eq!(a.verdict.path, PathKind::Direct, "{:?}", a.verdict);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! `--concurrency` checks run at once; a due check waits for a free slot.
 
 use crate::{
-    active::prober::{self, Family, Options, Prober},
+    active::prober::{self, Family, HttpVersion, Options, Prober},
     kernel::bpf::{Hub, SharedKernel},
     model::record::{ErrorInfo, ErrorKind, Record},
     model::targets::{self, LineError, Target},
@@ -30,6 +30,8 @@ use std::{
 /// `synack monitor`: its flags made options, then the loop.
 pub async fn command(m: crate::cli::MonitorArgs) -> Result<std::process::ExitCode> {
     crate::kernel::bpf::raise_memlock();
+    // Kept while the monitor runs: see hold_rx_timestamps.
+    let _rx_stamps = prober::hold_rx_timestamps();
     run(MonitorOptions {
         targets: m.targets,
         interval: m.interval,
@@ -207,6 +209,8 @@ impl Job {
             // Checks go direct: a monitor's targets are what it watches,
             // and an agent's environment proxy would hide their paths.
             proxy: Default::default(),
+            // HTTP/1.1, as blackbox_exporter's http prober by default.
+            http: HttpVersion::Http11,
         };
         let mut p = Prober::with_shared(self.kernel, self.tls, opts);
         // --max-time bounds each connection; this bounds the whole check.
@@ -341,7 +345,7 @@ impl Monitor {
         })?;
         report_errors(&o.targets, &errors);
         let tls = Arc::new(
-            prober::tls_config(o.cacert.as_ref(), o.insecure)
+            prober::tls_config(o.cacert.as_ref(), o.insecure, HttpVersion::Http11)
                 .context("cannot set up TLS (check --cacert)")?,
         );
         let chosen = crate::kernel::bpf::for_mode(o.mode, &o.interfaces)

@@ -57,7 +57,7 @@ pub(crate) fn human(r: &Record) -> String {
 fn header(s: &mut String, r: &Record) {
     let status = r
         .http_status
-        .map(|c| format!("HTTP/1.1 {c}"))
+        .map(|c| format!("HTTP/{} {c}", r.http_version.unwrap_or("1.1")))
         .unwrap_or_else(|| "no response".into());
     let remote = r.remote_addr.as_deref().unwrap_or("-");
     let _ = write!(
@@ -157,6 +157,13 @@ fn connection_rows(s: &mut String, r: &Record) {
             .map(|t| format!("ClientHello -> ServerHello {}", f(Some(t))))
             .unwrap_or_default();
         let _ = writeln!(s, "  {:<22}{:<14}{}", "TLS handshake", f(u.tls_ms), wire);
+    }
+    if u.h2_ping_ms.is_some() || w.h2_ping_rtt_ms.is_some() {
+        let wire = w
+            .h2_ping_rtt_ms
+            .map(|t| format!("PING -> ACK {} (after the requests)", f(Some(t))))
+            .unwrap_or_default();
+        let _ = writeln!(s, "  {:<22}{:<14}{}", "HTTP/2 PING", f(u.h2_ping_ms), wire);
     }
 }
 

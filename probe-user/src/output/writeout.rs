@@ -220,6 +220,8 @@ fn value(t: &Transfer<'_>, name: &str) -> Option<String> {
         "wire_tls" => ms_as_secs(last.wire.tls_rtt_ms),
         "wire_ttfb" => ms_as_secs(last.wire.ttfb_ms),
         "wire_proxy_connect" => ms_as_secs(last.wire.proxy_connect_ms),
+        // The connection's PING is on its first request's record.
+        "wire_h2_ping" => ms_as_secs(t.hops.iter().rev().find_map(|r| r.wire.h2_ping_rtt_ms)),
         "verdict" => last
             .verdict
             .as_ref()
@@ -294,6 +296,7 @@ const JSON_VARS: &[&str] = &[
     "wire_tls",
     "wire_ttfb",
     "wire_proxy_connect",
+    "wire_h2_ping",
     "verdict",
     "bottleneck",
     "network",

@@ -82,6 +82,13 @@ fn options(a: &ProbeArgs, sink: Option<prober::BodySink>) -> Result<Options> {
             proxy_user: a.proxy.proxy_user.clone(),
             env: crate::model::proxy::ProxyEnv::read(|k| std::env::var(k).ok()),
         },
+        http: if a.http.http11 {
+            prober::HttpVersion::Http11
+        } else if a.http.http2_prior_knowledge {
+            prober::HttpVersion::PriorKnowledge
+        } else {
+            prober::HttpVersion::Auto
+        },
     })
 }
 
@@ -202,7 +209,9 @@ async fn requests(a: ProbeArgs) -> Result<ExitCode> {
     };
     // curl's -s keeps stderr for errors (-S) only: synack's notices go too.
     let quiet = curl_mode && a.curl.silent;
-    let tls = prober::tls_config(opts.cacert.as_ref(), opts.insecure)
+    // Kept to the end: see hold_rx_timestamps.
+    let _rx_stamps = prober::hold_rx_timestamps();
+    let tls = prober::tls_config(opts.cacert.as_ref(), opts.insecure, opts.http)
         .context("cannot set up TLS (check --cacert)")?;
     bpf::raise_memlock();
     let chosen = bpf::for_mode(a.mode.mode, &a.interfaces.interfaces)
