@@ -230,6 +230,8 @@ impl SquidBump {
             &hosts,
             format!("127.0.0.1 localhost\n{SERVER_V4} {ORIGIN_NAME}\n{SERVER_V6} {ORIGIN_NAME}\n"),
         )?;
+        // pinger_enable off: squid's ICMP helper outlives a squid that is
+        // killed, reparented to init.
         let cfg = d.join("squid.conf");
         std::fs::write(
             &cfg,
@@ -246,7 +248,7 @@ impl SquidBump {
                  http_access allow all\ncache deny all\naccess_log none\n\
                  cache_log {log}\npid_filename {pid}\ncoredump_dir {d}\n\
                  hosts_file {hosts}\ndns_nameservers 127.0.0.1\nvisible_hostname synack-lab-mid\n\
-                 shutdown_lifetime 0 seconds\n",
+                 shutdown_lifetime 0 seconds\npinger_enable off\n",
                 ca = p(&ca),
                 key = p(&key),
                 db = p(&db),

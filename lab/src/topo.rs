@@ -524,6 +524,8 @@ impl Lab {
         sh(&["chmod", "0777", d.to_str().context("path")?])?;
         let hosts = d.join("hosts");
         std::fs::write(&hosts, "127.0.0.1 localhost\n")?;
+        // pinger_enable off: squid's ICMP helper outlives a squid that is
+        // killed, reparented to init.
         let cfg = d.join("squid.conf");
         let p = |x: &Path| x.display().to_string();
         std::fs::write(
@@ -533,7 +535,7 @@ impl Lab {
                  http_access allow all\ncache deny all\naccess_log none\n\
                  cache_log {}\npid_filename {}\ncoredump_dir {}\n\
                  hosts_file {}\ndns_nameservers 127.0.0.1\nvisible_hostname synack-lab-mid\n\
-                 shutdown_lifetime 0 seconds\n",
+                 shutdown_lifetime 0 seconds\npinger_enable off\n",
                 p(&d.join("cache.log")),
                 p(&d.join("squid.pid")),
                 p(&d),

@@ -240,18 +240,50 @@ fn write_out_prints_what_curl_prints() -> Result<()> {
         assert_eq!(s.len(), 2, "synack: {synack:?}");
         assert_eq!(s[0], c[0], "{url}: string variables differ");
         let (_, st) = times_agree(url, c[1], s[1]);
-        // curl follows a redirect to the same origin on its connection;
-        // synack gives each hop a connection (and timeline) of its own.
+        // A redirect to the same origin is followed on the connection, as
+        // curl follows it: one connect for both hops.
         let mut args: Vec<&str> = extra.iter().map(String::as_str).collect();
-        args.extend(["-s", "-o", "/dev/null", "-w", "%{num_connects}", url]);
+        args.extend([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{num_connects} %{num_redirects}",
+            url,
+        ]);
         let [curl, synack] = n.both(&args)?;
-        let hops = if extra.iter().any(|e| e == "-L") {
-            2
-        } else {
+        let redirects = if extra.iter().any(|e| e == "-L") {
             1
+        } else {
+            0
         };
-        assert_eq!(curl.1, "1", "{url}: curl {curl:?}");
-        assert_eq!(synack.1, hops.to_string(), "{url}: synack {synack:?}");
+        assert_eq!(curl.1, format!("1 {redirects}"), "{url}: curl {curl:?}");
+        assert_eq!(synack.1, curl.1, "{url}: synack {synack:?}");
+        if redirects == 1 {
+            // Each hop has its record; the second rode the first's connection.
+            let o = p
+                .client
+                .command(synack_bin().to_str().context("path")?)
+                .arg("--json")
+                .args(extra)
+                .arg(url)
+                .output()?;
+            let recs = json_lines(&o.stdout)?;
+            assert_eq!(recs.len(), 2, "{}", String::from_utf8_lossy(&o.stderr));
+            assert_eq!(
+                (&recs[0]["http_status"], &recs[1]["http_status"]),
+                (&serde_json::json!(301), &serde_json::json!(200))
+            );
+            assert_eq!(recs[1]["redirect_hop"], 1, "{}", recs[1]);
+            assert_eq!(recs[1]["connection_reused"], true, "{}", recs[1]);
+            assert_eq!(recs[1]["local_addr"], recs[0]["local_addr"]);
+            assert!(
+                recs[1]["url"]
+                    .as_str()
+                    .is_some_and(|u| u.ends_with("/file.txt"))
+            );
+            assert!(recs[1]["wire"]["ttfb_ms"].as_f64().is_some(), "{}", recs[1]);
+        }
         let order: Vec<f64> = st.iter().copied().filter(|&v| v > 0.0).collect();
         assert!(
             order.windows(2).all(|w| w[0] <= w[1]),
@@ -506,6 +538,8 @@ impl Squid {
             &hosts,
             format!("127.0.0.1 localhost\n{} {NAME}\n", p.server_v4),
         )?;
+        // pinger_enable off: squid's ICMP helper outlives a squid that is
+        // killed, reparented to init.
         let cfg = d.join("squid.conf");
         let f = |x: &std::path::Path| x.display().to_string();
         std::fs::write(
@@ -514,7 +548,7 @@ impl Squid {
                 "http_port {SQUID}\nhttp_access allow all\ncache deny all\naccess_log none\n\
                  cache_log {}\npid_filename {}\ncoredump_dir {}\nhosts_file {}\n\
                  dns_nameservers 127.0.0.1\nvisible_hostname synack-test-proxy\n\
-                 shutdown_lifetime 0 seconds\n",
+                 shutdown_lifetime 0 seconds\npinger_enable off\n",
                 f(&d.join("cache.log")),
                 f(&d.join("squid.pid")),
                 f(&d),

@@ -290,7 +290,12 @@ fn reuse_and_redirects() -> Result<()> {
             .as_str()
             .is_some_and(|s| s.ends_with("/delay/1"))
     );
-    assert_ne!(recs[0]["local_addr"], recs[1]["local_addr"]);
+    // Same origin: followed on the first hop's connection, as curl does,
+    // and still timed on the wire.
+    assert_eq!(recs[0]["local_addr"], recs[1]["local_addr"]);
+    assert_eq!(recs[1]["connection_reused"], true);
+    assert_eq!(recs[1]["request_index"], 1);
+    assert!(recs[1]["wire"]["ttfb_ms"].as_f64().is_some(), "{}", recs[1]);
     Ok(())
 }
 

@@ -409,6 +409,10 @@ pub(crate) struct Prober {
 
 /// A request that completed.
 struct Done {
+    /// What was asked (a same-origin redirect goes on on the connection).
+    url: String,
+    hop: u32,
+    method: Method,
     marks: RequestMarks,
     /// The CPU this process did not get while the request ran.
     stall: crate::model::verdict::ClientStall,
@@ -458,9 +462,13 @@ struct ConnOutcome {
     records: Vec<Record>,
     /// Location of a redirect to follow, if the last response asked for one.
     redirect: Option<String>,
-    /// The server closed the connection after this many requests, for this
-    /// reason, before all of `--reuse`'s were sent.
-    closed_early: Option<(u32, String)>,
+    /// The server closed the connection after this many requests of the
+    /// hop it was on, of so many wanted, for this reason.
+    closed_early: Option<(u32, u32, String)>,
+    /// The redirect hop and URL the connection ended on (it follows a
+    /// redirect to the same origin itself, as curl).
+    hop: u32,
+    url: String,
 }
 
 impl Prober {
@@ -511,7 +519,8 @@ impl Prober {
     pub(crate) async fn run(&mut self, url: &str, attempt: u32) -> Vec<Record> {
         let mut out = Vec::new();
         let mut current = url.to_string();
-        for hop in 0..=self.opts.max_redirs {
+        let mut hop = 0;
+        loop {
             // --reuse's requests on as few connections as the server allows.
             let mut want = self.opts.reuse.max(1);
             let mut because: Option<String> = None;
@@ -525,9 +534,12 @@ impl Prober {
                     r.attempt = attempt;
                     r
                 }));
+                // Redirects to the same origin were followed on the
+                // connection itself: go on from where it stopped.
+                (hop, current) = (o.hop, o.url);
                 match o.closed_early {
-                    Some((done, why)) if done > 0 && done < want => {
-                        want -= done;
+                    Some((done, wanted, why)) if done < wanted => {
+                        want = wanted - done;
                         because = Some(why);
                     }
                     _ => break o.redirect,
@@ -535,7 +547,7 @@ impl Prober {
             };
             match redirect {
                 Some(next) if self.opts.follow => {
-                    if hop == self.opts.max_redirs {
+                    if hop >= self.opts.max_redirs {
                         let mut r = Record::new(&next, self.method_for(&next).as_str(), self.mode);
                         r.attempt = attempt;
                         r.redirect_hop = hop + 1;
@@ -550,6 +562,7 @@ impl Prober {
                         break;
                     }
                     current = next;
+                    hop += 1;
                 }
                 _ => break,
             }
@@ -578,6 +591,8 @@ impl Prober {
             records: vec![r],
             redirect: None,
             closed_early: None,
+            hop,
+            url: url.to_string(),
         }
     }
 
@@ -698,6 +713,8 @@ impl Prober {
             records,
             redirect,
             closed_early: a.closed_early.take(),
+            hop: a.hop,
+            url: a.url.clone(),
         }
     }
 
@@ -774,6 +791,8 @@ impl Prober {
             redirect: None,
             cookie,
             want: 1,
+            hop,
+            url: url.to_string(),
             closed_early: None,
             proxy,
             h2: false,
@@ -795,6 +814,9 @@ impl Prober {
         let mut records = Vec::new();
         for (i, d) in a.done.iter().enumerate() {
             let mut r = a.base.clone();
+            r.url.clone_from(&d.url);
+            r.redirect_hop = d.hop;
+            r.method = d.method.to_string();
             r.request_index = i as u32;
             r.connection_reused = i > 0;
             r.http_status = Some(d.status);
@@ -814,6 +836,9 @@ impl Prober {
         if let Some(Failed { error, marks }) = failed {
             // The request that failed (or the connection that never got to one).
             let mut r = a.base.clone();
+            r.url.clone_from(&a.url);
+            r.redirect_hop = a.hop;
+            r.method = a.method.to_string();
             r.request_index = n_done as u32;
             r.connection_reused = n_done > 0;
             let m = marks.unwrap_or_default();
@@ -1041,16 +1066,66 @@ impl Prober {
         sender: &mut Sender,
         mut cpu_before: crate::host::cpustat::CpuSnapshot,
     ) -> Result<(), Failed> {
+        loop {
+            self.hop_requests(a, sender, &mut cpu_before).await?;
+            if a.closed_early.is_some() || !self.same_origin_redirect(a, sender).await {
+                return Ok(());
+            }
+        }
+    }
+
+    /// With -L, a redirect to the same origin is followed on this
+    /// connection when it is still open (as curl reuses it); true when the
+    /// next hop's requests go here.
+    async fn same_origin_redirect(&self, a: &mut Attempt, sender: &mut Sender) -> bool {
+        let Some(next) = a.redirect.clone() else {
+            return false;
+        };
+        if !self.opts.follow || a.hop >= self.opts.max_redirs {
+            return false;
+        }
+        let Ok(t) = parse_target(&next) else {
+            return false;
+        };
+        if !same_origin(&a.t.url, &t.url) {
+            return false;
+        }
+        if !matches!(
+            with_deadline(a.deadline, "response", sender.ready()).await,
+            Ok(Ok(()))
+        ) {
+            return false;
+        }
+        a.redirect = None;
+        a.t = t;
+        a.method = self.method_for(&next);
+        a.url = next;
+        a.hop += 1;
+        a.want = self.opts.reuse.max(1);
+        true
+    }
+
+    /// One hop's --reuse requests on the connection, one after the other,
+    /// until one fails; each completed one goes to `a.done`.
+    async fn hop_requests(
+        &mut self,
+        a: &mut Attempt,
+        sender: &mut Sender,
+        cpu_before: &mut crate::host::cpustat::CpuSnapshot,
+    ) -> Result<(), Failed> {
         let n = a.want;
         for i in 0..n {
+            // A request after the connection's first.
+            let later = !a.done.is_empty();
             // A server that closes after a response (Connection: close,
             // HTTP/1.0, an idle timeout) leaves the rest of --reuse to a new
             // connection, as curl opens one.
-            if i > 0 {
+            if later {
                 match with_deadline(a.deadline, "response", sender.ready()).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => {
-                        a.closed_early = Some((i, close_reason(a.done.last(), i)));
+                        a.closed_early =
+                            Some((i, n, close_reason(a.done.last(), a.done.len() as u32)));
                         return Ok(());
                     }
                     Err(e) => return Err(Failed::from(e)),
@@ -1058,8 +1133,8 @@ impl Prober {
             }
             let req = self.build_request(&a.t, &a.method, a.proxy.as_ref(), a.h2)?;
             crate::active::io::lock(&a.log).arm();
-            if i > 0 {
-                cpu_before = crate::host::cpustat::CpuSnapshot::take(&self.cpu);
+            if later {
+                *cpu_before = crate::host::cpustat::CpuSnapshot::take(&self.cpu);
             }
             let mut m = RequestMarks {
                 request_start: Some(mono_ns()),
@@ -1100,12 +1175,13 @@ impl Prober {
                 // The close raced the request: nothing of a response came,
                 // so it goes again on a new connection (curl retries a
                 // request that a reused connection dropped, too).
-                Ok(Err(e)) if i > 0 && m.first_byte_read.is_none() && e.closed => {
+                Ok(Err(e)) if later && m.first_byte_read.is_none() && e.closed => {
                     a.closed_early = Some((
                         i,
+                        n,
                         format!(
                             "the server closed the connection as request {} was sent",
-                            i + 1
+                            a.done.len() + 1
                         ),
                     ));
                     return Ok(());
@@ -1117,6 +1193,9 @@ impl Prober {
                 a.redirect = head.location.map(|l| join_location(&a.t.url, &l));
             }
             a.done.push(Done {
+                url: a.url.clone(),
+                hop: a.hop,
+                method: a.method.clone(),
                 marks: m,
                 stall,
                 status: head.status.as_u16(),
@@ -1273,9 +1352,14 @@ struct Attempt {
     cookie: Option<u64>,
     /// Requests to send on this connection (what is left of --reuse).
     want: u32,
+    /// The redirect hop being requested, and its URL (a redirect to the
+    /// same origin goes on on this connection).
+    hop: u32,
+    url: String,
     /// Set when the server closed the connection before `want` were sent:
-    /// how many were done, and why (`close_reason`).
-    closed_early: Option<(u32, String)>,
+    /// how many of the hop's were done, of how many, and why
+    /// (`close_reason`).
+    closed_early: Option<(u32, u32, String)>,
     /// The declared proxy this connection goes to (`addr` is its address).
     proxy: Option<crate::model::proxy::Proxy>,
     /// The connection speaks HTTP/2.
@@ -1567,7 +1651,14 @@ async fn h2_ping(a: &mut Attempt, mut p: h2::PingPong) {
 /// The verdict of each record, from all the connection's records together
 /// (a second request on a connection tells about the first).
 fn judge(records: &mut [Record]) {
-    let facts: Vec<_> = records.iter().map(Record::facts).collect();
+    let mut facts: Vec<_> = records.iter().map(Record::facts).collect();
+    // A redirect followed on the connection asks for something else: its
+    // TTFB is no repeat of the first's (the reuse rule compares those).
+    if let Some(first) = records.first() {
+        for (f, r) in facts.iter_mut().zip(records.iter()) {
+            f.repeats_first = r.url == first.url && r.method == first.method;
+        }
+    }
     for (r, a) in records
         .iter_mut()
         .zip(crate::model::verdict::analyze(&facts))
@@ -1644,6 +1735,13 @@ fn server_timing_dur(h: &str) -> Option<f64> {
             .then(|| v.trim().trim_matches('"').parse().ok())
             .flatten()
     })
+}
+
+/// Same scheme, host and port: a connection to one serves the other.
+fn same_origin(a: &url::Url, b: &url::Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str().map(str::to_ascii_lowercase) == b.host_str().map(str::to_ascii_lowercase)
+        && a.port_or_known_default() == b.port_or_known_default()
 }
 
 fn join_location(base: &url::Url, loc: &str) -> String {
@@ -1846,6 +1944,19 @@ mod tests {
             Some(7.0)
         );
         assert_eq!(server_timing_dur("garbage"), None);
+    }
+
+    #[test]
+    fn same_origin_is_scheme_host_and_port() {
+        let u = |s: &str| url::Url::parse(s).expect("url");
+        assert!(same_origin(&u("http://H.lab/a"), &u("http://h.lab:80/b?x")));
+        assert!(same_origin(
+            &u("https://[fd00::1]:8443/"),
+            &u("https://[fd00::1]:8443/x")
+        ));
+        assert!(!same_origin(&u("http://h.lab/"), &u("https://h.lab/")));
+        assert!(!same_origin(&u("http://h.lab/"), &u("http://h.lab:8080/")));
+        assert!(!same_origin(&u("http://h.lab/"), &u("http://other.lab/")));
     }
 
     #[test]

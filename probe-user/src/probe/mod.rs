@@ -175,8 +175,11 @@ fn transfers(records: &[crate::model::record::Record]) -> Vec<&[crate::model::re
     let mut out = Vec::new();
     let mut start = 0;
     for i in 1..=records.len() {
+        // The next hop of a redirect chain (on the same connection or a
+        // new one) goes on with the transfer; a repeat of a hop (--reuse,
+        // a reconnect) or hop 0 starts the next.
         let continues = records.get(i).is_some_and(|r| {
-            r.redirect_hop > 0 && r.request_index == 0 && r.reconnect_reason.is_none()
+            r.redirect_hop == records[i - 1].redirect_hop + 1 && r.reconnect_reason.is_none()
         });
         if !continues {
             out.push(&records[start..i]);
@@ -348,6 +351,19 @@ mod tests {
         assert_eq!(
             lens(&[r(0, 0, false), r(0, 0, true), r(1, 0, false)]),
             vec![1, 2]
+        );
+        // A same-origin redirect followed on the connection (index 1).
+        assert_eq!(lens(&[r(0, 0, false), r(1, 1, false)]), vec![2]);
+        // --reuse 2 -L: each request of hop 0 is a transfer, the last one
+        // goes on into hop 1's first; hop 1's second is one of its own.
+        assert_eq!(
+            lens(&[
+                r(0, 0, false),
+                r(0, 1, false),
+                r(1, 2, false),
+                r(1, 3, false)
+            ]),
+            vec![1, 2, 1]
         );
         assert!(transfers(&[]).is_empty());
     }
