@@ -262,7 +262,7 @@ fn every_bad_input_has_its_error_and_exit_status() -> Result<()> {
             args: a(&["-m", "1", "-x", &format!("{s}:7006"), "http://origin.test/"]),
             exit: 1,
             kind: Some("timeout"),
-            message: Some("connect"),
+            message: Some("connect to the proxy"),
         },
         Case {
             name: "a proxy that answers CONNECT with 403",

@@ -371,17 +371,14 @@ fn note_write(log: &SharedLog, start: u64, n: usize, bytes: &[u8], raw_before: u
     let mut log = lock(log);
     let raw_after = log.raw_out;
     if let Some(h2) = log.h2.as_mut() {
-        let frames = h2.outbound.feed(bytes);
+        let (frames, stream_bytes) = h2.outbound.feed_marked(bytes);
         if h2.ping_armed
             && h2.ping_out.is_none()
             && frames.iter().any(|f| f.kind == PING && f.flags & ACK == 0)
         {
             h2.ping_out = Some((start, raw_before));
         }
-        let request = frames
-            .iter()
-            .any(|f| f.stream != 0 && matches!(f.kind, 0x0 | HEADERS | 0x9));
-        if !(log.armed && request) {
+        if !(log.armed && stream_bytes) {
             return;
         }
         log.req.out_start.get_or_insert(raw_before);

@@ -583,6 +583,20 @@ impl Prober {
     fn fail(&self, url: &str, hop: u32, e: ErrorInfo) -> ConnOutcome {
         let mut r = Record::new(url, self.method_for(url).as_str(), self.mode);
         r.redirect_hop = hop;
+        // The proxy it was going through, when one was chosen (its name
+        // may be what failed).
+        r.proxy = parse_target(url)
+            .ok()
+            .and_then(|t| {
+                let p = self.opts.proxy.for_url(t.url.scheme(), &t.host).ok()??;
+                Some((p, t.tls))
+            })
+            .map(|(p, tunnel)| crate::model::record::ProxyUsed {
+                url: p.display(),
+                from: p.from,
+                tunnel,
+                connect_status: None,
+            });
         r.error = Some(e);
         if let Some(k) = self.hub() {
             r.drops = k.drops();
@@ -1053,6 +1067,7 @@ impl Prober {
                 )
             })?;
         a.conn.tls_done = Some(mono_ns());
+        a.conn.tls_end_out = Some(crate::active::io::lock(&a.log).raw_out);
         a.base.tls_info = Some(tls_info(s.get_ref().1));
         a.conn.tls13 = s.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
         Ok(Box::new(s))
@@ -1233,6 +1248,12 @@ impl Prober {
             let _ = u.set_username("");
             let _ = u.set_password(None);
             path = u.to_string();
+            // HTTP/2: a Host given with -H is the :authority (as curl).
+            if h2 && let Some(host) = self.header_text(&header::HOST) {
+                let rest = &path[u.scheme().len() + 3..];
+                let tail = rest.find('/').map_or("/", |i| &rest[i..]);
+                path = format!("{}://{host}{tail}", u.scheme());
+            }
         }
         let uri: Uri = path.parse().map_err(|e| {
             ErrorInfo::new(
@@ -1267,12 +1288,27 @@ impl Prober {
             b = b.header("proxy-connection", "Keep-Alive");
         }
         for (k, v) in &self.opts.headers {
+            // HTTP/2 has no connection-specific headers (RFC 9113 8.2.2):
+            // curl leaves them out, and h2 refuses a request that has one.
+            if h2 && (h2_drops(k, v) || k == header::HOST) {
+                continue;
+            }
             b = b.header(k, v);
         }
         let body = self.opts.body.clone().unwrap_or_default();
         b.body(body).map_err(|e| {
             ErrorInfo::new(ErrorKind::InvalidUrl, format!("cannot build request: {e}"))
         })
+    }
+
+    /// The value of a -H header, as text.
+    fn header_text(&self, name: &HeaderName) -> Option<String> {
+        self.opts
+            .headers
+            .iter()
+            .find(|(h, _)| h == name)
+            .and_then(|(_, v)| v.to_str().ok())
+            .map(str::to_string)
     }
 
     /// Drains the kernel's events and builds the flow of this connection.
@@ -1372,7 +1408,12 @@ struct Attempt {
 /// Connects, timed; the connection's addresses go to the record and key.
 async fn connect(a: &mut Attempt, sock: TcpSocket) -> Result<tokio::net::TcpStream, Failed> {
     a.conn.connect_call = Some(mono_ns());
-    let stream = with_deadline(a.deadline, "connect", sock.connect(a.addr))
+    let phase = if a.proxy.is_some() {
+        "connect to the proxy"
+    } else {
+        "connect"
+    };
+    let stream = with_deadline(a.deadline, phase, sock.connect(a.addr))
         .await?
         .map_err(|e| {
             let e = connect_error(a.addr, e);
@@ -1469,6 +1510,13 @@ impl From<h2::Error> for SendError {
     fn from(e: h2::Error) -> Self {
         let msg = crate::model::record::error_chain(&e);
         let closed = e.is_go_away() || e.is_io() || e.reason() == Some(h2::Reason::REFUSED_STREAM);
+        // "HTTP/2 stream" (a RST_STREAM) and "HTTP/2" (the connection) are
+        // curl's exit codes 92 and 16 (output::writeout::exit_code).
+        let what = if e.is_reset() && !e.is_go_away() {
+            "HTTP/2 stream"
+        } else {
+            "HTTP/2"
+        };
         SendError {
             closed,
             info: ErrorInfo::new(
@@ -1477,7 +1525,7 @@ impl From<h2::Error> for SendError {
                 } else {
                     ErrorKind::Http
                 },
-                format!("HTTP/2: {msg}"),
+                format!("{what}: {msg}"),
             ),
         }
     }
@@ -1737,6 +1785,17 @@ fn server_timing_dur(h: &str) -> Option<f64> {
     })
 }
 
+/// A header HTTP/2 does not carry: the connection-specific ones, and TE
+/// other than "trailers".
+fn h2_drops(name: &HeaderName, value: &HeaderValue) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+        || (name == header::TE && !value.as_bytes().eq_ignore_ascii_case(b"trailers"))
+}
+
 /// Same scheme, host and port: a connection to one serves the other.
 fn same_origin(a: &url::Url, b: &url::Url) -> bool {
     a.scheme() == b.scheme()
@@ -1944,6 +2003,25 @@ mod tests {
             Some(7.0)
         );
         assert_eq!(server_timing_dur("garbage"), None);
+    }
+
+    #[test]
+    fn http2_leaves_connection_headers_out() {
+        let v = |s: &str| HeaderValue::from_str(s).expect("value");
+        let n = |s: &str| HeaderName::from_bytes(s.as_bytes()).expect("name");
+        for h in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            assert!(h2_drops(&n(h), &v("x")), "{h}");
+        }
+        assert!(h2_drops(&n("te"), &v("gzip")));
+        assert!(!h2_drops(&n("te"), &v("Trailers")));
+        assert!(!h2_drops(&n("x-trace"), &v("1")));
+        assert!(!h2_drops(&n("accept"), &v("*/*")));
     }
 
     #[test]

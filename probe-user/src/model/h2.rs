@@ -38,6 +38,14 @@ pub(crate) struct FrameScanner {
     offset: u64,
     /// Offset of the current frame's first byte.
     frame_at: u64,
+    /// The current frame is a stream's HEADERS, DATA or CONTINUATION.
+    in_stream_frame: bool,
+}
+
+/// A stream's HEADERS, DATA or CONTINUATION: what a request (or a
+/// response) is made of, as against the connection's own frames.
+pub(crate) fn is_stream_frame(f: &FrameStart) -> bool {
+    f.stream != 0 && matches!(f.kind, 0x0 | HEADERS | 0x9)
 }
 
 impl FrameScanner {
@@ -61,8 +69,16 @@ impl FrameScanner {
 
     /// Feeds the next bytes; returns the frames whose headers completed in
     /// them, in order.
-    pub(crate) fn feed(&mut self, mut b: &[u8]) -> Vec<FrameStart> {
+    pub(crate) fn feed(&mut self, b: &[u8]) -> Vec<FrameStart> {
+        self.feed_marked(b).0
+    }
+
+    /// As `feed`, and whether any of the bytes belonged to a stream's
+    /// HEADERS, DATA or CONTINUATION frame (its header or its payload: a
+    /// large body's payload comes in writes of its own).
+    pub(crate) fn feed_marked(&mut self, mut b: &[u8]) -> (Vec<FrameStart>, bool) {
         let mut out = Vec::new();
+        let mut stream_bytes = false;
         while !b.is_empty() {
             if self.skip_preface > 0 {
                 let n = self.skip_preface.min(b.len());
@@ -73,6 +89,7 @@ impl FrameScanner {
             }
             if self.left > 0 {
                 let n = (self.left.min(b.len() as u64)) as usize;
+                stream_bytes |= self.in_stream_frame;
                 self.left -= n as u64;
                 self.offset += n as u64;
                 b = &b[n..];
@@ -89,18 +106,21 @@ impl FrameScanner {
             if self.have == 9 {
                 let h = self.hdr;
                 let len = u32::from_be_bytes([0, h[0], h[1], h[2]]);
-                out.push(FrameStart {
+                let f = FrameStart {
                     offset: self.frame_at,
                     kind: h[3],
                     flags: h[4],
                     stream: u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff,
                     len,
-                });
+                };
+                self.in_stream_frame = is_stream_frame(&f);
+                stream_bytes |= self.in_stream_frame;
+                out.push(f);
                 self.have = 0;
                 self.left = u64::from(len);
             }
         }
-        out
+        (out, stream_bytes)
     }
 }
 
@@ -150,6 +170,24 @@ mod tests {
             let got: Vec<FrameStart> = s.chunks(cut).flat_map(|c| sc.feed(c)).collect();
             assert_eq!(got, whole, "chunks of {cut}");
         }
+    }
+
+    #[test]
+    fn a_bodys_payload_in_a_write_of_its_own_is_the_streams() {
+        // A DATA frame's header, then its payload in a later write, then a
+        // WINDOW_UPDATE on the connection.
+        let data = frame(0x0, 0x1, 1, &[7; 4000]);
+        let mut sc = FrameScanner::server_side();
+        let (f, marked) = sc.feed_marked(&data[..9]);
+        assert_eq!((f.len(), marked), (1, true));
+        let (f, marked) = sc.feed_marked(&data[9..]);
+        assert_eq!((f.len(), marked), (0, true));
+        let (f, marked) = sc.feed_marked(&frame(0x8, 0, 0, &[0, 0, 1, 0]));
+        assert_eq!((f.len(), marked), (1, false));
+        // A PING's payload is not a stream's.
+        let ping = frame(PING, 0, 0, &[1; 8]);
+        sc.feed_marked(&ping[..9]);
+        assert!(!sc.feed_marked(&ping[9..]).1);
     }
 
     #[test]

@@ -202,13 +202,15 @@ pub(crate) fn no_proxy_matches(list: &str, host: &str) -> bool {
         .trim_end_matches('.')
         .to_ascii_lowercase();
     let ip: Option<std::net::IpAddr> = host.parse().ok();
+    // As curl: "*" alone matches every host; a "*" among names is no
+    // wildcard.
+    if list.trim() == "*" {
+        return true;
+    }
     list.split([',', ' '])
         .map(str::trim)
         .filter(|e| !e.is_empty())
         .any(|e| {
-            if e == "*" {
-                return true;
-            }
             let e = e.trim_start_matches('[').to_ascii_lowercase();
             if let Some(ip) = ip {
                 return ip_matches(&e, ip);
@@ -467,6 +469,8 @@ mod tests {
     #[test]
     fn no_proxy_lists_match_as_curls() {
         assert!(no_proxy_matches("*", "anything"));
+        assert!(no_proxy_matches(" * ", "anything"));
+        assert!(!no_proxy_matches("a.lab,*", "anything"));
         assert!(no_proxy_matches("Example.COM", "www.example.com."));
         assert!(!no_proxy_matches("example.com", "badexample.com"));
         assert!(no_proxy_matches("example.com:8080", "example.com"));

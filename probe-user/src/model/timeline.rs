@@ -29,6 +29,10 @@ pub(crate) struct ConnMarks {
     /// CONNECT and its answer took before it through a proxy's tunnel.
     pub tls_out_at: u64,
     pub tls_in_at: u64,
+    /// Raw outgoing offset when the TLS handshake completed: our Finished
+    /// lies before it (HTTP/2 writes its preface and SETTINGS between the
+    /// handshake and the request).
+    pub tls_end_out: Option<u64>,
     /// HTTP/2's PING after the requests: (written ns, raw offset out) and
     /// (its ACK read ns, raw offset in).
     pub h2_ping: Option<((u64, u64), (u64, u64))>,
@@ -433,7 +437,13 @@ impl Assembly<'_> {
     /// reply), when there is one: a round trip with no think time in it.
     fn tls_second_round(&mut self) {
         let out_at = self.conn.map_or(0, |c| c.tls_out_at);
-        if let Some((a, b)) = tls_round2(self.f, self.req.in_start, self.req.out_start, out_at) {
+        // The Finished is looked for before the handshake's end (before
+        // the request when that is not known).
+        let before = match (self.conn.and_then(|c| c.tls_end_out), self.req.out_start) {
+            (Some(e), Some(o)) => Some(e.min(o)),
+            (e, o) => o.or(e),
+        };
+        if let Some((a, b)) = tls_round2(self.f, self.req.in_start, before, out_at) {
             self.wire("client_finished_out", a);
             self.wire("tls_round2_in", b);
             self.w.tls_round2_ms = Some(ms_between(a, b));

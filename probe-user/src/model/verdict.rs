@@ -377,6 +377,9 @@ struct RawSamples {
     /// HTTP/2 PING (the smaller).
     p: Option<f64>,
     p_from: &'static str,
+    /// Through a declared proxy's tunnel: TLS ends at the origin, so its
+    /// round trips are no samples of the RTT to the TCP endpoint.
+    tunnel: bool,
 }
 
 impl RawSamples {
@@ -404,6 +407,9 @@ impl RawSamples {
             Some((a, _)) => (a, "tls_round2"),
             None => (None, "tls_round2"),
         };
+        let tunnel = first
+            .and_then(|f| f.proxy.as_ref())
+            .is_some_and(|p| p.tunnel);
         RawSamples {
             h,
             d,
@@ -411,6 +417,7 @@ impl RawSamples {
             t,
             p,
             p_from,
+            tunnel,
         }
     }
 
@@ -418,8 +425,15 @@ impl RawSamples {
     /// agrees with, a clean handshake preferred within the noise of it.
     fn path_rtt(&self) -> (Option<f64>, &'static str) {
         let RawSamples {
-            h, d, ch_ack, t, p, ..
+            h,
+            d,
+            ch_ack,
+            t,
+            p,
+            tunnel,
+            ..
         } = *self;
+        let (t, p) = if tunnel { (None, None) } else { (t, p) };
         // Every sample is an upper bound of the round trip to the TCP endpoint;
         // a mismatched one can come out too short. The path's RTT is the
         // smallest sample another sample agrees with; lacking agreement, the
@@ -2365,6 +2379,16 @@ mod tests {
             "{:?}",
             a.phases
         );
+        // A SYN sent again and no ACK of our ClientHello: the TLS samples
+        // through the tunnel (R1 + R2) must not pass for the RTT to the
+        // proxy.
+        let mut unclean = f.clone();
+        unclean.handshake_clean = false;
+        unclean.client_hello_acked = None;
+        unclean.h2_ping = Some(t);
+        let a = analyze(&[unclean]).remove(0);
+        let near_rtt = a.middlebox.as_ref().and_then(|m| m.near_rtt_ms);
+        assert!(near_rtt.is_none_or(|n| n < t - 1.0), "{a:?}");
         // No timing of the proxy's way (no CONNECT answer, no TLS round
         // trip): no split, and the limits say why.
         let mut blind = f;

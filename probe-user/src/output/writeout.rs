@@ -44,6 +44,8 @@ pub(crate) fn exit_code(r: &Record, fail: bool) -> u8 {
         ErrorKind::Tls if e.message.contains("certificate") => 60,
         ErrorKind::Tls => 35,
         ErrorKind::Http if e.message.contains("redirect") => 47,
+        ErrorKind::Http if e.message.starts_with("HTTP/2 stream:") => 92,
+        ErrorKind::Http if e.message.starts_with("HTTP/2") => 16,
         ErrorKind::Http => 8,
         ErrorKind::Io | ErrorKind::NoResponse => 56,
         // curl: 5 "couldn't resolve proxy", 7 for a proxy that cannot be
@@ -653,6 +655,16 @@ mod tests {
             ),
             (ErrorKind::Tls, "handshake failure", 35),
             (ErrorKind::Http, "too many redirects", 47),
+            (
+                ErrorKind::Http,
+                "HTTP/2 stream: stream error received: refused",
+                92,
+            ),
+            (
+                ErrorKind::Http,
+                "HTTP/2: connection error detected: frame with invalid size",
+                16,
+            ),
             (ErrorKind::Io, "connection reset", 56),
             (ErrorKind::UnsupportedScheme, "ftp", 1),
         ] {

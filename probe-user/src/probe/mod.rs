@@ -168,19 +168,19 @@ fn body_sink(a: &ProbeArgs) -> Result<Option<prober::BodySink>> {
 }
 
 /// Splits a URL's records into curl's transfers: a request and the
-/// redirects -L followed from it (a hop's first request continues the
-/// chain of the record before it; a --reuse request that had to reconnect
-/// starts its own).
+/// redirects -L followed from it (a record one hop further than the one
+/// before it continues that one's chain).
 fn transfers(records: &[crate::model::record::Record]) -> Vec<&[crate::model::record::Record]> {
     let mut out = Vec::new();
     let mut start = 0;
     for i in 1..=records.len() {
         // The next hop of a redirect chain (on the same connection or a
-        // new one) goes on with the transfer; a repeat of a hop (--reuse,
-        // a reconnect) or hop 0 starts the next.
-        let continues = records.get(i).is_some_and(|r| {
-            r.redirect_hop == records[i - 1].redirect_hop + 1 && r.reconnect_reason.is_none()
-        });
+        // new one, even one opened because the server closed the last)
+        // goes on with the transfer; a repeat of a hop (--reuse) or hop 0
+        // starts the next.
+        let continues = records
+            .get(i)
+            .is_some_and(|r| r.redirect_hop == records[i - 1].redirect_hop + 1);
         if !continues {
             out.push(&records[start..i]);
             start = i;
@@ -365,6 +365,9 @@ mod tests {
             ]),
             vec![1, 2, 1]
         );
+        // The server closed as the redirect's request went out: the hop
+        // went on on a new connection, still the same transfer.
+        assert_eq!(lens(&[r(0, 0, false), r(1, 0, true)]), vec![2]);
         assert!(transfers(&[]).is_empty());
     }
 
