@@ -241,6 +241,37 @@ impl CurlOutput {
 pub enum Cmd {
     Watch(WatchArgs),
     Monitor(MonitorArgs),
+    Compare(CompareArgs),
+}
+
+/// Two populations of requests side by side: why is B slower than A?
+///
+/// Reads two JSON-lines files of synack records (`synack --json --count N`,
+/// `synack watch --json`, `synack monitor --json`) and, per target (the
+/// monitor's name, else the URL) and phase, prints each side's median and
+/// p90 and the difference of the medians with a 95% bootstrap interval; a
+/// difference whose interval holds 0 is called no difference. Then one
+/// sentence per target: which side is slower, which of network, middlebox,
+/// server and client carries it, and what is the same. Paths that differ
+/// (direct on one side, a middlebox on the other) are said first.
+///
+/// Examples:
+///   synack compare a.jsonl b.jsonl
+///   synack compare fargate=a.jsonl apprunner=b.jsonl --json
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct CompareArgs {
+    /// The first side: FILE, or NAME=FILE to name it in the output.
+    #[arg(value_name = "[NAME=]A.jsonl")]
+    pub a: String,
+
+    /// The second side, compared with the first (differences are B - A).
+    #[arg(value_name = "[NAME=]B.jsonl")]
+    pub b: String,
+
+    /// Print the comparison as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Checks a list of URLs on schedule and exports the breakdown and the

@@ -10,7 +10,8 @@
 //! - [`active`]: one request made and timed, with the kernel's timestamps or
 //!   the socket's own (unprivileged mode); the probe and the monitor use it.
 //! - the ways in, one folder each with its own loop: [`probe`], [`watch`],
-//!   [`monitor`]; [`cli`] is their command line.
+//!   [`monitor`], and [`compare`] over recorded files; [`cli`] is their
+//!   command line.
 //! - [`output`]: human, JSON, metrics.
 //!
 //! Dependencies go one way: model and host import nothing else of the
@@ -20,6 +21,7 @@
 
 pub mod active;
 pub mod cli;
+pub mod compare;
 pub mod host;
 pub mod kernel;
 pub mod model;

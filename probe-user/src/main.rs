@@ -7,7 +7,7 @@ use clap::Parser;
 use std::process::ExitCode;
 use synack::{
     cli::{Cli, Cmd},
-    monitor, probe, watch,
+    compare, monitor, probe, watch,
 };
 
 /// 0 done, 1 a request (or every watched interface) failed, 2 could not
@@ -54,6 +54,7 @@ fn main() -> ExitCode {
     match cli.cmd {
         Some(Cmd::Monitor(m)) => exit_status("synack monitor", rt.block_on(monitor::command(m))),
         Some(Cmd::Watch(w)) => exit_status("synack watch", rt.block_on(watch::command(w))),
+        Some(Cmd::Compare(c)) => exit_status("synack compare", compare::command(&c)),
         None => exit_status("synack", rt.block_on(probe::run(cli.probe))),
     }
 }

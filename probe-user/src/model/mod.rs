@@ -2,12 +2,14 @@
 //! unit-tested without root or a kernel, and the parsers of untrusted bytes
 //! are fuzzed (fuzz/).
 
+pub mod compare;
 pub mod events;
 pub mod flows;
 pub mod h2;
 pub mod proxy;
 pub mod record;
 pub mod sniff;
+pub mod stats;
 pub mod targets;
 pub mod tcp;
 pub mod timeline;

@@ -5,6 +5,18 @@ pub(crate) fn ms_between(a: u64, b: u64) -> f64 {
     (b as i128 - a as i128) as f64 / 1e6
 }
 
+/// A duration in ms for a sentence, with the digits its size deserves
+/// (0.25 ms, 40.5 ms, 122 ms).
+pub(crate) fn ms_text(x: f64) -> String {
+    if x.abs() >= 100.0 {
+        format!("{x:.0} ms")
+    } else if x.abs() >= 10.0 {
+        format!("{x:.1} ms")
+    } else {
+        format!("{x:.2} ms")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -301,15 +301,7 @@ fn crypto_allowance(r: f64) -> f64 {
 /// applies. docs/verdict.md says why this number.
 pub(crate) const PER_CONNECTION_COST_MS: f64 = 5.0;
 
-fn r(x: f64) -> String {
-    if x.abs() >= 100.0 {
-        format!("{x:.0} ms")
-    } else if x.abs() >= 10.0 {
-        format!("{x:.1} ms")
-    } else {
-        format!("{x:.2} ms")
-    }
-}
+use crate::model::units::ms_text as r;
 
 fn min_opt(v: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
     v.into_iter().flatten().min_by(f64::total_cmp)

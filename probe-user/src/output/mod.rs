@@ -490,24 +490,98 @@ pub(crate) fn summary(records: &[Record]) -> Option<String> {
     if records.len() < 2 {
         return None;
     }
-    fn med(mut v: Vec<f64>) -> Option<f64> {
-        if v.is_empty() {
-            return None;
+    use crate::model::stats::{quantile, sorted};
+    // The median and the p90 of a column (the statistics `compare` uses).
+    let col = |g: &dyn Fn(&Record) -> Option<f64>| {
+        let v = sorted(&records.iter().filter_map(g).collect::<Vec<_>>());
+        match (quantile(&v, 0.5), quantile(&v, 0.9)) {
+            (Some(m), Some(p)) => format!("{} (p90 {})", f(Some(m)), f(Some(p))),
+            _ => "-".to_string(),
         }
-        v.sort_by(|a, b| a.total_cmp(b));
-        Some(v[v.len() / 2])
-    }
-    let col = |g: &dyn Fn(&Record) -> Option<f64>| med(records.iter().filter_map(g).collect());
+    };
     let failed = records.iter().filter(|r| r.error.is_some()).count();
+    let mut tally: Vec<(String, usize)> = Vec::new();
+    for r in records {
+        let v = r.verdict.as_ref().map_or("none".to_string(), |v| {
+            serde_json::to_value(v.path)
+                .ok()
+                .and_then(|p| p.as_str().map(str::to_string))
+                .unwrap_or_default()
+        });
+        match tally.iter_mut().find(|(k, _)| *k == v) {
+            Some((_, n)) => *n += 1,
+            None => tally.push((v, 1)),
+        }
+    }
+    let tally: Vec<String> = tally.iter().map(|(k, n)| format!("{k} {n}")).collect();
     Some(format!(
-        "{} requests, {} failed. medians: handshake RTT {}, wire TTFB {}, user TTFB {}, total {}",
+        "{} requests, {} failed. medians: handshake RTT {}, wire TTFB {}, user TTFB {}, \
+         total {}; server {}, network {}, client {}. verdicts: {}",
         records.len(),
         failed,
-        f(col(&|r| r.wire.handshake_rtt_ms)),
-        f(col(&|r| r.wire.ttfb_ms)),
-        f(col(&|r| r.user.ttfb_ms)),
-        f(col(&|r| r.user.total_ms)),
+        col(&|r| r.wire.handshake_rtt_ms),
+        col(&|r| r.wire.ttfb_ms),
+        col(&|r| r.user.ttfb_ms),
+        col(&|r| r.user.total_ms),
+        col(&|r| r.phases.server_ms),
+        col(&|r| r.phases.network_ms),
+        col(&|r| r.phases.client_ms),
+        tally.join(", ")
     ))
+}
+
+/// `synack compare`'s table: per target, each phase's median and p90 on
+/// both sides, the shift and its interval, then the sentence.
+pub(crate) fn compare_table(r: &crate::model::compare::Report) -> String {
+    let mut s = String::new();
+    let o = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.2}"));
+    for t in &r.targets {
+        let _ = writeln!(
+            s,
+            "{}   ({}: {} records, {} failed; {}: {} records, {} failed)",
+            t.target, r.a, t.a.records, t.a.failed, r.b, t.b.records, t.b.failed
+        );
+        let _ = writeln!(
+            s,
+            "  {:<16}{:>11}{:>10}{:>11}{:>10}{:>10}  {:<22}",
+            "phase (ms)",
+            format!("{} p50", short(&r.a)),
+            "p90",
+            format!("{} p50", short(&r.b)),
+            "p90",
+            "B - A",
+            "95% interval"
+        );
+        for p in &t.phases {
+            if p.a.n == 0 && p.b.n == 0 {
+                continue;
+            }
+            let ci = p
+                .ci_ms
+                .map(|[lo, hi]| format!("[{lo:.2}, {hi:.2}]"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "  {:<16}{:>11}{:>10}{:>11}{:>10}{:>10}  {:<22}{}",
+                p.phase,
+                o(p.a.median),
+                o(p.a.p90),
+                o(p.b.median),
+                o(p.b.p90),
+                o(p.diff_ms),
+                ci,
+                if p.different { "differs" } else { "" }
+            );
+        }
+        let _ = writeln!(s, "  {}\n", t.sentence);
+    }
+    let _ = writeln!(s, "({})", r.method);
+    s
+}
+
+/// A side's name cut to fit a column.
+fn short(name: &str) -> String {
+    name.chars().take(6).collect()
 }
 
 #[cfg(test)]
