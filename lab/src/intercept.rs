@@ -222,20 +222,12 @@ impl SquidBump {
         .context("initialising squid's certificate database (apt install squid-openssl)")?;
         // squid drops privileges to its own user: let it read and write here.
         crate::sh(&["chmod", "-R", "a+rwX", &p(&d)])?;
-        let hosts = d.join("hosts");
         // The origin by name, as a client asks for it (squid checks the
         // Host header against the intercepted address, and the origin's
         // certificate against the name the ClientHello carries).
-        std::fs::write(
-            &hosts,
-            format!("127.0.0.1 localhost\n{SERVER_V4} {ORIGIN_NAME}\n{SERVER_V6} {ORIGIN_NAME}\n"),
-        )?;
-        // pinger_enable off: squid's ICMP helper outlives a squid that is
-        // killed, reparented to init.
-        let cfg = d.join("squid.conf");
-        std::fs::write(
-            &cfg,
-            format!(
+        let cfg = crate::squid_config(
+            &d,
+            &format!(
                 "http_port 127.0.0.1:15004\n\
                  https_port {SQUID_BUMP_PORT} intercept ssl-bump generate-host-certificates=on \
                  dynamic_cert_mem_cache_size=4MB tls-cert={ca} tls-key={key}\n\
@@ -244,20 +236,14 @@ impl SquidBump {
                  acl step1 at_step SslBump1\n\
                  ssl_bump peek step1\n\
                  ssl_bump bump all\n\
-                 tls_outgoing_options cafile={origin_ca}\n\
-                 http_access allow all\ncache deny all\naccess_log none\n\
-                 cache_log {log}\npid_filename {pid}\ncoredump_dir {d}\n\
-                 hosts_file {hosts}\ndns_nameservers 127.0.0.1\nvisible_hostname synack-lab-mid\n\
-                 shutdown_lifetime 0 seconds\npinger_enable off\n",
+                 tls_outgoing_options cafile={origin_ca}\n",
                 ca = p(&ca),
                 key = p(&key),
                 db = p(&db),
                 origin_ca = p(&lab.ca_path()),
-                log = p(&d.join("cache.log")),
-                pid = p(&d.join("squid.pid")),
-                d = p(&d),
-                hosts = p(&hosts),
             ),
+            &format!("{SERVER_V4} {ORIGIN_NAME}\n{SERVER_V6} {ORIGIN_NAME}\n"),
+            "synack-lab-mid",
         )?;
         redirect_to(lab, SQUID_BUMP_PORT)?;
         let m = &lab.mid;

@@ -93,6 +93,36 @@ pub fn sweep_stale() {
     }
 }
 
+/// A squid's configuration in `dir`, which every squid here (the lab's, its
+/// SSL bump, the tests' forward proxy) shares after its `own` lines: no
+/// cache and no access log, its files in `dir` (made writable for squid's
+/// own user), names from a hosts file only (localhost and `hosts`, lines of
+/// "ADDR NAME"), a quick shutdown, and no ICMP pinger (the helper outlives
+/// a squid that is killed, reparented to init). Returns the file's path.
+pub fn squid_config(dir: &Path, own: &str, hosts: &str, visible_hostname: &str) -> Result<PathBuf> {
+    fs::create_dir_all(dir)?;
+    sh(&["chmod", "0777", dir.to_str().context("path")?])?;
+    let hosts_file = dir.join("hosts");
+    fs::write(&hosts_file, format!("127.0.0.1 localhost\n{hosts}"))?;
+    let p = |x: &Path| x.display().to_string();
+    let cfg = dir.join("squid.conf");
+    fs::write(
+        &cfg,
+        format!(
+            "{own}http_access allow all\ncache deny all\naccess_log none\n\
+             cache_log {}\npid_filename {}\ncoredump_dir {}\n\
+             hosts_file {}\ndns_nameservers 127.0.0.1\nvisible_hostname {visible_hostname}\n\
+             shutdown_lifetime 0 seconds\npinger_enable off\n",
+            p(&dir.join("cache.log")),
+            p(&dir.join("squid.pid")),
+            p(dir),
+            p(&hosts_file)
+        ),
+    )
+    .with_context(|| format!("writing {}", cfg.display()))?;
+    Ok(cfg)
+}
+
 /// Runs a command, failing with its output when it fails.
 pub fn sh(args: &[&str]) -> Result<String> {
     let o = Command::new(args[0])

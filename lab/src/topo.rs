@@ -518,29 +518,11 @@ impl Lab {
 
     /// squid in mid, intercepting plain HTTP to port 10080.
     fn squid(&mut self) -> Result<()> {
-        let d = self.dir.join("squid");
-        std::fs::create_dir_all(&d)?;
-        // squid drops privileges to its own user: let it write here.
-        sh(&["chmod", "0777", d.to_str().context("path")?])?;
-        let hosts = d.join("hosts");
-        std::fs::write(&hosts, "127.0.0.1 localhost\n")?;
-        // pinger_enable off: squid's ICMP helper outlives a squid that is
-        // killed, reparented to init.
-        let cfg = d.join("squid.conf");
-        let p = |x: &Path| x.display().to_string();
-        std::fs::write(
-            &cfg,
-            format!(
-                "http_port {SQUID_PLAIN_PORT}\nhttp_port {SQUID_INTERCEPT_PORT} intercept\n\
-                 http_access allow all\ncache deny all\naccess_log none\n\
-                 cache_log {}\npid_filename {}\ncoredump_dir {}\n\
-                 hosts_file {}\ndns_nameservers 127.0.0.1\nvisible_hostname synack-lab-mid\n\
-                 shutdown_lifetime 0 seconds\npinger_enable off\n",
-                p(&d.join("cache.log")),
-                p(&d.join("squid.pid")),
-                p(&d),
-                p(&hosts)
-            ),
+        let cfg = crate::squid_config(
+            &self.dir.join("squid"),
+            &format!("http_port {SQUID_PLAIN_PORT}\nhttp_port {SQUID_INTERCEPT_PORT} intercept\n"),
+            "",
+            "synack-lab-mid",
         )?;
         let m = &self.mid;
         for ipt in ["iptables", "ip6tables"] {

@@ -529,31 +529,11 @@ struct Squid {
 impl Squid {
     fn start(n: &Nginx) -> Result<Self> {
         let p = &n.lab.pair;
-        let d = n.lab.dir.join("squid");
-        std::fs::create_dir_all(&d)?;
-        // squid drops privileges to its own user: let it write here.
-        sh(&["chmod", "0777", d.to_str().context("path")?])?;
-        let hosts = d.join("hosts");
-        std::fs::write(
-            &hosts,
-            format!("127.0.0.1 localhost\n{} {NAME}\n", p.server_v4),
-        )?;
-        // pinger_enable off: squid's ICMP helper outlives a squid that is
-        // killed, reparented to init.
-        let cfg = d.join("squid.conf");
-        let f = |x: &std::path::Path| x.display().to_string();
-        std::fs::write(
-            &cfg,
-            format!(
-                "http_port {SQUID}\nhttp_access allow all\ncache deny all\naccess_log none\n\
-                 cache_log {}\npid_filename {}\ncoredump_dir {}\nhosts_file {}\n\
-                 dns_nameservers 127.0.0.1\nvisible_hostname synack-test-proxy\n\
-                 shutdown_lifetime 0 seconds\npinger_enable off\n",
-                f(&d.join("cache.log")),
-                f(&d.join("squid.pid")),
-                f(&d),
-                f(&hosts)
-            ),
+        let cfg = squid_config(
+            &n.lab.dir.join("squid"),
+            &format!("http_port {SQUID}\n"),
+            &format!("{} {NAME}\n", p.server_v4),
+            "synack-test-proxy",
         )?;
         let mut c = p.server.command("squid");
         c.arg("-N")
@@ -704,32 +684,23 @@ fn proxies_give_what_curl_gives() -> Result<()> {
     assert!(r["proxy"].is_null(), "HTTP_PROXY is ignored: {r}");
     // NO_PROXY, and --noproxy over it, and -x "" over the environment.
     let direct = format!("{}:{HTTP}", p.server_v4);
+    let to_nginx = format!("{NAME}:{HTTP}:{}", p.server_v4);
     let no = json_of(
         &[("http_proxy", &proxy), ("NO_PROXY", NAME)],
-        &["--resolve", &format!("{NAME}:{HTTP}:{}", p.server_v4)],
+        &["--resolve", &to_nginx],
         &http_url,
     )?;
     assert!(no["proxy"].is_null(), "{no}");
     assert_eq!(no["remote_addr"], direct, "{no}");
     let star = json_of(
         &[("http_proxy", &proxy)],
-        &[
-            "--noproxy",
-            "*",
-            "--resolve",
-            &format!("{NAME}:{HTTP}:{}", p.server_v4),
-        ],
+        &["--noproxy", "*", "--resolve", &to_nginx],
         &http_url,
     )?;
     assert!(star["proxy"].is_null(), "{star}");
     let off = json_of(
         &[("http_proxy", &proxy)],
-        &[
-            "-x",
-            "",
-            "--resolve",
-            &format!("{NAME}:{HTTP}:{}", p.server_v4),
-        ],
+        &["-x", "", "--resolve", &to_nginx],
         &http_url,
     )?;
     assert!(off["proxy"].is_null(), "{off}");

@@ -490,12 +490,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AppStream<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let start = mono_ns();
-        let raw_before = lock(&this.log).raw_out;
+        let (raw_before, h2) = {
+            let l = lock(&this.log);
+            (l.raw_out, l.h2.is_some())
+        };
         let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
         // HTTP/2's frames are read from the bytes written, in order (the
         // first n of the slices); HTTP/1 needs only the count.
         let mut written = Vec::new();
-        if lock(&this.log).h2.is_some() {
+        if h2 {
             for b in bufs {
                 let take = (n - written.len()).min(b.len());
                 written.extend_from_slice(&b[..take]);

@@ -1034,13 +1034,8 @@ impl Prober {
 
     /// The User-Agent synack sends unless -A or -H sets one.
     fn user_agent(&self) -> String {
-        self.opts
-            .headers
-            .iter()
-            .find(|(h, _)| h == header::USER_AGENT)
-            .and_then(|(_, v)| v.to_str().ok())
-            .map(str::to_string)
-            .unwrap_or_else(|| concat!("synack/", env!("CARGO_PKG_VERSION")).to_string())
+        self.header_text(&header::USER_AGENT)
+            .unwrap_or_else(|| USER_AGENT.to_string())
     }
 
     /// The TLS handshake, timed, and what it gave (version, certificate).
@@ -1273,10 +1268,7 @@ impl Prober {
             b = b.header(header::HOST, host);
         }
         if !has(&header::USER_AGENT) {
-            b = b.header(
-                header::USER_AGENT,
-                concat!("synack/", env!("CARGO_PKG_VERSION")),
-            );
+            b = b.header(header::USER_AGENT, USER_AGENT);
         }
         if !has(&header::ACCEPT) {
             b = b.header(header::ACCEPT, "*/*");
@@ -1766,6 +1758,9 @@ fn unprivileged_wire(
         None
     };
 }
+
+/// synack's User-Agent unless -A or -H sets one.
+const USER_AGENT: &str = concat!("synack/", env!("CARGO_PKG_VERSION"));
 
 /// The largest response head (status line and headers) synack reads.
 pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
