@@ -317,7 +317,15 @@ fn every_request_once_with_its_process_and_tcpdump_times() -> Result<()> {
         let (local, remote) = (addr(&rs[0]["local_addr"]), addr(&rs[0]["remote_addr"]));
         let t = truth(&pkts, local, remote, Duration::from_millis(3));
         if let (Some(h), Some(s)) = (t.handshake_ns, ms_of(rs[0], "handshake_rtt_ms")) {
-            dh.push((s * 1e3 - h as f64 / 1e3).abs());
+            let d = (s * 1e3 - h as f64 / 1e3).abs();
+            if d > 50.0 {
+                eprintln!(
+                    "handshake {local:?}: synack {s} ms, tcpdump {} ms; record {}",
+                    h as f64 / 1e6,
+                    rs[0]
+                );
+            }
+            dh.push(d);
         } else {
             bail!("no handshake to compare for {local:?}");
         }

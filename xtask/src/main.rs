@@ -387,10 +387,25 @@ fn cargo_test(bin: &Path, args: &[String]) -> Result<(u64, u64, u64)> {
         .spawn()
         .context("starting cargo test")?;
     let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    // Each panic's place and first line of message, repeated at the end: a
+    // long log is often read only at its end (a CI page shows head and tail).
+    let mut panics: Vec<String> = Vec::new();
+    let mut after_panic = false;
     if let Some(out) = child.stdout.take() {
         for line in BufReader::new(out).lines() {
             let line = line?;
             println!("{line}");
+            if after_panic {
+                if let Some(last) = panics.last_mut() {
+                    last.push_str(" -- ");
+                    last.extend(line.chars().take(600));
+                }
+                after_panic = false;
+            }
+            if let Some(at) = line.find("panicked at ") {
+                panics.push(line[at..].to_string());
+                after_panic = true;
+            }
             if let Some(rest) = line.strip_prefix("test result: ") {
                 let num = |what: &str| -> u64 {
                     rest.split(';')
@@ -410,6 +425,12 @@ fn cargo_test(bin: &Path, args: &[String]) -> Result<(u64, u64, u64)> {
         }
     }
     let st = child.wait()?;
+    if !panics.is_empty() {
+        println!("panics, in order ({}):", panics.len());
+        for p in &panics {
+            println!("  {p}");
+        }
+    }
     if !st.success() && failed == 0 {
         // A build error or a crashed test binary: no "test result" line says so.
         failed = 1;
