@@ -211,6 +211,15 @@ fn check_diffs(diffs: &[f64], what: &str) {
 )]
 fn every_request_once_with_its_process_and_tcpdump_times() -> Result<()> {
     let _serial = need_root();
+    // A batch is run again (at most LAB_BATCHES in all), as the lab's
+    // scenarios are: on a loaded 2-vCPU host the receive backlog now and
+    // then holds a SYN-ACK for a millisecond between tcpdump's stamp (taken
+    // when veth queues the packet) and tc's (taken when the backlog is
+    // processed); see docs/measurement.md. Each batch asserts everything.
+    synack_tests::holds("watch: every request once", requests_once_batch)
+}
+
+fn requests_once_batch() -> Result<()> {
     let lab = Lab::new()?;
     let p = &lab.pair;
     let cap = Capture::start(&p.client, &p.client_if, &lab.dir)?;
