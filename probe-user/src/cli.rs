@@ -242,6 +242,45 @@ pub enum Cmd {
     Watch(WatchArgs),
     Monitor(MonitorArgs),
     Compare(CompareArgs),
+    Report(ReportArgs),
+}
+
+/// One HTML page to look at: where the time went, over hours of records.
+///
+/// Reads JSON-lines files of synack records (`synack --json --count N`,
+/// `synack watch --json`, `synack monitor --json`) and writes one
+/// self-contained HTML file (no script, style or font fetched from
+/// anywhere: it opens offline). Per target: the phases over time (network,
+/// middlebox, server and client stacked: their means per time bucket add
+/// up to the mean request), each phase's distribution, the verdicts and
+/// bottlenecks over time, and the waterfalls of the slowest and a typical
+/// request (user-space and wire marks on one axis). Given two or more
+/// files, each later one is compared with the first, as `synack compare`
+/// does. Records are aggregated before they are drawn: a day of monitor
+/// records (100k lines) makes a page of a few hundred kilobytes.
+///
+/// Examples:
+///   synack report day.jsonl -o day.html
+///   synack report fargate=a.jsonl apprunner=b.jsonl -o why.html
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct ReportArgs {
+    /// Files of records: FILE, or NAME=FILE to name the source in the page.
+    #[arg(value_name = "[NAME=]FILE.jsonl", required = true)]
+    pub files: Vec<String>,
+
+    /// Where to write the page ("-": standard output).
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "FILE",
+        default_value = "synack-report.html"
+    )]
+    pub output: String,
+
+    /// The page's title (default: the sources' names).
+    #[arg(long)]
+    pub title: Option<String>,
 }
 
 /// Two populations of requests side by side: why is B slower than A?

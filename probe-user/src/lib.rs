@@ -10,8 +10,8 @@
 //! - [`active`]: one request made and timed, with the kernel's timestamps or
 //!   the socket's own (unprivileged mode); the probe and the monitor use it.
 //! - the ways in, one folder each with its own loop: [`probe`], [`watch`],
-//!   [`monitor`], and [`compare`] over recorded files; [`cli`] is their
-//!   command line.
+//!   [`monitor`], and [`compare`] and [`report`] over recorded files (read
+//!   by [`recfile`]); [`cli`] is their command line.
 //! - [`output`]: human, JSON, metrics.
 //!
 //! Dependencies go one way: model and host import nothing else of the
@@ -28,4 +28,6 @@ pub mod model;
 pub mod monitor;
 pub mod output;
 pub mod probe;
+pub mod recfile;
+pub mod report;
 pub mod watch;

@@ -7,7 +7,7 @@ use clap::Parser;
 use std::process::ExitCode;
 use synack::{
     cli::{Cli, Cmd},
-    compare, monitor, probe, watch,
+    compare, monitor, probe, report, watch,
 };
 
 /// 0 done, 1 a request (or every watched interface) failed, 2 could not
@@ -55,6 +55,7 @@ fn main() -> ExitCode {
         Some(Cmd::Monitor(m)) => exit_status("synack monitor", rt.block_on(monitor::command(m))),
         Some(Cmd::Watch(w)) => exit_status("synack watch", rt.block_on(watch::command(w))),
         Some(Cmd::Compare(c)) => exit_status("synack compare", compare::command(&c)),
+        Some(Cmd::Report(r)) => exit_status("synack report", report::command(&r)),
         None => exit_status("synack", rt.block_on(probe::run(cli.probe))),
     }
 }

@@ -472,6 +472,82 @@ pub fn median_max(v: &[f64]) -> (f64, f64) {
     (a[a.len() / 2], a[a.len() - 1])
 }
 
+/// What headless Chromium (Debian's `chromium`) made of a local page, run
+/// in a network namespace of its own with no interface up (the page must
+/// work offline) and a profile directory of its own.
+pub struct Browsed {
+    /// The DOM after the page's scripts ran (`--dump-dom`).
+    pub dom: String,
+    /// The page's console messages (Chromium's `INFO:CONSOLE` log lines):
+    /// script errors, and loads the page's Content-Security-Policy refused.
+    pub console: Vec<String>,
+    /// The screenshot, when one was asked for.
+    pub png: Option<Vec<u8>>,
+}
+
+/// Opens `page` in headless Chromium, offline: its DOM, console and (with
+/// `shot`, a window `width` x `height`) a screenshot. Bounded by a
+/// 120 s timeout per run.
+pub fn browse(page: &Path, shot: Option<(u32, u32)>) -> Result<Browsed> {
+    let dir = TempDir::new()?;
+    let url = format!("file://{}", page.canonicalize()?.display());
+    let run = |extra: &[String]| -> Result<std::process::Output> {
+        let mut c = std::process::Command::new("timeout");
+        c.args([
+            "120",
+            "unshare",
+            "--net",
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+        ])
+        .args([
+            "--disable-gpu",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--hide-scrollbars",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.0.join("profile").display()
+        ))
+        .args(extra)
+        .arg(&url);
+        let o = c
+            .output()
+            .context("running chromium (apt-get install chromium; cargo xtask setup does)")?;
+        anyhow::ensure!(
+            o.status.success(),
+            "chromium exited with {}: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Ok(o)
+    };
+    let o = run(&["--dump-dom".to_string()])?;
+    let console = String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .filter(|l| l.contains(":CONSOLE"))
+        .map(str::to_string)
+        .collect();
+    let png = match shot {
+        Some((w, h)) => {
+            let file = dir.0.join("shot.png");
+            run(&[
+                format!("--window-size={w},{h}"),
+                format!("--screenshot={}", file.display()),
+            ])?;
+            Some(fs::read(&file).context("chromium wrote no screenshot")?)
+        }
+        None => None,
+    };
+    Ok(Browsed {
+        dom: String::from_utf8_lossy(&o.stdout).into_owned(),
+        console,
+        png,
+    })
+}
+
 /// A cgroup with a CPU quota for the tests' processes (cgroup v2 `cpu.max`
 /// where the v2 hierarchy has the cpu controller, else v1's cpu controller
 /// with `cpu.cfs_quota_us`), removed on drop: any process still in it is

@@ -216,7 +216,7 @@ fn every_request_once_with_its_process_and_tcpdump_times() -> Result<()> {
     // then holds a SYN-ACK for a millisecond between tcpdump's stamp (taken
     // when veth queues the packet) and tc's (taken when the backlog is
     // processed); see docs/measurement.md. Each batch asserts everything.
-    synack_tests::holds("watch: every request once", requests_once_batch)
+    holds("watch: every request once", requests_once_batch)
 }
 
 fn requests_once_batch() -> Result<()> {

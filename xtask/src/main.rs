@@ -794,7 +794,8 @@ fn bpf_linker_works() -> bool {
 /// (iproute2), the delay line's NFQUEUE and the proxies' interception rules
 /// (iptables), offloads off (ethtool), ground truth (tcpdump), curl for
 /// comparisons, the real proxies, a real Prometheus to scrape `synack
-/// monitor`, Python for the watch tests' keep-alive client, and wrk for the
+/// monitor`, Chromium to open the report's page, Python for the watch tests'
+/// keep-alive client, and wrk for the
 /// benchmarks' load; g++ builds libFuzzer for the fuzz targets;
 /// systemd-analyze checks the unit file.
 const APT_PACKAGES: &[&str] = &[
@@ -815,6 +816,8 @@ const APT_PACKAGES: &[&str] = &[
     "nginx-light",
     "procps",
     "prometheus",
+    // Opens `synack report`'s page headless, offline (tests/tests/compare.rs).
+    "chromium",
     "python3",
     "wrk",
     "systemd",

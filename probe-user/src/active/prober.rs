@@ -549,6 +549,7 @@ impl Prober {
                 Some(next) if self.opts.follow => {
                     if hop >= self.opts.max_redirs {
                         let mut r = Record::new(&next, self.method_for(&next).as_str(), self.mode);
+                        r.started_at = crate::host::clock::wall_of(None);
                         r.attempt = attempt;
                         r.redirect_hop = hop + 1;
                         r.error = Some(ErrorInfo::new(
@@ -582,6 +583,7 @@ impl Prober {
 
     fn fail(&self, url: &str, hop: u32, e: ErrorInfo) -> ConnOutcome {
         let mut r = Record::new(url, self.method_for(url).as_str(), self.mode);
+        r.started_at = crate::host::clock::wall_of(None);
         r.redirect_hop = hop;
         // The proxy it was going through, when one was chosen (its name
         // may be what failed).
@@ -740,6 +742,9 @@ impl Prober {
         let method = self.method_for(url);
         let mut conn = ConnMarks::default();
         let mut base = Record::new(url, method.as_str(), self.mode);
+        // Until finish() has the timeline's first event: a request that
+        // fails before any still says when.
+        base.started_at = crate::host::clock::wall_of(None);
         base.redirect_hop = hop;
 
         // Through a proxy only the proxy's name is looked up (as curl
@@ -1356,6 +1361,8 @@ impl Prober {
         let (w, tl) = timeline::assemble(flow, conn, tls, m);
         r.wire = w;
         r.timeline = tl;
+        r.started_at =
+            crate::host::clock::wall_of(r.timeline.first().map(|e| e.t_ns)).or(r.started_at.take());
         if let Some(k) = self.hub() {
             r.drops = k.drops();
         }

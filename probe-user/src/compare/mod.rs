@@ -1,45 +1,27 @@
 //! `synack compare A.jsonl B.jsonl`: reads two files of records, compares
 //! them (model::compare) and prints the table and the sentences, or JSON.
 
-use crate::{cli::CompareArgs, model::compare, output};
-use anyhow::{Context, Result, bail};
+use crate::{cli::CompareArgs, model::compare, output, recfile};
+use anyhow::{Context, Result};
 use std::process::ExitCode;
 
-/// One side: its name (NAME=FILE, else the file's name) and its records.
+/// One side: its name (NAME=FILE, else the file's name) and what compare
+/// needs of each record.
 struct Source {
     name: String,
-    records: Vec<serde_json::Value>,
+    records: Vec<compare::Obs>,
 }
 
-/// Reads one side; bad lines are reported with their numbers and left out,
-/// a side with no usable record is an error.
 fn read(arg: &str) -> Result<Source> {
-    let (name, path) = match arg.split_once('=') {
-        Some((n, p)) if !n.is_empty() && !n.contains('/') => (n.to_string(), p),
-        _ => (
-            std::path::Path::new(arg)
-                .file_name()
-                .map_or(arg.to_string(), |f| f.to_string_lossy().into_owned()),
-            arg,
-        ),
-    };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {path} (a file of synack --json records)"))?;
-    let (records, bad) = compare::parse_records(&text);
-    for b in &bad {
-        eprintln!("synack compare: {path}:{}: {}, left out", b.line, b.why);
-    }
-    if records.is_empty() {
-        if text.trim().is_empty() {
-            bail!("{path} is empty: record with `synack --json --count N URL > {path}`");
-        }
-        bail!(
-            "{path} holds no synack record ({} line{} left out)",
-            bad.len(),
-            if bad.len() == 1 { "" } else { "s" }
-        );
-    }
-    Ok(Source { name, records })
+    let n = recfile::named(arg);
+    let mut records = Vec::new();
+    recfile::each("synack compare", &n, |v, _| {
+        records.push(compare::Obs::of(&v))
+    })?;
+    Ok(Source {
+        name: n.name,
+        records,
+    })
 }
 
 pub fn command(a: &CompareArgs) -> Result<ExitCode> {
@@ -49,7 +31,7 @@ pub fn command(a: &CompareArgs) -> Result<ExitCode> {
     } else {
         (x.name, y.name)
     };
-    let report = compare::compare(&an, &x.records, &bn, &y.records);
+    let report = compare::compare_obs(&an, &x.records, &bn, &y.records);
     if a.json {
         println!(
             "{}",

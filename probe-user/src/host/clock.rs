@@ -13,6 +13,19 @@ pub(crate) fn mono_ns() -> u64 {
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The wall-clock time (RFC 3339, UTC, ms) of a CLOCK_MONOTONIC stamp, or
+/// of now: the wall clock now less the time since the stamp, so a clock
+/// step between the stamp and now moves it (synack's stamps are at most a
+/// request old when this is called).
+pub(crate) fn wall_of(t_ns: Option<u64>) -> Option<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_nanos() as i128;
+    let ago = t_ns.map_or(0, |t| mono_ns() as i128 - t as i128).max(0);
+    crate::model::units::rfc3339_ms(now - ago)
+}
+
 /// Wall-clock time of day, local, with milliseconds.
 pub(crate) fn time_of_day() -> String {
     let now = std::time::SystemTime::now()

@@ -32,37 +32,45 @@ const SHARES: &[&str] = &["network", "middlebox", "server", "client"];
 
 /// How the interval is found, for the reader of the report.
 pub(crate) const METHOD: &str = "difference of medians (B - A), 95% percentile bootstrap \
-                                 interval, 2000 resamples of each side";
+                                 interval, 2000 resamples of each side (a side of over 2000 \
+                                 values: m-out-of-n, m = 2000, the spread scaled by sqrt(m/n))";
 
 /// A record line that cannot be used, and why (line numbers from 1).
+#[cfg(test)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct BadLine {
     pub line: usize,
     pub why: String,
 }
 
+/// One line of a JSON-lines file: a record, nothing (a blank line), or why
+/// it cannot be used.
+pub(crate) fn parse_line(l: &str) -> Result<Option<Value>, String> {
+    let l = l.trim();
+    if l.is_empty() {
+        return Ok(None);
+    }
+    match serde_json::from_str::<Value>(l) {
+        Err(e) => Err(format!("not JSON ({e}): a truncated line?")),
+        Ok(v) if !is_record(&v) => Err(
+            "not a synack record (no url, user, wire and phases): another tool's, or another \
+             version's"
+                .into(),
+        ),
+        Ok(v) => Ok(Some(v)),
+    }
+}
+
 /// The usable records of one JSON-lines text, and the lines that are not.
+#[cfg(test)]
 pub(crate) fn parse_records(text: &str) -> (Vec<Value>, Vec<BadLine>) {
     let mut ok = Vec::new();
     let mut bad = Vec::new();
     for (i, l) in text.lines().enumerate() {
-        let l = l.trim();
-        if l.is_empty() {
-            continue;
-        }
-        let line = i + 1;
-        match serde_json::from_str::<Value>(l) {
-            Err(e) => bad.push(BadLine {
-                line,
-                why: format!("not JSON ({e}): a truncated line?"),
-            }),
-            Ok(v) if !is_record(&v) => bad.push(BadLine {
-                line,
-                why: "not a synack record (no url, user, wire and phases): another tool's, or \
-                      another version's"
-                    .into(),
-            }),
-            Ok(v) => ok.push(v),
+        match parse_line(l) {
+            Ok(Some(v)) => ok.push(v),
+            Ok(None) => {}
+            Err(why) => bad.push(BadLine { line: i + 1, why }),
         }
     }
     (ok, bad)
@@ -73,6 +81,34 @@ fn is_record(v: &Value) -> bool {
         && v["user"].is_object()
         && v["wire"].is_object()
         && v["phases"].is_object()
+}
+
+/// What compare needs of one record: a few fields, not the whole JSON
+/// (a day of monitor records is 100k of them).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Obs {
+    pub target: String,
+    pub failed: bool,
+    pub path: Option<String>,
+    pub ttl: Option<u64>,
+    /// Each of PHASES, in its order; None for a failed record.
+    pub values: [Option<f64>; PHASES.len()],
+}
+
+impl Obs {
+    pub(crate) fn of(r: &Value) -> Obs {
+        let failed = !r["error"].is_null();
+        Obs {
+            target: target_of(r),
+            failed,
+            path: r["verdict"]["path"].as_str().map(str::to_string),
+            ttl: r["wire"]["synack_ttl"].as_u64(),
+            values: std::array::from_fn(|i| {
+                let p = PHASES[i].1;
+                if failed { None } else { r[p[0]][p[1]].as_f64() }
+            }),
+        }
+    }
 }
 
 /// One side's figures of a phase.
@@ -128,7 +164,7 @@ pub(crate) struct Report {
 }
 
 /// The target a record belongs to: the monitor's name, else its URL.
-fn target_of(r: &Value) -> String {
+pub(crate) fn target_of(r: &Value) -> String {
     r["target"]
         .as_str()
         .or_else(|| r["url"].as_str())
@@ -136,11 +172,8 @@ fn target_of(r: &Value) -> String {
         .to_string()
 }
 
-fn values(recs: &[&Value], path: &[&str; 2]) -> Vec<f64> {
-    recs.iter()
-        .filter(|r| r["error"].is_null())
-        .filter_map(|r| r[path[0]][path[1]].as_f64())
-        .collect()
+fn values(recs: &[&Obs], phase: usize) -> Vec<f64> {
+    recs.iter().filter_map(|r| r.values[phase]).collect()
 }
 
 fn side(v: &[f64]) -> Side {
@@ -160,34 +193,41 @@ fn most_common<T: Ord + Clone>(it: impl Iterator<Item = T>) -> Option<T> {
     count.into_iter().max_by_key(|(_, n)| *n).map(|(x, _)| x)
 }
 
-fn path_seen(recs: &[&Value]) -> PathSeen {
+fn path_seen(recs: &[&Obs]) -> PathSeen {
     PathSeen {
-        path: most_common(
-            recs.iter()
-                .filter_map(|r| r["verdict"]["path"].as_str().map(str::to_string)),
-        ),
-        ttl: most_common(recs.iter().filter_map(|r| r["wire"]["synack_ttl"].as_u64())),
+        path: most_common(recs.iter().filter_map(|r| r.path.clone())),
+        ttl: most_common(recs.iter().filter_map(|r| r.ttl)),
         records: recs.len(),
-        failed: recs.iter().filter(|r| !r["error"].is_null()).count(),
+        failed: recs.iter().filter(|r| r.failed).count(),
     }
 }
 
 /// Compares records A with records B (each side's name given), target by
 /// target, in the order the targets first appear.
+#[cfg(test)]
 pub(crate) fn compare(a_name: &str, a: &[Value], b_name: &str, b: &[Value]) -> Report {
-    let mut order: Vec<String> = Vec::new();
+    let (a, b): (Vec<Obs>, Vec<Obs>) = (
+        a.iter().map(Obs::of).collect(),
+        b.iter().map(Obs::of).collect(),
+    );
+    compare_obs(a_name, &a, b_name, &b)
+}
+
+/// compare() on the fields it needs, read once per record.
+pub(crate) fn compare_obs(a_name: &str, a: &[Obs], b_name: &str, b: &[Obs]) -> Report {
+    let mut order: Vec<&str> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for r in a.iter().chain(b) {
-        let t = target_of(r);
-        if !order.contains(&t) {
-            order.push(t);
+        if seen.insert(r.target.as_str()) {
+            order.push(&r.target);
         }
     }
     let targets = order
         .into_iter()
         .map(|t| {
-            let ra: Vec<&Value> = a.iter().filter(|r| target_of(r) == t).collect();
-            let rb: Vec<&Value> = b.iter().filter(|r| target_of(r) == t).collect();
-            target_report(t, a_name, &ra, b_name, &rb)
+            let ra: Vec<&Obs> = a.iter().filter(|r| r.target == t).collect();
+            let rb: Vec<&Obs> = b.iter().filter(|r| r.target == t).collect();
+            target_report(t.to_string(), a_name, &ra, b_name, &rb)
         })
         .collect();
     Report {
@@ -201,14 +241,15 @@ pub(crate) fn compare(a_name: &str, a: &[Value], b_name: &str, b: &[Value]) -> R
 fn target_report(
     target: String,
     a_name: &str,
-    ra: &[&Value],
+    ra: &[&Obs],
     b_name: &str,
-    rb: &[&Value],
+    rb: &[&Obs],
 ) -> TargetReport {
     let phases: Vec<PhaseRow> = PHASES
         .iter()
-        .map(|(name, path)| {
-            let (va, vb) = (values(ra, path), values(rb, path));
+        .enumerate()
+        .map(|(i, (name, _))| {
+            let (va, vb) = (values(ra, i), values(rb, i));
             let shift = median_shift(&va, &vb);
             let (a, b) = (side(&va), side(&vb));
             let different = shift.is_some_and(|s| s.real() && s.diff.abs() >= floor(&a, &b));
@@ -276,13 +317,26 @@ fn sentence(a: &str, pa: &PathSeen, b: &str, pb: &PathSeen, rows: &[PhaseRow]) -
     let d = total.diff_ms.unwrap_or(0.0);
     let ci = total.ci_ms.unwrap_or([0.0, 0.0]);
     if !total.different {
+        let why = if ci[0] <= 0.0 && ci[1] >= 0.0 {
+            format!(
+                "the 95% interval of the difference, {} to {}, holds 0",
+                ms(ci[0]),
+                ms(ci[1])
+            )
+        } else {
+            format!(
+                "a shift of {} (95% interval {} to {}) is under the {} that counts as one \
+                 here: 2% of the median, at least 0.5 ms",
+                ms(d),
+                ms(ci[0]),
+                ms(ci[1]),
+                ms(floor(&total.a, &total.b))
+            )
+        };
         s.push_str(&format!(
-            "No difference at the median: {a} {}, {b} {} (the 95% interval of the \
-             difference, {} to {}, holds 0).",
+            "No difference at the median: {a} {}, {b} {} ({why}).",
             total.a.median.map(ms).unwrap_or("-".into()),
             total.b.median.map(ms).unwrap_or("-".into()),
-            ms(ci[0]),
-            ms(ci[1])
         ));
         return s;
     }
@@ -447,6 +501,23 @@ mod tests {
             .collect();
         let dns = |rep: &Report| rep.targets[0].phases[0].clone();
         assert!(!dns(&compare("A", &a, "B", &d)).different);
+        // A total shifted for sure but by less than the floor is said so,
+        // not called an interval that holds 0.
+        let tight = |shift: f64| -> Vec<Value> {
+            (0..20)
+                .map(|k| {
+                    let mut r = rec("api", 10.0, 20.0, 1.0, "direct", 63);
+                    r["user"]["total_ms"] = json!(30.0 + (k % 3) as f64 * 0.01 + shift);
+                    r
+                })
+                .collect()
+        };
+        let s = &compare("A", &tight(0.0), "B", &tight(0.3)).targets[0].sentence;
+        assert!(s.starts_with("No difference at the median"), "{s}");
+        assert!(
+            s.contains("a shift of 0.30 ms") && s.contains("under the 0.61 ms"),
+            "{s}"
+        );
     }
 
     #[test]

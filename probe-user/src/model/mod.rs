@@ -8,6 +8,7 @@ pub mod flows;
 pub mod h2;
 pub mod proxy;
 pub mod record;
+pub mod report;
 pub mod sniff;
 pub mod stats;
 pub mod targets;

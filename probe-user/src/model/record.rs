@@ -250,6 +250,10 @@ pub(crate) struct TimelineEntry {
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Record {
     pub url: String,
+    /// Wall-clock time of the request's first event (its DNS start, on a
+    /// reused connection its start; `synack watch`: its first packet), RFC
+    /// 3339 in UTC with ms. Null only where the clock could not be read.
+    pub started_at: Option<String>,
     pub method: String,
     pub remote_addr: Option<String>,
     pub local_addr: Option<String>,
@@ -429,6 +433,7 @@ impl Record {
     pub(crate) fn new(url: &str, method: &str, mode: &'static str) -> Self {
         Record {
             url: url.to_string(),
+            started_at: None,
             method: method.to_string(),
             remote_addr: None,
             local_addr: None,

@@ -17,9 +17,44 @@ pub(crate) fn ms_text(x: f64) -> String {
     }
 }
 
+/// A wall-clock time (nanoseconds since the Unix epoch) as RFC 3339 in UTC
+/// with milliseconds: `2026-12-03T13:45:07.123Z`. None out of range.
+pub(crate) fn rfc3339_ms(unix_ns: i128) -> Option<String> {
+    let t =
+        time::OffsetDateTime::from_unix_timestamp_nanos(unix_ns - unix_ns.rem_euclid(1_000_000))
+            .ok()?;
+    let f = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.format(&f).ok()
+}
+
+/// An RFC 3339 time (any offset, any fraction) as milliseconds since the
+/// Unix epoch; None when it is not one.
+pub(crate) fn unix_ms_of_rfc3339(s: &str) -> Option<f64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    Some(t.unix_timestamp_nanos() as f64 / 1e6)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_both_ways() {
+        // 2026-12-03T13:45:07.123456789Z
+        let ns: i128 = 1_796_305_507_123_456_789;
+        let s = rfc3339_ms(ns).unwrap();
+        assert_eq!(s, "2026-12-03T13:45:07.123Z");
+        assert_eq!(unix_ms_of_rfc3339(&s), Some(1_796_305_507_123.0));
+        // Another offset is the same instant.
+        assert_eq!(
+            unix_ms_of_rfc3339("2026-12-03T14:45:07.123+01:00"),
+            Some(1_796_305_507_123.0)
+        );
+        assert_eq!(unix_ms_of_rfc3339("13:45:07"), None);
+        assert_eq!(unix_ms_of_rfc3339(""), None);
+    }
 
     #[test]
     fn ms_between_signs() {

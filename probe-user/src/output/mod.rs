@@ -1,7 +1,9 @@
 //! Where records become text: the human waterfall and JSON lines.
 
 pub mod metrics;
+mod report;
 pub(crate) mod writeout;
+pub(crate) use report::report_html;
 
 use crate::model::record::Record;
 use crate::model::tcp::hops_from_ttl;

@@ -717,6 +717,7 @@ fn build(c: &mut Conn, p: Pending, nets: &[LocalNet]) -> Record {
                 tl.sort_by_key(|e| e.t_ns);
             }
             r.timeline = tl;
+            r.started_at = crate::host::clock::wall_of(r.timeline.first().map(|e| e.t_ns));
             // Unlike the active probe, a watched connection's requests ask
             // for different things: only a repeat of the first request's
             // method and URL may feed the reuse rule (F1 - F2).
@@ -849,6 +850,7 @@ fn server_side(c: &Conn, p: &Pending, r: &mut Record) {
     tl.sort_by_key(|e| e.t_ns);
     r.wire = w;
     r.timeline = tl;
+    r.started_at = crate::host::clock::wall_of(r.timeline.first().map(|e| e.t_ns));
 }
 
 #[cfg(test)]
