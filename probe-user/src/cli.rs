@@ -334,15 +334,38 @@ pub struct CompareArgs {
 /// a check still running when the next is due is skipped (counted), never
 /// stacked; at most --concurrency run at once. A failed check is a result.
 ///
+/// The same listener answers blackbox_exporter's multi-target pattern:
+/// GET /probe?target=URL&module=NAME runs one check and answers with its
+/// metrics only (probe_success, probe_duration_seconds,
+/// probe_http_duration_seconds{phase}, probe_http_status_code, ... and
+/// synack's wire phases, verdict and split). Prometheus keeps the list
+/// (relabel __address__ into __param_target, as for blackbox_exporter); its
+/// X-Prometheus-Scrape-Timeout-Seconds, less 0.5 s, bounds the check.
+/// Modules come from --modules (blackbox's YAML: prober: http with method,
+/// headers, body, valid_status_codes, valid_http_versions, follow_redirects,
+/// fail_if_ssl, fail_if_not_ssl, tls_config, preferred_ip_protocol,
+/// ip_protocol_fallback, enable_http2; synack: {reuse: N}); without it, or
+/// when the file has none of that name, http_2xx is built in. Without
+/// --targets only /probe runs. Anyone who can reach --listen can make synack
+/// request any URL, as with blackbox_exporter: keep it on loopback or a
+/// scrape network.
+///
 /// Examples:
 ///   sudo synack monitor --targets /etc/synack/targets.txt
 ///   sudo synack monitor --targets targets.txt --interval 15s --listen 0.0.0.0:9777 --statsd 127.0.0.1:8125
+///   sudo synack monitor --modules blackbox.yml --listen 0.0.0.0:9115
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct MonitorArgs {
-    /// The targets file (one URL a line, with options; see above).
+    /// The targets file (one URL a line, with options; see above). Without
+    /// it, checks run only when /probe is asked.
     #[arg(long, value_name = "FILE")]
-    pub targets: PathBuf,
+    pub targets: Option<PathBuf>,
+
+    /// Modules for /probe, in blackbox_exporter's YAML (see above); re-read
+    /// when it changes and on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub modules: Option<PathBuf>,
 
     /// Time between two checks of a target (a target's interval= overrides it).
     #[arg(long, default_value = "30s", value_name = "TIME", value_parser = parse_positive_duration)]

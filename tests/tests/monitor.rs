@@ -2,7 +2,10 @@
 //! scrapes it and its query API must return the series with values that fit
 //! the lab's settings; a UDP listener receives DogStatsD lines; the targets
 //! file is edited while it runs; targets that refuse, time out or reset are
-//! reported while the others go on.
+//! reported while the others go on; promtool finds nothing to say of
+//! /metrics. blackbox_exporter's multi-target pattern: a real Prometheus
+//! relabels its targets into /probe?target=, as blackbox's README says, and
+//! gets each check's wire phases and verdict, within its scrape timeout.
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
@@ -69,7 +72,8 @@ fn prometheus(ns: &Netns, dir: &TempDir) -> Result<Proc> {
     fs::write(
         &cfg,
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-         scrape_configs:\n  - job_name: synack\n    static_configs:\n      - targets: ['127.0.0.1:9777']\n",
+         scrape_configs:\n  - job_name: synack\n    static_configs:\n      - targets: ['127.0.0.1:9777']\n        \
+         labels:\n          vantage: lab\n",
     )?;
     let data = dir.join("prometheus-data");
     let log = fs::File::create(dir.join("prometheus.log"))?;
@@ -80,6 +84,32 @@ fn prometheus(ns: &Netns, dir: &TempDir) -> Result<Proc> {
         .stdout(Stdio::null())
         .stderr(log);
     Proc::spawn(c, "prometheus")
+}
+
+/// `promtool check metrics` on a text: its findings (none when clean).
+fn promtool(text: &str) -> Result<String> {
+    use std::io::Write as _;
+    let mut c = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("promtool (Debian's prometheus package)")?;
+    c.stdin
+        .take()
+        .context("stdin")?
+        .write_all(text.as_bytes())?;
+    let o = c.wait_with_output()?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    if !o.status.success() && said.trim().is_empty() {
+        bail!("promtool failed: {}", o.status);
+    }
+    Ok(said.trim().to_string())
 }
 
 /// The monitor's own /metrics, from inside its namespace.
@@ -289,6 +319,15 @@ fn prometheus_statsd_reload_and_failing_targets() -> Result<()> {
         );
     }
     assert_eq!(get("synack_targets_file_errors")?, 1.0);
+    // Nothing for promtool to say: every family has its help, counters
+    // named as the classic format wants them.
+    let exposition = metrics(c)?;
+    assert!(
+        exposition.contains("# HELP synack_checks_total "),
+        "{exposition}"
+    );
+    assert_eq!(promtool(&exposition)?, "", "promtool check metrics");
+    dashboard_queries_answer(c)?;
     assert!(get("synack_events_lost_total{reason=\"ringbuf_full\"}")? == 0.0);
 
     // DogStatsD: every line well formed, the phases of the direct target there.
@@ -378,6 +417,263 @@ fn prometheus_statsd_reload_and_failing_targets() -> Result<()> {
         recs.iter()
             .filter(|r| r["target"] == "refused")
             .all(|r| r["error"]["kind"] == "connect_refused" && r["check_success"] == false)
+    );
+    Ok(())
+}
+
+/// Every panel of packaging/grafana/synack-dashboard.json, its variables
+/// filled as Grafana fills them (vantage: the scrape's label, target: all,
+/// the rate interval: 10 s), is a query this Prometheus answers without an
+/// error and with data of the lab's targets; the variables' own queries
+/// list the lab's vantage point and targets.
+fn dashboard_queries_answer(ns: &Netns) -> Result<()> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../packaging/grafana/synack-dashboard.json");
+    let d: Value =
+        serde_json::from_str(&fs::read_to_string(&path)?).context("the dashboard is not JSON")?;
+    let vars: Vec<&str> = d["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(vars, ["datasource", "vantage", "target"], "{vars:?}");
+    let fill = |e: &str| {
+        e.replace("$__rate_interval", "10s")
+            .replace("$vantage", "lab")
+            .replace("$target", ".+")
+    };
+    // Rates need history: Prometheus may have scraped only once when the
+    // checks' counts were first seen.
+    wait_for(
+        Duration::from_secs(30),
+        "10 s of Prometheus history",
+        || (one(ns, "count_over_time(synack_targets{vantage=\"lab\"}[10s])")? >= 5.0).then_some(()),
+    )?;
+    let mut n = 0;
+    for p in d["panels"].as_array().context("no panels")? {
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{}", p["title"]);
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let e = t["expr"].as_str().context("a target without expr")?;
+            let q = fill(e);
+            let r = query(ns, &q).with_context(|| format!("panel {}: {q}", p["title"]))?;
+            assert!(!r.is_empty(), "panel {}: no data for {q}", p["title"]);
+            assert!(
+                r.iter()
+                    .all(|(m, _)| m["vantage"] == "lab" || m.get("vantage").is_none()),
+                "panel {}: {r:?}",
+                p["title"]
+            );
+            n += 1;
+        }
+    }
+    assert!(n >= 10, "{n} panel queries");
+    // label_values(synack_targets, vantage) and the target list.
+    let v = query(ns, "count by (vantage) (synack_targets)")?;
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(v[0].0["vantage"], "lab");
+    let t = query(
+        ns,
+        "count by (target) (synack_check_success{vantage=~\"lab\"})",
+    )?;
+    assert!(t.len() >= 5, "{t:?}");
+    eprintln!("dashboard: {n} panel queries answered with data");
+    Ok(())
+}
+
+/// A module file as people have them for blackbox_exporter: the default,
+/// one synack cannot do (icmp), one it can with options.
+const MODULES: &str = "modules:\n  http_2xx:\n    prober: http\n  icmp:\n    prober: icmp\n  \
+                       teapot:\n    prober: http\n    http:\n      valid_status_codes: [418]\n";
+
+/// GET on the probe listener: status and body.
+fn probe_get(ns: &Netns, query: &str, timeout_header: Option<&str>) -> Result<(u16, String)> {
+    let url = format!("http://127.0.0.1:9115/probe?{query}");
+    let mut args = vec!["curl", "-sS", "--max-time", "20", "-w", "\n%{http_code}"];
+    let h;
+    if let Some(t) = timeout_header {
+        h = format!("X-Prometheus-Scrape-Timeout-Seconds: {t}");
+        args.extend(["-H", &h]);
+    }
+    args.push(&url);
+    let out = ns.exec(&args)?;
+    let (body, code) = out.rsplit_once('\n').context("curl -w")?;
+    Ok((code.trim().parse()?, body.to_string()))
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
+fn blackbox_probe_through_prometheus_relabelling() -> Result<()> {
+    assert!(is_root(), "the monitor test needs root: cargo xtask test");
+    let ms = |v: f64| Duration::from_secs_f64(v / 1000.0);
+    let lab = Lab::up(
+        &Bins::beside_synack(),
+        Delays::rtt(ms(CLIENT_RTT_MS), ms(SERVER_RTT_MS)),
+        true,
+    )?;
+    let dir = TempDir::new()?;
+    let modules = dir.join("blackbox.yml");
+    fs::write(&modules, MODULES)?;
+    let err = dir.join("monitor.err");
+    let mut c = lab.client.command(synack_bin().to_str().context("path")?);
+    c.args(["monitor", "--listen", "127.0.0.1:9115", "--modules"])
+        .arg(&modules)
+        .arg("--cacert")
+        .arg(lab.ca_path())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&err)?);
+    let _monitor = Proc::spawn(c, "synack monitor (probe only)")?;
+    wait_for(Duration::from_secs(20), "the monitor to listen", || {
+        fs::read_to_string(&err)
+            .ok()
+            .filter(|e| e.contains("/probe with 2 modules"))
+            .map(|_| ())
+    })
+    .with_context(|| fs::read_to_string(&err).unwrap_or_default())?;
+    let e = fs::read_to_string(&err)?;
+    assert!(
+        e.contains("module icmp cannot be used: prober \"icmp\""),
+        "{e}"
+    );
+
+    let think = format!("/delay/{THINK_MS}");
+    let direct = url(Via::Direct, true, false, &think);
+    let proxied = url(Via::TcpProxy, true, false, &think);
+    let slow = url(Via::Direct, false, false, "/delay/5000");
+    let ns = &lab.client;
+
+    // As a person with curl: the errors blackbox gives, then one probe.
+    let (code, body) = probe_get(ns, "", None)?;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("Target parameter is missing"), "{body}");
+    let enc = |u: &str| u.replace(':', "%3A").replace('/', "%2F");
+    let (code, body) = probe_get(ns, &format!("target={}&module=icmp", enc(&direct)), None)?;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("HTTP only"), "{body}");
+    let (code, body) = probe_get(ns, &format!("target={}&module=nope", enc(&direct)), None)?;
+    assert_eq!(
+        (code, body.contains("Unknown module")),
+        (400, true),
+        "{body}"
+    );
+    let (code, body) = probe_get(ns, &format!("target={}", enc(&direct)), None)?;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("probe_success 1"), "{body}");
+    assert_eq!(promtool(&body)?, "", "promtool on a /probe answer:\n{body}");
+    // The module's own expectation: a 200 is not the teapot's 418.
+    let (_, body) = probe_get(
+        ns,
+        &format!("target={}&module=teapot&debug=true", enc(&direct)),
+        None,
+    )?;
+    assert!(body.starts_with("Logs for the probe:"), "{body}");
+    assert!(
+        body.contains("probe failed: status") && body.contains("probe_success 0"),
+        "{body}"
+    );
+    // The scrape's timeout bounds a check that would take 5 s.
+    let t0 = Instant::now();
+    let (code, body) = probe_get(ns, &format!("target={}", enc(&slow)), Some("1.5"))?;
+    let took = t0.elapsed();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("probe_success 0"), "{body}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "answered after {took:?}: {body}"
+    );
+
+    // Prometheus with blackbox_exporter's relabelling (its README's).
+    let cfg = dir.join("prometheus.yml");
+    fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: 2s\n  scrape_timeout: 1500ms\n  evaluation_interval: 2s\n\
+             scrape_configs:\n  - job_name: blackbox\n    metrics_path: /probe\n    \
+             params:\n      module: [http_2xx]\n    static_configs:\n      - targets:\n        \
+             - {direct}\n        - {proxied}\n        - {slow}\n    relabel_configs:\n      \
+             - source_labels: [__address__]\n        target_label: __param_target\n      \
+             - source_labels: [__param_target]\n        target_label: instance\n      \
+             - target_label: __address__\n        replacement: 127.0.0.1:9115\n"
+        ),
+    )?;
+    let log = fs::File::create(dir.join("prometheus.log"))?;
+    let mut p = ns.command("prometheus");
+    p.arg(format!("--config.file={}", cfg.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("prom-data").display()
+        ))
+        .arg("--web.listen-address=127.0.0.1:9090")
+        .stdout(Stdio::null())
+        .stderr(log);
+    let _prom = Proc::spawn(p, "prometheus")?;
+    let get = |q: &str| one(ns, q).with_context(|| format!("no single series for {q}"));
+    wait_for(
+        Duration::from_secs(60),
+        "Prometheus to scrape each target's probe",
+        || {
+            let r = query(ns, "up{job=\"blackbox\"}").ok()?;
+            (r.len() == 3
+                && r.iter().all(|(_, v)| *v == 1.0)
+                && query(ns, "probe_success").ok()?.len() == 3)
+                .then_some(())
+        },
+    )
+    .with_context(|| {
+        format!(
+            "{}\n{}",
+            fs::read_to_string(&err).unwrap_or_default(),
+            fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+        )
+    })?;
+    let at = |name: &str, inst: &str, extra: &str| format!("{name}{{instance=\"{inst}\"{extra}}}");
+    assert_eq!(get(&at("probe_success", &direct, ""))?, 1.0);
+    assert_eq!(get(&at("probe_success", &proxied, ""))?, 1.0);
+    assert_eq!(get(&at("probe_success", &slow, ""))?, 0.0);
+    assert!(get(&at("probe_duration_seconds", &slow, ""))? < 1.5);
+    assert_eq!(get(&at("probe_http_status_code", &direct, ""))?, 200.0);
+    assert_eq!(get(&at("synack_path_middlebox", &direct, ""))?, 0.0);
+    assert_eq!(get(&at("synack_path_middlebox", &proxied, ""))?, 1.0);
+    let rtt = (CLIENT_RTT_MS + SERVER_RTT_MS) / 1000.0;
+    let hs = get(&at(
+        "synack_wire_duration_seconds",
+        &direct,
+        ",phase=\"handshake\"",
+    ))?;
+    assert!((rtt..rtt + 0.003).contains(&hs), "direct handshake {hs}");
+    let hs = get(&at(
+        "synack_wire_duration_seconds",
+        &proxied,
+        ",phase=\"handshake\"",
+    ))?;
+    let near = CLIENT_RTT_MS / 1000.0;
+    assert!((near..near + 0.003).contains(&hs), "proxied handshake {hs}");
+    let connect = get(&at(
+        "probe_http_duration_seconds",
+        &direct,
+        ",phase=\"connect\"",
+    ))?;
+    assert!(
+        (rtt..rtt + 0.005).contains(&connect),
+        "direct connect {connect}"
+    );
+    let mb = get(&at(
+        "synack_phase_duration_seconds",
+        &proxied,
+        ",phase=\"middlebox\"",
+    ))?;
+    assert!(mb >= 2.0 * SERVER_RTT_MS / 1000.0, "proxied middlebox {mb}");
+    let server = get(&at(
+        "synack_phase_duration_seconds",
+        &direct,
+        ",phase=\"server\"",
+    ))?;
+    assert!(
+        (THINK_MS / 1000.0 - 0.0005..THINK_MS / 1000.0 + 0.005).contains(&server),
+        "direct server {server}"
     );
     Ok(())
 }

@@ -370,3 +370,206 @@ fn a_missing_capability_is_named() -> Result<()> {
     }
     Ok(())
 }
+
+/// A container of the git-sync manifest by name (init containers too).
+fn container<'a>(spec: &'a Yaml, name: &str) -> Result<&'a Yaml> {
+    ["initContainers", "containers"]
+        .iter()
+        .filter_map(|k| spec[*k].as_vec())
+        .flatten()
+        .find(|c| c["name"].as_str() == Some(name))
+        .with_context(|| format!("no container {name} in the git-sync manifest"))
+}
+
+fn env_of(c: &Yaml, key: &str) -> Option<String> {
+    c["env"]
+        .as_vec()?
+        .iter()
+        .find(|e| e["name"].as_str() == Some(key))?["value"]
+        .as_str()
+        .map(str::to_string)
+}
+
+fn strings_of(y: &Yaml) -> Vec<String> {
+    y.as_vec()
+        .map(|v| {
+            v.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    let o = std::process::Command::new("git")
+        .args([
+            "-c",
+            "user.name=synack test",
+            "-c",
+            "user.email=test@synack.invalid",
+        ])
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .context("running git")?;
+    if !o.status.success() {
+        bail!("git {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// What git-sync does on a sync: a checkout of the commit in a directory
+/// of its own under the root, then the link swapped to it atomically (a new
+/// symlink renamed over the old).
+fn git_sync_once(repo: &Path, root: &Path, link: &str) -> Result<()> {
+    let sha = git(repo, &["rev-parse", "HEAD"])?;
+    let wt = root.join(".worktrees").join(&sha);
+    git(
+        repo,
+        &[
+            "worktree",
+            "add",
+            "--detach",
+            wt.to_str().context("path")?,
+            &sha,
+        ],
+    )?;
+    let tmp = root.join(format!(".{link}.tmp"));
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(Path::new(".worktrees").join(&sha), &tmp)?;
+    fs::rename(&tmp, root.join(link))?;
+    Ok(())
+}
+
+/// The git-sync manifest: git-sync clones once before synack starts
+/// (`--one-time` in an init container) and keeps pulling beside it, both
+/// with the same repository, root and link, and synack's --targets lies
+/// under that link on the shared volume. Then git-sync's layout, made here
+/// with real git the way git-sync makes it, is followed by the monitor: a
+/// pushed target is checked within seconds, without a restart.
+#[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
+fn targets_from_git_follow_a_pushed_change() -> Result<()> {
+    assert!(is_root(), "the packaging test needs root: cargo xtask test");
+    let docs =
+        YamlLoader::load_from_str(&read("packaging/kubernetes/synack-monitor-git-sync.yaml")?)
+            .context("the git-sync manifest is not YAML")?;
+    let ds = docs
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("DaemonSet"))
+        .context("no DaemonSet in the git-sync manifest")?;
+    let spec = &ds["spec"]["template"]["spec"];
+    let (init, sidecar, mon) = (
+        container(spec, "git-clone")?,
+        container(spec, "git-sync")?,
+        container(spec, "synack")?,
+    );
+    assert!(strings_of(&init["args"]).contains(&"--one-time".to_string()));
+    assert!(
+        strings_of(&sidecar["args"])
+            .iter()
+            .any(|a| a.starts_with("--period="))
+    );
+    for k in [
+        "GITSYNC_REPO",
+        "GITSYNC_REF",
+        "GITSYNC_ROOT",
+        "GITSYNC_LINK",
+    ] {
+        assert!(env_of(sidecar, k).is_some(), "the sidecar has no {k}");
+        assert_eq!(
+            env_of(init, k),
+            env_of(sidecar, k),
+            "{k} differs between clone and sync"
+        );
+    }
+    let root = env_of(sidecar, "GITSYNC_ROOT").context("root")?;
+    let link = env_of(sidecar, "GITSYNC_LINK").context("link")?;
+    let mounted = |c: &Yaml| {
+        c["volumeMounts"]
+            .as_vec()
+            .into_iter()
+            .flatten()
+            .find(|m| m["mountPath"].as_str() == Some(root.as_str()))
+            .and_then(|m| m["name"].as_str().map(str::to_string))
+    };
+    assert!(
+        mounted(mon).is_some() && mounted(mon) == mounted(sidecar),
+        "synack does not mount git-sync's root"
+    );
+    let args = strings_of(&mon["args"]);
+    let targets = args
+        .iter()
+        .skip_while(|a| *a != "--targets")
+        .nth(1)
+        .context("synack has no --targets")?;
+    let rel = targets
+        .strip_prefix(&format!("{root}/{link}/"))
+        .with_context(|| format!("--targets {targets} is not under {root}/{link}/"))?;
+
+    // git-sync's layout, for real.
+    let s = Served::new()?;
+    let dir = TempDir::new()?;
+    let repo = dir.join("repo");
+    let gitroot = dir.join("git");
+    fs::create_dir_all(repo.join(rel).parent().context("rel")?)?;
+    fs::create_dir_all(&gitroot)?;
+    git(&repo, &["init", "-q", "-b", "main"])?;
+    let line = |name: &str| format!("http://{}:8080/delay/1 name={name}\n", s.pair.server_v4);
+    fs::write(repo.join(rel), line("first"))?;
+    git(&repo, &["add", "."])?;
+    git(&repo, &["commit", "-q", "-m", "first target"])?;
+    git_sync_once(&repo, &gitroot, &link)?;
+
+    let out = dir.join("out.jsonl");
+    let err = dir.join("err.txt");
+    let path = gitroot.join(&link).join(rel);
+    let mut c = s
+        .pair
+        .client
+        .command(synack_bin().to_str().context("path")?);
+    c.args(["monitor", "--interval", "1s", "--json", "--targets"])
+        .arg(&path)
+        .stdout(fs::File::create(&out)?)
+        .stderr(fs::File::create(&err)?);
+    let mut p = Proc::spawn(c, "synack monitor on git-sync's link")?;
+    let checked = |name: &str| {
+        let name = name.to_string();
+        let (out, err) = (out.clone(), err.clone());
+        wait_for(
+            Duration::from_secs(20),
+            &format!("a check of {name}"),
+            move || {
+                fs::read_to_string(&out)
+                    .ok()?
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .any(|r| r["target"] == name.as_str() && r["error"].is_null())
+                    .then_some(())
+            },
+        )
+        .with_context(|| fs::read_to_string(&err).unwrap_or_default())
+    };
+    checked("first")?;
+    // A push; git-sync's next period.
+    fs::write(
+        repo.join(rel),
+        format!("{}{}", line("first"), line("second")),
+    )?;
+    git(&repo, &["commit", "-q", "-am", "second target"])?;
+    git_sync_once(&repo, &gitroot, &link)?;
+    checked("second")?;
+    let said = fs::read_to_string(&err)?;
+    assert!(
+        said.contains("reloaded") && said.contains("2 targets"),
+        "{said}"
+    );
+    p.signal(libc::SIGTERM);
+    let st = p.wait_exit(Duration::from_secs(10))?;
+    assert!(st.success(), "monitor exit {st}: {said}");
+    Ok(())
+}

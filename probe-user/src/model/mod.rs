@@ -6,6 +6,7 @@ pub mod compare;
 pub mod events;
 pub mod flows;
 pub mod h2;
+pub mod modules;
 pub mod proxy;
 pub mod record;
 pub mod report;

@@ -8,6 +8,8 @@
 //! due is not stacked: the due one is skipped and counted. At most
 //! `--concurrency` checks run at once; a due check waits for a free slot.
 
+mod probe;
+
 use crate::{
     active::prober::{self, Family, HttpVersion, Options, Prober},
     kernel::bpf::{Hub, SharedKernel},
@@ -34,6 +36,7 @@ pub async fn command(m: crate::cli::MonitorArgs) -> Result<std::process::ExitCod
     let _rx_stamps = prober::hold_rx_timestamps();
     run(MonitorOptions {
         targets: m.targets,
+        modules: m.modules,
         interval: m.interval,
         listen: m.listen,
         statsd: m.statsd,
@@ -49,7 +52,11 @@ pub async fn command(m: crate::cli::MonitorArgs) -> Result<std::process::ExitCod
 }
 
 pub(crate) struct MonitorOptions {
-    pub targets: PathBuf,
+    /// None: only /probe (Prometheus keeps the targets).
+    pub targets: Option<PathBuf>,
+    /// blackbox_exporter-style modules for /probe (the built-in http_2xx
+    /// without one).
+    pub modules: Option<PathBuf>,
     pub interval: Duration,
     pub listen: SocketAddr,
     pub statsd: Option<String>,
@@ -84,6 +91,18 @@ fn jitter(seed: &str, span: Duration) -> Duration {
     span.mul_f64((h % 10_000) as f64 / 10_000.0)
 }
 
+/// Says which modules /probe cannot use, and why.
+fn report_modules(path: &std::path::Path, m: &crate::model::modules::Modules) {
+    for e in &m.entries {
+        if let crate::model::modules::Entry::Unusable { name, why } = e {
+            eprintln!(
+                "synack monitor: {}: module {name} cannot be used: {why} (/probe?module={name} answers 400)",
+                path.display()
+            );
+        }
+    }
+}
+
 fn read_targets(path: &PathBuf) -> std::io::Result<(String, Vec<Target>, Vec<LineError>)> {
     let text = std::fs::read_to_string(path)?;
     let (t, e) = targets::parse(&text);
@@ -99,8 +118,9 @@ fn report_errors(path: &std::path::Path, errors: &[LineError]) {
     }
 }
 
-/// Serves /metrics (and a pointer to it on /) until the task is dropped.
-async fn serve(listener: tokio::net::TcpListener, m: Arc<Metrics>) {
+/// Serves /metrics, /probe (and a pointer to both on /) until the task is
+/// dropped.
+async fn serve(listener: tokio::net::TcpListener, m: Arc<Metrics>, pc: Arc<probe::ProbeCtx>) {
     use http_body_util::Full;
     use hyper::{Request, Response, body::Incoming, service::service_fn};
     loop {
@@ -113,20 +133,35 @@ async fn serve(listener: tokio::net::TcpListener, m: Arc<Metrics>) {
             }
         };
         let m = m.clone();
+        let pc = pc.clone();
         tokio::task::spawn_local(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
                 let m = m.clone();
+                let pc = pc.clone();
                 async move {
+                    let accept = req
+                        .headers()
+                        .get(hyper::header::ACCEPT)
+                        .and_then(|v| v.to_str().ok());
                     let (status, ctype, body) = match req.uri().path() {
-                        "/metrics" => (
-                            200,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            m.encode(),
-                        ),
+                        "/metrics" => {
+                            let (ctype, om) = metrics::negotiate(accept);
+                            (200, ctype, if om { m.encode() } else { m.encode_classic() })
+                        }
+                        "/probe" => {
+                            let timeout = req
+                                .headers()
+                                .get("x-prometheus-scrape-timeout-seconds")
+                                .and_then(|v| v.to_str().ok());
+                            probe::answer(&pc, req.uri().query(), timeout, accept).await
+                        }
                         "/" => (
                             200,
                             "text/plain; charset=utf-8",
-                            "synack monitor: metrics on /metrics\n".to_string(),
+                            "synack monitor: the targets file's metrics on /metrics; one check \
+                             per scrape on /probe?target=URL&module=NAME (blackbox_exporter's \
+                             multi-target pattern)\n"
+                                .to_string(),
                         ),
                         _ => (404, "text/plain; charset=utf-8", "not found\n".to_string()),
                     };
@@ -168,6 +203,12 @@ struct Job {
     cacert: Option<PathBuf>,
     insecure: bool,
     attempt: u32,
+    /// Follow redirects (/probe's modules; the targets file's checks do not).
+    follow: bool,
+    family: Family,
+    http: HttpVersion,
+    /// The whole check's bound, when the caller has one (a scrape's timeout).
+    whole: Option<Duration>,
 }
 
 impl Job {
@@ -195,11 +236,12 @@ impl Job {
             headers: t.headers.clone(),
             body: t.body.clone().map(Bytes::from),
             max_time: Some(timeout),
-            follow: false,
-            max_redirs: 0,
+            follow: self.follow,
+            // curl's and blackbox's default limit.
+            max_redirs: if self.follow { 10 } else { 0 },
             reuse: t.reuse,
             resolve: Vec::new(),
-            family: Family::Any,
+            family: self.family,
             cacert: self.cacert,
             insecure: self.insecure,
             dump_events: false,
@@ -210,11 +252,13 @@ impl Job {
             // and an agent's environment proxy would hide their paths.
             proxy: Default::default(),
             // HTTP/1.1, as blackbox_exporter's http prober by default.
-            http: HttpVersion::Http11,
+            http: self.http,
         };
         let mut p = Prober::with_shared(self.kernel, self.tls, opts);
         // --max-time bounds each connection; this bounds the whole check.
-        let whole = timeout * (t.reuse + 1) + Duration::from_secs(2);
+        let whole = self
+            .whole
+            .unwrap_or(timeout * (t.reuse + 1) + Duration::from_secs(2));
         match tokio::time::timeout(whole, p.run(&t.url, self.attempt)).await {
             Ok(r) => r,
             Err(_) => {
@@ -290,6 +334,9 @@ struct Monitor {
     slots: HashMap<String, Slot>,
     /// The targets file as last read: a change to it is a reload.
     file_text: String,
+    /// The modules file as last read, and where /probe finds them.
+    modules_text: String,
+    probe: Arc<probe::ProbeCtx>,
     /// Checks started and not yet reported (at most --concurrency).
     running: usize,
     /// Where checks send their records.
@@ -337,13 +384,30 @@ impl Monitor {
     async fn start(
         o: MonitorOptions,
     ) -> Result<(Self, tokio::sync::mpsc::UnboundedReceiver<Finished>)> {
-        let (text, first, errors) = read_targets(&o.targets).with_context(|| {
-            format!(
-                "cannot read the targets file {} (one URL a line; see synack monitor --help)",
-                o.targets.display()
-            )
-        })?;
-        report_errors(&o.targets, &errors);
+        let (text, first, errors) = match &o.targets {
+            Some(path) => {
+                let (text, first, errors) = read_targets(path).with_context(|| {
+                    format!(
+                        "cannot read the targets file {} (one URL a line; see synack monitor --help)",
+                        path.display()
+                    )
+                })?;
+                report_errors(path, &errors);
+                (text, first, errors)
+            }
+            None => (String::new(), Vec::new(), Vec::new()),
+        };
+        let (modules_text, modules) = match &o.modules {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the modules file {}", path.display()))?;
+                let m = crate::model::modules::parse(&text)
+                    .map_err(|e| anyhow::anyhow!("the modules file {}: {e}", path.display()))?;
+                report_modules(path, &m);
+                (text, m)
+            }
+            None => (String::new(), crate::model::modules::Modules::builtin()),
+        };
         let tls = Arc::new(
             prober::tls_config(o.cacert.as_ref(), o.insecure, HttpVersion::Http11)
                 .context("cannot set up TLS (check --cacert)")?,
@@ -356,13 +420,24 @@ impl Monitor {
         }
         let kernel = chosen.kernel.map(Hub::shared);
         let metrics = Arc::new(Metrics::new());
+        let probe = Arc::new(probe::ProbeCtx {
+            kernel: kernel.clone(),
+            modules: std::sync::RwLock::new(Arc::new(probe::Loaded::new(
+                modules,
+                o.cacert.as_ref(),
+                o.insecure,
+            ))),
+            cacert: o.cacert.clone(),
+            insecure: o.insecure,
+            permits: tokio::sync::Semaphore::new(o.concurrency),
+        });
         let listener = tokio::net::TcpListener::bind(o.listen).await.with_context(|| {
             format!(
                 "cannot listen on {} for Prometheus (another monitor there? choose one with --listen)",
                 o.listen
             )
         })?;
-        tokio::task::spawn_local(serve(listener, metrics.clone()));
+        tokio::task::spawn_local(serve(listener, metrics.clone(), probe.clone()));
         let statsd = o.statsd.as_deref().map(statsd_socket).transpose()?;
 
         // Loaded, attached and listening: drop what is no longer needed.
@@ -385,6 +460,8 @@ impl Monitor {
             statsd,
             slots: HashMap::new(),
             file_text: text,
+            modules_text,
+            probe,
             running: 0,
             tx,
         };
@@ -398,11 +475,31 @@ impl Monitor {
     /// and the mode.
     fn banner(&self, n: usize) -> String {
         let o = &self.o;
+        let what = match &o.targets {
+            Some(p) => format!(
+                "{n} targets from {} every {:?} (first checks spread over one interval); metrics on http://{}/metrics",
+                p.display(),
+                o.interval,
+                o.listen
+            ),
+            None => format!(
+                "no targets file: checks only on http://{}/probe?target=URL",
+                o.listen
+            ),
+        };
+        let usable = self
+            .probe
+            .modules
+            .read()
+            .map(|l| l.modules.usable())
+            .unwrap_or(0);
         format!(
-            "synack monitor: {n} targets from {} every {:?} (first checks spread over one interval); metrics on http://{}/metrics{}{}",
-            o.targets.display(),
-            o.interval,
-            o.listen,
+            "synack monitor: {what}; /probe with {usable} module{}{}{}{}",
+            if usable == 1 { "" } else { "s" },
+            o.modules
+                .as_ref()
+                .map(|p| format!(" from {}", p.display()))
+                .unwrap_or_else(|| " (the built-in http_2xx)".into()),
             o.statsd
                 .as_ref()
                 .map(|s| format!("; DogStatsD to {s}"))
@@ -514,29 +611,66 @@ impl Monitor {
         }
     }
 
-    /// True when the targets file now says something else.
+    /// True when the targets or the modules file now says something else.
     fn file_changed(&self) -> bool {
-        std::fs::read_to_string(&self.o.targets).is_ok_and(|t| t != self.file_text)
+        let changed = |p: &Option<PathBuf>, was: &str| {
+            p.as_ref()
+                .is_some_and(|p| std::fs::read_to_string(p).is_ok_and(|t| t != was))
+        };
+        changed(&self.o.targets, &self.file_text) || changed(&self.o.modules, &self.modules_text)
     }
 
-    /// Reads the targets file again; a file that cannot be read leaves the
-    /// current targets running.
+    /// Reads the targets and modules files again; a file that cannot be
+    /// read (or, for modules, parsed) leaves what runs as it is.
     fn reload(&mut self) {
-        match read_targets(&self.o.targets) {
-            Ok((text, list, errors)) => {
-                report_errors(&self.o.targets, &errors);
+        if let Some(path) = self.o.targets.clone() {
+            match read_targets(&path) {
+                Ok((text, list, errors)) => {
+                    report_errors(&path, &errors);
+                    eprintln!(
+                        "synack monitor: reloaded {}: {} targets, {} broken lines",
+                        path.display(),
+                        list.len(),
+                        errors.len()
+                    );
+                    self.file_text = text;
+                    self.apply(list, errors.len());
+                }
+                Err(e) => eprintln!(
+                    "synack monitor: cannot reload {}: {e}; the current targets keep running",
+                    path.display()
+                ),
+            }
+        }
+        let Some(path) = self.o.modules.clone() else {
+            return;
+        };
+        let parsed = std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| crate::model::modules::parse(&t).map(|m| (t, m)));
+        match parsed {
+            Ok((text, _)) if text == self.modules_text => {}
+            Ok((text, m)) => {
+                report_modules(&path, &m);
                 eprintln!(
-                    "synack monitor: reloaded {}: {} targets, {} broken lines",
-                    self.o.targets.display(),
-                    list.len(),
-                    errors.len()
+                    "synack monitor: reloaded {}: {} modules, {} usable",
+                    path.display(),
+                    m.entries.len(),
+                    m.usable()
                 );
-                self.file_text = text;
-                self.apply(list, errors.len());
+                let loaded = Arc::new(probe::Loaded::new(
+                    m,
+                    self.o.cacert.as_ref(),
+                    self.o.insecure,
+                ));
+                if let Ok(mut w) = self.probe.modules.write() {
+                    *w = loaded;
+                }
+                self.modules_text = text;
             }
             Err(e) => eprintln!(
-                "synack monitor: cannot reload {}: {e}; the current targets keep running",
-                self.o.targets.display()
+                "synack monitor: cannot reload {}: {e}; the current modules stay",
+                path.display()
             ),
         }
     }
@@ -579,6 +713,10 @@ impl Monitor {
                 cacert: self.o.cacert.clone(),
                 insecure: self.o.insecure,
                 attempt: s.runs - 1,
+                follow: false,
+                family: Family::Any,
+                http: HttpVersion::Http11,
+                whole: None,
             };
             tokio::task::spawn_local(job.run(self.tx.clone()));
         }

@@ -37,6 +37,57 @@ pub(crate) const PHASES: [&str; 10] = [
     "total",
 ];
 
+/// OpenMetrics text made Prometheus's classic text format: a counter's
+/// HELP and TYPE name its `_total` samples (OpenMetrics names the family
+/// without the suffix, which the classic format reads as a metric with no
+/// help), and the OpenMetrics-only `# UNIT` and `# EOF` lines go.
+pub(crate) fn classic_text(om: &str) -> String {
+    let counters: std::collections::HashSet<&str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(om.len());
+    for l in om.lines() {
+        if l == "# EOF" || l.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| l.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((p, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(p);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                if !tail.is_empty() || p == "# TYPE " {
+                    out.push(' ');
+                    out.push_str(tail);
+                }
+            }
+            None => out.push_str(l),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The media type a scraper gets: OpenMetrics when its Accept header asks
+/// for it (Prometheus does), else the classic text format.
+pub(crate) fn negotiate(accept: Option<&str>) -> (&'static str, bool) {
+    if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
+        (
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            true,
+        )
+    } else {
+        ("text/plain; version=0.0.4; charset=utf-8", false)
+    }
+}
+
 /// The values of `synack_bottleneck`'s phase label.
 const BOTTLENECKS: [&str; 4] = ["network", "middlebox", "server", "client"];
 
@@ -252,6 +303,13 @@ impl Metrics {
         s
     }
 
+    /// The same metrics in Prometheus's classic text format (0.0.4), for
+    /// a scraper that does not ask for OpenMetrics (promtool, older
+    /// Prometheus, agents).
+    pub(crate) fn encode_classic(&self) -> String {
+        classic_text(&self.encode())
+    }
+
     fn t(target: &str) -> TargetL {
         TargetL {
             target: target.to_string(),
@@ -282,6 +340,16 @@ impl Metrics {
             }
             self.info.get_or_create(&labels).set(1);
             st.info.push((t.name.clone(), labels));
+            // Counters exist from the start at 0, so that rate() and
+            // increase() (and a dashboard's panels) have a series before
+            // the first skip or failure.
+            let _ = self.skipped.get_or_create(&Self::t(&t.name));
+            for r in ["success", "failure"] {
+                let _ = self.checks.get_or_create(&ResultL {
+                    target: t.name.clone(),
+                    result: r.to_string(),
+                });
+            }
         }
     }
 
@@ -717,6 +785,49 @@ mod tests {
         m.remove_target("api");
         let s = m.encode();
         assert!(!s.contains("target=\"api\""), "{s}");
+    }
+
+    #[test]
+    fn classic_text_names_counters_with_their_suffix() {
+        let m = Metrics::new();
+        let t = target();
+        m.set_targets(std::slice::from_ref(&t), 0);
+        m.observe("api", &[rec()], &outcome(&t, &[rec()]));
+        m.drops(Drops::default());
+        let om = m.encode();
+        assert!(om.contains("# TYPE synack_checks counter\n"), "{om}");
+        assert!(om.ends_with("# EOF\n"));
+        let c = m.encode_classic();
+        for want in [
+            "# HELP synack_checks_total Checks run",
+            "# TYPE synack_checks_total counter\n",
+            "# HELP synack_events_lost_total ",
+            "# TYPE synack_retransmits_total counter\n",
+            "synack_checks_total{target=\"api\",result=\"success\"} 1\n",
+            "# TYPE synack_phase_duration_seconds histogram\n",
+            "# TYPE synack_check_success gauge\n",
+        ] {
+            assert!(c.contains(want), "missing {want} in\n{c}");
+        }
+        assert!(
+            !c.contains("# EOF") && !c.contains("# TYPE synack_checks counter"),
+            "{c}"
+        );
+        // Every sample line is unchanged.
+        let samples = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(samples(&om), samples(&c));
+        assert!(
+            negotiate(Some(
+                "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
+            ))
+            .1
+        );
+        assert!(!negotiate(Some("text/plain")).1 && !negotiate(None).1);
     }
 
     #[test]
