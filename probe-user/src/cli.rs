@@ -384,6 +384,28 @@ pub struct MonitorArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Also push metrics over OTLP/HTTP (protobuf) to this OpenTelemetry
+    /// collector: http://HOST:4318 (/v1/metrics is added when the URL has
+    /// no path) or the full URL; https:// uses --cacert.
+    #[arg(long, value_name = "URL")]
+    pub otlp: Option<String>,
+
+    /// How often to push OTLP metrics (cumulative series: a failed push
+    /// loses nothing).
+    #[arg(long, default_value = "60s", value_name = "TIME", value_parser = parse_positive_duration)]
+    pub otlp_interval: Duration,
+
+    /// A header for every OTLP push, NAME=VALUE (an API key, say);
+    /// repeatable. OTEL_EXPORTER_OTLP_HEADERS is read too.
+    #[arg(long = "otlp-header", value_name = "NAME=VALUE")]
+    pub otlp_headers: Vec<String>,
+
+    /// An OTLP resource attribute, KEY=VALUE (cloud.platform=aws_ecs,
+    /// cloud.region=eu-west-1); repeatable, over OTEL_RESOURCE_ATTRIBUTES.
+    /// service.name (OTEL_SERVICE_NAME, else synack) and host.name are set.
+    #[arg(long = "otlp-resource", value_name = "KEY=VALUE")]
+    pub otlp_resource: Vec<String>,
+
     /// Most checks running at once.
     #[arg(long, default_value_t = 8, value_name = "N", value_parser = at_least_one)]
     pub concurrency: usize,

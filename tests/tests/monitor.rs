@@ -677,3 +677,286 @@ fn blackbox_probe_through_prometheus_relabelling() -> Result<()> {
     );
     Ok(())
 }
+
+/// A key's string value in an OTLP attribute list (protobuf's JSON
+/// mapping: `[{"key": k, "value": {"stringValue": v}}]`).
+fn attr<'a>(attrs: &'a Value, key: &str) -> Option<&'a str> {
+    attrs.as_array()?.iter().find(|a| a["key"] == key)?["value"]["stringValue"].as_str()
+}
+
+/// protobuf's JSON mapping writes 64-bit integers as strings and leaves
+/// zeros out.
+fn int(v: &Value) -> i64 {
+    match v {
+        Value::String(s) => s.parse().unwrap_or(-1),
+        Value::Number(n) => n.as_i64().unwrap_or(-1),
+        Value::Null => 0,
+        _ => -1,
+    }
+}
+
+/// The data points of one metric in a decoded request.
+fn points<'a>(req: &'a Value, name: &str) -> Vec<&'a Value> {
+    let mut out = Vec::new();
+    for rm in req["resourceMetrics"].as_array().into_iter().flatten() {
+        for sm in rm["scopeMetrics"].as_array().into_iter().flatten() {
+            for m in sm["metrics"].as_array().into_iter().flatten() {
+                if m["name"] == name {
+                    for kind in ["gauge", "sum", "histogram"] {
+                        out.extend(m[kind]["dataPoints"].as_array().into_iter().flatten());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `--otlp`: the monitor pushes to a receiver that decodes with the
+/// official OTLP schema (the opentelemetry-proto package): the resource's
+/// attributes, httpcheck's names, cumulative histograms whose buckets add
+/// up and whose mean handshake fits the lab, the verdict's gauges, an
+/// error kind; the headers given; a last push on SIGTERM.
+#[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
+fn otlp_push_decoded_with_the_official_schema() -> Result<()> {
+    assert!(is_root(), "the monitor test needs root: cargo xtask test");
+    let ms = |v: f64| Duration::from_secs_f64(v / 1000.0);
+    let lab = Lab::up(
+        &Bins::beside_synack(),
+        Delays::rtt(ms(CLIENT_RTT_MS), ms(SERVER_RTT_MS)),
+        true,
+    )?;
+    let dir = TempDir::new()?;
+    let python =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lint-venv/bin/python3");
+    anyhow::ensure!(
+        python.exists(),
+        "{} is missing: run `cargo xtask setup`",
+        python.display()
+    );
+    let received = dir.join("otlp.jsonl");
+    let ready = dir.join("otlp.ready");
+    let mut r = lab.client.command(python.to_str().context("path")?);
+    r.arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("py/otlp_receiver.py"))
+        .arg(&received)
+        .arg(&ready)
+        .arg("4318")
+        .stderr(fs::File::create(dir.join("otlp.err"))?);
+    let _receiver = Proc::spawn(r, "OTLP receiver")?;
+    wait_for(Duration::from_secs(20), "the OTLP receiver", || {
+        ready.exists().then_some(())
+    })
+    .with_context(|| fs::read_to_string(dir.join("otlp.err")).unwrap_or_default())?;
+
+    let host = url(Via::Direct, false, false, "/")
+        .trim_start_matches("http://")
+        .split(':')
+        .next()
+        .context("server host")?
+        .to_string();
+    let targets = dir.join("targets.txt");
+    fs::write(
+        &targets,
+        format!(
+            "{} name=direct\n{} name=proxied\nhttp://{host}:9/ name=refused\n",
+            url(Via::Direct, true, false, &format!("/delay/{THINK_MS}")),
+            url(Via::TcpProxy, true, false, &format!("/delay/{THINK_MS}")),
+        ),
+    )?;
+    let err = dir.join("monitor.err");
+    let mut c = lab.client.command(synack_bin().to_str().context("path")?);
+    c.args([
+        "monitor",
+        "--interval",
+        "1s",
+        "--otlp",
+        "http://127.0.0.1:4318",
+    ])
+    .args([
+        "--otlp-interval",
+        "1s",
+        "--otlp-header",
+        "x-api-key=lab-secret",
+    ])
+    .args([
+        "--otlp-resource",
+        "cloud.platform=lab",
+        "--otlp-resource",
+        "cloud.region=lab-1",
+    ])
+    .arg("--targets")
+    .arg(&targets)
+    .arg("--cacert")
+    .arg(lab.ca_path())
+    .env("OTEL_SERVICE_NAME", "synack-lab")
+    .stdout(Stdio::null())
+    .stderr(fs::File::create(&err)?);
+    let mut monitor = Proc::spawn(c, "synack monitor --otlp")?;
+    let decoded = || -> Vec<Value> {
+        fs::read_to_string(&received)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    // A push in which every target has been checked at least twice.
+    let last = wait_for(
+        Duration::from_secs(60),
+        "a push with two checks of each target",
+        || {
+            let all = decoded();
+            let l = all.last()?.clone();
+            let checks = points(&l["request"], "synack.checks");
+            ["direct", "proxied", "refused"]
+                .iter()
+                .all(|t| {
+                    checks
+                        .iter()
+                        .filter(|p| attr(&p["attributes"], "synack.target") == Some(t))
+                        .map(|p| int(&p["asInt"]))
+                        .sum::<i64>()
+                        >= 2
+                })
+                .then_some(l)
+        },
+    )
+    .with_context(|| fs::read_to_string(&err).unwrap_or_default())?;
+    let req = &last["request"];
+    assert_eq!(
+        last["headers"]["x-api-key"], "lab-secret",
+        "{}",
+        last["headers"]
+    );
+    assert_eq!(last["headers"]["content-type"], "application/x-protobuf");
+    let res = &req["resourceMetrics"][0]["resource"]["attributes"];
+    assert_eq!(attr(res, "service.name"), Some("synack-lab"), "{res}");
+    assert_eq!(attr(res, "cloud.platform"), Some("lab"), "{res}");
+    assert_eq!(attr(res, "cloud.region"), Some("lab-1"), "{res}");
+    assert!(
+        attr(res, "host.name").is_some_and(|h| !h.is_empty()),
+        "{res}"
+    );
+    assert_eq!(
+        req["resourceMetrics"][0]["scopeMetrics"][0]["scope"]["name"],
+        "synack"
+    );
+
+    // The handshake histogram: cumulative, buckets that add up, a mean
+    // that fits the lab's round trip.
+    let metrics = &req["resourceMetrics"][0]["scopeMetrics"][0]["metrics"];
+    let hist = metrics
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["name"] == "synack.phase.duration")
+        .context("no synack.phase.duration")?;
+    assert_eq!(hist["unit"], "s");
+    assert_eq!(
+        hist["histogram"]["aggregationTemporality"],
+        "AGGREGATION_TEMPORALITY_CUMULATIVE"
+    );
+    let hs = points(req, "synack.phase.duration")
+        .into_iter()
+        .find(|p| {
+            attr(&p["attributes"], "synack.target") == Some("direct")
+                && attr(&p["attributes"], "synack.phase") == Some("wire_handshake")
+        })
+        .context("no direct wire_handshake histogram")?;
+    let n = int(&hs["count"]);
+    let buckets: i64 = hs["bucketCounts"]
+        .as_array()
+        .context("bucketCounts")?
+        .iter()
+        .map(int)
+        .sum();
+    assert!(n >= 2 && buckets == n, "count {n}, buckets {buckets}: {hs}");
+    assert_eq!(
+        hs["bucketCounts"].as_array().map(Vec::len),
+        hs["explicitBounds"].as_array().map(|b| b.len() + 1)
+    );
+    let mean_ms = hs["sum"].as_f64().context("sum")? / n as f64 * 1000.0;
+    let rtt = CLIENT_RTT_MS + SERVER_RTT_MS;
+    assert!(
+        (rtt..rtt + 3.0).contains(&mean_ms),
+        "direct handshake mean {mean_ms} ms"
+    );
+    let (t0, t1) = (int(&hs["startTimeUnixNano"]), int(&hs["timeUnixNano"]));
+    assert!(t0 > 0 && t0 < t1, "{hs}");
+    // The same start in every push: cumulative since the monitor started.
+    let all = decoded();
+    assert!(all.len() >= 2, "{} pushes", all.len());
+    for l in &all {
+        for p in points(&l["request"], "synack.phase.duration") {
+            assert_eq!(int(&p["startTimeUnixNano"]), t0);
+        }
+    }
+
+    // The verdict's gauges and httpcheck's names.
+    let of = |name: &str, key: &str, t: &str| -> Vec<i64> {
+        points(req, name)
+            .into_iter()
+            .filter(|p| attr(&p["attributes"], key) == Some(t))
+            .map(|p| int(&p["asInt"]))
+            .collect()
+    };
+    assert_eq!(of("synack.path.middlebox", "synack.target", "direct"), [0]);
+    assert_eq!(of("synack.path.middlebox", "synack.target", "proxied"), [1]);
+    assert_eq!(of("synack.check.success", "synack.target", "refused"), [0]);
+    let direct_url = url(Via::Direct, true, false, &format!("/delay/{THINK_MS}"));
+    let status: Vec<(String, i64)> = points(req, "httpcheck.status")
+        .into_iter()
+        .filter(|p| attr(&p["attributes"], "http.url") == Some(&direct_url))
+        .map(|p| {
+            (
+                attr(&p["attributes"], "http.status_class")
+                    .unwrap_or("")
+                    .to_string(),
+                int(&p["asInt"]),
+            )
+        })
+        .collect();
+    assert_eq!(status.len(), 5, "{status:?}");
+    assert!(
+        status.iter().all(|(c, v)| *v == i64::from(c == "2xx")),
+        "{status:?}"
+    );
+    let errors = points(req, "httpcheck.error");
+    assert!(
+        errors.iter().any(
+            |p| attr(&p["attributes"], "error.message") == Some("connect_refused")
+                && int(&p["asInt"]) >= 1
+        ),
+        "{errors:?}"
+    );
+    assert!(!points(req, "httpcheck.duration").is_empty());
+
+    // SIGTERM: one last push before it exits.
+    let asked = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos() as i64;
+    monitor.signal(libc::SIGTERM);
+    let st = monitor.wait_exit(Duration::from_secs(10))?;
+    assert!(st.success(), "monitor exit {st}");
+    // Stamped after the signal: the flush, not a periodic push.
+    let final_push = decoded().last().cloned().context("no push")?;
+    let stamped = points(&final_push["request"], "synack.checks")
+        .iter()
+        .map(|p| int(&p["timeUnixNano"]))
+        .max()
+        .unwrap_or(0);
+    assert!(
+        stamped >= asked,
+        "no push on the way out: the last is stamped {stamped}, SIGTERM at {asked}"
+    );
+    let said = fs::read_to_string(&err)?;
+    assert!(
+        said.contains("OTLP to http://127.0.0.1:4318/v1/metrics every 1s"),
+        "{said}"
+    );
+    assert!(!said.contains("OTLP push to"), "a push failed: {said}");
+    Ok(())
+}

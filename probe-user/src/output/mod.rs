@@ -1,6 +1,7 @@
 //! Where records become text: the human waterfall and JSON lines.
 
 pub mod metrics;
+pub(crate) mod otlp;
 pub(crate) mod probe_metrics;
 mod report;
 pub(crate) mod writeout;
