@@ -169,6 +169,9 @@ pub(crate) struct SourceTarget {
     pub t1: f64,
     pub bucket_width: f64,
     pub records: usize,
+    /// Records without `started_at` on a wall-clock axis: left out of the
+    /// time charts (in every other chart).
+    pub untimed: usize,
     pub failed: usize,
     pub errors: BTreeMap<String, usize>,
     pub buckets: Vec<Bucket>,
@@ -188,8 +191,9 @@ pub(crate) struct TargetData {
     /// its file (records without `started_at`, from before it existed).
     pub axis: &'static str,
     pub sources: Vec<SourceTarget>,
-    /// Each later source against the first.
-    pub compare: Vec<compare::TargetReport>,
+    /// Each later source against the first, in the sources' order (null
+    /// where neither has a record of this target).
+    pub compare: Vec<Option<compare::TargetReport>>,
 }
 
 /// The whole report's data (embedded in the page as JSON).
@@ -208,13 +212,16 @@ fn mean(v: &[f64]) -> Option<f64> {
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
 
-/// Log-spaced histogram of the positive values; zeros counted apart.
-pub(crate) fn dist(phase: &'static str, values: &[f64]) -> Dist {
+/// Log-spaced histogram of the positive values between `range`'s edges
+/// (the same for every source of a target, so that overlaid bars compare),
+/// else this sample's own smallest and largest; zeros counted apart.
+pub(crate) fn dist(phase: &'static str, values: &[f64], range: Option<(f64, f64)>) -> Dist {
     let s = sorted(values);
     let zeros = s.iter().filter(|x| **x <= 0.0).count();
     let pos = &s[zeros..];
     let mut bins = Vec::new();
-    if let (Some(&lo), Some(&hi)) = (pos.first(), pos.last()) {
+    let own = pos.first().copied().zip(pos.last().copied());
+    if let (Some(_), Some((lo, hi))) = (own, range.or(own)) {
         if hi <= lo * 1.000_001 {
             bins.push((lo, hi, pos.len()));
         } else {
@@ -222,7 +229,7 @@ pub(crate) fn dist(phase: &'static str, values: &[f64]) -> Dist {
             let step = (l1 - l0) / BINS as f64;
             let mut counts = vec![0usize; BINS];
             for x in pos {
-                let k = (((x.ln() - l0) / step) as usize).min(BINS - 1);
+                let k = (((x.ln() - l0) / step).max(0.0) as usize).min(BINS - 1);
                 counts[k] += 1;
             }
             bins = counts
@@ -251,21 +258,22 @@ pub(crate) fn dist(phase: &'static str, values: &[f64]) -> Dist {
     }
 }
 
-/// The target's time axis: wall clock when every row has a time, else the
-/// record's number in its file. Returns (axis, each source's row times).
-fn axis(per_source: &[Vec<(usize, &Row)>]) -> (&'static str, Vec<Vec<f64>>) {
-    let wall = per_source.iter().flatten().all(|(_, r)| r.t_ms.is_some());
+/// The target's time axis: the wall clock when most rows have a time (the
+/// others, None here, stay out of the time charts and are counted), else
+/// the record's line in its file. Returns (axis, each source's row times).
+fn axis(per_source: &[Vec<(usize, &Row)>]) -> (&'static str, Vec<Vec<Option<f64>>>) {
+    let all = per_source.iter().map(Vec::len).sum::<usize>();
+    let timed = per_source
+        .iter()
+        .flatten()
+        .filter(|(_, r)| r.t_ms.is_some())
+        .count();
+    let wall = timed * 2 > all;
     let times = per_source
         .iter()
         .map(|rows| {
             rows.iter()
-                .map(|(i, r)| {
-                    if wall {
-                        r.t_ms.unwrap_or(0.0)
-                    } else {
-                        *i as f64
-                    }
-                })
+                .map(|(i, r)| if wall { r.t_ms } else { Some(*i as f64) })
                 .collect()
         })
         .collect();
@@ -282,8 +290,21 @@ fn bucket_of(rows: &[&Row]) -> Bucket {
     let mut b = Bucket {
         n: rows.len(),
         failed: rows.len() - ok.len(),
-        shares_mean_ms: SHARES
-            .map(|s| mean(&ok.iter().filter_map(|r| r.value(s)).collect::<Vec<_>>())),
+        // Over the records that carry all four shares, so that the stack
+        // is their mean span (plain HTTP through a proxy without the
+        // origin's Server-Timing leaves middlebox and server null).
+        shares_mean_ms: {
+            let whole: Vec<[f64; 4]> = ok
+                .iter()
+                .filter_map(|r| {
+                    let v = SHARES.map(|s| r.value(s));
+                    v.iter()
+                        .all(Option::is_some)
+                        .then(|| v.map(|x| x.unwrap_or(0.0)))
+                })
+                .collect();
+            std::array::from_fn(|i| mean(&whole.iter().map(|w| w[i]).collect::<Vec<_>>()))
+        },
         total_p50_ms: quantile(&totals, 0.5),
         total_p90_ms: quantile(&totals, 0.9),
         ..Bucket::default()
@@ -356,19 +377,40 @@ pub(crate) fn build(
                 })
                 .collect();
             let (axis_kind, times) = axis(&per);
+            // Each phase's positive range over every source.
+            let ranges: [Option<(f64, f64)>; PHASES.len()] = std::array::from_fn(|i| {
+                let pos = per
+                    .iter()
+                    .flatten()
+                    .filter_map(|(_, r)| r.obs.values[i])
+                    .filter(|v| *v > 0.0);
+                let (lo, hi) = pos.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+                    (a.min(v), b.max(v))
+                });
+                (lo <= hi).then_some((lo, hi))
+            });
             let mut target_picks = Vec::new();
             let sources = per
                 .iter()
                 .zip(&times)
                 .enumerate()
                 .map(|(si, (rs, ts))| {
-                    let t0 = ts.iter().copied().fold(f64::INFINITY, f64::min);
-                    let t1 = ts.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let t0 = ts.iter().flatten().copied().fold(f64::INFINITY, f64::min);
+                    let t1 = ts
+                        .iter()
+                        .flatten()
+                        .copied()
+                        .fold(f64::NEG_INFINITY, f64::max);
                     let (t0, t1) = if t0 <= t1 { (t0, t1) } else { (0.0, 0.0) };
                     let nb = rs.len().div_ceil(5).clamp(1, MAX_BUCKETS);
                     let width = if t1 > t0 { (t1 - t0) / nb as f64 } else { 1.0 };
                     let mut groups: Vec<Vec<&Row>> = vec![Vec::new(); nb];
+                    let mut untimed = 0;
                     for ((_, r), t) in rs.iter().zip(ts) {
+                        let Some(t) = t else {
+                            untimed += 1;
+                            continue;
+                        };
                         let k = (((t - t0) / width) as usize).min(nb - 1);
                         groups[k].push(r);
                     }
@@ -387,7 +429,7 @@ pub(crate) fn build(
                         .map(|(i, (name, _))| {
                             let v: Vec<f64> =
                                 rs.iter().filter_map(|(_, r)| r.obs.values[i]).collect();
-                            dist(name, &v)
+                            dist(name, &v, ranges[i])
                         })
                         .filter(|d| d.n > 0)
                         .collect();
@@ -404,6 +446,7 @@ pub(crate) fn build(
                         t1,
                         bucket_width: width,
                         records: rs.len(),
+                        untimed,
                         failed: rs.iter().filter(|(_, r)| r.obs.failed).count(),
                         errors,
                         buckets,
@@ -415,7 +458,7 @@ pub(crate) fn build(
             all_picks.push(target_picks);
             let a: Vec<Obs> = per[0].iter().map(|(_, r)| r.obs.clone()).collect();
             let cmp = (1..per.len())
-                .filter_map(|si| {
+                .map(|si| {
                     let b: Vec<Obs> = per[si].iter().map(|(_, r)| r.obs.clone()).collect();
                     compare::compare_obs(&names[0], &a, &names[si], &b)
                         .targets
@@ -560,7 +603,7 @@ mod tests {
         );
         let t = &d.targets[0];
         assert_eq!(t.compare.len(), 1);
-        let s = &t.compare[0].sentence;
+        let s = &t.compare[0].as_ref().unwrap().sentence;
         assert!(s.starts_with("apprunner is slower by 59.0 ms"), "{s}");
         assert!(s.contains("this host's own time (client)"), "{s}");
         // The two sources' histograms of the client share lie apart.
@@ -583,7 +626,22 @@ mod tests {
             vec![info("a", 40), info("b", 40)],
             &[rows(&a), rows(&b)],
         );
+        // Half without a time or more: the order axis; fewer: the clock,
+        // the untimed ones counted apart.
         assert_eq!(d.targets[0].axis, "order");
+        let mut c = rows(&a);
+        c[0].1.t_ms = None;
+        let (d1, _) = build("t", None, vec![info("a", 40)], &[c]);
+        assert_eq!(d1.targets[0].axis, "wall");
+        assert_eq!(d1.targets[0].sources[0].untimed, 1);
+        assert_eq!(
+            d1.targets[0].sources[0]
+                .buckets
+                .iter()
+                .map(|b| b.n)
+                .sum::<usize>(),
+            39
+        );
         assert_eq!(d.targets[0].sources[0].t0, 1.0);
         assert_eq!(d.targets[0].sources[0].t1, 40.0);
     }
@@ -607,17 +665,66 @@ mod tests {
             1,
             "one record is both slowest and typical"
         );
-        assert!(d.targets[0].compare[0].sentence.starts_with("only in a"));
+        let c = d.targets[0].compare[0].as_ref().unwrap();
+        assert!(c.sentence.starts_with("only in a"));
+        // A common range: both samples binned on the same edges.
+        let a = dist("x", &[1.0, 2.0], Some((1.0, 100.0)));
+        let b = dist("x", &[50.0, 100.0], Some((1.0, 100.0)));
+        assert_eq!(
+            a.bins.iter().map(|x| (x.0, x.1)).collect::<Vec<_>>(),
+            b.bins.iter().map(|x| (x.0, x.1)).collect::<Vec<_>>()
+        );
+        assert_eq!(b.bins[BINS - 1].2, 1);
 
-        let h = dist("x", &[0.0, 0.0, 1.0, 10.0, 100.0, 100.0]);
+        let h = dist("x", &[0.0, 0.0, 1.0, 10.0, 100.0, 100.0], None);
         assert_eq!((h.n, h.zeros), (6, 2));
         assert_eq!(h.bins.len(), BINS);
         assert_eq!(h.bins.iter().map(|b| b.2).sum::<usize>(), 4);
         assert!((h.bins[0].0 - 1.0).abs() < 1e-9 && (h.bins[BINS - 1].1 - 100.0).abs() < 1e-6);
         assert_eq!(h.bins[BINS - 1].2, 2);
-        let one = dist("x", &[5.0, 5.0]);
+        let one = dist("x", &[5.0, 5.0], None);
         assert_eq!(one.bins, vec![(5.0, 5.0, 2)]);
-        assert!(dist("x", &[]).bins.is_empty());
+        assert!(dist("x", &[], None).bins.is_empty());
+    }
+
+    #[test]
+    fn comparisons_keep_their_source_and_shares_add_up() {
+        // A target only in the third of three files: the first comparison
+        // (second file) is null, the second names the third.
+        let a = vec![rec("api", 0, 10.0, 1.0, "direct")];
+        let c = vec![rec("web", 0, 10.0, 1.0, "direct")];
+        let (d, _) = build(
+            "t",
+            None,
+            vec![info("a", 1), info("b", 0), info("c", 1)],
+            &[rows(&a), vec![], rows(&c)],
+        );
+        let web = d.targets.iter().find(|t| t.target == "web").unwrap();
+        assert_eq!(web.compare.len(), 2);
+        assert!(web.compare[0].is_none());
+        assert!(
+            web.compare[1]
+                .as_ref()
+                .unwrap()
+                .sentence
+                .starts_with("only in c")
+        );
+        // A record without middlebox and server shares stays out of the
+        // stack: the stack is the mean span of the complete ones.
+        let mut partial = rec("api", 1, 30.0, 3.0, "proxy");
+        partial["phases"]["middlebox_ms"] = Value::Null;
+        partial["phases"]["server_ms"] = Value::Null;
+        let (d, _) = build(
+            "t",
+            None,
+            vec![info("a", 2)],
+            &[rows(&[rec("api", 0, 10.0, 1.0, "direct"), partial])],
+        );
+        let b = &d.targets[0].sources[0].buckets[0];
+        assert_eq!(
+            b.shares_mean_ms,
+            [Some(10.0), Some(0.0), Some(20.0), Some(1.0)]
+        );
     }
 
     #[test]

@@ -285,6 +285,7 @@ impl Job {
             http: self.http,
         };
         let mut p = Prober::with_shared(self.kernel, self.tls, opts);
+        let started_at = crate::host::clock::wall_of(None);
         // --max-time bounds each connection; this bounds the whole check.
         let whole = self
             .whole
@@ -298,6 +299,7 @@ impl Job {
                     .map(|m| m.to_string())
                     .unwrap_or_else(|| if t.body.is_some() { "POST" } else { "GET" }.into());
                 let mut r = Record::new(&t.url, &method, p.mode());
+                r.started_at = started_at;
                 r.error = Some(ErrorInfo::new(
                     ErrorKind::Timeout,
                     format!("the check did not finish within {whole:?}"),
@@ -574,7 +576,9 @@ impl Monitor {
     /// changed interval is rescheduled.
     fn apply(&mut self, list: Vec<Target>, errors: usize) {
         let now = Instant::now();
-        let names: Vec<String> = list.iter().map(|t| t.name.clone()).collect();
+        // A set: a reload of 10,000 targets must not compare each with all.
+        let names: std::collections::HashSet<String> =
+            list.iter().map(|t| t.name.clone()).collect();
         let metrics = &self.metrics;
         let otlp = &mut self.otlp;
         self.slots.retain(|name, _| {

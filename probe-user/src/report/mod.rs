@@ -19,6 +19,17 @@ pub fn command(a: &ReportArgs) -> Result<ExitCode> {
             named[i].name = format!("{} ({})", named[i].name, i + 1);
         }
     }
+    // The waterfalls' records are read again by offset: a pipe cannot be.
+    for n in &named {
+        if let Ok(m) = std::fs::metadata(&n.path)
+            && !m.is_file()
+        {
+            bail!(
+                "{} is not a regular file (a pipe?): synack report reads it twice; save it first (zcat day.jsonl.gz > day.jsonl)",
+                n.path.display()
+            );
+        }
+    }
     let mut infos = Vec::new();
     let mut rows = Vec::new();
     for n in &named {

@@ -39,6 +39,11 @@ fn main() {
         noop(&args[1..])
     } else if args.first().map(String::as_str) == Some("startup") {
         startup(&args[1..])
+    } else if args.first().map(String::as_str) == Some("monitor-scale") {
+        let quick = args.iter().any(|a| a == "--quick");
+        let n = arg_value(&args, "--targets").and_then(|v| v.parse().ok());
+        monitor_scale(quick, n)
+            .map(|v| println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()))
     } else {
         bench(&args)
     };
@@ -90,6 +95,8 @@ fn bench(args: &[String]) -> Result<()> {
     results.insert("overhead".into(), overhead(quick)?);
     eprintln!("bench: scale of synack watch");
     results.insert("scale".into(), scale(quick)?);
+    eprintln!("bench: scale of synack monitor (targets at a 10 s interval)");
+    results.insert("monitor_scale".into(), monitor_scale(quick, None)?);
     summarize(&mut results);
     results.insert(
         "duration_s".into(),
@@ -279,6 +286,24 @@ fn table(v: &Value) -> String {
         f(o, &["tcpdump_rps"]),
         f(o, &["tcpdump_ratio"])
     ));
+    let ms = &v["monitor_scale"];
+    if ms.is_object() {
+        s.push_str(&format!(
+            "monitor scale: {} targets every {} s: {:.0} checks/s (of {:.0} due), {} failed, {} skipped; CPU {:.1}% of one core; RSS {:.1} MiB then {:.1} MiB (growth {:+.1}), peak {:.1} MiB; {} reloads\n",
+            ms["targets"],
+            ms["interval_s"],
+            f(ms, &["checks_per_s"]),
+            f(ms, &["expected_checks_per_s"]),
+            ms["failed"],
+            ms["skipped"],
+            f(ms, &["cpu_percent_of_one_core"]),
+            f(ms, &["rss_mib_first_third"]),
+            f(ms, &["rss_mib_last_third"]),
+            f(ms, &["rss_growth_mib"]),
+            f(ms, &["peak_rss_mib"]),
+            ms["reloads"]
+        ));
+    }
     let sc = &v["scale"];
     s.push_str(&format!(
         "scale: synack watch followed {} new connections/s with no loss (highest step tried {}: {}); watch's peak memory there {:.1} MiB; active probe's {:.1} MiB; start-up (exec to attached) {:.0} ms (median)\n",
@@ -795,6 +820,201 @@ fn cpu_seconds(pid: i32) -> Option<f64> {
     // SAFETY: sysconf reads a constant of the running system.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     (hz > 0.0).then(|| ticks / hz)
+}
+
+/// A process's resident set now, KiB (/proc/PID/status VmRSS).
+fn rss_kib(pid: i32) -> Option<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The sum of a metric's samples in a Prometheus text (those whose line
+/// starts with `prefix`).
+fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Scale of `synack monitor`: N targets (10,000; --quick 2,000) at a 10 s
+/// interval against the origin through a veth pair, eBPF mode, release
+/// build; the targets file rewritten every 5 s (atomically, as an editor or
+/// git-sync does), each time with 1% of the targets renamed (removed and
+/// added). After a warm-up of two intervals: the monitor's CPU (user +
+/// system over the window, % of one core), its RSS sampled every second
+/// (the first third of the window against the last: growth), its peak;
+/// then one scrape of /metrics for checks done, failed and skipped.
+fn monitor_scale(quick: bool, n: Option<usize>) -> Result<Value> {
+    let n = n.unwrap_or(if quick { 2_000 } else { 10_000 });
+    let interval = 10u64;
+    let warm = Duration::from_secs(2 * interval);
+    let run = Duration::from_secs(if quick { 40 } else { 120 });
+    let concurrency = 32;
+    let b = bed()?;
+    let targets = b.dir.join("scale-targets.txt");
+    // Forty addresses of the origin (its /24, on its side of the pair): a
+    // fleet's targets are many hosts, and 1,000 connections a second to
+    // one address and port would leave 60,000 TIME_WAIT sockets sharing
+    // one 4-tuple space, whose port search (the kernel's
+    // __inet_hash_connect) then costs more than synack itself.
+    let IpAddr::V4(v4) = b.pair.server_v4 else {
+        bail!("the pair's server address is not IPv4");
+    };
+    let o = v4.octets();
+    let servers: Vec<String> = (0..40u8)
+        .map(|k| format!("{}.{}.{}.{}", o[0], o[1], o[2], 100 + k))
+        .collect();
+    for a in &servers {
+        b.pair.server.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{a}/24"),
+            "dev",
+            &b.pair.server_if,
+        ])?;
+    }
+    let write = |generation: u32| -> Result<()> {
+        let mut s = String::with_capacity(n * 48);
+        s.push_str(&format!("# generation {generation}\n"));
+        for i in 0..n {
+            let server = &servers[i % servers.len()];
+            if i % 100 == 0 {
+                s.push_str(&format!("http://{server}:8080/ name=t{i}g{generation}\n"));
+            } else {
+                s.push_str(&format!("http://{server}:8080/ name=t{i}\n"));
+            }
+        }
+        let tmp = targets.with_extension("tmp");
+        fs::write(&tmp, s)?;
+        fs::rename(&tmp, &targets)?;
+        Ok(())
+    };
+    write(0)?;
+    let err = b.dir.join(&format!("{}.err", unique("monitor-scale")));
+    let bin = synack_bin();
+    let mut c = b.pair.client.command(bin.to_str().context("path")?);
+    c.args([
+        "monitor",
+        "--mode",
+        "ebpf",
+        "--interval",
+        &format!("{interval}s"),
+    ])
+    .args([
+        "--concurrency",
+        &concurrency.to_string(),
+        "--listen",
+        "127.0.0.1:9777",
+    ])
+    .arg("--targets")
+    .arg(&targets)
+    .stdout(Stdio::null())
+    .stderr(fs::File::create(&err)?);
+    let mut p = Proc::spawn(c, "synack monitor (scale)")?;
+    let pid = p.pid();
+    wait_for(Duration::from_secs(30), "the monitor to start", || {
+        fs::read_to_string(&err)
+            .ok()
+            .filter(|e| e.contains(&format!("{n} targets")))
+            .map(|_| ())
+    })
+    .with_context(|| fs::read_to_string(&err).unwrap_or_default())?;
+    let start = Instant::now();
+    let mut generation = 0;
+    let mut next_rewrite = start + Duration::from_secs(5);
+    let mut samples: Vec<(f64, u64)> = Vec::new();
+    let mut cpu0 = None;
+    while start.elapsed() < warm + run {
+        std::thread::sleep(Duration::from_secs(1));
+        if let Ok(Some(st)) = p.child.try_wait() {
+            bail!(
+                "the monitor exited ({st}): {}",
+                fs::read_to_string(&err).unwrap_or_default()
+            );
+        }
+        if Instant::now() >= next_rewrite {
+            generation += 1;
+            write(generation)?;
+            next_rewrite += Duration::from_secs(5);
+        }
+        let t = start.elapsed();
+        if t >= warm {
+            if cpu0.is_none() {
+                cpu0 = cpu_seconds(pid).map(|c| (c, Instant::now()));
+            }
+            samples.push((t.as_secs_f64(), rss_kib(pid).unwrap_or(0)));
+        }
+    }
+    let (c0, t0) = cpu0.context("no CPU reading")?;
+    let cpu = (cpu_seconds(pid).context("CPU")? - c0) / t0.elapsed().as_secs_f64() * 100.0;
+    let peak = rss_peak_kib(pid).unwrap_or(0);
+    let third = samples.len() / 3;
+    let med = |v: &[(f64, u64)]| median(v.iter().map(|x| x.1 as f64).collect());
+    let (early, late) = (
+        med(&samples[..third.max(1)]),
+        med(&samples[samples.len() - third.max(1)..]),
+    );
+    let text = b.pair.client.exec(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "60",
+        "http://127.0.0.1:9777/metrics",
+    ])?;
+    let ok = metric_sum(&text, "synack_checks_total{");
+    let failed: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("synack_checks_total{") && l.contains("result=\"failure\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let skipped = metric_sum(&text, "synack_checks_skipped_total{");
+    let lost = metric_sum(&text, "synack_events_lost_total{");
+    let lost_by: serde_json::Map<String, Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("synack_events_lost_total{reason=\""))
+        .filter_map(|l| {
+            let (reason, rest) = l.split_once('"')?;
+            Some((
+                reason.to_string(),
+                json!(rest.rsplit(' ').next()?.parse::<f64>().ok()?),
+            ))
+        })
+        .collect();
+    p.signal(libc::SIGTERM);
+    p.wait_exit(Duration::from_secs(30))?;
+    let said = fs::read_to_string(&err).unwrap_or_default();
+    let reloads = said.matches("reloaded").count();
+    let total_s = (warm + run).as_secs_f64();
+    Ok(json!({
+        "targets": n,
+        "interval_s": interval,
+        "concurrency": concurrency,
+        "seconds": total_s,
+        "warmup_s": warm.as_secs(),
+        "checks": ok,
+        "checks_per_s": ok / total_s,
+        "expected_checks_per_s": n as f64 / interval as f64,
+        "failed": failed,
+        "skipped": skipped,
+        "events_lost": lost,
+        "events_lost_by_reason": lost_by,
+        "reloads": reloads,
+        "cpu_percent_of_one_core": cpu,
+        "rss_mib_first_third": early / 1024.0,
+        "rss_mib_last_third": late / 1024.0,
+        "rss_growth_mib": (late - early) / 1024.0,
+        "peak_rss_mib": peak as f64 / 1024.0,
+        "metrics_exposition_mib": text.len() as f64 / 1048576.0,
+        "origin_addresses": servers.len(),
+        "note": "checks counted from one scrape of /metrics at the end (synack_checks_total over every target, including the renamed ones still present); CPU is user + system of the monitor over the window after warm-up; RSS medians of 1 s samples in the first and last thirds of that window",
+    }))
 }
 
 fn rss_peak_kib(pid: i32) -> Option<u64> {
