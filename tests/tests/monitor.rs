@@ -66,15 +66,36 @@ fn resetter(ns: &Netns, dir: &TempDir) -> Result<Proc> {
     Ok(p)
 }
 
-/// Prometheus scraping 127.0.0.1:9777 every second, in the namespace.
-fn prometheus(ns: &Netns, dir: &TempDir) -> Result<Proc> {
+/// The lab at the test's round trips (4 ms to the middle, 20 ms beyond).
+fn lab() -> Result<Lab> {
+    let ms = |v: f64| Duration::from_secs_f64(v / 1000.0);
+    Lab::up(
+        &Bins::beside_synack(),
+        Delays::rtt(ms(CLIENT_RTT_MS), ms(SERVER_RTT_MS)),
+        true,
+    )
+}
+
+/// The origin's address, as the lab's URLs name it.
+fn server_host() -> Result<String> {
+    Ok(url(Via::Direct, false, false, "/")
+        .trim_start_matches("http://")
+        .split(':')
+        .next()
+        .context("server host")?
+        .to_string())
+}
+
+/// The monitor's /metrics scraped every second, with a vantage label.
+const SCRAPE_METRICS: &str = "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+     scrape_configs:\n  - job_name: synack\n    static_configs:\n      - targets: ['127.0.0.1:9777']\n        \
+     labels:\n          vantage: lab\n";
+
+/// Debian's Prometheus with this configuration, in the namespace, its
+/// API on 127.0.0.1:9090.
+fn prometheus(ns: &Netns, dir: &TempDir, config: &str) -> Result<Proc> {
     let cfg = dir.join("prometheus.yml");
-    fs::write(
-        &cfg,
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-         scrape_configs:\n  - job_name: synack\n    static_configs:\n      - targets: ['127.0.0.1:9777']\n        \
-         labels:\n          vantage: lab\n",
-    )?;
+    fs::write(&cfg, config)?;
     let data = dir.join("prometheus-data");
     let log = fs::File::create(dir.join("prometheus.log"))?;
     let mut c = ns.command("prometheus");
@@ -169,12 +190,7 @@ fn prometheus_statsd_reload_and_failing_targets() -> Result<()> {
         is_root(),
         "the monitor test needs root (namespaces, eBPF, iptables): cargo xtask test"
     );
-    let ms = |v: f64| Duration::from_secs_f64(v / 1000.0);
-    let lab = Lab::up(
-        &Bins::beside_synack(),
-        Delays::rtt(ms(CLIENT_RTT_MS), ms(SERVER_RTT_MS)),
-        true,
-    )?;
+    let lab = lab()?;
     let dir = TempDir::new()?;
     let _reset = resetter(&lab.server, &dir)?;
     let statsd = udp_in(&lab.client)?;
@@ -182,13 +198,7 @@ fn prometheus_statsd_reload_and_failing_targets() -> Result<()> {
     let statsd_addr = statsd.local_addr()?.to_string();
 
     let think = format!("/delay/{THINK_MS}");
-    let server = url(Via::Direct, false, false, "/");
-    let host = server
-        .trim_start_matches("http://")
-        .split(':')
-        .next()
-        .context("server host")?
-        .to_string();
+    let host = server_host()?;
     let targets = dir.join("targets.txt");
     let text = format!(
         "# the lab\n\
@@ -221,7 +231,7 @@ fn prometheus_statsd_reload_and_failing_targets() -> Result<()> {
     .stdout(fs::File::create(&out)?)
     .stderr(fs::File::create(&err)?);
     let mut monitor = Proc::spawn(c, "synack monitor")?;
-    let _prom = prometheus(&lab.client, &dir)?;
+    let _prom = prometheus(&lab.client, &dir, SCRAPE_METRICS)?;
 
     // The broken line is reported by number; the others run.
     wait_for(Duration::from_secs(20), "the monitor to start", || {
@@ -508,12 +518,7 @@ fn probe_get(ns: &Netns, query: &str, timeout_header: Option<&str>) -> Result<(u
 )]
 fn blackbox_probe_through_prometheus_relabelling() -> Result<()> {
     assert!(is_root(), "the monitor test needs root: cargo xtask test");
-    let ms = |v: f64| Duration::from_secs_f64(v / 1000.0);
-    let lab = Lab::up(
-        &Bins::beside_synack(),
-        Delays::rtt(ms(CLIENT_RTT_MS), ms(SERVER_RTT_MS)),
-        true,
-    )?;
+    let lab = lab()?;
     let dir = TempDir::new()?;
     let modules = dir.join("blackbox.yml");
     fs::write(&modules, MODULES)?;
@@ -586,10 +591,10 @@ fn blackbox_probe_through_prometheus_relabelling() -> Result<()> {
     );
 
     // Prometheus with blackbox_exporter's relabelling (its README's).
-    let cfg = dir.join("prometheus.yml");
-    fs::write(
-        &cfg,
-        format!(
+    let _prom = prometheus(
+        ns,
+        &dir,
+        &format!(
             "global:\n  scrape_interval: 2s\n  scrape_timeout: 1500ms\n  evaluation_interval: 2s\n\
              scrape_configs:\n  - job_name: blackbox\n    metrics_path: /probe\n    \
              params:\n      module: [http_2xx]\n    static_configs:\n      - targets:\n        \
@@ -599,17 +604,6 @@ fn blackbox_probe_through_prometheus_relabelling() -> Result<()> {
              - target_label: __address__\n        replacement: 127.0.0.1:9115\n"
         ),
     )?;
-    let log = fs::File::create(dir.join("prometheus.log"))?;
-    let mut p = ns.command("prometheus");
-    p.arg(format!("--config.file={}", cfg.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("prom-data").display()
-        ))
-        .arg("--web.listen-address=127.0.0.1:9090")
-        .stdout(Stdio::null())
-        .stderr(log);
-    let _prom = Proc::spawn(p, "prometheus")?;
     let get = |q: &str| one(ns, q).with_context(|| format!("no single series for {q}"));
     wait_for(
         Duration::from_secs(60),
@@ -724,12 +718,7 @@ fn points<'a>(req: &'a Value, name: &str) -> Vec<&'a Value> {
 )]
 fn otlp_push_decoded_with_the_official_schema() -> Result<()> {
     assert!(is_root(), "the monitor test needs root: cargo xtask test");
-    let ms = |v: f64| Duration::from_secs_f64(v / 1000.0);
-    let lab = Lab::up(
-        &Bins::beside_synack(),
-        Delays::rtt(ms(CLIENT_RTT_MS), ms(SERVER_RTT_MS)),
-        true,
-    )?;
+    let lab = lab()?;
     let dir = TempDir::new()?;
     let python =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lint-venv/bin/python3");
@@ -752,12 +741,7 @@ fn otlp_push_decoded_with_the_official_schema() -> Result<()> {
     })
     .with_context(|| fs::read_to_string(dir.join("otlp.err")).unwrap_or_default())?;
 
-    let host = url(Via::Direct, false, false, "/")
-        .trim_start_matches("http://")
-        .split(':')
-        .next()
-        .context("server host")?
-        .to_string();
+    let host = server_host()?;
     let targets = dir.join("targets.txt");
     fs::write(
         &targets,

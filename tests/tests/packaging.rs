@@ -86,15 +86,7 @@ fn daemonset(text: &str) -> Result<Container> {
         .find(|d| d["kind"].as_str() == Some("DaemonSet"))
         .context("no DaemonSet in the manifest")?;
     let c = &ds["spec"]["template"]["spec"]["containers"][0];
-    let strings = |y: &Yaml| -> Vec<String> {
-        y.as_vec()
-            .map(|v| {
-                v.iter()
-                    .filter_map(|s| s.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let strings = strings_of;
     let sc = &c["securityContext"];
     Ok(Container {
         args: strings(&c["args"]),

@@ -264,20 +264,18 @@ fn synack_part(reg: &mut Registry, recs: &[Record], main: Option<&Record>) {
             info,
         );
         use crate::model::verdict::PathKind;
-        match v.path {
-            PathKind::Middlebox | PathKind::Proxy => gauge(
+        let middlebox = match v.path {
+            PathKind::Middlebox | PathKind::Proxy => Some(1.0),
+            PathKind::Direct => Some(0.0),
+            PathKind::Unknown => None,
+        };
+        if let Some(m) = middlebox {
+            gauge(
                 reg,
                 "synack_path_middlebox",
                 "1 if a middlebox (or a declared proxy) is on the path, 0 if direct (absent while unknown)",
-                1.0,
-            ),
-            PathKind::Direct => gauge(
-                reg,
-                "synack_path_middlebox",
-                "1 if a middlebox (or a declared proxy) is on the path, 0 if direct (absent while unknown)",
-                0.0,
-            ),
-            PathKind::Unknown => {}
+                m,
+            );
         }
         if let Some(b) = v.bottleneck {
             let f = Family::<PhaseL, Gauge>::default();

@@ -824,9 +824,14 @@ fn cpu_seconds(pid: i32) -> Option<f64> {
 
 /// A process's resident set now, KiB (/proc/PID/status VmRSS).
 fn rss_kib(pid: i32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A KiB figure of /proc/PID/status (VmRSS:, VmHWM:).
+fn status_kib(pid: i32, field: &str) -> Option<u64> {
     let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .split_whitespace()
         .next()?
         .parse()
@@ -1018,13 +1023,7 @@ fn monitor_scale(quick: bool, n: Option<usize>) -> Result<Value> {
 }
 
 fn rss_peak_kib(pid: i32) -> Option<u64> {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    status_kib(pid, "VmHWM:")
 }
 
 /// Scale: new connections per second `synack watch` follows with no
