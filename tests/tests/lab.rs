@@ -191,9 +191,20 @@ fn transparent_tcp_proxy_is_found_and_measured() -> Result<()> {
     Ok(())
 }
 
-/// Every record: verdict middlebox, origin RTT within 3 ms of the set one,
-/// server time within 3 ms of the think time, the proxy 0 hops and one
-/// client-link RTT away.
+/// CPU time this host lost while one request ran, as synack measured it:
+/// hypervisor steal (all CPUs, 10 ms resolution) and the client's own
+/// run-queue wait. In the lab the delay line, the proxy and the origin run
+/// on these same CPUs, so a stolen vCPU delays "network" and "middlebox"
+/// packets that a real path would not.
+fn host_lost_ms(r: &Value) -> f64 {
+    let c = &r["client"];
+    c["steal_ms"].as_f64().unwrap_or(0.0) + c["run_delay_ms"].as_f64().unwrap_or(0.0)
+}
+
+/// Every record: verdict middlebox, origin RTT within 3 ms of the set one
+/// and server time within 3 ms of the think time (plus what the record
+/// says the host lost meanwhile), the median error of each within 3 ms
+/// regardless, the proxy 0 hops and one client-link RTT away.
 fn check_proxied(recs: &[Value], scenario: &str, near: f64, far: f64, think: f64) {
     let (mut eo, mut es) = (
         Errors::new("origin_rtt_ms vs the set RTT"),
@@ -207,16 +218,27 @@ fn check_proxied(recs: &[Value], scenario: &str, near: f64, far: f64, think: f64
         let t = spent(r, think);
         eo.push(o - far);
         es.push(s - t);
-        assert!((o - far).abs() <= 3.0, "{scenario}: origin RTT {o}: {r}");
+        let lost = host_lost_ms(r);
         assert!(
-            (s - t).abs() <= 3.0,
-            "{scenario}: server {s}, origin {t}: {r}"
+            (o - far).abs() <= 3.0 + lost,
+            "{scenario}: origin RTT {o} (host lost {lost} ms): {r}"
+        );
+        assert!(
+            (s - t).abs() <= 3.0 + lost,
+            "{scenario}: server {s}, origin {t} (host lost {lost} ms): {r}"
         );
         assert_eq!(r["middlebox"]["hops"], 0);
         assert!((f(r, &["middlebox", "near_rtt_ms"]) - near).abs() <= 1.5);
     }
-    eo.report(scenario);
-    es.report(scenario);
+    let (median_o, median_s) = (eo.report(scenario), es.report(scenario));
+    assert!(
+        median_o <= 3.0,
+        "{scenario}: origin RTT off by {median_o} ms (median)"
+    );
+    assert!(
+        median_s <= 3.0,
+        "{scenario}: server time off by {median_s} ms (median)"
+    );
 }
 
 #[test]
