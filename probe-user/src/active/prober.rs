@@ -473,15 +473,22 @@ struct ConnOutcome {
 
 impl Prober {
     pub(crate) fn new(kernel: Option<Kernel>, tls: ClientConfig, opts: Options) -> Self {
-        Self::with_shared(kernel.map(Hub::shared), Arc::new(tls), opts)
+        Self::with_shared(
+            kernel.map(Hub::shared),
+            Arc::new(tls),
+            opts,
+            crate::host::cpustat::CpuSources::find(),
+        )
     }
 
-    /// A prober on a kernel (and TLS set-up) shared with others that run at
-    /// the same time.
+    /// A prober on a kernel (and TLS set-up, and CPU counters' sources)
+    /// shared with others that run at the same time: the monitor's, whose
+    /// checks find these once.
     pub(crate) fn with_shared(
         kernel: Option<SharedKernel>,
         tls: Arc<ClientConfig>,
         opts: Options,
+        cpu: crate::host::cpustat::CpuSources,
     ) -> Self {
         let mode = if kernel.is_some() {
             "ebpf"
@@ -493,7 +500,7 @@ impl Prober {
             tls,
             opts,
             mode,
-            cpu: crate::host::cpustat::CpuSources::find(),
+            cpu,
             dump: Vec::new(),
         }
     }
@@ -1315,6 +1322,13 @@ impl Prober {
         // the hub is locked.
         let shared = self.kernel.clone()?;
         let mut k = shared.lock().unwrap_or_else(|e| e.into_inner());
+        // Whether the kernel still holds the connection, asked before the
+        // drain: the classifier removes a flow itself only after sending
+        // its closing events (both FINs, or a RST), so a flow gone by now
+        // has them in the drain below and reads as closed. Asked after the
+        // drain, a close that fell between the two looked like an
+        // eviction (tens a minute at 1,000 checks a second).
+        let present = key.map(|key| k.has_flow(key));
         let mut flow: Option<Flow> = None;
         for ev in k.take(cookie) {
             if self.opts.dump_events {
@@ -1336,12 +1350,12 @@ impl Prober {
             flow.get_or_insert_with(|| Flow::new(ev.key, ev.cookie))
                 .push(&ev);
         }
-        if let Some(key) = key {
+        if present == Some(false) {
             // The kernel drops a connection's state itself once it closed.
-            let saw_syn = flow.as_ref().is_some_and(|f| {
+            let live = flow.as_ref().is_some_and(|f| {
                 f.events.iter().any(|e| e.tcp_flags & TCP_SYN != 0) && !f.closed()
             });
-            if saw_syn && !k.has_flow(key) {
+            if live {
                 k.note_evicted();
             }
         }

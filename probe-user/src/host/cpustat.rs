@@ -12,7 +12,11 @@
 //!
 //! Each is None where the host does not expose it.
 
-use std::path::{Path, PathBuf};
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 /// One reading of the counters.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -38,21 +42,21 @@ pub(crate) struct Growth {
 impl CpuSnapshot {
     /// Reads every counter this host has.
     pub(crate) fn take(src: &CpuSources) -> Self {
+        let mut buf = String::new();
+        let throttling = src
+            .cpu_stat_file
+            .as_deref()
+            .and_then(|f| read_from_start(f, &mut buf))
+            .and_then(parse_cpu_stat);
         CpuSnapshot {
             run_delay_ns: run_delay("/proc/self/task"),
-            throttled_periods: src
-                .cpu_stat
-                .as_ref()
-                .and_then(|p| std::fs::read_to_string(p).ok())
-                .and_then(|s| parse_cpu_stat(&s).map(|x| x.0)),
-            throttled_ns: src
-                .cpu_stat
-                .as_ref()
-                .and_then(|p| std::fs::read_to_string(p).ok())
-                .and_then(|s| parse_cpu_stat(&s).map(|x| x.1)),
-            steal_ns: std::fs::read_to_string("/proc/stat")
-                .ok()
-                .and_then(|s| parse_steal_ticks(&s))
+            throttled_periods: throttling.map(|x| x.0),
+            throttled_ns: throttling.map(|x| x.1),
+            steal_ns: src
+                .stat
+                .as_deref()
+                .and_then(|f| read_from_start(f, &mut buf))
+                .and_then(parse_steal_ticks)
                 .map(|t| t * 1_000_000_000 / clock_ticks()),
         }
     }
@@ -69,11 +73,19 @@ impl CpuSnapshot {
     }
 }
 
-/// Where this process's cgroup keeps its CPU statistics (found once).
+/// Where this process's cgroup keeps its CPU statistics, found once (its
+/// cgroup from /proc/self/cgroup, where that is mounted from mountinfo),
+/// and the files kept open: each check reads them twice, and at 1,000
+/// checks a second finding them again and opening them each time was a
+/// fifth of `synack monitor`'s CPU. A process moved to another cgroup
+/// keeps reading the old one's until the next `find`.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct CpuSources {
-    /// The `cpu.stat` that has throttling fields (v2, or v1's cpu controller).
-    pub cpu_stat: Option<PathBuf>,
+    /// The `cpu.stat` that has throttling fields (v2, or v1's cpu
+    /// controller).
+    cpu_stat_file: Option<Arc<File>>,
+    /// `/proc/stat`.
+    stat: Option<Arc<File>>,
 }
 
 impl CpuSources {
@@ -86,8 +98,32 @@ impl CpuSources {
                 .and_then(|s| parse_cpu_stat(&s))
                 .is_some()
         });
-        CpuSources { cpu_stat }
+        let open = |p: &Path| File::open(p).ok().map(Arc::new);
+        CpuSources {
+            cpu_stat_file: cpu_stat.as_deref().and_then(open),
+            stat: open(Path::new("/proc/stat")),
+        }
     }
+}
+
+/// The whole of a procfs or cgroupfs file kept open, read again from its
+/// start (a seq_file makes its text anew for a read at offset 0); None if
+/// it cannot be read or is not text.
+fn read_from_start<'a>(f: &File, buf: &'a mut String) -> Option<&'a str> {
+    use std::os::unix::fs::FileExt;
+    let mut bytes = std::mem::take(buf).into_bytes();
+    bytes.clear();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match f.read_at(&mut chunk, bytes.len() as u64) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    *buf = String::from_utf8(bytes).ok()?;
+    Some(buf.as_str())
 }
 
 fn clock_ticks() -> u64 {

@@ -78,6 +78,8 @@ fn http_of(m: &Module) -> HttpVersion {
 /// What /probe needs of the monitor.
 pub(crate) struct ProbeCtx {
     pub kernel: Option<SharedKernel>,
+    /// This process's CPU counters (found once).
+    pub cpu: crate::host::cpustat::CpuSources,
     pub modules: RwLock<Arc<Loaded>>,
     pub cacert: Option<PathBuf>,
     pub insecure: bool,
@@ -233,6 +235,7 @@ pub(crate) async fn answer(
         },
         http: http_of(&m),
         whole: Some(left),
+        cpu: ctx.cpu.clone(),
     };
     let recs = job.check().await;
     let fin = probe_metrics::finals(&recs);

@@ -12,16 +12,19 @@ use crate::{
     model::verdict::PathKind,
 };
 use prometheus_client::{
-    encoding::EncodeLabelSet,
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, MetricEncoder, NoLabelSet},
     metrics::{
-        counter::Counter,
-        family::Family,
-        gauge::Gauge,
-        histogram::{Histogram, exponential_buckets},
+        MetricType, counter::Counter, family::Family, gauge::Gauge, histogram::exponential_buckets,
     },
     registry::Registry,
 };
-use std::sync::{Mutex, atomic::AtomicU64};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    ops::Bound,
+    sync::{Arc, Mutex},
+};
 
 /// The phases, as label values, with how each is read from a record (ms).
 pub(crate) const PHASES: [&str; 10] = [
@@ -36,44 +39,6 @@ pub(crate) const PHASES: [&str; 10] = [
     "client",
     "total",
 ];
-
-/// OpenMetrics text made Prometheus's classic text format: a counter's
-/// HELP and TYPE name its `_total` samples (OpenMetrics names the family
-/// without the suffix, which the classic format reads as a metric with no
-/// help), and the OpenMetrics-only `# UNIT` and `# EOF` lines go.
-pub(crate) fn classic_text(om: &str) -> String {
-    let counters: std::collections::HashSet<&str> = om
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(om.len());
-    for l in om.lines() {
-        if l == "# EOF" || l.starts_with("# UNIT ") {
-            continue;
-        }
-        let meta = ["# HELP ", "# TYPE "]
-            .into_iter()
-            .find_map(|p| l.strip_prefix(p).map(|rest| (p, rest)));
-        match meta {
-            Some((p, rest)) => {
-                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                out.push_str(p);
-                out.push_str(name);
-                if counters.contains(name) {
-                    out.push_str("_total");
-                }
-                if !tail.is_empty() || p == "# TYPE " {
-                    out.push(' ');
-                    out.push_str(tail);
-                }
-            }
-            None => out.push_str(l),
-        }
-        out.push('\n');
-    }
-    out
-}
 
 /// The media type a scraper gets: OpenMetrics when its Accept header asks
 /// for it (Prometheus does), else the classic text format.
@@ -113,77 +78,315 @@ pub(crate) fn phase_values(r: &Record) -> Vec<(&'static str, f64)> {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TargetL {
-    target: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PhaseL {
-    target: String,
-    phase: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultL {
-    target: String,
-    result: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindL {
-    target: String,
-    kind: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DirL {
-    target: String,
-    direction: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonL {
     reason: String,
 }
 
-type FGauge = Gauge<f64, AtomicU64>;
+/// The upper bounds of `synack_phase_duration_seconds`'s buckets: 0.25 ms
+/// to ~33 s, doubling (+Inf is the last count).
+fn bucket_bounds() -> Vec<f64> {
+    exponential_buckets(0.00025, 2.0, BUCKETS).collect()
+}
 
-fn phase_histogram() -> Histogram {
-    // 0.25 ms .. ~33 s, doubling.
-    Histogram::new(exponential_buckets(0.00025, 2.0, 18))
+/// Finite buckets per phase histogram.
+const BUCKETS: u16 = 18;
+
+/// One phase's histogram of one target: per-bucket counts (not
+/// cumulative), the last one +Inf, and the sum in seconds.
+#[derive(Clone, Debug, Default)]
+struct Hist {
+    counts: [u64; BUCKETS as usize + 1],
+    sum: f64,
+}
+
+impl Hist {
+    fn observe(&mut self, bounds: &[f64], v: f64) {
+        let i = bounds.partition_point(|&b| b < v);
+        self.counts[i] += 1;
+        self.sum += v;
+    }
+    fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// Everything `synack monitor` exposes of one target, in one place.
+/// prometheus-client's `Family` keeps each series as a map entry with its
+/// own copy of the labels, an `Arc` and a lock: at 10,000 targets that
+/// was ~12 KiB a target; this is ~1.7 KiB.
+#[derive(Clone, Debug, Default)]
+struct Series {
+    /// By PHASES' index; a phase never observed has no series.
+    phases: [Hist; PHASES.len()],
+    success: Option<bool>,
+    middlebox: Option<bool>,
+    /// The last check's bottleneck (index in BOTTLENECKS); None when it
+    /// was unknown (the series are then absent).
+    bottleneck: Option<u8>,
+    ttl: Option<u8>,
+    hops: Option<u8>,
+    status: Option<u16>,
+    last_ttfb_s: Option<f64>,
+    /// success, failure.
+    checks: [u64; 2],
+    /// out, in.
+    retransmits: [u64; 2],
+    skipped: u64,
+    /// By error kind, in the order first seen.
+    errors: Vec<(&'static str, u64)>,
+    /// `synack_target_info`'s labels but the target: url, tags.
+    info: Vec<(String, String)>,
+}
+
+/// The targets' series by name (sorted: /metrics reads in target order).
+#[derive(Debug, Default)]
+struct Store {
+    targets: BTreeMap<String, Series>,
+}
+
+/// The live store as prometheus-client sees it. A scrape reads it a batch
+/// of targets at a time, each batch copied out under the lock and encoded
+/// after it: the checks never wait for a slow scraper, and a scrape of
+/// 10,000 targets allocates no copy of them all (a whole copy, ~17 MiB
+/// made and freed every scrape, grew the heap by fragmentation).
+#[derive(Debug)]
+struct Live {
+    store: Arc<Mutex<Store>>,
+    bounds: Vec<f64>,
+}
+
+/// Targets copied out per lock.
+const BATCH: usize = 64;
+
+impl Live {
+    /// `pick`s each target's part (in name order) and hands it on a batch
+    /// at a time. Targets added or removed meanwhile are seen or not by
+    /// where they fall in the order, as a scrape between two checks would.
+    fn each<T>(
+        &self,
+        pick: impl Fn(&Series) -> T,
+        mut emit: impl FnMut(&str, &T) -> fmt::Result,
+    ) -> fmt::Result {
+        let mut batch: Vec<(String, T)> = Vec::with_capacity(BATCH);
+        let mut after: Option<String> = None;
+        loop {
+            batch.clear();
+            {
+                let st = self.store.lock().unwrap_or_else(|e| e.into_inner());
+                let from = match &after {
+                    Some(a) => Bound::Excluded(a.as_str()),
+                    None => Bound::Unbounded,
+                };
+                batch.extend(
+                    st.targets
+                        .range::<str, _>((from, Bound::Unbounded))
+                        .take(BATCH)
+                        .map(|(n, s)| (n.clone(), pick(s))),
+                );
+            }
+            let Some((last, _)) = batch.last() else {
+                return Ok(());
+            };
+            after = Some(last.clone());
+            for (n, v) in &batch {
+                emit(n, v)?;
+            }
+        }
+    }
+}
+
+/// A per-target gauge: name, help, and its value in a series (absent: no
+/// sample).
+type GaugeOf = (&'static str, &'static str, fn(&Series) -> Option<f64>);
+
+fn counter(e: &mut MetricEncoder, n: u64) -> fmt::Result {
+    e.encode_counter::<NoLabelSet, _, u64>(&n, None)
+}
+
+impl Collector for Live {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let mut d = enc.encode_descriptor(
+            "synack_phase_duration_seconds",
+            "Duration of each phase of a check: dns, connect, tls (user space, as blackbox_exporter's resolve/connect/tls), wire_handshake (SYN to SYN-ACK), wire_ttfb (request out to response in, on the wire), server, middlebox, network (the verdict's breakdown), total.",
+            None,
+            MetricType::Histogram,
+        )?;
+        let mut buckets: Vec<(f64, u64)> = self
+            .bounds
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .map(|b| (b, 0))
+            .collect();
+        self.each(
+            |s| s.phases.clone(),
+            |t, phases| {
+                for (p, h) in PHASES.iter().zip(phases) {
+                    let n = h.count();
+                    if n == 0 {
+                        continue;
+                    }
+                    for (b, c) in buckets.iter_mut().zip(h.counts) {
+                        b.1 = c;
+                    }
+                    d.encode_family(&[("target", t), ("phase", p)])?
+                        .encode_histogram::<NoLabelSet>(h.sum, n, &buckets, None)?;
+                }
+                Ok(())
+            },
+        )?;
+        let gauges: [GaugeOf; 6] = [
+            (
+                "synack_check_success",
+                "1 if the last check succeeded (no error, expected status), else 0.",
+                |s| s.success.map(|b| b as u8 as f64),
+            ),
+            (
+                "synack_path_middlebox",
+                "1 if the last check found a TCP-terminating middlebox on the path, 0 if the path was direct (absent while unknown).",
+                |s| s.middlebox.map(|b| b as u8 as f64),
+            ),
+            (
+                "synack_synack_ttl",
+                "TTL (IPv4) or hop limit (IPv6) of the last check's SYN-ACK.",
+                |s| s.ttl.map(f64::from),
+            ),
+            (
+                "synack_synack_hops",
+                "Hops to whatever answered the last check's SYN, from its TTL.",
+                |s| s.hops.map(f64::from),
+            ),
+            (
+                "synack_http_status_code",
+                "HTTP status of the last check's last response (0 if none).",
+                |s| s.status.map(f64::from),
+            ),
+            (
+                "synack_wire_ttfb_seconds",
+                "Wire time to first byte of the last check (request out to response in).",
+                |s| s.last_ttfb_s,
+            ),
+        ];
+        for (name, help, get) in gauges {
+            let mut d = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            self.each(get, |t, v| {
+                let Some(v) = *v else { return Ok(()) };
+                // Integers print as integers, as prometheus-client's i64
+                // gauges do.
+                let labels = [("target", t)];
+                let mut e = d.encode_family(&labels)?;
+                if v.fract() == 0.0 && v.abs() < 1e15 {
+                    e.encode_gauge(&(v as i64))
+                } else {
+                    e.encode_gauge(&v)
+                }
+            })?;
+        }
+        let mut d = enc.encode_descriptor(
+            "synack_bottleneck",
+            "1 for the phase (network, middlebox, server, client) that held most of the last check's time, 0 for the others (absent while unknown).",
+            None,
+            MetricType::Gauge,
+        )?;
+        self.each(
+            |s| s.bottleneck,
+            |t, b| {
+                let Some(b) = *b else { return Ok(()) };
+                for (i, p) in BOTTLENECKS.iter().enumerate() {
+                    d.encode_family(&[("target", t), ("phase", p)])?
+                        .encode_gauge(&((i == b as usize) as i64))?;
+                }
+                Ok(())
+            },
+        )?;
+        let mut d = enc.encode_descriptor(
+            "synack_checks",
+            "Checks run, by result (success or failure).",
+            None,
+            MetricType::Counter,
+        )?;
+        self.each(
+            |s| s.checks,
+            |t, checks| {
+                for (r, n) in ["success", "failure"].iter().zip(checks) {
+                    counter(&mut d.encode_family(&[("target", t), ("result", r)])?, *n)?;
+                }
+                Ok(())
+            },
+        )?;
+        let mut d = enc.encode_descriptor(
+            "synack_check_errors",
+            "Failed checks by error kind (dns, connect_refused, connect, timeout, tls, http, io, status, kernel, ...).",
+            None,
+            MetricType::Counter,
+        )?;
+        self.each(
+            |s| s.errors.clone(),
+            |t, errors| {
+                for (k, n) in errors {
+                    counter(&mut d.encode_family(&[("target", t), ("kind", k)])?, *n)?;
+                }
+                Ok(())
+            },
+        )?;
+        let mut d = enc.encode_descriptor(
+            "synack_retransmits",
+            "TCP payload segments sent again (out) or received again (in) during checks.",
+            None,
+            MetricType::Counter,
+        )?;
+        self.each(
+            |s| s.retransmits,
+            |t, retransmits| {
+                for (dir, n) in ["out", "in"].iter().zip(retransmits) {
+                    counter(
+                        &mut d.encode_family(&[("target", t), ("direction", dir)])?,
+                        *n,
+                    )?;
+                }
+                Ok(())
+            },
+        )?;
+        let mut d = enc.encode_descriptor(
+            "synack_checks_skipped",
+            "Checks not started because the previous one of the target was still running.",
+            None,
+            MetricType::Counter,
+        )?;
+        self.each(
+            |s| s.skipped,
+            |t, n| counter(&mut d.encode_family(&[("target", t)])?, *n),
+        )?;
+        let mut d = enc.encode_descriptor(
+            "synack_target_info",
+            "Each target's URL and tags (value 1).",
+            None,
+            MetricType::Gauge,
+        )?;
+        self.each(
+            |s| s.info.clone(),
+            |t, info| {
+                let labels: Vec<(&str, &str)> = [("target", t)]
+                    .into_iter()
+                    .chain(info.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    .collect();
+                d.encode_family(&labels)?.encode_gauge(&1i64)
+            },
+        )
+    }
 }
 
 /// Every metric `synack monitor` exposes.
 pub(crate) struct Metrics {
+    store: Arc<Mutex<Store>>,
+    bounds: Vec<f64>,
+    /// The per-target series (through [`Live`]) and the host-wide ones.
     registry: Registry,
-    phase: Family<PhaseL, Histogram, fn() -> Histogram>,
-    success: Family<TargetL, Gauge>,
-    middlebox: Family<TargetL, Gauge>,
-    bottleneck: Family<PhaseL, Gauge>,
-    ttl: Family<TargetL, Gauge>,
-    hops: Family<TargetL, Gauge>,
-    status: Family<TargetL, Gauge>,
-    last_ttfb: Family<TargetL, FGauge>,
-    checks: Family<ResultL, Counter>,
-    errors: Family<KindL, Counter>,
-    retransmits: Family<DirL, Counter>,
-    skipped: Family<TargetL, Counter>,
     lost: Family<ReasonL, Counter>,
-    info: Family<Vec<(String, String)>, Gauge>,
     file_errors: Gauge,
     targets: Gauge,
-    /// Kernel loss counters already exported, and the label sets created
-    /// per target (to remove them with the target).
-    state: Mutex<State>,
-}
-
-#[derive(Default)]
-struct State {
-    drops: Drops,
-    kinds: Vec<(String, String)>,
-    /// Each target's info labels, by target (a map: a reload of 10,000
-    /// targets looks each one up).
-    info: std::collections::HashMap<String, Vec<(String, String)>>,
+    /// Kernel loss counters already exported.
+    drops: Mutex<Drops>,
 }
 
 impl Default for Metrics {
@@ -192,362 +395,220 @@ impl Default for Metrics {
     }
 }
 
+/// `registry` as OpenMetrics text (with its `# EOF`) or as Prometheus's
+/// classic text format 0.0.4 (counters' HELP and TYPE named with their
+/// `_total`, no `# UNIT`), both prometheus-client's own encoders.
+pub(crate) fn encode_text(
+    w: &mut impl fmt::Write,
+    registry: &Registry,
+    openmetrics: bool,
+) -> fmt::Result {
+    if openmetrics {
+        prometheus_client::encoding::text::encode(w, registry)
+    } else {
+        prometheus_client::encoding::prometheus_text::encode(w, registry)
+    }
+}
+
 impl Metrics {
     pub(crate) fn new() -> Self {
+        let store = Arc::new(Mutex::new(Store::default()));
+        let bounds = bucket_bounds();
+        let (lost, file_errors, targets) = (Family::default(), Gauge::default(), Gauge::default());
         let mut registry = Registry::default();
-        let phase = Family::<PhaseL, Histogram, fn() -> Histogram>::new_with_constructor(
-            phase_histogram as fn() -> Histogram,
-        );
-        let m = Metrics {
-            registry: Registry::default(),
-            phase,
-            success: Family::default(),
-            middlebox: Family::default(),
-            bottleneck: Family::default(),
-            ttl: Family::default(),
-            hops: Family::default(),
-            status: Family::default(),
-            last_ttfb: Family::default(),
-            checks: Family::default(),
-            errors: Family::default(),
-            retransmits: Family::default(),
-            skipped: Family::default(),
-            lost: Family::default(),
-            info: Family::default(),
-            file_errors: Gauge::default(),
-            targets: Gauge::default(),
-            state: Mutex::new(State::default()),
-        };
-        registry.register(
-            "synack_phase_duration_seconds",
-            "Duration of each phase of a check: dns, connect, tls (user space, as blackbox_exporter's resolve/connect/tls), wire_handshake (SYN to SYN-ACK), wire_ttfb (request out to response in, on the wire), server, middlebox, network (the verdict's breakdown), total",
-            m.phase.clone(),
-        );
-        registry.register(
-            "synack_check_success",
-            "1 if the last check succeeded (no error, expected status), else 0",
-            m.success.clone(),
-        );
-        registry.register(
-            "synack_path_middlebox",
-            "1 if the last check found a TCP-terminating middlebox on the path, 0 if the path was direct (absent while unknown)",
-            m.middlebox.clone(),
-        );
-        registry.register(
-            "synack_bottleneck",
-            "1 for the phase (network, middlebox, server, client) that held most of the last check's time, 0 for the others (absent while unknown)",
-            m.bottleneck.clone(),
-        );
-        registry.register(
-            "synack_synack_ttl",
-            "TTL (IPv4) or hop limit (IPv6) of the last check's SYN-ACK",
-            m.ttl.clone(),
-        );
-        registry.register(
-            "synack_synack_hops",
-            "Hops to whatever answered the last check's SYN, from its TTL",
-            m.hops.clone(),
-        );
-        registry.register(
-            "synack_http_status_code",
-            "HTTP status of the last check's last response (0 if none)",
-            m.status.clone(),
-        );
-        registry.register(
-            "synack_wire_ttfb_seconds",
-            "Wire time to first byte of the last check (request out to response in)",
-            m.last_ttfb.clone(),
-        );
-        registry.register(
-            "synack_checks",
-            "Checks run, by result (success or failure)",
-            m.checks.clone(),
-        );
-        registry.register(
-            "synack_check_errors",
-            "Failed checks by error kind (dns, connect_refused, connect, timeout, tls, http, io, status, kernel, ...)",
-            m.errors.clone(),
-        );
-        registry.register(
-            "synack_retransmits",
-            "TCP payload segments sent again (out) or received again (in) during checks",
-            m.retransmits.clone(),
-        );
-        registry.register(
-            "synack_checks_skipped",
-            "Checks not started because the previous one of the target was still running",
-            m.skipped.clone(),
-        );
+        registry.register_collector(Box::new(Live {
+            store: store.clone(),
+            bounds: bounds.clone(),
+        }));
         registry.register(
             "synack_events_lost",
             "Kernel events or flows lost, by reason (ringbuf_full, flow_insert_failed, flows_evicted, undecodable)",
-            m.lost.clone(),
-        );
-        registry.register(
-            "synack_target_info",
-            "Each target's URL and tags (value 1)",
-            m.info.clone(),
+            Family::clone(&lost),
         );
         registry.register(
             "synack_targets_file_errors",
             "Broken lines in the targets file at the last (re)load",
-            m.file_errors.clone(),
+            Gauge::clone(&file_errors),
         );
-        registry.register("synack_targets", "Targets being checked", m.targets.clone());
-        Metrics { registry, ..m }
+        registry.register(
+            "synack_targets",
+            "Targets being checked",
+            Gauge::clone(&targets),
+        );
+        Metrics {
+            store,
+            bounds,
+            registry,
+            lost,
+            file_errors,
+            targets,
+            drops: Mutex::new(Drops::default()),
+        }
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the exposition, OpenMetrics or the classic text format as
+    /// negotiated, to `w` (a scraper's connection, chunk by chunk).
+    pub(crate) fn write(&self, w: &mut impl fmt::Write, openmetrics: bool) -> fmt::Result {
+        encode_text(w, &self.registry, openmetrics)
     }
 
     /// The OpenMetrics text of every metric.
+    #[cfg(test)]
     pub(crate) fn encode(&self) -> String {
         let mut s = String::new();
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
+        let _ = self.write(&mut s, true);
         s
     }
 
-    /// The same metrics in Prometheus's classic text format (0.0.4), for
-    /// a scraper that does not ask for OpenMetrics (promtool, older
-    /// Prometheus, agents).
+    /// The same metrics in Prometheus's classic text format (0.0.4).
+    #[cfg(test)]
     pub(crate) fn encode_classic(&self) -> String {
-        classic_text(&self.encode())
-    }
-
-    fn t(target: &str) -> TargetL {
-        TargetL {
-            target: target.to_string(),
-        }
+        let mut s = String::new();
+        let _ = self.write(&mut s, false);
+        s
     }
 
     /// The targets file was (re)loaded.
     pub(crate) fn set_targets(&self, targets: &[Target], file_errors: usize) {
         self.targets.set(targets.len() as i64);
         self.file_errors.set(file_errors as i64);
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.store();
         for t in targets {
-            let mut labels = vec![
-                ("target".to_string(), t.name.clone()),
-                ("url".to_string(), t.url.clone()),
-            ];
-            labels.extend(
+            let mut info = vec![("url".to_string(), t.url.clone())];
+            info.extend(
                 t.tags
                     .iter()
                     .map(|(k, v)| (format!("tag_{}", sanitize(k)), v.clone())),
             );
-            // A target whose URL or tags changed drops its old info series.
-            if let Some(old) = st.info.remove(&t.name)
-                && old != labels
-            {
-                self.info.remove(&old);
-            }
-            self.info.get_or_create(&labels).set(1);
-            st.info.insert(t.name.clone(), labels);
             // Counters exist from the start at 0, so that rate() and
             // increase() (and a dashboard's panels) have a series before
-            // the first skip or failure.
-            let _ = self.skipped.get_or_create(&Self::t(&t.name));
-            for r in ["success", "failure"] {
-                let _ = self.checks.get_or_create(&ResultL {
-                    target: t.name.clone(),
-                    result: r.to_string(),
-                });
+            // the first skip or failure. A target whose URL or tags
+            // changed keeps its counts and gets its new info labels.
+            match st.targets.get_mut(&t.name) {
+                Some(s) => {
+                    if s.info != info {
+                        s.info = info;
+                    }
+                }
+                None => {
+                    st.targets.insert(
+                        t.name.clone(),
+                        Series {
+                            info,
+                            ..Series::default()
+                        },
+                    );
+                }
             }
+        }
+    }
+
+    /// Updates the series of `target`, if it is still a target: only
+    /// `set_targets` makes series, so a check that ends after its target
+    /// left cannot bring back series that nothing would remove.
+    fn with(&self, target: &str, f: impl FnOnce(&mut Series, &[f64])) {
+        if let Some(s) = self.store().targets.get_mut(target) {
+            f(s, &self.bounds);
         }
     }
 
     /// A check of `target` was due while the previous one still ran.
     pub(crate) fn skipped(&self, target: &str) {
-        self.skipped.get_or_create(&Self::t(target)).inc();
+        self.with(target, |s, _| s.skipped += 1);
     }
 
     /// Records one finished check (all its records: `reuse` requests).
     pub(crate) fn observe(&self, target: &str, records: &[Record], outcome: &Outcome) {
-        self.observe_phases(target, records);
-        self.observe_outcome(target, outcome);
-        self.observe_path(target, records);
-    }
-
-    /// Each record's phases into the histograms, its retransmissions into
-    /// the counters.
-    fn observe_phases(&self, target: &str, records: &[Record]) {
-        for r in records {
-            for (phase, ms) in phase_values(r) {
-                self.phase
-                    .get_or_create(&PhaseL {
-                        target: target.to_string(),
-                        phase: phase.to_string(),
-                    })
-                    .observe(ms / 1000.0);
-            }
-            for (dir, n) in [
-                ("out", r.wire.retransmits_out),
-                ("in", r.wire.retransmits_in),
-            ] {
-                let c = self.retransmits.get_or_create(&DirL {
-                    target: target.to_string(),
-                    direction: dir.to_string(),
-                });
-                c.inc_by(n.unwrap_or(0) as u64);
-            }
-        }
-    }
-
-    /// Success, the check counter, and the error kind (remembered, so that
-    /// a target that leaves takes its series with it).
-    fn observe_outcome(&self, target: &str, outcome: &Outcome) {
-        let tl = Self::t(target);
-        self.success.get_or_create(&tl).set(outcome.success as i64);
-        let result = if outcome.success {
-            "success"
-        } else {
-            "failure"
-        };
-        self.checks
-            .get_or_create(&ResultL {
-                target: target.to_string(),
-                result: result.to_string(),
-            })
-            .inc();
-        if let Some(kind) = outcome.error_kind {
-            let l = KindL {
-                target: target.to_string(),
-                kind: kind.as_str().to_string(),
-            };
-            self.errors.get_or_create(&l).inc();
-            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            if !st.kinds.contains(&(l.target.clone(), l.kind.clone())) {
-                st.kinds.push((l.target, l.kind));
-            }
-        }
-    }
-
-    /// What the last records say of the path: status, middlebox, the
-    /// bottleneck, SYN-ACK TTL and hops, TTFB.
-    fn observe_path(&self, target: &str, records: &[Record]) {
-        let tl = Self::t(target);
-        let last = records.last();
-        self.status
-            .get_or_create(&tl)
-            .set(last.and_then(|r| r.http_status).unwrap_or(0) as i64);
-        if let Some(v) = records.iter().rev().find_map(|r| r.verdict.as_ref()) {
-            match v.path {
-                // A declared proxy is a middlebox on the path too.
-                PathKind::Middlebox | PathKind::Proxy => {
-                    self.middlebox.get_or_create(&tl).set(1);
-                }
-                PathKind::Direct => {
-                    self.middlebox.get_or_create(&tl).set(0);
-                }
-                PathKind::Unknown => {}
-            }
-        }
-        let last_bottleneck = records
-            .iter()
-            .rev()
-            .find_map(|r| r.verdict.as_ref())
-            .and_then(|v| v.bottleneck);
-        for p in BOTTLENECKS {
-            let l = PhaseL {
-                target: tl.target.clone(),
-                phase: p.to_string(),
-            };
-            match last_bottleneck {
-                Some(b) => {
-                    self.bottleneck
-                        .get_or_create(&l)
-                        .set((b.name() == p) as i64);
-                }
-                None => {
-                    self.bottleneck.remove(&l);
-                }
-            }
-        }
-        if let Some(r) = records.iter().find(|r| r.wire.synack_ttl.is_some()) {
-            self.ttl
-                .get_or_create(&tl)
-                .set(r.wire.synack_ttl.unwrap_or(0) as i64);
-            self.hops
-                .get_or_create(&tl)
-                .set(r.wire.synack_hops.unwrap_or(0) as i64);
-        }
-        if let Some(t) = last.and_then(|r| r.wire.ttfb_ms) {
-            self.last_ttfb.get_or_create(&tl).set(t / 1000.0);
-        }
+        self.with(target, |s, bounds| {
+            observe_phases(s, bounds, records);
+            observe_outcome(s, outcome);
+            observe_path(s, records);
+        });
     }
 
     /// Exports the kernel's loss counters (they only grow).
     pub(crate) fn drops(&self, d: Drops) {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        for (reason, now, before) in [
-            ("ringbuf_full", d.ringbuf_full, st.drops.ringbuf_full),
+        let mut before = self.drops.lock().unwrap_or_else(|e| e.into_inner());
+        for (reason, now, was) in [
+            ("ringbuf_full", d.ringbuf_full, before.ringbuf_full),
             (
                 "flow_insert_failed",
                 d.flow_insert_failed,
-                st.drops.flow_insert_failed,
+                before.flow_insert_failed,
             ),
-            ("flows_evicted", d.flows_evicted, st.drops.flows_evicted),
-            ("undecodable", d.undecodable, st.drops.undecodable),
+            ("flows_evicted", d.flows_evicted, before.flows_evicted),
+            ("undecodable", d.undecodable, before.undecodable),
         ] {
             let c = self.lost.get_or_create(&ReasonL {
                 reason: reason.to_string(),
             });
-            c.inc_by(now.saturating_sub(before));
+            c.inc_by(now.saturating_sub(was));
         }
-        st.drops = d;
+        *before = d;
     }
 
     /// Forgets every series of a target that left the targets file.
     pub(crate) fn remove_target(&self, target: &str) {
-        let tl = Self::t(target);
-        for p in PHASES {
-            self.phase.remove(&PhaseL {
-                target: target.to_string(),
-                phase: p.to_string(),
-            });
-        }
-        for p in BOTTLENECKS {
-            self.bottleneck.remove(&PhaseL {
-                target: target.to_string(),
-                phase: p.to_string(),
-            });
-        }
-        for g in [
-            &self.success,
-            &self.middlebox,
-            &self.ttl,
-            &self.hops,
-            &self.status,
-        ] {
-            g.remove(&tl);
-        }
-        self.last_ttfb.remove(&tl);
-        self.skipped.remove(&tl);
-        for r in ["success", "failure"] {
-            self.checks.remove(&ResultL {
-                target: target.to_string(),
-                result: r.to_string(),
-            });
-        }
-        for d in ["out", "in"] {
-            self.retransmits.remove(&DirL {
-                target: target.to_string(),
-                direction: d.to_string(),
-            });
-        }
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.kinds.retain(|(t, k)| {
-            if t == target {
-                self.errors.remove(&KindL {
-                    target: t.clone(),
-                    kind: k.clone(),
-                });
-                false
-            } else {
-                true
+        self.store().targets.remove(target);
+    }
+}
+
+/// Each record's phases into the histograms, its retransmissions into the
+/// counters.
+fn observe_phases(s: &mut Series, bounds: &[f64], records: &[Record]) {
+    for r in records {
+        for (phase, ms) in phase_values(r) {
+            if let Some(i) = PHASES.iter().position(|p| *p == phase) {
+                s.phases[i].observe(bounds, ms / 1000.0);
             }
-        });
-        if let Some(labels) = st.info.remove(target) {
-            self.info.remove(&labels);
         }
+        s.retransmits[0] += u64::from(r.wire.retransmits_out.unwrap_or(0));
+        s.retransmits[1] += u64::from(r.wire.retransmits_in.unwrap_or(0));
+    }
+}
+
+/// Success, the check counter, and the error kind.
+fn observe_outcome(s: &mut Series, outcome: &Outcome) {
+    s.success = Some(outcome.success);
+    s.checks[usize::from(!outcome.success)] += 1;
+    if let Some(kind) = outcome.error_kind {
+        let k = kind.as_str();
+        match s.errors.iter_mut().find(|(x, _)| *x == k) {
+            Some((_, n)) => *n += 1,
+            None => s.errors.push((k, 1)),
+        }
+    }
+}
+
+/// What the last records say of the path: status, middlebox, the
+/// bottleneck, SYN-ACK TTL and hops, TTFB.
+fn observe_path(s: &mut Series, records: &[Record]) {
+    let last = records.last();
+    s.status = Some(last.and_then(|r| r.http_status).unwrap_or(0));
+    let verdict = records.iter().rev().find_map(|r| r.verdict.as_ref());
+    if let Some(v) = verdict {
+        match v.path {
+            // A declared proxy is a middlebox on the path too.
+            PathKind::Middlebox | PathKind::Proxy => s.middlebox = Some(true),
+            PathKind::Direct => s.middlebox = Some(false),
+            PathKind::Unknown => {}
+        }
+    }
+    s.bottleneck = verdict
+        .and_then(|v| v.bottleneck)
+        .and_then(|b| BOTTLENECKS.iter().position(|p| *p == b.name()))
+        .map(|i| i as u8);
+    if let Some(r) = records.iter().find(|r| r.wire.synack_ttl.is_some()) {
+        s.ttl = Some(r.wire.synack_ttl.unwrap_or(0));
+        s.hops = Some(r.wire.synack_hops.unwrap_or(0));
+    }
+    if let Some(t) = last.and_then(|r| r.wire.ttfb_ms) {
+        s.last_ttfb_s = Some(t / 1000.0);
     }
 }
 
@@ -788,6 +849,41 @@ mod tests {
     }
 
     #[test]
+    fn every_target_once_across_batches_and_none_after_it_left() {
+        let m = Metrics::new();
+        let n = 3 * BATCH + 5;
+        let list: Vec<Target> = (0..n)
+            .flat_map(|i| parse(&format!("http://h/ name=t{i:04}")).0)
+            .collect();
+        m.set_targets(&list, 0);
+        for t in &list {
+            m.observe(&t.name, &[rec()], &outcome(t, &[rec()]));
+        }
+        m.remove_target("t0070");
+        // A check that ends after its target left brings nothing back.
+        m.observe("t0070", &[rec()], &outcome(&list[70], &[rec()]));
+        m.skipped("t0070");
+        let s = m.encode();
+        let counts: Vec<&str> = s
+            .lines()
+            .filter(|l| {
+                l.starts_with("synack_phase_duration_seconds_count{")
+                    && l.contains("phase=\"server\"")
+            })
+            .collect();
+        assert_eq!(counts.len(), n - 1, "{s}");
+        assert!(counts.iter().all(|l| l.ends_with(" 1")));
+        // In target order, each once.
+        let names: Vec<&str> = counts.iter().filter_map(|l| l.split('"').nth(1)).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(names, sorted);
+        assert!(!s.contains("t0070"), "a removed target's series remain");
+        assert_eq!(s.matches("synack_checks_skipped_total{").count(), n - 1);
+    }
+
+    #[test]
     fn classic_text_names_counters_with_their_suffix() {
         let m = Metrics::new();
         let t = target();
@@ -813,12 +909,24 @@ mod tests {
             !c.contains("# EOF") && !c.contains("# TYPE synack_checks counter"),
             "{c}"
         );
-        // Every sample line is unchanged.
+        // The same samples in both, whatever each encoder's order of lines
+        // and of labels (no label value here holds a comma).
         let samples = |t: &str| -> Vec<String> {
-            t.lines()
+            let mut v: Vec<String> = t
+                .lines()
                 .filter(|l| !l.starts_with('#'))
-                .map(str::to_string)
-                .collect()
+                .map(|l| match l.split_once('{') {
+                    Some((name, rest)) => {
+                        let (labels, value) = rest.split_once('}').unwrap_or((rest, ""));
+                        let mut ls: Vec<&str> = labels.split(',').collect();
+                        ls.sort_unstable();
+                        format!("{name}{{{}}}{value}", ls.join(","))
+                    }
+                    None => l.to_string(),
+                })
+                .collect();
+            v.sort_unstable();
+            v
         };
         assert_eq!(samples(&om), samples(&c));
         assert!(

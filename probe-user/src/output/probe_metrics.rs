@@ -164,12 +164,8 @@ pub(crate) fn probe_text(recs: &[Record], success: bool, duration_s: f64, om: bo
     );
     let mut s = String::new();
     // Writing to a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut s, &reg);
-    if om {
-        s
-    } else {
-        crate::output::metrics::classic_text(&s)
-    }
+    let _ = crate::output::metrics::encode_text(&mut s, &reg, om);
+    s
 }
 
 /// synack's own, from the final hop's first request (the one that paid

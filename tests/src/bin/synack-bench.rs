@@ -11,6 +11,10 @@
 //! no-op classifier to both directions of IFACE until it is stopped: the
 //! baseline the run-time statistics are taken net of. `synack-bench startup
 //! BIN...` compares builds' start-up and peak memory side by side.
+//! `synack-bench monitor-scale [--targets N] [--seconds S] [--quick]` runs
+//! `synack monitor` on N targets at a 10 s interval for S measured seconds
+//! (default 10,000 and 120) with the targets file rewritten every 5 s and
+//! /metrics scraped every 15 s, and prints its CPU, RSS and checks as JSON.
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
@@ -42,7 +46,8 @@ fn main() {
     } else if args.first().map(String::as_str) == Some("monitor-scale") {
         let quick = args.iter().any(|a| a == "--quick");
         let n = arg_value(&args, "--targets").and_then(|v| v.parse().ok());
-        monitor_scale(quick, n)
+        let secs = arg_value(&args, "--seconds").and_then(|v| v.parse().ok());
+        monitor_scale(quick, n, secs)
             .map(|v| println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()))
     } else {
         bench(&args)
@@ -96,7 +101,7 @@ fn bench(args: &[String]) -> Result<()> {
     eprintln!("bench: scale of synack watch");
     results.insert("scale".into(), scale(quick)?);
     eprintln!("bench: scale of synack monitor (targets at a 10 s interval)");
-    results.insert("monitor_scale".into(), monitor_scale(quick, None)?);
+    results.insert("monitor_scale".into(), monitor_scale(quick, None, None)?);
     summarize(&mut results);
     results.insert(
         "duration_s".into(),
@@ -855,11 +860,11 @@ fn metric_sum(text: &str, prefix: &str) -> f64 {
 /// system over the window, % of one core), its RSS sampled every second
 /// (the first third of the window against the last: growth), its peak;
 /// then one scrape of /metrics for checks done, failed and skipped.
-fn monitor_scale(quick: bool, n: Option<usize>) -> Result<Value> {
+fn monitor_scale(quick: bool, n: Option<usize>, secs: Option<u64>) -> Result<Value> {
     let n = n.unwrap_or(if quick { 2_000 } else { 10_000 });
     let interval = 10u64;
     let warm = Duration::from_secs(2 * interval);
-    let run = Duration::from_secs(if quick { 40 } else { 120 });
+    let run = Duration::from_secs(secs.unwrap_or(if quick { 40 } else { 120 }).clamp(10, 3600));
     let concurrency = 32;
     let b = bed()?;
     let targets = b.dir.join("scale-targets.txt");
@@ -936,27 +941,71 @@ fn monitor_scale(quick: bool, n: Option<usize>) -> Result<Value> {
     let mut next_rewrite = start + Duration::from_secs(5);
     let mut samples: Vec<(f64, u64)> = Vec::new();
     let mut cpu0 = None;
-    while start.elapsed() < warm + run {
-        std::thread::sleep(Duration::from_secs(1));
-        if let Ok(Some(st)) = p.child.try_wait() {
-            bail!(
-                "the monitor exited ({st}): {}",
-                fs::read_to_string(&err).unwrap_or_default()
-            );
-        }
-        if Instant::now() >= next_rewrite {
-            generation += 1;
-            write(generation)?;
-            next_rewrite += Duration::from_secs(5);
-        }
-        let t = start.elapsed();
-        if t >= warm {
-            if cpu0.is_none() {
-                cpu0 = cpu_seconds(pid).map(|c| (c, Instant::now()));
+    // A Prometheus beside it: /metrics scraped every 15 s all along, so
+    // that CPU and peak RSS include what scrapes cost.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let scraper = |stop: &std::sync::atomic::AtomicBool| -> Vec<(f64, f64)> {
+        let mut got = Vec::new();
+        let mut next = Instant::now();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if Instant::now() >= next {
+                next += Duration::from_secs(15);
+                let t = Instant::now();
+                let out = b
+                    .pair
+                    .client
+                    .command("curl")
+                    .args([
+                        "-sS",
+                        "--max-time",
+                        "14",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{size_download}",
+                    ])
+                    .arg("http://127.0.0.1:9777/metrics")
+                    .output();
+                if let Ok(o) = out
+                    && let Ok(size) = String::from_utf8_lossy(&o.stdout).trim().parse::<f64>()
+                {
+                    got.push((t.elapsed().as_secs_f64(), size));
+                }
             }
-            samples.push((t.as_secs_f64(), rss_kib(pid).unwrap_or(0)));
+            std::thread::sleep(Duration::from_millis(200));
         }
-    }
+        got
+    };
+    let scrapes = std::thread::scope(|sc| -> Result<Vec<(f64, f64)>> {
+        let h = sc.spawn(|| scraper(&stop));
+        let res = (|| -> Result<()> {
+            while start.elapsed() < warm + run {
+                std::thread::sleep(Duration::from_secs(1));
+                if let Ok(Some(st)) = p.child.try_wait() {
+                    bail!(
+                        "the monitor exited ({st}): {}",
+                        fs::read_to_string(&err).unwrap_or_default()
+                    );
+                }
+                if Instant::now() >= next_rewrite {
+                    generation += 1;
+                    write(generation)?;
+                    next_rewrite += Duration::from_secs(5);
+                }
+                let t = start.elapsed();
+                if t >= warm {
+                    if cpu0.is_none() {
+                        cpu0 = cpu_seconds(pid).map(|c| (c, Instant::now()));
+                    }
+                    samples.push((t.as_secs_f64(), rss_kib(pid).unwrap_or(0)));
+                }
+            }
+            Ok(())
+        })();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let got = h.join().unwrap_or_default();
+        res.map(|()| got)
+    })?;
     let (c0, t0) = cpu0.context("no CPU reading")?;
     let cpu = (cpu_seconds(pid).context("CPU")? - c0) / t0.elapsed().as_secs_f64() * 100.0;
     let peak = rss_peak_kib(pid).unwrap_or(0);
@@ -1015,10 +1064,18 @@ fn monitor_scale(quick: bool, n: Option<usize>) -> Result<Value> {
         "rss_mib_first_third": early / 1024.0,
         "rss_mib_last_third": late / 1024.0,
         "rss_growth_mib": (late - early) / 1024.0,
+        // The shape, not only the ends: a median per 30 s of the window.
+        "rss_mib_per_30s": samples
+            .chunk_by(|a, b| (a.0 / 30.0).floor() == (b.0 / 30.0).floor())
+            .map(|w| med(w) / 1024.0)
+            .collect::<Vec<f64>>(),
         "peak_rss_mib": peak as f64 / 1024.0,
         "metrics_exposition_mib": text.len() as f64 / 1048576.0,
+        "scrapes_during_run": scrapes.len(),
+        "scrape_seconds_max": scrapes.iter().map(|x| x.0).fold(0.0, f64::max),
+        "scrape_mib_max": scrapes.iter().map(|x| x.1).fold(0.0, f64::max) / 1048576.0,
         "origin_addresses": servers.len(),
-        "note": "checks counted from one scrape of /metrics at the end (synack_checks_total over every target, including the renamed ones still present); CPU is user + system of the monitor over the window after warm-up; RSS medians of 1 s samples in the first and last thirds of that window",
+        "note": "/metrics scraped every 15 s throughout (as a Prometheus would); checks counted from one scrape of /metrics at the end (synack_checks_total over every target, including the renamed ones still present); CPU is user + system of the monitor over the window after warm-up; RSS medians of 1 s samples in the first and last thirds of that window",
     }))
 }
 
