@@ -306,6 +306,30 @@ fn packaged_argv(exec: &[String], bin: &str, paths: &[(&str, &str)]) -> Result<V
     Ok(argv)
 }
 
+/// synack run once in `ns` by setpriv as root with only `caps` in its
+/// bounding set (so effective), against a closed loopback port.
+fn synack_with_caps(
+    ns: &Netns,
+    run_dir: &TempDir,
+    caps: &BTreeSet<String>,
+    mode: &str,
+) -> std::process::Command {
+    let mut c = ns.command("setpriv");
+    c.env("SYNACK_RUN_DIR", &run_dir.0)
+        .arg(format!("--bounding-set={}", setpriv_caps(caps)))
+        .args(["--inh-caps=-all", "--ambient-caps=-all"])
+        .arg(synack_bin())
+        .args(["--mode", mode, "--json", "http://127.0.0.1:9/"]);
+    c
+}
+
+/// The first JSON record a run printed.
+fn first_record(stdout: &[u8]) -> Result<Value> {
+    Ok(serde_json::from_slice(
+        stdout.split(|b| *b == b'\n').next().context("no record")?,
+    )?)
+}
+
 /// Without one of the three capabilities, synack names the one that is
 /// missing and how to grant it (not the verifier's log), in both modes:
 /// `--mode ebpf` fails with exit status 2, auto falls back and says which
@@ -328,14 +352,7 @@ fn a_missing_capability_is_named() -> Result<()> {
             .map(|c| c.to_string())
             .collect();
         let run = |mode: &str| -> Result<std::process::Output> {
-            Ok(ns
-                .command("setpriv")
-                .env("SYNACK_RUN_DIR", &run_dir.0)
-                .arg(format!("--bounding-set={}", setpriv_caps(&keep)))
-                .args(["--inh-caps=-all", "--ambient-caps=-all"])
-                .arg(synack_bin())
-                .args(["--mode", mode, "--json", "http://127.0.0.1:9/"])
-                .output()?)
+            Ok(synack_with_caps(&ns, &run_dir, &keep, mode).output()?)
         };
         let want = format!("CAP_{}", lack.to_ascii_uppercase());
         let o = run("ebpf")?;
@@ -352,14 +369,126 @@ fn a_missing_capability_is_named() -> Result<()> {
             err.contains(&format!("{want} would enable eBPF")),
             "without {want}, auto: {err}"
         );
-        let rec: Value = serde_json::from_slice(
-            o.stdout
-                .split(|b| *b == b'\n')
-                .next()
-                .context("no record")?,
-        )?;
+        let rec = first_record(&o.stdout)?;
         assert_eq!(rec["mode"], "unprivileged", "{rec}");
     }
+    Ok(())
+}
+
+/// Installs, in the process about to exec, a seccomp filter that refuses
+/// bpf(2) with EPERM and allows every other call: what a container
+/// runtime's default profile does to a process without CAP_SYS_ADMIN.
+fn refuse_bpf_by_seccomp(c: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    #[cfg(target_arch = "x86_64")]
+    const ARCH: u32 = 0xC000_003E; // AUDIT_ARCH_X86_64
+    #[cfg(target_arch = "aarch64")]
+    const ARCH: u32 = 0xC000_00B7; // AUDIT_ARCH_AARCH64
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jeq = |k: u32, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt: 0,
+        jf,
+        k,
+    };
+    let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let ret = libc::BPF_RET | libc::BPF_K;
+    // seccomp_data: nr at offset 0, arch at 4.
+    let prog = [
+        stmt(load, 4),
+        jeq(ARCH, 3),
+        stmt(load, 0),
+        jeq(libc::SYS_bpf as u32, 1),
+        stmt(ret, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        stmt(ret, libc::SECCOMP_RET_ALLOW),
+    ];
+    // SAFETY: between fork and exec only prctl runs, on memory (`prog`,
+    // moved into the closure) that lives until exec; the child is root
+    // (CAP_SYS_ADMIN), which installing a filter without no_new_privs
+    // needs.
+    unsafe {
+        c.pre_exec(move || {
+            let f = libc::sock_fprog {
+                len: prog.len() as u16,
+                filter: prog.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &f as *const libc::sock_fprog,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// With all three capabilities but a seccomp filter that refuses bpf(2)
+/// (a container's default profile), synack says a seccomp filter is the
+/// cause and how to allow it, never that the capabilities it has "would
+/// enable eBPF"; auto still falls back, in one line. The same run without
+/// the filter loads eBPF and says nothing of seccomp.
+#[test]
+#[cfg_attr(
+    not(feature = "root"),
+    ignore = "needs root, eBPF and the lab's tools: cargo xtask test"
+)]
+fn a_seccomp_filter_is_named() -> Result<()> {
+    assert!(is_root(), "the packaging test needs root: cargo xtask test");
+    let ns = Netns::new(&unique("synack-seccomp"))?;
+    let run_dir = TempDir::new()?;
+    let three: BTreeSet<String> = ["bpf", "net_admin", "perfmon"]
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    let run = |mode: &str, filtered: bool| -> Result<std::process::Output> {
+        let mut c = synack_with_caps(&ns, &run_dir, &three, mode);
+        if filtered {
+            refuse_bpf_by_seccomp(&mut c);
+        }
+        Ok(c.output()?)
+    };
+    let o = run("ebpf", true)?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    for want in [
+        "seccomp filter is on it",
+        "Seccomp: 2",
+        "seccomp=unconfined",
+        "seccompProfile",
+        "CAP_SYS_ADMIN",
+    ] {
+        assert!(
+            err.contains(want),
+            "--mode ebpf under seccomp, {want:?} missing: {err}"
+        );
+    }
+    assert!(!err.contains("lacks"), "{err}");
+    eprintln!("under seccomp, --mode ebpf said:\n{err}");
+    let o = run("auto", true)?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    eprintln!("under seccomp, --mode auto said:\n{err}");
+    assert!(
+        err.contains("A seccomp filter refuses bpf(2)") && !err.contains("would enable eBPF"),
+        "--mode auto under seccomp: {err}"
+    );
+    let notices = err.lines().filter(|l| l.contains("eBPF not used")).count();
+    assert_eq!(notices, 1, "{err}");
+    let rec = first_record(&o.stdout)?;
+    assert_eq!(rec["mode"], "unprivileged", "{rec}");
+    // The control: the same capabilities, no filter.
+    let o = run("auto", false)?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.to_lowercase().contains("seccomp"), "{err}");
+    let rec = first_record(&o.stdout)?;
+    assert_eq!(rec["mode"], "ebpf", "{rec}: {err}");
     Ok(())
 }
 

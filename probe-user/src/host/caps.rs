@@ -82,9 +82,70 @@ pub(crate) fn grant_hint() -> Option<String> {
     ))
 }
 
+/// The `Seccomp:` field of a /proc/PID/status: 0 none, 1 strict, 2 a
+/// filter (what container runtimes install).
+pub(crate) fn parse_seccomp(status: &str) -> Option<u8> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Whether a seccomp filter is on this process (None: not known).
+pub(crate) fn seccomp_filtered() -> Option<bool> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_seccomp(&status).map(|m| m == 2)
+}
+
+/// Why bpf(2) was refused to a process that has the three capabilities,
+/// and what fixes it. `filtered`: [`seccomp_filtered`].
+pub(crate) fn refused_with_caps_hint(filtered: Option<bool>) -> String {
+    match filtered {
+        Some(true) => "This process has CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, but a seccomp \
+             filter is on it (Seccomp: 2 in /proc/self/status): container runtimes' default \
+             profiles (docker's, podman's, Kubernetes' RuntimeDefault) allow bpf(2) and \
+             perf_event_open(2) only with CAP_SYS_ADMIN. Any one of these fixes it: a seccomp \
+             profile that also allows bpf and perf_event_open (docker or podman run \
+             --security-opt seccomp=PROFILE.json; Kubernetes securityContext.seccompProfile \
+             type Localhost); --security-opt seccomp=unconfined (Kubernetes: type \
+             Unconfined); or CAP_SYS_ADMIN (--cap-add SYS_ADMIN, or --privileged)"
+            .to_string(),
+        Some(false) => "This process has CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON and no seccomp \
+             filter, so something else refuses: an LSM (AppArmor, SELinux) or \
+             kernel.unprivileged_bpf_disabled with a user namespace"
+            .to_string(),
+        None => "This process has CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, so something else \
+             refuses: a seccomp filter (a container's default profile allows bpf(2) only with \
+             CAP_SYS_ADMIN), an LSM, or kernel.unprivileged_bpf_disabled with a user namespace"
+            .to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seccomp_field_and_what_it_means() {
+        let status = "Name:\tsynack\nNoNewPrivs:\t0\nSeccomp:\t2\nSeccomp_filters:\t1\n";
+        assert_eq!(parse_seccomp(status), Some(2));
+        assert_eq!(parse_seccomp("Seccomp:\t0\n"), Some(0));
+        assert_eq!(parse_seccomp("Name: x\n"), None);
+        let f = refused_with_caps_hint(Some(true));
+        for want in [
+            "seccomp",
+            "Seccomp: 2",
+            "seccomp=unconfined",
+            "seccompProfile",
+            "CAP_SYS_ADMIN",
+        ] {
+            assert!(f.contains(want), "{want} in {f}");
+        }
+        assert!(!refused_with_caps_hint(Some(false)).contains("unconfined"));
+        assert!(refused_with_caps_hint(None).contains("seccomp filter"));
+        // This process (a test run) reads its own field.
+        assert!(seccomp_filtered().is_some());
+    }
 
     #[test]
     fn kernel_releases() {

@@ -138,8 +138,8 @@ pub(crate) fn help(e: &KernelError) -> String {
         Some(hint) if refused => format!("{}\n\n{hint}.", without_verifier_log(&e.to_string())),
         _ if e.is_permission() => format!(
             "{e}\n\nsynack loads eBPF programs and needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON \
-             (or root). This process has them, so something else refuses: a seccomp filter, \
-             an LSM, or kernel.unprivileged_bpf_disabled with a user namespace."
+             (or root). {}.",
+            crate::host::caps::refused_with_caps_hint(crate::host::caps::seccomp_filtered())
         ),
         _ => e.to_string(),
     }
@@ -965,7 +965,18 @@ pub(crate) fn for_mode(mode: Mode, interfaces: &[String]) -> Result<Chosen, Kern
                 let enable = if matches!(e, KernelError::TooOld(_)) {
                     String::new()
                 } else if missing.is_empty() {
-                    " CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or root) would enable eBPF.".into()
+                    // The capabilities are there: saying they "would enable
+                    // eBPF" would send the operator after what they have.
+                    match crate::host::caps::seccomp_filtered() {
+                        Some(true) => " A seccomp filter refuses bpf(2) although this process \
+                                       has CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON: --mode ebpf \
+                                       says how to allow it."
+                            .into(),
+                        _ => " This process has CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, so \
+                              something else refuses (an LSM, or unprivileged BPF disabled in \
+                              a user namespace): --mode ebpf says more."
+                            .into(),
+                    }
                 } else {
                     format!(" {} would enable eBPF.", missing.join(" and "))
                 };
