@@ -375,6 +375,7 @@ fn a_missing_capability_is_named() -> Result<()> {
     Ok(())
 }
 
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 /// Installs, in the process about to exec, a seccomp filter that refuses
 /// bpf(2) with EPERM and allows every other call: what a container
 /// runtime's default profile does to a process without CAP_SYS_ADMIN.
@@ -436,6 +437,7 @@ fn refuse_bpf_by_seccomp(c: &mut std::process::Command) {
 /// enable eBPF"; auto still falls back, in one line. The same run without
 /// the filter loads eBPF and says nothing of seccomp.
 #[test]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[cfg_attr(
     not(feature = "root"),
     ignore = "needs root, eBPF and the lab's tools: cargo xtask test"

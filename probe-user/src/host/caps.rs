@@ -97,26 +97,59 @@ pub(crate) fn seccomp_filtered() -> Option<bool> {
     parse_seccomp(&status).map(|m| m == 2)
 }
 
+/// Whether bpf(2) is refused whatever it is asked: a command no kernel has
+/// (0xffff, no attributes) gets EINVAL from the kernel itself, so EPERM
+/// says something in front of the kernel's command switch refused the call
+/// by its number: a seccomp filter's signature (an LSM's bpf hook judges
+/// real commands). Only meaningful for a process that has CAP_BPF.
+pub(crate) fn bpf_refused_by_number() -> bool {
+    // SAFETY: an unknown command with a null attribute pointer and size 0:
+    // the kernel reads nothing and returns an error.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, 0xffff_i64, std::ptr::null::<u8>(), 0_i64) };
+    r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Who refused bpf(2) to a process that has the three capabilities.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refuser {
+    /// A seccomp filter is on this process and refuses bpf(2) by number.
+    Seccomp,
+    /// A seccomp filter is on this process, but it lets bpf(2) through.
+    NotSeccomp,
+    /// No seccomp filter (or none known).
+    Unknown,
+}
+
+/// [`Refuser`] for this process.
+pub(crate) fn refuser() -> Refuser {
+    match seccomp_filtered() {
+        Some(true) if bpf_refused_by_number() => Refuser::Seccomp,
+        Some(true) => Refuser::NotSeccomp,
+        _ => Refuser::Unknown,
+    }
+}
+
 /// Why bpf(2) was refused to a process that has the three capabilities,
-/// and what fixes it. `filtered`: [`seccomp_filtered`].
-pub(crate) fn refused_with_caps_hint(filtered: Option<bool>) -> String {
-    match filtered {
-        Some(true) => "This process has CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, but a seccomp \
-             filter is on it (Seccomp: 2 in /proc/self/status): container runtimes' default \
-             profiles (docker's, podman's, Kubernetes' RuntimeDefault) allow bpf(2) and \
+/// and what fixes it.
+pub(crate) fn refused_with_caps_hint(who: Refuser) -> String {
+    match who {
+        Refuser::Seccomp => "This process has CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, but a \
+             seccomp filter is on it (Seccomp: 2 in /proc/self/status) and refuses bpf(2) \
+             whatever it is asked: some container runtimes' default profiles (podman's among \
+             them, and Kubernetes' RuntimeDefault on such a runtime) allow bpf(2) and \
              perf_event_open(2) only with CAP_SYS_ADMIN. Any one of these fixes it: a seccomp \
              profile that also allows bpf and perf_event_open (docker or podman run \
              --security-opt seccomp=PROFILE.json; Kubernetes securityContext.seccompProfile \
              type Localhost); --security-opt seccomp=unconfined (Kubernetes: type \
              Unconfined); or CAP_SYS_ADMIN (--cap-add SYS_ADMIN, or --privileged)"
             .to_string(),
-        Some(false) => "This process has CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON and no seccomp \
-             filter, so something else refuses: an LSM (AppArmor, SELinux) or \
-             kernel.unprivileged_bpf_disabled with a user namespace"
+        Refuser::NotSeccomp => "This process has CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, and \
+             the seccomp filter on it lets bpf(2) through, so something else refuses: an LSM \
+             (AppArmor, SELinux) or kernel.unprivileged_bpf_disabled with a user namespace"
             .to_string(),
-        None => "This process has CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, so something else \
-             refuses: a seccomp filter (a container's default profile allows bpf(2) only with \
-             CAP_SYS_ADMIN), an LSM, or kernel.unprivileged_bpf_disabled with a user namespace"
+        Refuser::Unknown => "This process has CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON and no \
+             seccomp filter that synack could see, so something else refuses: an LSM \
+             (AppArmor, SELinux) or kernel.unprivileged_bpf_disabled with a user namespace"
             .to_string(),
     }
 }
@@ -131,7 +164,7 @@ mod tests {
         assert_eq!(parse_seccomp(status), Some(2));
         assert_eq!(parse_seccomp("Seccomp:\t0\n"), Some(0));
         assert_eq!(parse_seccomp("Name: x\n"), None);
-        let f = refused_with_caps_hint(Some(true));
+        let f = refused_with_caps_hint(Refuser::Seccomp);
         for want in [
             "seccomp",
             "Seccomp: 2",
@@ -141,8 +174,10 @@ mod tests {
         ] {
             assert!(f.contains(want), "{want} in {f}");
         }
-        assert!(!refused_with_caps_hint(Some(false)).contains("unconfined"));
-        assert!(refused_with_caps_hint(None).contains("seccomp filter"));
+        for other in [Refuser::NotSeccomp, Refuser::Unknown] {
+            let h = refused_with_caps_hint(other);
+            assert!(!h.contains("unconfined") && h.contains("LSM"), "{h}");
+        }
         // This process (a test run) reads its own field.
         assert!(seccomp_filtered().is_some());
     }

@@ -46,16 +46,18 @@ impl CpuSnapshot {
         let throttling = src
             .cpu_stat_file
             .as_deref()
-            .and_then(|f| read_from_start(f, &mut buf))
+            .and_then(|f| read_from_start(f, &mut buf, usize::MAX))
             .and_then(parse_cpu_stat);
         CpuSnapshot {
             run_delay_ns: run_delay("/proc/self/task"),
             throttled_periods: throttling.map(|x| x.0),
             throttled_ns: throttling.map(|x| x.1),
+            // Its first line is the `cpu` total; the rest (every CPU, every
+            // interrupt's count) is tens of KB on a large host.
             steal_ns: src
                 .stat
                 .as_deref()
-                .and_then(|f| read_from_start(f, &mut buf))
+                .and_then(|f| read_from_start(f, &mut buf, 4096))
                 .and_then(parse_steal_ticks)
                 .map(|t| t * 1_000_000_000 / clock_ticks()),
         }
@@ -106,21 +108,26 @@ impl CpuSources {
     }
 }
 
-/// The whole of a procfs or cgroupfs file kept open, read again from its
-/// start (a seq_file makes its text anew for a read at offset 0); None if
+/// A procfs or cgroupfs file kept open, read again from its start (a
+/// seq_file makes its text anew for a read at offset 0), up to about `max`
+/// bytes (whole 4 KiB reads, then cut after the last whole line); None if
 /// it cannot be read or is not text.
-fn read_from_start<'a>(f: &File, buf: &'a mut String) -> Option<&'a str> {
+fn read_from_start<'a>(f: &File, buf: &'a mut String, max: usize) -> Option<&'a str> {
     use std::os::unix::fs::FileExt;
     let mut bytes = std::mem::take(buf).into_bytes();
     bytes.clear();
     let mut chunk = [0u8; 4096];
-    loop {
+    while bytes.len() < max {
         match f.read_at(&mut chunk, bytes.len() as u64) {
             Ok(0) => break,
             Ok(n) => bytes.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return None,
         }
+    }
+    if bytes.len() >= max {
+        let end = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        bytes.truncate(end);
     }
     *buf = String::from_utf8(bytes).ok()?;
     Some(buf.as_str())

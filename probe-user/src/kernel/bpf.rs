@@ -139,7 +139,7 @@ pub(crate) fn help(e: &KernelError) -> String {
         _ if e.is_permission() => format!(
             "{e}\n\nsynack loads eBPF programs and needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON \
              (or root). {}.",
-            crate::host::caps::refused_with_caps_hint(crate::host::caps::seccomp_filtered())
+            crate::host::caps::refused_with_caps_hint(crate::host::caps::refuser())
         ),
         _ => e.to_string(),
     }
@@ -964,14 +964,20 @@ pub(crate) fn for_mode(mode: Mode, interfaces: &[String]) -> Result<Chosen, Kern
                 let missing = crate::host::caps::missing_for_ebpf();
                 let enable = if matches!(e, KernelError::TooOld(_)) {
                     String::new()
+                } else if !errno_in_chain(&e, &[libc::EPERM, libc::EACCES]) {
+                    " This kernel (or sandbox) offers no bpf(2), or not what synack needs: no \
+                     privilege would change that."
+                        .into()
                 } else if missing.is_empty() {
                     // The capabilities are there: saying they "would enable
                     // eBPF" would send the operator after what they have.
-                    match crate::host::caps::seccomp_filtered() {
-                        Some(true) => " A seccomp filter refuses bpf(2) although this process \
-                                       has CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON: --mode ebpf \
-                                       says how to allow it."
-                            .into(),
+                    match crate::host::caps::refuser() {
+                        crate::host::caps::Refuser::Seccomp => {
+                            " A seccomp filter refuses bpf(2) although this process has \
+                             CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON: --mode ebpf says how to \
+                             allow it."
+                                .into()
+                        }
                         _ => " This process has CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, so \
                               something else refuses (an LSM, or unprivileged BPF disabled in \
                               a user namespace): --mode ebpf says more."

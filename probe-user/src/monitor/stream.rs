@@ -6,7 +6,6 @@ use crate::output::metrics::Metrics;
 use bytes::Bytes;
 use hyper::body::{Body, Frame};
 use std::{
-    convert::Infallible,
     fmt,
     pin::Pin,
     sync::Arc,
@@ -20,25 +19,39 @@ const CHUNK: usize = 64 * 1024;
 /// a scrape holds at most this many chunks.
 const IN_FLIGHT: usize = 4;
 
+/// The encoder stopped before the end (an error or a panic): the body
+/// fails, so that hyper aborts the response instead of ending it cleanly
+/// and a classic-format scraper cannot take half a page for all of it.
+#[derive(Debug)]
+pub(crate) struct Incomplete;
+
+impl fmt::Display for Incomplete {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the metrics could not be encoded to the end")
+    }
+}
+
+impl std::error::Error for Incomplete {}
+
 /// A response body fed, chunk by chunk, by an encoder on a blocking thread.
-pub(crate) struct ChunkBody(mpsc::Receiver<Bytes>);
+pub(crate) struct ChunkBody(mpsc::Receiver<Result<Bytes, Incomplete>>);
 
 impl Body for ChunkBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = Incomplete;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b))))
+    ) -> Poll<Option<Result<Frame<Bytes>, Incomplete>>> {
+        self.0.poll_recv(cx).map(|c| c.map(|b| b.map(Frame::data)))
     }
 }
 
 /// Buffers the encoder's output and sends it on in CHUNK-sized pieces.
 struct ChunkWriter {
     buf: String,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Result<Bytes, Incomplete>>,
 }
 
 impl ChunkWriter {
@@ -48,7 +61,7 @@ impl ChunkWriter {
             String::with_capacity(CHUNK),
         ));
         // The scraper hung up: stop encoding.
-        self.tx.blocking_send(b).map_err(|_| fmt::Error)
+        self.tx.blocking_send(Ok(b)).map_err(|_| fmt::Error)
     }
 }
 
@@ -69,10 +82,15 @@ pub(crate) fn body(m: Arc<Metrics>, openmetrics: bool) -> ChunkBody {
     tokio::task::spawn_blocking(move || {
         let mut w = ChunkWriter {
             buf: String::with_capacity(CHUNK),
-            tx,
+            tx: tx.clone(),
         };
-        if m.write(&mut w, openmetrics).is_ok() && !w.buf.is_empty() {
-            let _ = w.flush();
+        let wrote = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            m.write(&mut w, openmetrics)
+                .and_then(|()| if w.buf.is_empty() { Ok(()) } else { w.flush() })
+        }));
+        if !matches!(wrote, Ok(Ok(()))) {
+            // Fails the response (or finds the scraper already gone).
+            let _ = tx.blocking_send(Err(Incomplete));
         }
     });
     ChunkBody(rx)
