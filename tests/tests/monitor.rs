@@ -624,6 +624,23 @@ fn blackbox_probe_through_prometheus_relabelling() -> Result<()> {
         )
     })?;
     let at = |name: &str, inst: &str, extra: &str| format!("{name}{{instance=\"{inst}\"{extra}}}");
+    // Timings are read as the best of several probes: a busy host only
+    // adds time to some of them, a wrong attribution is in every one.
+    wait_for(
+        Duration::from_secs(60),
+        "three probes of each target in Prometheus",
+        || {
+            let r = query(
+                ns,
+                "count_over_time(probe_success{job=\"blackbox\"}[1m]) >= 3",
+            )
+            .ok()?;
+            (r.len() == 3).then_some(())
+        },
+    )?;
+    let best = |name: &str, inst: &str, extra: &str| {
+        get(&format!("min_over_time({}[1m])", at(name, inst, extra)))
+    };
     assert_eq!(get(&at("probe_success", &direct, ""))?, 1.0);
     assert_eq!(get(&at("probe_success", &proxied, ""))?, 1.0);
     assert_eq!(get(&at("probe_success", &slow, ""))?, 0.0);
@@ -632,39 +649,35 @@ fn blackbox_probe_through_prometheus_relabelling() -> Result<()> {
     assert_eq!(get(&at("synack_path_middlebox", &direct, ""))?, 0.0);
     assert_eq!(get(&at("synack_path_middlebox", &proxied, ""))?, 1.0);
     let rtt = (CLIENT_RTT_MS + SERVER_RTT_MS) / 1000.0;
-    let hs = get(&at(
+    let hs = best(
         "synack_wire_duration_seconds",
         &direct,
         ",phase=\"handshake\"",
-    ))?;
+    )?;
     assert!((rtt..rtt + 0.003).contains(&hs), "direct handshake {hs}");
-    let hs = get(&at(
+    let hs = best(
         "synack_wire_duration_seconds",
         &proxied,
         ",phase=\"handshake\"",
-    ))?;
+    )?;
     let near = CLIENT_RTT_MS / 1000.0;
     assert!((near..near + 0.003).contains(&hs), "proxied handshake {hs}");
-    let connect = get(&at(
-        "probe_http_duration_seconds",
-        &direct,
-        ",phase=\"connect\"",
-    ))?;
+    let connect = best("probe_http_duration_seconds", &direct, ",phase=\"connect\"")?;
     assert!(
         (rtt..rtt + 0.005).contains(&connect),
         "direct connect {connect}"
     );
-    let mb = get(&at(
+    let mb = best(
         "synack_phase_duration_seconds",
         &proxied,
         ",phase=\"middlebox\"",
-    ))?;
+    )?;
     assert!(mb >= 2.0 * SERVER_RTT_MS / 1000.0, "proxied middlebox {mb}");
-    let server = get(&at(
+    let server = best(
         "synack_phase_duration_seconds",
         &direct,
         ",phase=\"server\"",
-    ))?;
+    )?;
     assert!(
         (THINK_MS / 1000.0 - 0.0005..THINK_MS / 1000.0 + 0.005).contains(&server),
         "direct server {server}"
