@@ -8,6 +8,8 @@
 
 pub use synack_lab::*;
 
+pub mod agents;
+pub mod manifest;
 pub mod testrun;
 
 use anyhow::{Context, Result};

@@ -16,7 +16,11 @@ use std::{
     path::{Path, PathBuf},
     time::Duration,
 };
-use synack_tests::{Netns, Proc, Served, TempDir, is_root, synack_bin, unique, wait_for};
+use synack_tests::{
+    Netns, Proc, Served, TempDir, is_root,
+    manifest::{cap_name, daemonset, strings_of},
+    synack_bin, unique, wait_for,
+};
 use yaml_rust2::{Yaml, YamlLoader};
 
 fn repo() -> PathBuf {
@@ -25,15 +29,6 @@ fn repo() -> PathBuf {
 
 fn read(rel: &str) -> Result<String> {
     fs::read_to_string(repo().join(rel)).with_context(|| rel.to_string())
-}
-
-/// `CAP_NET_ADMIN` and `NET_ADMIN` both become `net_admin` (setpriv's
-/// spelling).
-fn cap_name(s: &str) -> String {
-    s.trim()
-        .trim_start_matches("CAP_")
-        .trim_start_matches("cap_")
-        .to_ascii_lowercase()
 }
 
 struct Unit {
@@ -70,37 +65,6 @@ fn unit(text: &str) -> Result<Unit> {
     })
 }
 
-struct Container {
-    args: Vec<String>,
-    add: BTreeSet<String>,
-    drop_all: bool,
-    uid: i64,
-    privileged: bool,
-    no_escalation: bool,
-}
-
-fn daemonset(text: &str) -> Result<Container> {
-    let docs = YamlLoader::load_from_str(text).context("the manifest is not YAML")?;
-    let ds = docs
-        .iter()
-        .find(|d| d["kind"].as_str() == Some("DaemonSet"))
-        .context("no DaemonSet in the manifest")?;
-    let c = &ds["spec"]["template"]["spec"]["containers"][0];
-    let strings = strings_of;
-    let sc = &c["securityContext"];
-    Ok(Container {
-        args: strings(&c["args"]),
-        add: strings(&sc["capabilities"]["add"])
-            .iter()
-            .map(|s| cap_name(s))
-            .collect(),
-        drop_all: strings(&sc["capabilities"]["drop"]).contains(&"ALL".to_string()),
-        uid: sc["runAsUser"].as_i64().context("runAsUser")?,
-        privileged: sc["privileged"].as_bool().unwrap_or(false),
-        no_escalation: sc["allowPrivilegeEscalation"].as_bool() == Some(false),
-    })
-}
-
 /// Every `--cap-add X` of a text (docker run examples).
 fn cap_adds(text: &str) -> BTreeSet<String> {
     let w: Vec<&str> = text.split_whitespace().collect();
@@ -131,6 +95,24 @@ fn every_place_names_the_same_capabilities() -> Result<()> {
         "the container drops everything else, is not privileged, cannot escalate"
     );
     assert!(u.exec.iter().any(|a| a == "--mode") && k.args.iter().any(|a| a == "--mode"));
+    // Both DaemonSets name the shipped seccomp profile, by the path the
+    // install instructions put it at.
+    for m in [
+        "packaging/kubernetes/synack-monitor.yaml",
+        "packaging/kubernetes/synack-monitor-git-sync.yaml",
+    ] {
+        let d = daemonset(&read(m)?)?;
+        assert_eq!(
+            d.seccomp,
+            Some(("Localhost".into(), Some("profiles/synack.json".into()))),
+            "{m}'s seccompProfile"
+        );
+        assert!(repo().join("packaging/seccomp/synack.json").exists());
+        assert!(
+            read("docs/containers.md")?.contains("/var/lib/kubelet/seccomp/profiles/synack.json"),
+            "docs/containers.md says where the profile goes"
+        );
+    }
     Ok(())
 }
 
@@ -511,16 +493,6 @@ fn env_of(c: &Yaml, key: &str) -> Option<String> {
         .find(|e| e["name"].as_str() == Some(key))?["value"]
         .as_str()
         .map(str::to_string)
-}
-
-fn strings_of(y: &Yaml) -> Vec<String> {
-    y.as_vec()
-        .map(|v| {
-            v.iter()
-                .filter_map(|s| s.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn git(dir: &Path, args: &[&str]) -> Result<String> {
