@@ -88,6 +88,10 @@ pub fn lint(bin: &Path) -> Result<()> {
             dockerfile_dry_run(&root, &pkg.join("Dockerfile")),
         ),
         (
+            "seccomp profile packaging/seccomp/synack.json",
+            crate::seccomp::check(&root),
+        ),
+        (
             "yamllint packaging/kubernetes",
             quiet(
                 Command::new(tool("yamllint"))

@@ -4,6 +4,7 @@
 //! the one place that knows how to get and drive them (see docs/build.md).
 
 mod lint;
+mod seccomp;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -96,6 +97,15 @@ enum Cmd {
     /// kubernetes-validate --strict), the systemd unit (systemd-analyze
     /// verify), and rustfmt. Part of `test`.
     Lint,
+    /// Write packaging/seccomp/synack.json: the container runtime's default
+    /// seccomp profile resolved for CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON,
+    /// plus bpf and perf_event_open (docs/containers.md says why).
+    Seccomp {
+        /// The runtime's default profile (Docker's or containers-common's
+        /// format).
+        #[arg(long, default_value = seccomp::RUNTIME_DEFAULT)]
+        from: PathBuf,
+    },
     /// The lab: client, mid and server namespaces with a delay line, haproxy
     /// and squid in mid, and the origin (needs root).
     Lab {
@@ -368,6 +378,11 @@ fn test(bin: &Path, args: &[String], no_fuzz: bool) -> Result<()> {
 /// `cargo test --workspace`, echoed: (passed, failed, ignored).
 fn cargo_test(bin: &Path, args: &[String]) -> Result<(u64, u64, u64)> {
     use std::io::{BufRead, BufReader};
+    let container_tier = container_tier();
+    match &container_tier {
+        Ok(()) => println!("container tier: podman with runc, base by mmdebstrap"),
+        Err(why) => println!("container tier: not run here: {why}"),
+    }
     let obj = root().join("target/bpf/bpfel-unknown-none/release/probe-ebpf");
     let mut child = Command::new("cargo")
         .current_dir(root())
@@ -382,6 +397,12 @@ fn cargo_test(bin: &Path, args: &[String]) -> Result<(u64, u64, u64)> {
         ])
         .env("SYNACK_EBPF_OBJECT", &obj)
         .env("SYNACK_BIN", bin)
+        .envs(
+            container_tier
+                .as_ref()
+                .err()
+                .map(|why| ("SYNACK_CONTAINER_SKIP", why)),
+        )
         .args(args)
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -821,7 +842,41 @@ const APT_PACKAGES: &[&str] = &[
     "python3",
     "wrk",
     "systemd",
+    // The container tier (tests/tests/container.rs): podman with runc (crun
+    // fails on this machine kind's hybrid cgroup layout), a Debian base
+    // made with mmdebstrap, and containers-common's default seccomp
+    // profile, which packaging/seccomp/synack.json is made from.
+    "podman",
+    "runc",
+    "mmdebstrap",
+    "golang-github-containers-common",
 ];
+
+/// Whether the container tier can run here, or why not (then its test
+/// says so and does nothing).
+fn container_tier() -> std::result::Result<(), String> {
+    if !is_root() {
+        return Err("not root (rootful podman runs the eBPF modes)".into());
+    }
+    for (tool, package) in [
+        ("podman", "podman"),
+        ("runc", "runc"),
+        ("mmdebstrap", "mmdebstrap"),
+    ] {
+        let ok = Command::new(tool)
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return Err(format!(
+                "{tool} is missing (Debian's {package}: cargo xtask setup)"
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// The cargo-fuzz that `cargo xtask fuzz` was written against (its flags
 /// and output are what the fuzz step parses).
@@ -1033,6 +1088,13 @@ fn main() -> ExitCode {
             server_rtt,
         } => demo(think, client_rtt, server_rtt),
         Cmd::Lint => build(false).and_then(|bin| lint::lint(&bin)),
+        Cmd::Seccomp { from } => seccomp::render(&from).and_then(|text| {
+            let out = root().join(seccomp::SHIPPED);
+            std::fs::create_dir_all(out.parent().context("packaging/seccomp")?)?;
+            std::fs::write(&out, text).with_context(|| out.display().to_string())?;
+            println!("wrote {} from {}", out.display(), from.display());
+            Ok(())
+        }),
         Cmd::Test { no_fuzz, args } => build(false).and_then(|bin| {
             // The linters run even when a test failed: both results count.
             let tests = test(&bin, &args, no_fuzz);

@@ -983,6 +983,15 @@ pub(crate) fn for_mode(mode: Mode, interfaces: &[String]) -> Result<Chosen, Kern
                               a user namespace): --mode ebpf says more."
                             .into(),
                     }
+                } else if crate::host::caps::seccomp_filtered() == Some(true) {
+                    // Without CAP_BPF the kernel refuses before a seccomp
+                    // filter's verdict shows, so both may be in the way.
+                    format!(
+                        " {} would enable eBPF, with a seccomp profile that allows bpf and \
+                         perf_event_open: a filter is on this process (packaging/seccomp/\
+                         synack.json allows them).",
+                        missing.join(" and ")
+                    )
                 } else {
                     format!(" {} would enable eBPF.", missing.join(" and "))
                 };
