@@ -138,10 +138,10 @@ pub(crate) fn refused_with_caps_hint(who: Refuser) -> String {
              whatever it is asked: some container runtimes' default profiles (podman's among \
              them, and Kubernetes' RuntimeDefault on such a runtime) allow bpf(2) and \
              perf_event_open(2) only with CAP_SYS_ADMIN. Any one of these fixes it: a seccomp \
-             profile that also allows bpf and perf_event_open (synack's packaging/seccomp/\
-             synack.json is the runtime default plus those two: docker or podman run \
-             --security-opt seccomp=synack.json; Kubernetes securityContext.seccompProfile \
-             type Localhost, docs/containers.md); --security-opt seccomp=unconfined (Kubernetes: type \
+             profile that also allows bpf and perf_event_open (synack ships one: \
+             /usr/share/synack/seccomp.json in its image, packaging/seccomp/synack.json in its \
+             source; docker or podman run --security-opt seccomp=synack.json; Kubernetes \
+             securityContext.seccompProfile type Localhost, docs/containers.md); --security-opt seccomp=unconfined (Kubernetes: type \
              Unconfined); or CAP_SYS_ADMIN (--cap-add SYS_ADMIN, or --privileged)"
             .to_string(),
         Refuser::NotSeccomp => "This process has CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, and \
@@ -171,7 +171,7 @@ mod tests {
             "Seccomp: 2",
             "seccomp=unconfined",
             "seccompProfile",
-            "packaging/seccomp/synack.json",
+            "/usr/share/synack/seccomp.json",
             "CAP_SYS_ADMIN",
         ] {
             assert!(f.contains(want), "{want} in {f}");

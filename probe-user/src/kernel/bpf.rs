@@ -987,9 +987,10 @@ pub(crate) fn for_mode(mode: Mode, interfaces: &[String]) -> Result<Chosen, Kern
                     // Without CAP_BPF the kernel refuses before a seccomp
                     // filter's verdict shows, so both may be in the way.
                     format!(
-                        " {} would enable eBPF, with a seccomp profile that allows bpf and \
-                         perf_event_open: a filter is on this process (packaging/seccomp/\
-                         synack.json allows them).",
+                        " {} would enable eBPF (a seccomp filter is on this process too: where \
+                         it refuses bpf(2), as some container runtimes' defaults do without \
+                         CAP_SYS_ADMIN, a profile that allows bpf and perf_event_open is needed \
+                         as well, such as /usr/share/synack/seccomp.json in synack's image).",
                         missing.join(" and ")
                     )
                 } else {
