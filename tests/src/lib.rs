@@ -21,6 +21,50 @@ use std::{
     time::Duration,
 };
 
+/// What synack has attached in a namespace (tcx links of programs named
+/// `synack_*` on `ifaces`) and which of `ids` are still loaded, as
+/// `synack-inspect` reports them (the test's
+/// `env!("CARGO_BIN_EXE_synack-inspect")`, run in the namespace).
+pub fn attached(
+    inspect: &str,
+    ns: &Netns,
+    ifaces: &[&str],
+    ids: &[u32],
+) -> Result<(Vec<u32>, Vec<u32>)> {
+    let mut args = vec![inspect.to_string()];
+    for i in ifaces {
+        args.extend(["--iface".to_string(), i.to_string()]);
+    }
+    for i in ids {
+        args.extend(["--id".to_string(), i.to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let v: serde_json::Value = serde_json::from_str(&ns.exec(&args)?)?;
+    let list = |k: &str| -> Vec<u32> {
+        v[k].as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok()))
+            .collect()
+    };
+    Ok((list("attached"), list("loaded")))
+}
+
+/// Waits until none of the programs `ids` is attached on `ifaces` or
+/// loaded any more.
+pub fn wait_detached(inspect: &str, ns: &Netns, ifaces: &[&str], ids: &[u32]) -> Result<()> {
+    wait_for(
+        Duration::from_secs(10),
+        "links and programs to go away",
+        || {
+            attached(inspect, ns, ifaces, ids)
+                .ok()
+                .filter(|(a, l)| a.is_empty() && l.is_empty())
+        },
+    )
+    .map(|_| ())
+}
+
 /// A namespace pair with synack-origin serving in the server namespace:
 /// HTTP on 8080 and HTTPS on 8443, IPv4 and IPv6, its certificate valid
 /// for both server addresses and for origin.test, signed by the CA in

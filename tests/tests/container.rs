@@ -37,11 +37,11 @@ use std::{
 use synack_tests::{
     Netns, Proc, TempDir,
     agents::{prometheus, query, udp_in},
-    is_root, json_lines,
+    attached, is_root, json_lines,
     manifest::daemonset,
     synack_bin,
     topo::{Bins, Delays, Lab, Via},
-    unique, wait_for,
+    unique, wait_detached, wait_for,
 };
 
 const INSPECT: &str = env!("CARGO_BIN_EXE_synack-inspect");
@@ -303,13 +303,20 @@ impl<'a> Run<'a> {
         self
     }
 
-    fn least_privilege(self) -> Self {
-        let profile = repo().join("packaging/seccomp/synack.json");
+    /// All capabilities dropped but the three synack's packaging names.
+    fn three_caps(self) -> Self {
         let mut r = self.flag(&["--cap-drop", "all"]);
         for c in CAPS {
             r = r.flag(&["--cap-add", c]);
         }
-        r.flag(&[
+        r
+    }
+
+    /// The three capabilities, the shipped seccomp profile, no privilege
+    /// escalation.
+    fn least_privilege(self) -> Self {
+        let profile = repo().join("packaging/seccomp/synack.json");
+        self.three_caps().flag(&[
             "--security-opt",
             &format!("seccomp={}", profile.display()),
             "--security-opt",
@@ -382,6 +389,20 @@ impl Drop for Running<'_> {
 }
 
 impl Running<'_> {
+    /// `podman stop` (SIGTERM, SIGKILL after 20 s): synack must end by
+    /// itself with status 0.
+    fn stop(&mut self) -> Result<()> {
+        self.p.ok(&["stop", "--time", "20", &self.name])?;
+        let st = self.proc.wait_exit(Duration::from_secs(30))?;
+        ensure!(
+            st.success(),
+            "{} did not end cleanly on SIGTERM ({st}): {}",
+            self.name,
+            self.stderr()
+        );
+        Ok(())
+    }
+
     fn stderr(&self) -> String {
         fs::read_to_string(&self.err).unwrap_or_default()
     }
@@ -405,27 +426,6 @@ impl Running<'_> {
         r.and_then(|r| r)
             .with_context(|| format!("{}: {said}", self.name))
     }
-}
-
-/// What synack has attached in a namespace, and which of `ids` are loaded.
-fn attached(ns: &Netns, ifaces: &[&str], ids: &[u32]) -> Result<(Vec<u32>, Vec<u32>)> {
-    let mut args = vec![INSPECT.to_string()];
-    for i in ifaces {
-        args.extend(["--iface".to_string(), i.to_string()]);
-    }
-    for i in ids {
-        args.extend(["--id".to_string(), i.to_string()]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let v: Value = serde_json::from_str(&ns.exec(&args)?)?;
-    let list = |k: &str| -> Vec<u32> {
-        v[k].as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|x| x.as_u64().map(|n| n as u32))
-            .collect()
-    };
-    Ok((list("attached"), list("loaded")))
 }
 
 /// The single record of a one-shot run.
@@ -543,7 +543,7 @@ fn stopped_and_killed(p: &Podman, image: &str, lab: &Lab) -> Result<()> {
         let mut c = run.spawn(None, &["watch", "--json", "--summary-every", "0"])?;
         c.wait_said("synack watch: following", Duration::from_secs(30))?;
         let ids = wait_for(Duration::from_secs(10), "watch's programs attached", || {
-            attached(&lab.client, &ifaces, &[])
+            attached(INSPECT, &lab.client, &ifaces, &[])
                 .ok()
                 .map(|(a, _)| a)
                 .filter(|a| a.len() >= ifaces.len() * 2)
@@ -561,16 +561,8 @@ fn stopped_and_killed(p: &Podman, image: &str, lab: &Lab) -> Result<()> {
                 c.stderr()
             );
         }
-        wait_for(
-            Duration::from_secs(10),
-            "links and programs to go away",
-            || {
-                attached(&lab.client, &ifaces, &ids)
-                    .ok()
-                    .filter(|(a, l)| a.is_empty() && l.is_empty())
-            },
-        )
-        .with_context(|| format!("after podman {how}"))?;
+        wait_detached(INSPECT, &lab.client, &ifaces, &ids)
+            .with_context(|| format!("after podman {how}"))?;
     }
     Ok(())
 }
@@ -677,13 +669,7 @@ fn daemonset_context(p: &Podman, image: &str, lab: &Lab) -> Result<()> {
         &format!("http://{}:9777/metrics", synack_tests::topo::CLIENT_V4),
     ])?;
     ensure!(m.contains("synack_check_success"), "{m}");
-    p.ok(&["stop", "--time", "20", &c.name])?;
-    let st = c.proc.wait_exit(Duration::from_secs(30))?;
-    ensure!(
-        st.success(),
-        "monitor did not stop cleanly ({st}): {}",
-        c.stderr()
-    );
+    c.stop()?;
     Ok(())
 }
 
@@ -692,11 +678,9 @@ fn daemonset_context(p: &Podman, image: &str, lab: &Lab) -> Result<()> {
 /// default mode falls back and says so in one line.
 fn default_seccomp(p: &Podman, image: &str, lab: &Lab) -> Result<()> {
     let u = lab.url(Via::Direct, true, false, "/delay/5");
-    let mut run =
-        Run::new(p, image, &lab.client).flag(&["--cap-drop", "all", "-v", &ca_mount(lab)]);
-    for c in CAPS {
-        run = run.flag(&["--cap-add", c]);
-    }
+    let run = Run::new(p, image, &lab.client)
+        .three_caps()
+        .flag(&["-v", &ca_mount(lab)]);
     let (code, out, err) = run.once(&["--mode", "ebpf", "--cacert", "/ca.pem", &u])?;
     println!("--mode ebpf under podman's default seccomp profile said:\n{err}");
     ensure!(code != 0, "exit 0 with eBPF refused: {out}{err}");
@@ -807,9 +791,7 @@ fn watch_in_a_pod(p: &Podman, image: &str, lab: &Lab) -> Result<()> {
         ensure!(r["mode"] == "ebpf" && r["http_status"] == 200, "{r}");
         ensure!(r["direction"] == "client", "{r}");
     }
-    p.ok(&["stop", "--time", "20", &watcher.name])?;
-    let st = watcher.proc.wait_exit(Duration::from_secs(30))?;
-    ensure!(st.success(), "watch ended with {st}: {}", watcher.stderr());
+    watcher.stop()?;
     Ok(())
 }
 
@@ -821,10 +803,7 @@ fn profile_refuses_namespaces(p: &Podman, image: &str, lab: &Lab) -> Result<()> 
         a.insert(1, "--rm".into());
         a
     };
-    let mut default = Run::new(p, image, &lab.client).flag(&["--cap-drop", "all"]);
-    for c in CAPS {
-        default = default.flag(&["--cap-add", c]);
-    }
+    let default = Run::new(p, image, &lab.client).three_caps();
     let shipped = Run::new(p, image, &lab.client).least_privilege();
     let a = argv(&default, &unique("ct"));
     let o = p.out(&a.iter().map(String::as_str).collect::<Vec<_>>())?;
@@ -925,8 +904,6 @@ fn monitor_beside_agents(p: &Podman, image: &str, lab: &Lab) -> Result<()> {
             fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
         )
     })?;
-    p.ok(&["stop", "--time", "20", &m.name])?;
-    let st = m.proc.wait_exit(Duration::from_secs(30))?;
-    ensure!(st.success(), "monitor ended with {st}: {}", m.stderr());
+    m.stop()?;
     Ok(())
 }

@@ -299,28 +299,6 @@ fn reuse_and_redirects() -> Result<()> {
     Ok(())
 }
 
-fn attached(ns: &Netns, ifaces: &[&str], ids: &[u32]) -> Result<(Vec<u32>, Vec<u32>)> {
-    let mut args = vec![INSPECT];
-    for i in ifaces {
-        args.extend(["--iface", i]);
-    }
-    let ids_s: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-    for i in &ids_s {
-        args.extend(["--id", i.as_str()]);
-    }
-    let v: Value = serde_json::from_str(&ns.exec(&args)?)?;
-    let list = |k: &str| -> Vec<u32> {
-        v[k].as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_u64().map(|n| n as u32))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    Ok((list("attached"), list("loaded")))
-}
-
 fn clsact_filters(ns: &Netns, ifn: &str) -> Result<String> {
     let mut s = String::new();
     for dir in ["ingress", "egress"] {
@@ -360,7 +338,7 @@ fn nothing_stays_attached() -> Result<()> {
             Duration::from_secs(20),
             "synack's programs to attach",
             || {
-                attached(&p.client, &ifaces, &[])
+                attached(INSPECT, &p.client, &ifaces, &[])
                     .ok()
                     .map(|(a, _)| a)
                     .filter(|a| a.len() == 2 * ifaces.len())
@@ -376,16 +354,7 @@ fn nothing_stays_attached() -> Result<()> {
         if how == "exit" {
             assert!(st.success(), "synack failed: {st}");
         }
-        wait_for(
-            Duration::from_secs(10),
-            "links and programs to go away",
-            || {
-                attached(&p.client, &ifaces, &ids)
-                    .ok()
-                    .filter(|(a, l)| a.is_empty() && l.is_empty())
-            },
-        )
-        .with_context(|| format!("after {how}"))?;
+        wait_detached(INSPECT, &p.client, &ifaces, &ids).with_context(|| format!("after {how}"))?;
         for i in ifaces {
             let f = clsact_filters(&p.client, i)?;
             assert!(!f.contains("synack"), "{how}: filter left on {i}: {f}");
