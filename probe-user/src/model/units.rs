@@ -8,12 +8,27 @@ pub(crate) fn ms_between(a: u64, b: u64) -> f64 {
 /// A duration in ms for a sentence, with the digits its size deserves
 /// (0.25 ms, 40.5 ms, 122 ms).
 pub(crate) fn ms_text(x: f64) -> String {
-    if x.abs() >= 100.0 {
+    let t = if x.abs() >= 100.0 {
         format!("{x:.0} ms")
     } else if x.abs() >= 10.0 {
         format!("{x:.1} ms")
     } else {
         format!("{x:.2} ms")
+    };
+    unsigned_zero(t)
+}
+
+/// A number as text with 2 decimals (tables).
+pub(crate) fn fixed2(x: f64) -> String {
+    unsigned_zero(format!("{x:.2}"))
+}
+
+/// A formatted number that rounded to zero loses its sign: "-0.00" reads
+/// as a negative value, or as an error.
+fn unsigned_zero(t: String) -> String {
+    match t.strip_prefix('-') {
+        Some(rest) if !rest.chars().any(|c| c.is_ascii_digit() && c != '0') => rest.to_string(),
+        _ => t,
     }
 }
 
@@ -60,5 +75,15 @@ mod tests {
     fn ms_between_signs() {
         assert_eq!(ms_between(1_000_000, 3_500_000), 2.5);
         assert_eq!(ms_between(3_000_000, 1_000_000), -2.0);
+    }
+
+    #[test]
+    fn zero_has_no_sign() {
+        assert_eq!(ms_text(-0.001), "0.00 ms");
+        assert_eq!(ms_text(-0.01), "-0.01 ms");
+        assert_eq!(ms_text(-150.2), "-150 ms");
+        assert_eq!(fixed2(-0.004), "0.00");
+        assert_eq!(fixed2(-0.006), "-0.01");
+        assert_eq!(fixed2(12.0), "12.00");
     }
 }

@@ -1382,18 +1382,27 @@ impl<'a> Connection<'a> {
             reasons.push(format!(
                 "the TLS endpoint replies to our Finished within {} of a round trip to \
                  the TCP endpoint ({} vs {}): TCP and TLS end at the same place",
-                r((p - r1).max(0.0)),
+                r((p - r1).abs()),
                 r(p),
                 r(r1)
             ));
         }
         if let (Some(t), Some(r1)) = (s.t, s.r1) {
-            reasons.push(format!(
-                "the ServerHello came {} after the ClientHello, {} more than a round \
-                 trip (server crypto time)",
-                r(t),
-                r((t - r1).max(0.0))
-            ));
+            reasons.push(if t >= r1 {
+                format!(
+                    "the ServerHello came {} after the ClientHello, {} more than a round \
+                     trip (server crypto time)",
+                    r(t),
+                    r(t - r1)
+                )
+            } else {
+                format!(
+                    "the ServerHello came {} after the ClientHello, within a round trip ({}): \
+                     the server's crypto time is lost in the jitter",
+                    r(t),
+                    r(r1)
+                )
+            });
         }
     }
 

@@ -537,8 +537,12 @@ pub(crate) fn summary(records: &[Record]) -> Option<String> {
 /// `synack compare`'s table: per target, each phase's median and p90 on
 /// both sides, the shift and its interval, then the sentence.
 pub(crate) fn compare_table(r: &crate::model::compare::Report) -> String {
+    use crate::model::units::fixed2;
     let mut s = String::new();
-    let o = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.2}"));
+    let o = |x: Option<f64>| x.map_or("-".to_string(), fixed2);
+    // Each side's columns are as wide as its name needs.
+    let wa = (r.a.chars().count() + 4).max(10) + 1;
+    let wb = (r.b.chars().count() + 4).max(10) + 1;
     for t in &r.targets {
         let _ = writeln!(
             s,
@@ -547,11 +551,11 @@ pub(crate) fn compare_table(r: &crate::model::compare::Report) -> String {
         );
         let _ = writeln!(
             s,
-            "  {:<16}{:>11}{:>10}{:>11}{:>10}{:>10}  {:<22}",
+            "  {:<16}{:>wa$}{:>10}{:>wb$}{:>10}{:>10}  {:<22}",
             "phase (ms)",
-            format!("{} p50", short(&r.a)),
+            format!("{} p50", r.a),
             "p90",
-            format!("{} p50", short(&r.b)),
+            format!("{} p50", r.b),
             "p90",
             "B - A",
             "95% interval"
@@ -562,11 +566,11 @@ pub(crate) fn compare_table(r: &crate::model::compare::Report) -> String {
             }
             let ci = p
                 .ci_ms
-                .map(|[lo, hi]| format!("[{lo:.2}, {hi:.2}]"))
+                .map(|[lo, hi]| format!("[{}, {}]", fixed2(lo), fixed2(hi)))
                 .unwrap_or_default();
             let _ = writeln!(
                 s,
-                "  {:<16}{:>11}{:>10}{:>11}{:>10}{:>10}  {:<22}{}",
+                "  {:<16}{:>wa$}{:>10}{:>wb$}{:>10}{:>10}  {:<22}{}",
                 p.phase,
                 o(p.a.median),
                 o(p.a.p90),
@@ -581,11 +585,6 @@ pub(crate) fn compare_table(r: &crate::model::compare::Report) -> String {
     }
     let _ = writeln!(s, "({})", r.method);
     s
-}
-
-/// A side's name cut to fit a column.
-fn short(name: &str) -> String {
-    name.chars().take(6).collect()
 }
 
 #[cfg(test)]
@@ -607,6 +606,38 @@ mod tests {
         r.wire.retransmits = Some(0);
         r.wire.syn_retransmits = Some(0);
         r
+    }
+
+    #[test]
+    fn compare_table_gives_whole_names_in_aligned_columns() {
+        let rec = |total: f64| {
+            serde_json::json!({
+                "url": "https://h/", "error": null,
+                "user": {"total_ms": total, "connect_ms": 1.0},
+                "verdict": {"path": "direct"}
+            })
+        };
+        let a: Vec<_> = (0..20).map(|i| rec(10.0 + f64::from(i % 3))).collect();
+        let b: Vec<_> = (0..20).map(|i| rec(30.0 + f64::from(i % 3))).collect();
+        let t = compare_table(&crate::model::compare::compare(
+            "fargate",
+            &a,
+            "apprunner-eu-west-1",
+            &b,
+        ));
+        let header = t.lines().nth(1).unwrap_or_default();
+        assert!(
+            header.contains("fargate p50") && header.contains("apprunner-eu-west-1 p50"),
+            "{t}"
+        );
+        // The B median sits under its header's end.
+        let end =
+            header.find("apprunner-eu-west-1 p50").unwrap_or(0) + "apprunner-eu-west-1 p50".len();
+        let total = t
+            .lines()
+            .find(|l| l.trim_start().starts_with("total"))
+            .unwrap_or_default();
+        assert_eq!(&total[end - 5..end], "31.00", "{t}");
     }
 
     #[test]
