@@ -26,7 +26,9 @@
 //! test's own directory (`--root`, `--runroot`, `--tmpdir`), removed at the
 //! end, also on failure; every podman call has a deadline.
 
-use anyhow::{Context, Result, bail};
+// A mode's checks are `ensure!`s, not asserts: an error is reported and
+// the other modes still run.
+use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use std::{
     fs,
@@ -62,16 +64,6 @@ const CAPS: [&str; 3] = ["BPF", "NET_ADMIN", "PERFMON"];
 const CALL_SECONDS: u32 = 120;
 /// Building an image (the ship stage's apt-get included).
 const BUILD_SECONDS: u32 = 600;
-
-/// Errors of a mode's own checks, as a Result (an assert! panics past the
-/// other modes).
-macro_rules! ensure {
-    ($c:expr, $($m:tt)+) => {
-        if !$c {
-            bail!($($m)+);
-        }
-    };
-}
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -416,11 +408,22 @@ impl Running<'_> {
 
     /// Waits until stderr says `what`; fails early if the container ended.
     fn wait_said(&mut self, what: &str, timeout: Duration) -> Result<()> {
+        self.wait_until(timeout, what, |c| c.stderr().contains(what).then_some(()))
+    }
+
+    /// Waits until `f` gives a value; fails early if the container ended,
+    /// and either way with its stderr.
+    fn wait_until<T>(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut f: impl FnMut(&Self) -> Option<T>,
+    ) -> Result<T> {
         let r = wait_for(timeout, what, || {
             if let Ok(Some(st)) = self.proc.child.try_wait() {
                 return Some(Err(anyhow::anyhow!("the container exited ({st})")));
             }
-            self.stderr().contains(what).then_some(Ok(()))
+            f(self).map(Ok)
         });
         let said = self.stderr();
         r.and_then(|r| r)
@@ -647,18 +650,11 @@ fn daemonset_context(p: &Podman, image: &str, lab: &Lab) -> Result<()> {
     args.push("--json".into());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut c = run.spawn(None, &args)?;
-    let rec = wait_for(
+    let rec = c.wait_until(
         Duration::from_secs(40),
         "the DaemonSet's first check",
-        || {
-            if let Ok(Some(st)) = c.proc.child.try_wait() {
-                return Some(Err(anyhow::anyhow!("exited ({st})")));
-            }
-            c.records().first().cloned().map(Ok)
-        },
-    )
-    .and_then(|r| r)
-    .with_context(|| c.stderr())?;
+        |c| c.records().first().cloned(),
+    )?;
     complete(&rec, "ebpf")?;
     // The readiness probe's path answers on the pod's IP.
     let m = lab.client.exec(&[
@@ -877,13 +873,10 @@ fn monitor_beside_agents(p: &Podman, image: &str, lab: &Lab) -> Result<()> {
     )?;
     let mut lines: Vec<String> = Vec::new();
     let mut buf = [0u8; 65536];
-    let r = wait_for(
+    let r = m.wait_until(
         Duration::from_secs(60),
         "Prometheus to have both targets' verdicts, DogStatsD lines",
-        || {
-            if let Ok(Some(st)) = m.proc.child.try_wait() {
-                return Some(Err(anyhow::anyhow!("the monitor exited ({st})")));
-            }
+        |_| {
             while let Ok(n) = statsd.recv(&mut buf) {
                 lines.extend(text(&buf[..n]).lines().map(str::to_string));
             }
@@ -894,13 +887,12 @@ fn monitor_beside_agents(p: &Podman, image: &str, lab: &Lab) -> Result<()> {
                 && lines
                     .iter()
                     .any(|l| l.starts_with("synack.") && l.contains("target:proxied")))
-            .then_some(Ok(()))
+            .then_some(())
         },
     );
-    r.and_then(|r| r).with_context(|| {
+    r.with_context(|| {
         format!(
-            "monitor: {}\nprometheus: {}\nstatsd: {lines:?}",
-            m.stderr(),
+            "prometheus: {}\nstatsd: {lines:?}",
             fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
         )
     })?;

@@ -90,9 +90,9 @@ const CLONE_NEW_MASK: u64 =
 /// ENOSYS, which makes glibc fall back from clone3 to clone.
 const ENOSYS: i64 = 38;
 
-/// A rule's syscall names.
-fn names(rule: &Value) -> Vec<String> {
-    rule["names"]
+/// The strings of an object's list field (none when it is absent).
+fn strings<C: FromIterator<String>>(v: &Value, key: &str) -> C {
+    v[key]
         .as_array()
         .into_iter()
         .flatten()
@@ -100,14 +100,14 @@ fn names(rule: &Value) -> Vec<String> {
         .collect()
 }
 
+/// A rule's syscall names.
+fn names(rule: &Value) -> Vec<String> {
+    strings(rule, "names")
+}
+
 /// The capabilities an `includes` or `excludes` object names.
 fn cap_list(v: &Value) -> BTreeSet<String> {
-    v["caps"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c.as_str().map(str::to_string))
-        .collect()
+    strings(v, "caps")
 }
 
 /// The runtime default `default` (containers-common's format) resolved for
